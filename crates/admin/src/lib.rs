@@ -1,0 +1,1 @@
+//! Admin HTTP API for smartproxy: metrics, health, readiness, reload.

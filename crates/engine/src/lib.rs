@@ -1,0 +1,1 @@
+//! The smartproxy engine: listeners, PROXY protocol, limits, TLS, forwarding.

@@ -1,0 +1,1 @@
+//! Export smartproxy metrics snapshots as Prometheus text, OpenMetrics, StatsD and JSON.

@@ -1,0 +1,1 @@
+//! Traffic metrics collector for smartproxy: atomics on the hot path, time series, percentiles, snapshots.

@@ -1,0 +1,712 @@
+//! The route model: what a `[[routes]]` entry of the configuration file says, with serde.
+//!
+//! Names follow SmartProxy's route configuration in snake_case (`sendProxyProtocol` ->
+//! `send_proxy_protocol`). Unknown keys are refused so that a typo is an error, not a silent
+//! default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// One route: a match and an action, plus optional security settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// Route name: the label in logs and metrics. Defaults to `route-<index>` when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Free-form identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Free-form description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Higher priority routes are tried first (default 0).
+    #[serde(default)]
+    pub priority: i32,
+    /// A disabled route is kept in the file but never matches.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// What connections this route takes.
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    /// What is done with them.
+    pub action: RouteAction,
+    /// Route-level access control and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<RouteSecurity>,
+}
+
+impl RouteConfig {
+    /// A route with the given match and action and every other field at its default.
+    pub fn new(matcher: RouteMatch, action: RouteAction) -> Self {
+        Self {
+            name: None,
+            id: None,
+            description: None,
+            priority: 0,
+            enabled: true,
+            tags: Vec::new(),
+            matcher,
+            action,
+            security: None,
+        }
+    }
+
+    /// Sets the name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the security block.
+    pub fn with_security(mut self, security: RouteSecurity) -> Self {
+        self.security = Some(security);
+        self
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The match half of a route.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteMatch {
+    /// Listening ports: numbers, `"a-b"` ranges, or a list of both.
+    pub ports: PortSpec,
+    /// Domains matched against SNI (TLS) or Host (HTTP): exact, `*.example.com`, `example.*`, `*`.
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// HTTP path pattern: exact, `/api/*`, `/users/:id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Client addresses or CIDR blocks (the real client, after a PROXY header).
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub client_ip: Vec<String>,
+    /// TLS versions offered by the client: `"1.2"`, `"1.3"`.
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub tls_version: Vec<String>,
+    /// HTTP request headers: exact value, or a regular expression written `/re/`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl RouteMatch {
+    /// A match on these ports only.
+    pub fn ports(ports: impl Into<PortSpec>) -> Self {
+        Self { ports: ports.into(), ..Self::default() }
+    }
+
+    /// Adds domains.
+    pub fn with_domains<I: IntoIterator<Item = S>, S: Into<String>>(mut self, domains: I) -> Self {
+        self.domains.extend(domains.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the path pattern.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+}
+
+/// An inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    /// First port.
+    pub start: u16,
+    /// Last port (inclusive).
+    pub end: u16,
+}
+
+impl PortRange {
+    /// A single port.
+    pub const fn single(port: u16) -> Self {
+        Self { start: port, end: port }
+    }
+
+    /// Whether `port` is in the range.
+    pub const fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+
+    /// Iterates the ports of the range.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + use<> {
+        self.start..=self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// The ports of a route match. Written as `8080`, `"9000-9010"`, or a list of both.
+///
+/// Deserialising checks only the form; [`crate::validate`] checks the values (0 is not a port,
+/// a range must not run backwards).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortSpec(pub Vec<PortRange>);
+
+impl PortSpec {
+    /// Whether `port` is one of these ports.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(port))
+    }
+
+    /// Every port, in order, without repeats.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.0.iter().flat_map(PortRange::iter).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+impl From<u16> for PortSpec {
+    fn from(p: u16) -> Self {
+        Self(vec![PortRange::single(p)])
+    }
+}
+
+impl From<Vec<u16>> for PortSpec {
+    fn from(v: Vec<u16>) -> Self {
+        Self(v.into_iter().map(PortRange::single).collect())
+    }
+}
+
+impl From<PortRange> for PortSpec {
+    fn from(r: PortRange) -> Self {
+        Self(vec![r])
+    }
+}
+
+fn port_number<E: de::Error>(n: i64) -> Result<u16, E> {
+    u16::try_from(n).map_err(|_| E::custom(format_args!("port {n} is out of range 0..=65535")))
+}
+
+fn port_range_str<E: de::Error>(s: &str) -> Result<PortRange, E> {
+    let s = s.trim();
+    let parse = |p: &str| {
+        p.trim().parse::<u16>().map_err(|_| {
+            E::custom(format_args!("invalid port `{p}` in `{s}`: expected a number 0..=65535"))
+        })
+    };
+    match s.split_once('-') {
+        Some((a, b)) => Ok(PortRange { start: parse(a)?, end: parse(b)? }),
+        None => parse(s).map(PortRange::single),
+    }
+}
+
+struct PortItem(PortRange);
+
+impl<'de> Deserialize<'de> for PortItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PortItem;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a \"first-last\" range")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<PortItem, E> {
+                port_number(n).map(|p| PortItem(PortRange::single(p)))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<PortItem, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PortItem, E> {
+                port_range_str(s).map(PortItem)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<PortItem, A::Error> {
+                // SmartProxy's `{ from, to }` form.
+                let (mut from, mut to) = (None, None);
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "from" => from = Some(port_number(m.next_value::<i64>()?)?),
+                        "to" => to = Some(port_number(m.next_value::<i64>()?)?),
+                        other => return Err(de::Error::unknown_field(other, &["from", "to"])),
+                    }
+                }
+                let start = from.ok_or_else(|| de::Error::missing_field("from"))?;
+                let end = to.ok_or_else(|| de::Error::missing_field("to"))?;
+                Ok(PortItem(PortRange { start, end }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PortSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port, a \"first-last\" range, or a list of them")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<PortSpec, E> {
+                port_number(n).map(PortSpec::from)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<PortSpec, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PortSpec, E> {
+                port_range_str(s).map(PortSpec::from)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PortSpec, A::Error> {
+                let mut v = Vec::new();
+                while let Some(PortItem(r)) = seq.next_element()? {
+                    v.push(r);
+                }
+                Ok(PortSpec(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for PortSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for r in &self.0 {
+            if r.start == r.end {
+                seq.serialize_element(&r.start)?;
+            } else {
+                seq.serialize_element(&r.to_string())?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Accepts `"x"` as well as `["x", "y"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// What a route does with a matched connection.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum RouteAction {
+    /// Forward to one of the targets (plain TCP, TLS passthrough, termination, re-encryption).
+    Forward(ForwardAction),
+    /// Answer with a built-in handler (redirect, block, echo, static) or a registered one.
+    SocketHandler(HandlerAction),
+}
+
+/// `type = "forward"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ForwardAction {
+    /// Backends; one is picked per connection by `load_balancing`.
+    #[serde(default, alias = "target", deserialize_with = "targets")]
+    pub targets: Vec<Target>,
+    /// TLS handling; `None` forwards bytes as they come (which for TLS is passthrough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// PROXY header sent to the backend before any payload.
+    #[serde(default, skip_serializing_if = "SendProxyProtocol::is_off")]
+    pub send_proxy_protocol: SendProxyProtocol,
+    /// How a target is picked.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Deadline for the TCP connect to a target (default 10 s).
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl ForwardAction {
+    /// Forward to these targets, plain, without PROXY header.
+    pub fn to(targets: Vec<Target>) -> Self {
+        Self {
+            targets,
+            tls: None,
+            send_proxy_protocol: SendProxyProtocol::Off,
+            load_balancing: LoadBalancing::default(),
+            connect_timeout: None,
+        }
+    }
+
+    /// Sets the TLS block.
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the PROXY header sent to the backend.
+    pub fn with_proxy_protocol(mut self, v: SendProxyProtocol) -> Self {
+        self.send_proxy_protocol = v;
+        self
+    }
+
+    /// Sets the load-balancing algorithm.
+    pub fn with_load_balancing(mut self, lb: LoadBalancing) -> Self {
+        self.load_balancing = lb;
+        self
+    }
+}
+
+/// Accepts one target table as well as a list.
+fn targets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Target>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<Target>),
+        One(Target),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(t) => vec![t],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// A backend address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Target {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port, or `"preserve"` for the port the client connected to.
+    pub port: TargetPort,
+}
+
+impl Target {
+    /// A target at `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self { host: host.into(), port: TargetPort::Port(port) }
+    }
+}
+
+/// The port of a [`Target`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TargetPort {
+    /// This port.
+    Port(u16),
+    /// The port the client connected to.
+    Preserve,
+}
+
+impl TargetPort {
+    /// The port to connect to for a connection accepted on `listen_port`.
+    pub const fn resolve(self, listen_port: u16) -> u16 {
+        match self {
+            Self::Port(p) => p,
+            Self::Preserve => listen_port,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TargetPort;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or \"preserve\"")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<TargetPort, E> {
+                port_number(n).map(TargetPort::Port)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<TargetPort, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<TargetPort, E> {
+                if s == "preserve" {
+                    Ok(TargetPort::Preserve)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(s), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for TargetPort {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Port(p) => s.serialize_u16(*p),
+            Self::Preserve => s.serialize_str("preserve"),
+        }
+    }
+}
+
+/// PROXY protocol towards the backend: `false` (default), `true` (= `"v1"`), `"v1"`, `"v2"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SendProxyProtocol {
+    /// No header.
+    #[default]
+    Off,
+    /// Text header.
+    V1,
+    /// Binary header.
+    V2,
+}
+
+impl SendProxyProtocol {
+    /// Whether no header is sent.
+    pub const fn is_off(&self) -> bool {
+        matches!(self, Self::Off)
+    }
+}
+
+impl<'de> Deserialize<'de> for SendProxyProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SendProxyProtocol;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("false, true, \"v1\" or \"v2\"")
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<SendProxyProtocol, E> {
+                Ok(if b { SendProxyProtocol::V1 } else { SendProxyProtocol::Off })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SendProxyProtocol, E> {
+                match s {
+                    "v1" | "1" => Ok(SendProxyProtocol::V1),
+                    "v2" | "2" => Ok(SendProxyProtocol::V2),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for SendProxyProtocol {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => s.serialize_bool(false),
+            Self::V1 => s.serialize_str("v1"),
+            Self::V2 => s.serialize_str("v2"),
+        }
+    }
+}
+
+/// How a target is picked among several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum LoadBalancing {
+    /// In turn (default).
+    #[default]
+    RoundRobin,
+    /// The target with the fewest open connections from this proxy.
+    LeastConnections,
+    /// A hash of the client IP, so a client keeps its target.
+    IpHash,
+}
+
+/// TLS handling of a forward route.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// Passthrough, terminate, or terminate and re-encrypt.
+    pub mode: TlsMode,
+    /// Certificate and key (PEM files) for terminating modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateConfig>,
+    /// CA file (PEM) that upstream certificates are verified against (re-encrypt).
+    /// Without it the webpki roots are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Verify the upstream certificate (re-encrypt); `false` is an explicit opt-out for
+    /// internal targets.
+    #[serde(default = "default_true")]
+    pub upstream_verify: bool,
+    /// Server name sent to and verified against the upstream (re-encrypt); default: the
+    /// client's SNI, else the target host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_server_name: Option<String>,
+    /// Lowest TLS version accepted from clients when terminating: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Session tickets and session cache when terminating (default true).
+    #[serde(default = "default_true")]
+    pub session_resumption: bool,
+    /// ALPN protocols offered when terminating, in preference order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+}
+
+impl TlsConfig {
+    /// A TLS block of this mode with every other field at its default.
+    pub fn new(mode: TlsMode) -> Self {
+        Self {
+            mode,
+            certificate: None,
+            upstream_ca: None,
+            upstream_verify: true,
+            upstream_server_name: None,
+            min_version: TlsVersion::default(),
+            session_resumption: true,
+            alpn: Vec::new(),
+        }
+    }
+
+    /// Sets the certificate.
+    pub fn with_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.certificate = Some(CertificateConfig { cert: cert.into(), key: key.into() });
+        self
+    }
+}
+
+/// TLS mode of a forward route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum TlsMode {
+    /// Route by SNI, forward the encrypted bytes untouched.
+    Passthrough,
+    /// Decrypt here, forward plain bytes.
+    Terminate,
+    /// Decrypt here, encrypt again towards the target.
+    TerminateAndReencrypt,
+}
+
+/// PEM files of a certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CertificateConfig {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    #[default]
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// `"1.2"` or `"1.3"`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Tls12 => "1.2",
+            Self::Tls13 => "1.3",
+        }
+    }
+
+    /// Parses `"1.2"`, `"1.3"`, `"TLSv1.2"`, `"TLSv1.3"`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().trim_start_matches("TLSv").trim_start_matches("tlsv") {
+            "1.2" => Some(Self::Tls12),
+            "1.3" => Some(Self::Tls13),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s)
+            .ok_or_else(|| de::Error::invalid_value(de::Unexpected::Str(&s), &"\"1.2\" or \"1.3\""))
+    }
+}
+
+impl Serialize for TlsVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// `type = "socket-handler"`: a built-in handler (`redirect`, `block`, `echo`, `static`) or one
+/// registered by a library user under its name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HandlerAction {
+    /// Handler name.
+    pub handler: String,
+    /// HTTP status (`redirect`: 301/302/307/308, default 301; `block`, `static`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// `redirect`: location template with `{domain}`, `{path}`, `{port}`, `{query}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// `block` and `static`: response body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `static`: response headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl HandlerAction {
+    /// A handler action by name with no options.
+    pub fn new(handler: impl Into<String>) -> Self {
+        Self {
+            handler: handler.into(),
+            status: None,
+            location: None,
+            body: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Route-level access control and limits. Addresses are the real client's (after PROXY).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteSecurity {
+    /// Only these addresses / CIDR blocks may use the route (empty: everyone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allow_list: Vec<String>,
+    /// These may not; the block list wins over the allow list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_block_list: Vec<String>,
+    /// Open connections on this route at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Open connections on this route per client IP at most (0 = unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<u32>,
+    /// New connections on this route per client IP and minute at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
+}

@@ -1,0 +1,2 @@
+//! The smartproxy binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Sans-I/O TLS ClientHello peek: SNI, ALPN, versions, resumption flags.

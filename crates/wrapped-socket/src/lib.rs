@@ -1,0 +1,1 @@
+//! A tokio stream that carries the real client address from a PROXY header and replays bytes already read.

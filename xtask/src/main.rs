@@ -1,0 +1,2 @@
+//! cargo xtask: ci, fmt, lint, test, bench, fuzz, release.
+fn main() {}
