@@ -1,15 +1,66 @@
-//! Route model, validation and matching for smartproxy.
+//! Route model, validation and matching for smartproxy. No I/O.
 //!
 //! A route is a *match* (ports, domains, path, client IP, TLS version, headers) and an *action*
-//! (forward to targets with a TLS mode, or a socket handler). This crate holds the model
-//! ([`RouteConfig`]), reads it with serde, and does no I/O.
+//! (forward to targets with a TLS mode, or a socket handler). This crate reads routes with
+//! serde ([`RouteConfig`]), checks them ([`validate`]: every error with its key path), compiles
+//! them into an immutable [`RouteTable`], and answers lookups without allocating.
+//!
+//! ```
+//! use smartproxy_routing::{MatchInput, RouteTable, helpers};
+//! use smartproxy_routing::Target;
+//!
+//! let table = RouteTable::compile(vec![
+//!     helpers::https_passthrough(["example.com", "*.example.com"], Target::new("10.0.0.5", 443)),
+//!     helpers::forward_route(8080, Target::new("127.0.0.1", 9000)),
+//! ])
+//! .expect("valid routes");
+//! assert_eq!(table.ports(), vec![443, 8080]);
+//!
+//! let client = "192.0.2.7".parse().unwrap();
+//! let hit = table
+//!     .lookup(&MatchInput::new(443, client).with_domain("www.example.com").with_tls(None))
+//!     .expect("a route");
+//! let target = hit.route.select_target(client, 443, 0).expect("a target");
+//! assert_eq!((target.host(), target.port()), ("10.0.0.5", 443));
+//! ```
+//!
+//! # Selection order
+//!
+//! Highest `priority` first; then the most specific match (domain, then path, then number of
+//! header criteria, then `client_ip`, then `tls_version`; see [`RouteTable`]); then
+//! configuration order. Disabled routes (`enabled = false`) never match.
 #![forbid(unsafe_code)]
 
+mod domain;
+mod dump;
 pub mod duration;
+mod error;
+pub mod helpers;
+mod ip;
+mod limits;
+mod matchers;
 mod model;
+mod path;
+mod table;
+mod target;
+mod validate;
 
+pub use self::domain::{DomainPattern, DomainPatternError};
+pub use self::dump::{PortGroupDump, RouteDump, TableDump, TargetDump};
+pub use self::error::{ValidationError, ValidationErrors};
+pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
+pub use self::limits::{
+    DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, PerIpCounter, RateLimiter, RouteLimits,
+};
+pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
     CertificateConfig, ForwardAction, HandlerAction, LoadBalancing, PortRange, PortSpec,
     RouteAction, RouteConfig, RouteMatch, RouteSecurity, SendProxyProtocol, Target, TargetPort,
     TlsConfig, TlsMode, TlsVersion,
+};
+pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
+pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
+pub use self::target::{ConnectionGuard, SelectedTarget};
+pub use self::validate::{
+    BUILTIN_HANDLERS, REDIRECT_STATUSES, ValidationOptions, validate, validate_with,
 };

@@ -1,0 +1,2 @@
+//! Lookup speed (written below).
+fn main() {}

@@ -1,0 +1,498 @@
+//! The compiled route table and lookup.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::domain::{DomainKind, MAX_NAME, normalize};
+use crate::error::ValidationError;
+use crate::limits::RouteLimits;
+use crate::matchers::{MatchInput, Matchers};
+use crate::model::{PortRange, RouteAction, RouteConfig};
+use crate::path::PathParams;
+use crate::target::{SelectedTarget, TargetSet};
+use crate::validate::{ValidationOptions, check, route_name};
+
+/// What the engine must read from a new connection before it can pick a route on a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PeekNeed {
+    /// Nothing: the route is decided by port and client address alone. Route at once
+    /// (`is_tls`, domain, path and headers are not looked at on such a port).
+    None,
+    /// A TLS ClientHello (SNI, TLS version): every route on the port has a `tls` block.
+    Tls,
+    /// An HTTP request head (Host, path, headers): no route on the port has a `tls` block
+    /// and some route needs a path or headers.
+    Http,
+    /// The first bytes decide: a ClientHello or an HTTP request head.
+    TlsOrHttp,
+}
+
+/// A route after validation: its configuration, name, compiled criteria, target selector and
+/// limits.
+pub struct CompiledRoute {
+    config: RouteConfig,
+    name: Arc<str>,
+    index: usize,
+    pub(crate) m: Matchers,
+    base_spec: u64,
+    has_tls_block: bool,
+    pub(crate) targets: TargetSet,
+    limits: Arc<RouteLimits>,
+}
+
+impl fmt::Debug for CompiledRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledRoute")
+            .field("name", &self.name)
+            .field("index", &self.index)
+            .field("priority", &self.config.priority)
+            .field("enabled", &self.config.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledRoute {
+    /// The route name (`route-<index>` when the configuration has none).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The route name as a shared string, cheap to clone into metrics labels.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Position of the route in the configuration.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The route as configured.
+    pub fn config(&self) -> &RouteConfig {
+        &self.config
+    }
+
+    /// Whether the route may be used by `ip` per `security.ip_allow_list` and
+    /// `security.ip_block_list`: the block list wins; an empty allow list allows everyone.
+    /// `::ffff:a.b.c.d` is checked as `a.b.c.d`.
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        !self.m.block.contains(ip) && (self.m.allow.is_empty() || self.m.allow.contains(ip))
+    }
+
+    /// Picks a target of a forward route (`None` for socket handlers).
+    ///
+    /// `attempt` 0 is the first choice. After a refused connect, call again with `attempt`
+    /// 1, 2, … for the next candidates; `None` once all `targets.len()` have been offered.
+    /// Round-robin advances a shared atomic cursor on `attempt == 0` only; ip-hash starts
+    /// at a stable hash of the client address; least-connections takes the target with the
+    /// fewest open [`crate::ConnectionGuard`]s (ties in turn), then the next least loaded.
+    /// [`CompiledRoute::next_target`] is the exact form of "the next one after this".
+    pub fn select_target(
+        &self,
+        client_ip: IpAddr,
+        listen_port: u16,
+        attempt: usize,
+    ) -> Option<SelectedTarget<'_>> {
+        self.targets.select(client_ip, listen_port, attempt)
+    }
+
+    /// The candidate after `prev` when connecting to `prev` was refused; `attempts` counts
+    /// the targets tried so far (1 after the first refusal). `None` when all were tried.
+    pub fn next_target(
+        &self,
+        prev: &SelectedTarget<'_>,
+        attempts: usize,
+        listen_port: u16,
+    ) -> Option<SelectedTarget<'_>> {
+        self.targets.next_after(prev.index(), attempts, listen_port)
+    }
+
+    /// Open connections counted on target `index` (live guards).
+    pub fn target_active(&self, index: usize) -> usize {
+        self.targets.active(index)
+    }
+
+    /// The connection limits and rate limiter of this route (`security`).
+    pub fn limits(&self) -> &Arc<RouteLimits> {
+        &self.limits
+    }
+
+    /// Whether the route is enabled.
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// The configured priority.
+    pub fn priority(&self) -> i32 {
+        self.config.priority
+    }
+}
+
+/// A lookup result: the route, its position, and the path parameters.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Matched<'a> {
+    /// The winning route.
+    pub route: &'a CompiledRoute,
+    /// Its position in the configuration (and in [`RouteTable::routes`]).
+    pub index: usize,
+    /// Parameters of the path pattern (`/users/:id`), inline.
+    pub params: PathParams<'a>,
+}
+
+#[derive(Debug)]
+pub(crate) struct PortGroup {
+    /// Enabled routes on these ports, by priority (highest first), then configuration order.
+    pub(crate) order: Box<[u32]>,
+    /// Lower-case exact domain -> routes (indices into the table, in `order` order).
+    exact: HashMap<Box<str>, Box<[u32]>>,
+    /// `example.com` -> routes that have `*.example.com`.
+    suffix: HashMap<Box<str>, Box<[u32]>>,
+    /// Routes that must always be checked: no domain criterion, or a glob / catch-all.
+    scan: Box<[u32]>,
+    pub(crate) peek: PeekNeed,
+}
+
+type DomainIndex = HashMap<Box<str>, Vec<u32>>;
+
+/// The immutable, compiled route table: validated routes indexed by port, then by domain.
+///
+/// `Send + Sync`; share it as `Arc<RouteTable>` and swap the whole table on reload.
+///
+/// # Selection
+///
+/// Among the enabled routes whose every criterion matches, the winner is:
+/// 1. the highest `priority`;
+/// 2. then the most specific, compared criterion by criterion in this order: domain
+///    (exact > `*.suffix` > other wildcards > `*` > no domain criterion; between two of the
+///    same kind, more literal characters), path (exact > with parameters or `*` segments >
+///    with a trailing `*`; then more literal characters), number of header criteria, a
+///    `client_ip` criterion, a `tls_version` criterion;
+/// 3. then the first in configuration order.
+///
+/// A criterion on a field the input does not carry (no SNI/Host for `domains`, no path,
+/// no headers, no TLS version) does not match. On a port whose [`PeekNeed`] is not `None`,
+/// routes with a `tls` block match only connections with `is_tls` set.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Box<[CompiledRoute]>,
+    /// Sorted, disjoint port segments and the group serving each.
+    segments: Box<[(PortRange, u32)]>,
+    pub(crate) groups: Box<[PortGroup]>,
+    ports: Box<[u16]>,
+}
+
+impl RouteTable {
+    /// Validates and compiles `routes` (built-in handlers only).
+    pub fn compile(routes: Vec<RouteConfig>) -> Result<Self, Vec<ValidationError>> {
+        Self::compile_with(routes, &ValidationOptions::default())
+    }
+
+    /// Validates and compiles `routes`, accepting `opts.custom_handlers`.
+    pub fn compile_with(
+        routes: Vec<RouteConfig>,
+        opts: &ValidationOptions,
+    ) -> Result<Self, Vec<ValidationError>> {
+        Self::build(routes, opts, None)
+    }
+
+    /// Like [`RouteTable::compile_with`], for a reload: a route of `previous` with the same
+    /// name and the same `security` keeps its limit counters and rate-limiter state, and with
+    /// the same targets keeps its open-connection counts and round-robin position.
+    pub fn compile_reusing(
+        routes: Vec<RouteConfig>,
+        opts: &ValidationOptions,
+        previous: &RouteTable,
+    ) -> Result<Self, Vec<ValidationError>> {
+        Self::build(routes, opts, Some(previous))
+    }
+
+    fn build(
+        routes: Vec<RouteConfig>,
+        opts: &ValidationOptions,
+        previous: Option<&RouteTable>,
+    ) -> Result<Self, Vec<ValidationError>> {
+        let (matchers, errs) = check(&routes, opts);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        let mut compiled = Vec::with_capacity(routes.len());
+        for (index, (config, m)) in routes.into_iter().zip(matchers).enumerate() {
+            // `check` returned no error, so every route compiled.
+            let Some(m) = m else { continue };
+            let name: Arc<str> = route_name(&config, index).into();
+            let (mut targets, has_tls_block) = match &config.action {
+                RouteAction::Forward(f) => {
+                    (TargetSet::new(f.targets.clone(), f.load_balancing), f.tls.is_some())
+                }
+                RouteAction::SocketHandler(_) => {
+                    (TargetSet::new(Vec::new(), Default::default()), false)
+                }
+            };
+            let security = config.security.clone().unwrap_or_default();
+            let mut limits = None;
+            if let Some(prev) = previous.and_then(|p| p.route_by_name(&name)) {
+                targets.inherit(&prev.targets);
+                if prev.config.security.clone().unwrap_or_default() == security {
+                    limits = Some(Arc::clone(&prev.limits));
+                }
+            }
+            let limits = limits.unwrap_or_else(|| Arc::new(RouteLimits::new(&security)));
+            compiled.push(CompiledRoute {
+                base_spec: m.base_specificity(),
+                m,
+                has_tls_block,
+                name,
+                index,
+                targets,
+                limits,
+                config,
+            });
+        }
+        Ok(Self::index(compiled))
+    }
+
+    fn index(routes: Vec<CompiledRoute>) -> Self {
+        // Port segments: sweep over range boundaries.
+        let mut bounds: Vec<u32> = Vec::new();
+        for r in routes.iter().filter(|r| r.config.enabled) {
+            for pr in &r.config.matcher.ports.0 {
+                bounds.push(u32::from(pr.start));
+                bounds.push(u32::from(pr.end) + 1);
+            }
+        }
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut segments: Vec<(PortRange, u32)> = Vec::new();
+        let mut groups: Vec<PortGroup> = Vec::new();
+        let mut group_of: HashMap<Vec<u32>, u32> = HashMap::new();
+        for w in bounds.windows(2) {
+            let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
+            let mut members: Vec<u32> = routes
+                .iter()
+                .filter(|r| r.config.enabled && r.config.matcher.ports.contains(lo))
+                .map(|r| r.index as u32)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            members.sort_by_key(|&i| (std::cmp::Reverse(routes[i as usize].config.priority), i));
+            let g = match group_of.get(&members) {
+                Some(&g) => g,
+                None => {
+                    let g = groups.len() as u32;
+                    groups.push(Self::group(&routes, &members));
+                    group_of.insert(members, g);
+                    g
+                }
+            };
+            match segments.last_mut() {
+                Some((last, lg)) if *lg == g && u32::from(last.end) + 1 == u32::from(lo) => {
+                    last.end = hi;
+                }
+                _ => segments.push((PortRange { start: lo, end: hi }, g)),
+            }
+        }
+        let ports: Vec<u16> = segments.iter().flat_map(|(r, _)| r.iter()).collect();
+        Self {
+            routes: routes.into_boxed_slice(),
+            segments: segments.into_boxed_slice(),
+            groups: groups.into_boxed_slice(),
+            ports: ports.into_boxed_slice(),
+        }
+    }
+
+    fn group(routes: &[CompiledRoute], order: &[u32]) -> PortGroup {
+        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut suffix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut scan = Vec::new();
+        for &i in order {
+            let r = &routes[i as usize];
+            if r.m.domains.is_empty() {
+                scan.push(i);
+                continue;
+            }
+            let mut scanned = false;
+            for d in r.m.domains.iter() {
+                let key: Option<(&mut DomainIndex, &str)> = match d.kind() {
+                    DomainKind::Exact => Some((&mut exact, d.as_str())),
+                    DomainKind::Suffix => d.suffix().map(|s| (&mut suffix, s)),
+                    DomainKind::Glob | DomainKind::CatchAll => None,
+                };
+                match key {
+                    Some((map, k)) => {
+                        let v = map.entry(k.into()).or_default();
+                        if v.last() != Some(&i) {
+                            v.push(i);
+                        }
+                    }
+                    None if !scanned => {
+                        scan.push(i);
+                        scanned = true;
+                    }
+                    None => {}
+                }
+            }
+        }
+        let peek = Self::peek_for(routes, order);
+        let freeze = |m: HashMap<Box<str>, Vec<u32>>| {
+            m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect()
+        };
+        PortGroup {
+            order: order.into(),
+            exact: freeze(exact),
+            suffix: freeze(suffix),
+            scan: scan.into_boxed_slice(),
+            peek,
+        }
+    }
+
+    fn peek_for(routes: &[CompiledRoute], order: &[u32]) -> PeekNeed {
+        let rs = || order.iter().map(|&i| &routes[i as usize]);
+        let with_tls = rs().any(|r| r.has_tls_block);
+        let without_tls = rs().any(|r| !r.has_tls_block);
+        let criteria = rs().any(|r| {
+            !r.m.domains.is_empty()
+                || !r.m.tls_versions.is_empty()
+                || r.m.path.is_some()
+                || !r.m.headers.is_empty()
+        });
+        if !(criteria || (with_tls && without_tls)) {
+            return PeekNeed::None;
+        }
+        if !without_tls {
+            return PeekNeed::Tls;
+        }
+        // No `tls` block anywhere: HTTP only if nothing could be routed by SNI.
+        let sni_possible = rs().any(|r| {
+            !r.m.tls_versions.is_empty()
+                || (!r.m.domains.is_empty() && matches!(r.config.action, RouteAction::Forward(_)))
+        });
+        if !with_tls && !sni_possible { PeekNeed::Http } else { PeekNeed::TlsOrHttp }
+    }
+
+    fn group_for(&self, port: u16) -> Option<&PortGroup> {
+        let i = self
+            .segments
+            .binary_search_by(|(r, _)| {
+                if r.end < port {
+                    std::cmp::Ordering::Less
+                } else if r.start > port {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .ok()?;
+        self.groups.get(self.segments[i].1 as usize)
+    }
+
+    pub(crate) fn segments(&self) -> &[(PortRange, u32)] {
+        &self.segments
+    }
+
+    fn route_by_name(&self, name: &str) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// Every listening port of the enabled routes, sorted, without repeats.
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports.to_vec()
+    }
+
+    /// What must be read before routing a connection on `port` ([`PeekNeed::None`] also for
+    /// a port no route listens on).
+    pub fn peek_need(&self, port: u16) -> PeekNeed {
+        self.group_for(port).map_or(PeekNeed::None, |g| g.peek)
+    }
+
+    /// Every route, in configuration order (disabled ones included).
+    pub fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+
+    /// The route named `name`.
+    pub fn route(&self, name: &str) -> Option<&CompiledRoute> {
+        self.route_by_name(name)
+    }
+
+    /// Whether the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The winning route for `input` (see the type docs for the order). Does not allocate.
+    pub fn lookup<'a>(&'a self, input: &MatchInput<'a>) -> Option<Matched<'a>> {
+        let group = self.group_for(input.port)?;
+        let check_tls = group.peek != PeekNeed::None;
+
+        let mut buf = [0u8; MAX_NAME];
+        let domain: Option<&[u8]> = input.domain.and_then(normalize).map(|d| {
+            let b = &mut buf[..d.len()];
+            b.copy_from_slice(d.as_bytes());
+            b.make_ascii_lowercase();
+            &*b
+        });
+
+        type Best<'a> = Option<(i32, u64, u32, PathParams<'a>)>;
+        let mut best: Best<'a> = None;
+        let consider = |i: u32, best: &mut Best<'a>| {
+            let r = &self.routes[i as usize];
+            let prio = r.config.priority;
+            if best.as_ref().is_some_and(|b| prio < b.0) {
+                return;
+            }
+            if check_tls && r.has_tls_block && !input.is_tls {
+                return;
+            }
+            if let Some((spec, params)) = r.m.eval(r.base_spec, input, domain) {
+                let better = best.as_ref().is_none_or(|b| {
+                    (prio, spec, std::cmp::Reverse(i)) > (b.0, b.1, std::cmp::Reverse(b.2))
+                });
+                if better {
+                    *best = Some((prio, spec, i, params));
+                }
+            }
+        };
+
+        if let Some(d) = domain {
+            // Lower-case ASCII of a `str` is still valid UTF-8.
+            if let Ok(ds) = std::str::from_utf8(d) {
+                if let Some(list) = group.exact.get(ds) {
+                    for &i in list.iter() {
+                        consider(i, &mut best);
+                    }
+                }
+                if !group.suffix.is_empty() {
+                    let mut rest = ds;
+                    while let Some(dot) = rest.find('.') {
+                        rest = &rest[dot + 1..];
+                        if let Some(list) = group.suffix.get(rest) {
+                            for &i in list.iter() {
+                                consider(i, &mut best);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for &i in group.scan.iter() {
+            if let Some((bp, ..)) = &best
+                && self.routes[i as usize].config.priority < *bp
+            {
+                break; // `scan` is sorted by priority
+            }
+            consider(i, &mut best);
+        }
+
+        best.map(|(_, _, i, params)| Matched {
+            route: &self.routes[i as usize],
+            index: i as usize,
+            params,
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! Target selection: round-robin, least-connections, ip-hash, with live connection counts.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::ip::canonical_ip;
+use crate::model::{LoadBalancing, Target};
+
+/// The targets of a forward route, with a round-robin cursor and open-connection counts.
+#[derive(Debug)]
+pub(crate) struct TargetSet {
+    pub(crate) list: Box<[Target]>,
+    pub(crate) lb: LoadBalancing,
+    rr: AtomicUsize,
+    pub(crate) active: Arc<[AtomicUsize]>,
+}
+
+impl TargetSet {
+    pub(crate) fn new(list: Vec<Target>, lb: LoadBalancing) -> Self {
+        let active: Arc<[AtomicUsize]> = list.iter().map(|_| AtomicUsize::new(0)).collect();
+        Self { list: list.into_boxed_slice(), lb, rr: AtomicUsize::new(0), active }
+    }
+
+    /// Keeps the live counts and the cursor of `prev` when the target list is the same.
+    pub(crate) fn inherit(&mut self, prev: &TargetSet) {
+        if self.list == prev.list {
+            self.active = Arc::clone(&prev.active);
+            self.rr.store(prev.rr.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    /// Picks a target. `attempt` 0 is the first choice; `attempt` k > 0 is the k-th next
+    /// candidate after refused connects, and `None` once every target has been offered.
+    pub(crate) fn select(
+        &self,
+        client_ip: IpAddr,
+        listen_port: u16,
+        attempt: usize,
+    ) -> Option<SelectedTarget<'_>> {
+        let n = self.list.len();
+        if n == 0 || attempt >= n {
+            return None;
+        }
+        let index = match self.lb {
+            LoadBalancing::IpHash => (ip_hash(client_ip) as usize).wrapping_add(attempt) % n,
+            LoadBalancing::LeastConnections => self.least_loaded(attempt),
+            // Round-robin and anything added later.
+            _ => {
+                if attempt == 0 {
+                    self.rr.fetch_add(1, Ordering::Relaxed) % n
+                } else {
+                    // Relative to the latest pick. Under concurrent selection this can
+                    // repeat a target; `next_after` is exact.
+                    self.rr.load(Ordering::Relaxed).wrapping_sub(1).wrapping_add(attempt) % n
+                }
+            }
+        };
+        Some(self.make(index, listen_port))
+    }
+
+    /// The candidate after `prev` (in ring order), or `None` when `attempts` targets
+    /// have been tried.
+    pub(crate) fn next_after(
+        &self,
+        prev_index: usize,
+        attempts: usize,
+        listen_port: u16,
+    ) -> Option<SelectedTarget<'_>> {
+        let n = self.list.len();
+        if n == 0 || attempts >= n {
+            return None;
+        }
+        let index = match self.lb {
+            LoadBalancing::LeastConnections => {
+                // Least loaded among the others; ties go to the next in ring order.
+                (1..n)
+                    .map(|d| (prev_index + d) % n)
+                    .min_by_key(|&i| self.active[i].load(Ordering::Relaxed))
+                    .unwrap_or((prev_index + 1) % n)
+            }
+            _ => (prev_index + 1) % n,
+        };
+        Some(self.make(index, listen_port))
+    }
+
+    /// The `rank`-th least loaded target; ties broken in ring order from the round-robin
+    /// cursor so that idle targets share the load.
+    fn least_loaded(&self, rank: usize) -> usize {
+        let n = self.list.len();
+        let start = if rank == 0 {
+            self.rr.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.rr.load(Ordering::Relaxed).wrapping_sub(1)
+        };
+        let key = |i: usize| (self.active[i].load(Ordering::Relaxed), (i + n - start % n) % n);
+        // Selection of the rank-th smallest key without allocating: O(n * rank).
+        let mut last: Option<(usize, usize)> = None;
+        let mut pick = start % n;
+        for _ in 0..=rank {
+            let mut best: Option<((usize, usize), usize)> = None;
+            for i in 0..n {
+                let k = key(i);
+                if last.is_some_and(|l| k <= l) {
+                    continue;
+                }
+                if best.is_none_or(|(bk, _)| k < bk) {
+                    best = Some((k, i));
+                }
+            }
+            match best {
+                Some((k, i)) => {
+                    last = Some(k);
+                    pick = i;
+                }
+                None => break,
+            }
+        }
+        pick
+    }
+
+    fn make(&self, index: usize, listen_port: u16) -> SelectedTarget<'_> {
+        let target = &self.list[index];
+        SelectedTarget {
+            target,
+            index,
+            port: target.port.resolve(listen_port),
+            guard: ConnectionGuard::new(Arc::clone(&self.active), index),
+        }
+    }
+
+    pub(crate) fn active(&self, index: usize) -> usize {
+        self.active.get(index).map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+}
+
+fn ip_hash(ip: IpAddr) -> u64 {
+    // FNV-1a: stable across processes and releases (unlike `DefaultHasher`), so a client
+    // keeps its target across restarts as long as the target list is unchanged.
+    struct Fnv(u64);
+    impl Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    match canonical_ip(ip) {
+        IpAddr::V4(v4) => v4.octets().hash(&mut h),
+        IpAddr::V6(v6) => v6.octets().hash(&mut h),
+    }
+    h.finish()
+}
+
+/// A picked target. Holds a [`ConnectionGuard`] that counts the connection as open on the
+/// target until it is dropped (least-connections reads these counts).
+#[derive(Debug)]
+pub struct SelectedTarget<'a> {
+    target: &'a Target,
+    index: usize,
+    port: u16,
+    guard: ConnectionGuard,
+}
+
+impl<'a> SelectedTarget<'a> {
+    /// The target as configured.
+    pub fn target(&self) -> &'a Target {
+        self.target
+    }
+
+    /// Host name or IP address to connect to.
+    pub fn host(&self) -> &'a str {
+        &self.target.host
+    }
+
+    /// Port to connect to (`"preserve"` resolved to the listening port).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Position of the target in the route's `targets`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The open-connection guard, to keep with the connection (it is `'static`).
+    pub fn into_guard(self) -> ConnectionGuard {
+        self.guard
+    }
+}
+
+/// Counts one open connection on one target; dropping it releases the count.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    counts: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl ConnectionGuard {
+    fn new(counts: Arc<[AtomicUsize]>, index: usize) -> Self {
+        if let Some(c) = counts.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Self { counts, index }
+    }
+
+    /// Position of the target in the route's `targets`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.counts.get(self.index) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

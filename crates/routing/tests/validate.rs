@@ -1,0 +1,210 @@
+//! Validation: every error with its key path (insta snapshots of the error lists).
+
+use smartproxy_routing::*;
+
+fn routes(doc: &str) -> Vec<RouteConfig> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        routes: Vec<RouteConfig>,
+    }
+    toml::from_str::<F>(doc).unwrap().routes
+}
+
+fn errors(doc: &str) -> Vec<String> {
+    match validate(&routes(doc)) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn design_example_is_valid() {
+    let doc = r#"
+[[routes]]
+name = "tls-passthrough"
+priority = 10
+match = { ports = [8443, "9000-9010"], domains = ["example.com", "*.example.com"] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9443 }], tls = { mode = "passthrough" }, send_proxy_protocol = "v2" }
+
+[[routes]]
+name = "plain"
+match = { ports = [8080] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9000 }], send_proxy_protocol = "v1" }
+security = { ip_allow_list = ["127.0.0.0/8"], max_connections = 1000 }
+
+[[routes]]
+name = "https-terminate"
+match = { ports = [8444], domains = ["a.example.org"] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9001 }], tls = { mode = "terminate", certificate = { cert = "certs/a.pem", key = "certs/a.key" } } }
+
+[[routes]]
+name = "http-to-https"
+match = { ports = [8000] }
+action = { type = "socket-handler", handler = "redirect", location = "https://{domain}:8444{path}", status = 301 }
+"#;
+    assert_eq!(errors(doc), Vec::<String>::new());
+    let t = RouteTable::compile(routes(doc)).unwrap();
+    assert_eq!(t.ports().len(), 1 + 11 + 1 + 1 + 1);
+}
+
+#[test]
+fn match_errors() {
+    insta::assert_debug_snapshot!(errors(
+        r#"
+[[routes]]
+match = { ports = [] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+match = { ports = [0, "90-80", "0-5", 443], domains = ["", "a..b", "bad domain", "ok.example.com", "**.x"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+match = { ports = 80, path = "api/*", client_ip = ["10.0.0.0/33", "10.0.0.1/8", "nope", "::1"], tls_version = ["1.1", "1.3"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+match = { ports = 80, path = "/a*/:", headers = { "x-good" = "/^ok$/", "x-bad" = "/(unclosed/", "bad name" = "v" } }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+"#
+    ));
+}
+
+#[test]
+fn action_errors() {
+    insta::assert_debug_snapshot!(errors(
+        r#"
+[[routes]]
+name = "no-targets"
+match = { ports = 1 }
+action = { type = "forward", targets = [] }
+
+[[routes]]
+name = "bad-targets"
+match = { ports = 2 }
+action = { type = "forward", targets = [{ host = "", port = 1 }, { host = "a b", port = 0 }, { host = "[::1]", port = "preserve" }], connect_timeout = "0s" }
+
+[[routes]]
+name = "terminate-no-cert"
+match = { ports = 3 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate" } }
+
+[[routes]]
+name = "reencrypt-no-cert"
+match = { ports = 3 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate-and-reencrypt", upstream_server_name = " " } }
+
+[[routes]]
+name = "passthrough-with-cert"
+match = { ports = 4 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough", certificate = { cert = "c", key = "k" }, upstream_ca = "ca.pem", alpn = ["h2"] } }
+
+[[routes]]
+name = "unknown-handler"
+match = { ports = 5 }
+action = { type = "socket-handler", handler = "teapot" }
+
+[[routes]]
+name = "bad-redirect"
+match = { ports = 6 }
+action = { type = "socket-handler", handler = "redirect", status = 303 }
+
+[[routes]]
+name = "echo-with-extras"
+match = { ports = 7 }
+action = { type = "socket-handler", handler = "echo", status = 200, body = "x", location = "y", headers = { a = "b" } }
+
+[[routes]]
+name = "static-bad-status"
+match = { ports = 8 }
+action = { type = "socket-handler", handler = "static", status = 999, headers = { "bad header" = "v" } }
+"#
+    ));
+}
+
+#[test]
+fn security_and_table_errors() {
+    insta::assert_debug_snapshot!(errors(
+        r#"
+[[routes]]
+name = "dup"
+match = { ports = 1 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+security = { ip_allow_list = ["10.0.0.0/8", "x"], ip_block_list = ["1.2.3.4/40"], max_connections = 0, rate_limit_per_minute = 0 }
+
+[[routes]]
+name = "dup"
+match = { ports = 1 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+name = ""
+match = { ports = 1 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+match = { ports = 1 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+name = "route-3"
+match = { ports = 1 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+
+[[routes]]
+name = "pass"
+match = { ports = ["440-450"], domains = ["*.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough" } }
+
+[[routes]]
+name = "term"
+match = { ports = 443, domains = ["api.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } } }
+
+[[routes]]
+name = "term-other-domain"
+match = { ports = 443, domains = ["example.org"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } } }
+
+[[routes]]
+name = "term-disabled"
+enabled = false
+match = { ports = 443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } } }
+"#
+    ));
+}
+
+#[test]
+fn custom_handlers() {
+    let r = routes(
+        r#"
+[[routes]]
+match = { ports = 5 }
+action = { type = "socket-handler", handler = "teapot" }
+"#,
+    );
+    assert!(validate(&r).is_err());
+    let opts = ValidationOptions::default().with_custom_handlers(["teapot"]);
+    validate_with(&r, &opts).unwrap();
+    RouteTable::compile_with(r.clone(), &opts).unwrap();
+    assert_eq!(RouteTable::compile(r).unwrap_err()[0].path, "routes[0].action.handler");
+}
+
+#[test]
+fn display_and_collect() {
+    let e = validate(&routes(
+        r#"
+[[routes]]
+match = { ports = 0 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+"#,
+    ))
+    .unwrap_err();
+    assert_eq!(e[0].to_string(), "routes[0].match.ports[0]: port 0 in `0` is not a listening port");
+    let all = ValidationErrors::from(e);
+    assert_eq!(
+        all.to_string(),
+        "1 route configuration error(s): routes[0].match.ports[0]: port 0 in `0` is not a listening port"
+    );
+}
