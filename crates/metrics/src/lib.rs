@@ -1,1 +1,89 @@
-//! Traffic metrics collector for smartproxy: atomics on the hot path, time series, percentiles, snapshots.
+//! Traffic metrics collector for smartproxy: atomics on the hot path, time series, percentiles,
+//! snapshots.
+//!
+//! # How it is used
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use smartproxy_metrics::{Metrics, MetricsConfig, RefuseReason};
+//!
+//! let start = 1_700_000_000; // seconds; UNIX time is a good choice
+//! let metrics = Metrics::new(MetricsConfig::default(), start);
+//! let route = metrics.route("web");                    // once per route, at config load
+//!
+//! let ip: IpAddr = "192.0.2.7".parse().unwrap();
+//! let conn = metrics.connection_opened(ip, &route);    // once per connection
+//! conn.add_in(512);                                    // per read: one relaxed atomic add
+//! conn.add_out(4096);
+//! drop(conn);                                          // closed: histograms, gauges
+//! metrics.refused(RefuseReason::IpLimit);
+//!
+//! metrics.tick(start + 1);                             // timer task, once per second
+//! assert_eq!(metrics.throughput_instant().bytes_out, 4096.0);
+//! let snapshot = metrics.snapshot();                   // serde model of everything
+//! assert_eq!(snapshot.totals.bytes_in, 512);
+//! ```
+//!
+//! # The hot path, and why it looks like this
+//!
+//! A connection's copy loops call [`ConnectionRecorder::add_in`] / [`add_out`] for every read.
+//! Each is a single `fetch_add(Relaxed)` on a counter that belongs to that connection alone,
+//! padded to its own 128-byte line (in and out separately, since the two directions usually run
+//! on different tasks and cores). No lock, no map lookup, no allocation, and no cache line
+//! shared with any other connection: two cores copying two connections never contend. A
+//! global or per-route atomic would be simpler, but every read on every core would then bounce
+//! the same line; the `record` bench measures both (see README): with two threads the shared
+//! counter costs several times more per record than the owned one.
+//!
+//! The price is paid off the data path: each connection registers once, at open, in one of
+//! 16 mutex-protected shards (round-robin). [`Metrics::tick`], called once per sample interval
+//! by the engine's timer, walks the shards, takes each connection's delta since the previous
+//! tick, and folds it into the global, per-route and per-IP series
+//! ([`smartproxy_throughput`]). A connection whose recorder was dropped is sampled one last
+//! time and then removed, so every byte is counted exactly once. Opening and closing a
+//! connection take a few short locks (registry shard, per-IP map, histograms); that is once
+//! per connection, not per read.
+//!
+//! Counters and rates are therefore as of the last tick (at most one interval old); gauges of
+//! open connections and the histograms are live. The crate has no timer and no tokio: the
+//! engine drives [`Metrics::tick`].
+//!
+//! # Queries
+//!
+//! Following SmartProxy's `IMetrics`: connections ([`Metrics::connections_active`],
+//! [`connections_total`](Metrics::connections_total),
+//! [`connections_by_route`](Metrics::connections_by_route),
+//! [`connections_by_ip`](Metrics::connections_by_ip), [`top_ips`](Metrics::top_ips)),
+//! throughput ([`throughput_instant`](Metrics::throughput_instant) 1 s,
+//! [`throughput_recent`](Metrics::throughput_recent) 10 s,
+//! [`throughput_average`](Metrics::throughput_average) 60 s,
+//! [`throughput_custom`](Metrics::throughput_custom),
+//! [`throughput_history`](Metrics::throughput_history),
+//! [`throughput_by_route`](Metrics::throughput_by_route),
+//! [`throughput_by_ip`](Metrics::throughput_by_ip)), requests, totals, percentiles, and
+//! [`Metrics::snapshot`] for all of it plus refused connections, PROXY headers, backend
+//! connects and reloads.
+//!
+//! [`add_out`]: ConnectionRecorder::add_out
+
+mod clock;
+mod collector;
+mod config;
+mod conn;
+mod hist;
+mod reason;
+mod route;
+mod snapshot;
+
+pub use self::clock::{Clock, ManualClock, MonotonicClock};
+pub use self::collector::Metrics;
+pub use self::config::{MetricsConfig, PerIp};
+pub use self::conn::ConnectionRecorder;
+pub use self::reason::{ProxyVersion, RefuseReason};
+pub use self::route::RouteHandle;
+pub use self::snapshot::{
+    Backend, Bucket, Connections, HistogramSnapshot, Histograms, IpCount, IpSnapshot, Meta, Pct,
+    Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot,
+    Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
+};
+pub use smartproxy_throughput;

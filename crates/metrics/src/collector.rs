@@ -1,0 +1,711 @@
+//! The collector: connection lifecycle, the sampler (`tick`) and the query API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use smartproxy_throughput::{KeyedSeries, Sample, Series, SeriesConfig, WindowSum};
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::config::{MetricsConfig, PerIp};
+use crate::conn::{ConnShared, ConnectionRecorder, Padded, Slot};
+use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
+use crate::reason::{ProxyVersion, RefuseReason};
+use crate::route::RouteHandle;
+use crate::snapshot::{
+    Backend, Connections, Histograms, IpCount, IpSnapshot, Meta, Pct, Percentiles, ProxyHeaders,
+    ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput, ThroughputPoint,
+    ThroughputRate, Totals, WindowRate,
+};
+
+/// Registry shards: connections are spread round-robin so that opening and sampling do not
+/// serialise on one lock.
+const SHARDS: usize = 16;
+
+/// The metrics collector. Share it as `Arc<Metrics>`; see the crate docs for the design.
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct ConnHists {
+    duration: Hist,
+    bytes_in: Hist,
+    bytes_out: Hist,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    cfg: MetricsConfig,
+    clock: Arc<dyn Clock>,
+    start: u64,
+    last_tick: AtomicU64,
+    shards: Box<[Mutex<Vec<Slot>>]>,
+    next_shard: AtomicUsize,
+    active: Padded<AtomicU64>,
+    total: AtomicU64,
+    ips_active: Mutex<HashMap<IpAddr, u64>>,
+    routes: Mutex<BTreeMap<String, RouteHandle>>,
+    route_cfg: SeriesConfig,
+    tick_lock: Mutex<()>,
+    global: RwLock<Series>,
+    ips: Option<RwLock<KeyedSeries<IpAddr>>>,
+    conn_hists: Mutex<ConnHists>,
+    backend_hist: Mutex<Hist>,
+    backend_connects: AtomicU64,
+    backend_failures: AtomicU64,
+    refused: Box<[AtomicU64]>,
+    proxy_accepted: [AtomicU64; 2],
+    proxy_rejected: Mutex<BTreeMap<(Option<ProxyVersion>, &'static str), u64>>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Metrics {
+    /// A collector that starts at `now` (seconds on the caller's clock; UNIX seconds are
+    /// recommended, the snapshot reports them as `start_time`), timing connections with
+    /// [`MonotonicClock`].
+    #[must_use]
+    pub fn new(cfg: MetricsConfig, now: u64) -> Arc<Self> {
+        Self::with_clock(cfg, now, Arc::new(MonotonicClock::new()))
+    }
+
+    /// Same as [`Metrics::new`] with the clock used for connection durations and connect
+    /// times (a [`ManualClock`](crate::ManualClock) in tests).
+    #[must_use]
+    pub fn with_clock(cfg: MetricsConfig, now: u64, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let second_slots = usize::try_from(secs(cfg.retention)).unwrap_or(usize::MAX);
+        let minute_slots = usize::try_from(cfg.minute_retention.as_secs() / 60).unwrap_or(0);
+        let route_cfg = SeriesConfig::new(second_slots, minute_slots);
+        let ip_cfg =
+            SeriesConfig::new(usize::try_from(secs(cfg.ip_retention)).unwrap_or(usize::MAX), 0);
+        let ips = match cfg.per_ip {
+            PerIp::Off => None,
+            PerIp::TopN(_) => Some(RwLock::new(KeyedSeries::new(ip_cfg, cfg.max_tracked_ips, now))),
+        };
+        let inner = Inner {
+            clock,
+            start: now,
+            last_tick: AtomicU64::new(now),
+            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+            next_shard: AtomicUsize::new(0),
+            active: Padded(AtomicU64::new(0)),
+            total: AtomicU64::new(0),
+            ips_active: Mutex::new(HashMap::new()),
+            routes: Mutex::new(BTreeMap::new()),
+            route_cfg,
+            tick_lock: Mutex::new(()),
+            global: RwLock::new(Series::new(route_cfg, now)),
+            ips,
+            conn_hists: Mutex::new(ConnHists {
+                duration: Hist::micros(DURATION_BUCKETS),
+                bytes_in: Hist::bytes(),
+                bytes_out: Hist::bytes(),
+            }),
+            backend_hist: Mutex::new(Hist::micros(CONNECT_BUCKETS)),
+            backend_connects: AtomicU64::new(0),
+            backend_failures: AtomicU64::new(0),
+            refused: RefuseReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            proxy_accepted: [AtomicU64::new(0), AtomicU64::new(0)],
+            proxy_rejected: Mutex::new(BTreeMap::new()),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            cfg,
+        };
+        Arc::new(Self { inner: Arc::new(inner) })
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &MetricsConfig {
+        &self.inner.cfg
+    }
+
+    /// Start time (caller's clock).
+    #[must_use]
+    pub fn start_time(&self) -> u64 {
+        self.inner.start
+    }
+
+    /// Time of the last tick (the start time before the first one).
+    #[must_use]
+    pub fn now(&self) -> u64 {
+        self.inner.last_tick.load(Ordering::Acquire)
+    }
+
+    // ----- recording -------------------------------------------------------------------
+
+    /// The handle of route `name`, created on first use. Call it when routes are (re)loaded,
+    /// never per connection or packet.
+    pub fn route(&self, name: &str) -> RouteHandle {
+        let mut routes = self.inner.routes.lock();
+        if let Some(h) = routes.get(name) {
+            return h.clone();
+        }
+        let h = RouteHandle::new(name, self.inner.route_cfg, self.now());
+        routes.insert(name.to_owned(), h.clone());
+        h
+    }
+
+    /// Forgets routes for which `keep` is false and that have no connection open (after a
+    /// reload removed them). Their series and counters disappear from snapshots.
+    pub fn forget_routes(&self, keep: impl Fn(&str) -> bool) {
+        self.inner.routes.lock().retain(|name, h| keep(name) || h.active() > 0);
+    }
+
+    /// A connection from `client_ip` was accepted on `route`. Keep the returned recorder for
+    /// the life of the connection; dropping it closes the connection in the metrics.
+    pub fn connection_opened(&self, client_ip: IpAddr, route: &RouteHandle) -> ConnectionRecorder {
+        let inner = &self.inner;
+        inner.active.0.fetch_add(1, Ordering::Relaxed);
+        inner.total.fetch_add(1, Ordering::Relaxed);
+        route.0.active.fetch_add(1, Ordering::Relaxed);
+        route.0.total.fetch_add(1, Ordering::Relaxed);
+        *inner.ips_active.lock().entry(client_ip).or_insert(0) += 1;
+        let conn = Arc::new(ConnShared {
+            bytes_in: Padded(AtomicU64::new(0)),
+            bytes_out: Padded(AtomicU64::new(0)),
+            closed: AtomicBool::new(false),
+            ip: client_ip,
+            route: route.clone(),
+        });
+        let shard = inner.next_shard.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        inner.shards[shard].lock().push(Slot {
+            conn: Arc::clone(&conn),
+            sampled_in: 0,
+            sampled_out: 0,
+            counted: false,
+        });
+        ConnectionRecorder { conn, inner: Arc::clone(inner), opened_at: inner.clock.elapsed() }
+    }
+
+    /// A connection was refused.
+    pub fn refused(&self, reason: RefuseReason) {
+        self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A PROXY header was accepted.
+    pub fn proxy_header_accepted(&self, v: ProxyVersion) {
+        let i = match v {
+            ProxyVersion::V1 => 0,
+            ProxyVersion::V2 => 1,
+        };
+        self.inner.proxy_accepted[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A PROXY header was rejected; `v` is `None` when the version could not be told.
+    /// `reason` should come from a small fixed set (it becomes a label).
+    pub fn proxy_header_rejected(&self, v: Option<ProxyVersion>, reason: &'static str) {
+        *self.inner.proxy_rejected.lock().entry((v, reason)).or_insert(0) += 1;
+    }
+
+    /// A backend connect for `route` succeeded after `took`.
+    pub fn backend_connected(&self, route: &RouteHandle, took: Duration) {
+        let us = micros(took);
+        route.0.backend_connects.fetch_add(1, Ordering::Relaxed);
+        route.0.backend_micros.fetch_add(us, Ordering::Relaxed);
+        self.inner.backend_connects.fetch_add(1, Ordering::Relaxed);
+        self.inner.backend_hist.lock().record(us);
+    }
+
+    /// A backend connect for `route` failed.
+    pub fn backend_connect_failed(&self, route: &RouteHandle) {
+        route.0.backend_failures.fetch_add(1, Ordering::Relaxed);
+        self.inner.backend_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A configuration reload was applied (`ok`) or refused.
+    pub fn config_reloaded(&self, ok: bool) {
+        let c = if ok { &self.inner.reloads_ok } else { &self.inner.reloads_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Samples every connection's counters into the time series. Call once per
+    /// `sample_interval`, off the data path, with the current time in seconds. A tick that
+    /// comes late (a gap of up to two intervals) spreads its bytes evenly over the seconds it
+    /// covers; time going backwards is counted in the newest second (see
+    /// [`smartproxy_throughput::Series`]).
+    pub fn tick(&self, now: u64) {
+        self.inner.tick(now);
+    }
+
+    // ----- queries: connections ----------------------------------------------------------
+
+    /// Connections open now.
+    #[must_use]
+    pub fn connections_active(&self) -> u64 {
+        self.inner.active.0.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened since the start.
+    #[must_use]
+    pub fn connections_total(&self) -> u64 {
+        self.inner.total.load(Ordering::Relaxed)
+    }
+
+    /// Open connections per route.
+    #[must_use]
+    pub fn connections_by_route(&self) -> BTreeMap<String, u64> {
+        self.inner.routes.lock().iter().map(|(n, h)| (n.clone(), h.active())).collect()
+    }
+
+    /// Open connections per client IP.
+    #[must_use]
+    pub fn connections_by_ip(&self) -> HashMap<IpAddr, u64> {
+        self.inner.ips_active.lock().clone()
+    }
+
+    /// The `limit` client IPs with the most open connections, highest first (ties by address).
+    #[must_use]
+    pub fn top_ips(&self, limit: usize) -> Vec<(IpAddr, u64)> {
+        let mut all: Vec<(IpAddr, u64)> =
+            self.inner.ips_active.lock().iter().map(|(ip, n)| (*ip, *n)).collect();
+        let order = |a: &(IpAddr, u64), b: &(IpAddr, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if limit == 0 {
+            return Vec::new();
+        }
+        if limit < all.len() {
+            all.select_nth_unstable_by(limit - 1, order);
+            all.truncate(limit);
+        }
+        all.sort_unstable_by(order);
+        all
+    }
+
+    // ----- queries: throughput -----------------------------------------------------------
+
+    /// Bytes/s over the last second.
+    #[must_use]
+    pub fn throughput_instant(&self) -> ThroughputRate {
+        self.throughput_custom(1)
+    }
+
+    /// Bytes/s over the last 10 seconds.
+    #[must_use]
+    pub fn throughput_recent(&self) -> ThroughputRate {
+        self.throughput_custom(10)
+    }
+
+    /// Bytes/s over the last 60 seconds.
+    #[must_use]
+    pub fn throughput_average(&self) -> ThroughputRate {
+        self.throughput_custom(60)
+    }
+
+    /// Bytes/s over the last `seconds` (1 s to the minute retention), divided by the real
+    /// length of the window when the process is younger than it.
+    #[must_use]
+    pub fn throughput_custom(&self, seconds: u64) -> ThroughputRate {
+        ThroughputRate::from_rate(self.global_window(seconds).rate())
+    }
+
+    /// Throughput history over the last `seconds`, oldest first: 1 point per second up to the
+    /// retention, 1 point per minute beyond.
+    #[must_use]
+    pub fn throughput_history(&self, seconds: u64) -> Vec<ThroughputPoint> {
+        let now = self.now();
+        to_points(&self.inner.global.read().history(now, seconds))
+    }
+
+    /// History of route `name` (empty if unknown).
+    #[must_use]
+    pub fn route_history(&self, name: &str, seconds: u64) -> Vec<ThroughputPoint> {
+        let now = self.now();
+        let h = self.inner.routes.lock().get(name).cloned();
+        h.map(|h| to_points(&h.0.series.read().history(now, seconds))).unwrap_or_default()
+    }
+
+    /// Bytes/s per route over `window` seconds.
+    #[must_use]
+    pub fn throughput_by_route(&self, window: u64) -> BTreeMap<String, ThroughputRate> {
+        let now = self.now();
+        let routes: Vec<RouteHandle> = self.inner.routes.lock().values().cloned().collect();
+        routes
+            .iter()
+            .map(|h| {
+                let w = h.0.series.read().window(now, window);
+                (h.0.name.clone(), ThroughputRate::from_rate(w.rate()))
+            })
+            .collect()
+    }
+
+    /// Bytes/s per tracked client IP over `window` seconds (at most the IP retention).
+    /// Empty when per-IP tracking is off.
+    #[must_use]
+    pub fn throughput_by_ip(&self, window: u64) -> HashMap<IpAddr, ThroughputRate> {
+        match &self.inner.ips {
+            None => HashMap::new(),
+            Some(ips) => ips
+                .read()
+                .windows(window)
+                .map(|(ip, w)| (*ip, ThroughputRate::from_rate(w.rate())))
+                .collect(),
+        }
+    }
+
+    // ----- queries: requests, totals, percentiles ----------------------------------------
+
+    /// Requests (connections) in the last second.
+    #[must_use]
+    pub fn requests_per_second(&self) -> f64 {
+        self.global_window(1).rate().events
+    }
+
+    /// Requests per minute over the last 60 seconds.
+    #[must_use]
+    pub fn requests_per_minute(&self) -> f64 {
+        self.global_window(60).rate().events * 60.0
+    }
+
+    /// Requests (connections) since the start, as of the last tick.
+    #[must_use]
+    pub fn requests_total(&self) -> u64 {
+        self.inner.global.read().total().events
+    }
+
+    /// Bytes from clients since the start, as of the last tick.
+    #[must_use]
+    pub fn bytes_in_total(&self) -> u64 {
+        self.inner.global.read().total().bytes_in
+    }
+
+    /// Bytes to clients since the start, as of the last tick.
+    #[must_use]
+    pub fn bytes_out_total(&self) -> u64 {
+        self.inner.global.read().total().bytes_out
+    }
+
+    /// Duration of closed connections, seconds.
+    #[must_use]
+    pub fn connection_duration_percentiles(&self) -> Pct {
+        self.inner.conn_hists.lock().duration.pct()
+    }
+
+    /// Bytes per closed connection: (from the client, to the client).
+    #[must_use]
+    pub fn bytes_per_connection_percentiles(&self) -> (Pct, Pct) {
+        let h = self.inner.conn_hists.lock();
+        (h.bytes_in.pct(), h.bytes_out.pct())
+    }
+
+    /// Connections refused for `reason`.
+    #[must_use]
+    pub fn refused_count(&self, reason: RefuseReason) -> u64 {
+        self.inner.refused[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Configuration reloads: (applied, refused).
+    #[must_use]
+    pub fn config_reloads(&self) -> (u64, u64) {
+        (
+            self.inner.reloads_ok.load(Ordering::Relaxed),
+            self.inner.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn global_window(&self, seconds: u64) -> WindowSum {
+        let now = self.now();
+        self.inner.global.read().window(now, seconds)
+    }
+
+    /// Everything, at once.
+    #[must_use]
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = &self.inner;
+        let cfg = &inner.cfg;
+        let now = self.now();
+        let windows_of = |s: &Series, max: u64| -> Vec<WindowRate> {
+            cfg.windows
+                .iter()
+                .filter(|w| **w <= max)
+                .map(|&w| WindowRate {
+                    window_seconds: w,
+                    rate: ThroughputRate::from_rate(s.window(now, w).rate()),
+                })
+                .collect()
+        };
+        let (throughput, requests, totals) = {
+            let g = inner.global.read();
+            let rate = |w| ThroughputRate::from_rate(g.window(now, w).rate());
+            let t = Throughput {
+                instant: rate(1),
+                recent: rate(10),
+                average: rate(60),
+                windows: windows_of(&g, u64::MAX),
+                history: to_points(&g.history(now, secs(cfg.snapshot_history))),
+            };
+            let r = Requests {
+                per_second: g.window(now, 1).rate().events,
+                per_minute: g.window(now, 60).rate().events * 60.0,
+                total: g.total().events,
+            };
+            let tot = g.total();
+            (
+                t,
+                r,
+                Totals {
+                    bytes_in: tot.bytes_in,
+                    bytes_out: tot.bytes_out,
+                    connections: tot.events,
+                },
+            )
+        };
+        let routes: Vec<RouteHandle> = inner.routes.lock().values().cloned().collect();
+        let routes = routes
+            .iter()
+            .map(|h| {
+                let s = h.0.series.read();
+                let total = s.total();
+                RouteSnapshot {
+                    name: h.0.name.clone(),
+                    active: h.active(),
+                    total: h.total(),
+                    bytes_in: total.bytes_in,
+                    bytes_out: total.bytes_out,
+                    throughput: windows_of(&s, u64::MAX),
+                    requests_per_second: s.window(now, 1).rate().events,
+                    backend_connects: h.0.backend_connects.load(Ordering::Relaxed),
+                    backend_connect_failures: h.0.backend_failures.load(Ordering::Relaxed),
+                    backend_connect_seconds_sum: h.0.backend_micros.load(Ordering::Relaxed) as f64
+                        * 1e-6,
+                }
+            })
+            .collect();
+        let ips_active = inner.ips_active.lock().clone();
+        let mut ips = Vec::new();
+        if let (Some(series), PerIp::TopN(n)) = (&inner.ips, cfg.per_ip) {
+            let ret = secs(cfg.ip_retention);
+            let series = series.read();
+            for (ip, w) in series.top(ret, n) {
+                let total = series.total(&ip).unwrap_or_default();
+                let throughput = cfg
+                    .windows
+                    .iter()
+                    .filter(|w| **w <= ret)
+                    .filter_map(|&win| {
+                        series.window(&ip, win).map(|s| WindowRate {
+                            window_seconds: win,
+                            rate: ThroughputRate::from_rate(s.rate()),
+                        })
+                    })
+                    .collect();
+                ips.push((
+                    w.sum.bytes_in.saturating_add(w.sum.bytes_out),
+                    IpSnapshot {
+                        ip,
+                        active: ips_active.get(&ip).copied().unwrap_or(0),
+                        bytes_in: total.bytes_in,
+                        bytes_out: total.bytes_out,
+                        throughput,
+                    },
+                ));
+            }
+        }
+        ips.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.ip.cmp(&b.1.ip)));
+        let (percentiles, mut histograms) = {
+            let h = inner.conn_hists.lock();
+            (
+                Percentiles {
+                    connection_duration_seconds: h.duration.pct(),
+                    bytes_in: h.bytes_in.pct(),
+                    bytes_out: h.bytes_out.pct(),
+                },
+                Histograms {
+                    connection_duration_seconds: h.duration.snapshot(),
+                    connection_bytes_in: h.bytes_in.snapshot(),
+                    connection_bytes_out: h.bytes_out.snapshot(),
+                    backend_connect_seconds: crate::snapshot::HistogramSnapshot {
+                        buckets: Vec::new(),
+                        count: 0,
+                        sum: 0.0,
+                    },
+                },
+            )
+        };
+        histograms.backend_connect_seconds = inner.backend_hist.lock().snapshot();
+        let refused = RefuseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.refused_count(*r)))
+            .collect();
+        let accepted = [ProxyVersion::V1, ProxyVersion::V2]
+            .iter()
+            .zip(&inner.proxy_accepted)
+            .map(|(v, c)| (v.as_str().to_owned(), c.load(Ordering::Relaxed)))
+            .collect();
+        let rejected = inner
+            .proxy_rejected
+            .lock()
+            .iter()
+            .map(|((v, reason), count)| ProxyRejection {
+                version: v.map_or("unknown", ProxyVersion::as_str).to_owned(),
+                reason: (*reason).to_owned(),
+                count: *count,
+            })
+            .collect();
+        let top_ips = self
+            .top_ips(cfg.top_ips)
+            .into_iter()
+            .map(|(ip, count)| IpCount { ip, count })
+            .collect();
+        let (ok, failed) = self.config_reloads();
+        Snapshot {
+            meta: Meta {
+                version: cfg.version.clone(),
+                start_time: inner.start,
+                now,
+                uptime_seconds: now.saturating_sub(inner.start),
+                sample_interval_seconds: cfg.interval_secs(),
+                retention_seconds: inner.route_cfg.second_slots as u64,
+                minute_retention_seconds: inner.route_cfg.minute_slots as u64 * 60,
+            },
+            connections: Connections {
+                active: self.connections_active(),
+                total: self.connections_total(),
+                ips_active: ips_active.len() as u64,
+                top_ips,
+            },
+            throughput,
+            requests,
+            totals,
+            percentiles,
+            histograms,
+            routes,
+            ips: ips.into_iter().map(|(_, s)| s).collect(),
+            refused,
+            proxy_headers: ProxyHeaders { accepted, rejected },
+            backend: Backend {
+                connects: inner.backend_connects.load(Ordering::Relaxed),
+                connect_failures: inner.backend_failures.load(Ordering::Relaxed),
+            },
+            reloads: Reloads { ok, failed },
+        }
+    }
+}
+
+fn to_points(h: &[smartproxy_throughput::HistoryPoint]) -> Vec<ThroughputPoint> {
+    h.iter()
+        .map(|p| ThroughputPoint {
+            timestamp: p.timestamp,
+            span: p.span,
+            rate: ThroughputRate::from_rate(p.rate()),
+        })
+        .collect()
+}
+
+/// Calls `f(t, share)` to spread `d` over the `gap` seconds ending at `now` (only when
+/// `1 < gap <= limit`; otherwise all of it lands on `now`).
+fn spread(now: u64, gap: u64, limit: u64, d: Sample, mut f: impl FnMut(u64, Sample)) {
+    if gap <= 1 || gap > limit {
+        f(now, d);
+        return;
+    }
+    let share = Sample::new(d.bytes_in / gap, d.bytes_out / gap, d.events / gap);
+    for t in now + 1 - gap..now {
+        f(t, share);
+    }
+    let rest = Sample::new(
+        d.bytes_in - share.bytes_in * (gap - 1),
+        d.bytes_out - share.bytes_out * (gap - 1),
+        d.events - share.events * (gap - 1),
+    );
+    f(now, rest);
+}
+
+impl Inner {
+    pub(crate) fn connection_closed(&self, conn: &ConnShared, opened_at: Duration) {
+        self.active.0.fetch_sub(1, Ordering::Relaxed);
+        conn.route.0.active.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut ips = self.ips_active.lock();
+            if let Some(n) = ips.get_mut(&conn.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    ips.remove(&conn.ip);
+                }
+            }
+        }
+        let took = self.clock.elapsed().saturating_sub(opened_at);
+        let mut h = self.conn_hists.lock();
+        h.duration.record(micros(took));
+        h.bytes_in.record(conn.bytes_in.0.load(Ordering::Relaxed));
+        h.bytes_out.record(conn.bytes_out.0.load(Ordering::Relaxed));
+    }
+
+    fn tick(&self, now: u64) {
+        let _serial = self.tick_lock.lock();
+        let last = self.last_tick.load(Ordering::Acquire);
+        let gap = now.saturating_sub(last);
+        let limit = 2 * self.cfg.interval_secs();
+        let mut global = Sample::ZERO;
+        let mut by_route: HashMap<usize, (RouteHandle, Sample)> = HashMap::new();
+        let mut by_ip: HashMap<IpAddr, Sample> = HashMap::new();
+        let track_ips = self.ips.is_some();
+        for shard in &self.shards {
+            shard.lock().retain_mut(|slot| {
+                // Acquire pairs with the recorder's Release: a closed connection's final bytes
+                // are visible below.
+                let closed = slot.conn.closed.load(Ordering::Acquire);
+                let cin = slot.conn.bytes_in.0.load(Ordering::Relaxed);
+                let cout = slot.conn.bytes_out.0.load(Ordering::Relaxed);
+                let d = Sample::new(
+                    cin.wrapping_sub(slot.sampled_in),
+                    cout.wrapping_sub(slot.sampled_out),
+                    u64::from(!slot.counted),
+                );
+                slot.sampled_in = cin;
+                slot.sampled_out = cout;
+                slot.counted = true;
+                if !d.is_zero() {
+                    global += d;
+                    let key = Arc::as_ptr(&slot.conn.route.0) as usize;
+                    by_route
+                        .entry(key)
+                        .or_insert_with(|| (slot.conn.route.clone(), Sample::ZERO))
+                        .1 += d;
+                    if track_ips {
+                        *by_ip.entry(slot.conn.ip).or_default() += d;
+                    }
+                }
+                !closed
+            });
+        }
+        {
+            let mut g = self.global.write();
+            spread(now, gap, limit, global, |t, s| g.push(t, s));
+        }
+        let routes: Vec<RouteHandle> = self.routes.lock().values().cloned().collect();
+        for h in &routes {
+            let key = Arc::as_ptr(&h.0) as usize;
+            let d = by_route.remove(&key).map(|(_, d)| d).unwrap_or_default();
+            let mut s = h.0.series.write();
+            spread(now, gap, limit, d, |t, x| s.push(t, x));
+        }
+        // Routes forgotten by a reload while connections were still open.
+        for (h, d) in by_route.into_values() {
+            if !routes.iter().any(|r| r.same(&h)) {
+                let mut s = h.0.series.write();
+                spread(now, gap, limit, d, |t, x| s.push(t, x));
+            }
+        }
+        if let Some(ips) = &self.ips {
+            let mut ips = ips.write();
+            for (ip, d) in by_ip {
+                spread(now, gap, limit, d, |t, x| ips.push(&ip, t, x));
+            }
+            ips.advance(now);
+        }
+        self.last_tick.fetch_max(now, Ordering::AcqRel);
+    }
+}
