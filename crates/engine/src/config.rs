@@ -1,0 +1,403 @@
+//! The configuration file: the model of every key, loading from TOML or JSON, and validation
+//! that reports every error with its key path and line.
+
+mod locate;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use smartproxy_routing::RouteConfig;
+use smartproxy_routing::duration as dur;
+
+use self::locate::Locator;
+
+/// The whole configuration (DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Runtime worker threads; `None`: the CPUs the process may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Addresses every route port is bound on (default `["0.0.0.0", "::"]`; IPv6 sockets are
+    /// IPv6-only).
+    #[serde(default = "default_bind")]
+    pub bind: Vec<String>,
+    /// Set `SO_REUSEPORT` on listening sockets (default false), so that several processes can
+    /// share a port.
+    #[serde(default)]
+    pub reuse_port: bool,
+    /// Peers trusted to send PROXY headers: addresses or CIDR blocks.
+    #[serde(default)]
+    pub proxy_ips: Vec<String>,
+    /// Accept PROXY headers from `proxy_ips` (default: true when `proxy_ips` is non-empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_proxy_protocol: Option<bool>,
+    /// Absolute deadline for the whole PROXY header, from accept (default 5 s).
+    #[serde(default = "default_pp_timeout", with = "dur")]
+    pub proxy_protocol_timeout: Duration,
+    /// A trusted peer may also connect without a header (default false).
+    #[serde(default)]
+    pub proxy_protocol_optional: bool,
+    /// How long the first bytes of an untrusted connection are awaited to check that they are
+    /// not a PROXY header, on ports whose routes need no peek (default 200 ms). A client that
+    /// stays silent that long (a server-speaks-first protocol) is forwarded anyway.
+    #[serde(default = "default_detect_timeout", with = "dur")]
+    pub proxy_protocol_detect_timeout: Duration,
+    /// Defaults for timeouts and limits.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// The admin HTTP listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// Traffic metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The routes.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            bind: default_bind(),
+            reuse_port: false,
+            proxy_ips: Vec::new(),
+            accept_proxy_protocol: None,
+            proxy_protocol_timeout: default_pp_timeout(),
+            proxy_protocol_optional: false,
+            proxy_protocol_detect_timeout: default_detect_timeout(),
+            defaults: Defaults::default(),
+            admin: None,
+            metrics: MetricsConfig::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// `[defaults]`: timeouts and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Defaults {
+    /// Deadline for the data a route needs before it can be chosen (ClientHello, HTTP head),
+    /// and for the request head that HTTP handlers read (default 60 s).
+    #[serde(default = "d60s", with = "dur")]
+    pub initial_data_timeout: Duration,
+    /// A connection with no byte in either direction for this long is closed (default 4 h).
+    #[serde(default = "d4h", with = "dur")]
+    pub inactivity_timeout: Duration,
+    /// A connection is closed after this long whatever it does (default 24 h).
+    #[serde(default = "d24h", with = "dur")]
+    pub max_connection_lifetime: Duration,
+    /// Open connections per client IP (default 100; 0 = unlimited).
+    #[serde(default = "d100")]
+    pub max_connections_per_ip: u32,
+    /// New connections per client IP and minute (default 300; 0 = unlimited).
+    #[serde(default = "d300")]
+    pub connection_rate_limit_per_minute: u32,
+    /// Open connections in total (default 100 000; 0 = unlimited).
+    #[serde(default = "d100k")]
+    pub max_connections: u32,
+    /// Deadline of the TCP connect to a target (default 10 s; a route may override it).
+    #[serde(default = "d10s", with = "dur")]
+    pub connect_timeout: Duration,
+    /// How long shutdown waits for open connections to finish (default 30 s).
+    #[serde(default = "d30s", with = "dur")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            initial_data_timeout: d60s(),
+            inactivity_timeout: d4h(),
+            max_connection_lifetime: d24h(),
+            max_connections_per_ip: d100(),
+            connection_rate_limit_per_minute: d300(),
+            max_connections: d100k(),
+            connect_timeout: d10s(),
+            shutdown_grace: d30s(),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminConfig {
+    /// Address of the admin HTTP listener, e.g. `"127.0.0.1:9900"`.
+    pub listen: String,
+}
+
+impl AdminConfig {
+    /// The listen address, parsed (validation guarantees it parses).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// Collect metrics (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sample interval (default 1 s).
+    #[serde(default = "d1s", with = "dur")]
+    pub sample_interval: Duration,
+    /// How long 1 s samples are kept (default 1 h).
+    #[serde(default = "d1h", with = "dur")]
+    pub retention: Duration,
+    /// Prefix of exported metric names (default `smartproxy_`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Export per-IP series (default false).
+    #[serde(default)]
+    pub per_ip: bool,
+    /// Push to a StatsD server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statsd: Option<StatsdConfig>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_interval: d1s(),
+            retention: d1h(),
+            prefix: default_prefix(),
+            per_ip: false,
+            statsd: None,
+        }
+    }
+}
+
+/// `[metrics.statsd]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StatsdConfig {
+    /// `host:port` of the StatsD server (UDP).
+    pub address: String,
+    /// Push interval (default 10 s).
+    #[serde(default = "d10s", with = "dur")]
+    pub interval: Duration,
+    /// Line style: `"plain"` (default, Etsy StatsD) or `"datadog"` (tags).
+    #[serde(default = "default_style")]
+    pub style: String,
+}
+
+fn default_bind() -> Vec<String> {
+    vec![Ipv4Addr::UNSPECIFIED.to_string(), Ipv6Addr::UNSPECIFIED.to_string()]
+}
+fn default_pp_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_detect_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_prefix() -> String {
+    "smartproxy_".into()
+}
+fn default_style() -> String {
+    "plain".into()
+}
+fn d1s() -> Duration {
+    Duration::from_secs(1)
+}
+fn d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d30s() -> Duration {
+    Duration::from_secs(30)
+}
+fn d60s() -> Duration {
+    Duration::from_secs(60)
+}
+fn d1h() -> Duration {
+    Duration::from_secs(3600)
+}
+fn d4h() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn d24h() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn d100() -> u32 {
+    100
+}
+fn d300() -> u32 {
+    300
+}
+fn d100k() -> u32 {
+    100_000
+}
+
+/// The format of a configuration text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// TOML (the default).
+    Toml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// JSON for a `.json` extension, TOML otherwise.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => Self::Json,
+            _ => Self::Toml,
+        }
+    }
+}
+
+/// One configuration error: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// Key path, e.g. `routes[2].action.targets[0].port` (empty for the whole file).
+    pub path: String,
+    /// Line in the file (1-based), when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at a key path, without a line.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), line: None, message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.path.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every error found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub struct ConfigErrors {
+    /// The file, when the configuration came from one.
+    pub file: Option<PathBuf>,
+    /// The errors, in file order where lines are known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl ConfigErrors {
+    /// One error.
+    pub fn one(error: ConfigError) -> Self {
+        Self { file: None, errors: vec![error] }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        match &self.file {
+            Some(p) => write!(f, "{}: {n} configuration error{}", p.display(), plural(n))?,
+            None => write!(f, "{n} configuration error{}", plural(n))?,
+        }
+        for e in &self.errors {
+            match &self.file {
+                Some(p) => write!(f, "\n  {}:{e}", p.display())?,
+                None => write!(f, "\n  {e}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+impl Config {
+    /// Reads and validates a file: JSON for a `.json` extension, TOML otherwise.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: Some(path.to_owned()),
+            errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
+        })?;
+        Self::from_str(&text, Format::from_path(path)).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parses and validates a configuration text. Socket handlers must be built-in ones.
+    #[allow(clippy::should_implement_trait)] // Takes a format too.
+    pub fn from_str(text: &str, format: Format) -> Result<Self, ConfigErrors> {
+        Self::from_str_with_handlers(text, format, &[])
+    }
+
+    /// Like [`Config::from_str`], accepting also the socket handlers named in `handlers`
+    /// (those a library user registers with [`crate::EngineBuilder::handler`]).
+    pub fn from_str_with_handlers(
+        text: &str,
+        format: Format,
+        handlers: &[&str],
+    ) -> Result<Self, ConfigErrors> {
+        let locator = match Locator::new(text, format) {
+            Ok(l) => l,
+            Err(e) => return Err(ConfigErrors::one(e)),
+        };
+        let mut errors = Vec::new();
+        let config = validate::deserialize(text, format, &locator, &mut errors);
+        if let Some(c) = &config {
+            let custom: Vec<String> = handlers.iter().map(|h| (*h).to_owned()).collect();
+            errors.extend(c.check(&custom));
+        }
+        for e in &mut errors {
+            if e.line.is_none() {
+                e.line = locator.line_of(&e.path);
+            }
+        }
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        errors.dedup();
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors { file: None, errors }),
+        }
+    }
+
+    /// Checks the values (what serde cannot): addresses, durations, routes (through
+    /// [`smartproxy_routing::validate_with`], accepting `custom_handlers` as handler names).
+    /// Lines are not filled in.
+    pub fn check(&self, custom_handlers: &[String]) -> Vec<ConfigError> {
+        validate::check(self, custom_handlers)
+    }
+
+    /// Whether PROXY headers are accepted from `proxy_ips`.
+    pub fn accepts_proxy_protocol(&self) -> bool {
+        self.accept_proxy_protocol.unwrap_or(!self.proxy_ips.is_empty())
+    }
+
+    /// The bind addresses, parsed (unparsable ones are skipped; validation reports them).
+    pub fn bind_addrs(&self) -> Vec<IpAddr> {
+        self.bind.iter().filter_map(|b| b.trim().parse().ok()).collect()
+    }
+}

@@ -1,0 +1,196 @@
+//! Deserialisation that collects one error per route, and value checks.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::de::DeserializeOwned;
+use smartproxy_routing::{RouteAction, RouteConfig, TlsMode, ValidationOptions, validate_with};
+
+use super::locate::Locator;
+use super::{Config, ConfigError, Format};
+use crate::net::Cidr;
+
+/// Deserialises the configuration. Every route is deserialised on its own so that an error in
+/// one does not hide the errors in the others.
+pub(crate) fn deserialize(
+    text: &str,
+    format: Format,
+    locator: &Locator,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    match format {
+        Format::Toml => {
+            let mut top: toml::Table = match toml::from_str(text) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(ConfigError {
+                        path: String::new(),
+                        line: None,
+                        message: e.message().to_owned(),
+                    });
+                    return None;
+                }
+            };
+            let routes = match top.remove("routes") {
+                Some(toml::Value::Array(a)) => a,
+                Some(other) => {
+                    top.insert("routes".into(), other);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            split(toml::Value::Table(top), routes, locator, errors)
+        }
+        Format::Json => {
+            let mut top: serde_json::Value = match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(ConfigError {
+                        path: String::new(),
+                        line: Some(e.line()),
+                        message: e.to_string(),
+                    });
+                    return None;
+                }
+            };
+            let routes = match top.as_object_mut().and_then(|o| o.remove("routes")) {
+                Some(serde_json::Value::Array(a)) => a,
+                Some(other) => {
+                    if let Some(o) = top.as_object_mut() {
+                        o.insert("routes".into(), other);
+                    }
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            split(top, routes, locator, errors)
+        }
+    }
+}
+
+fn split<'de, V>(
+    top: V,
+    routes: Vec<V>,
+    locator: &Locator,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config>
+where
+    V: serde::Deserializer<'de>,
+    V::Error: std::fmt::Display,
+{
+    let config: Option<Config> = one(top, "", locator, errors);
+    let mut parsed = Vec::with_capacity(routes.len());
+    for (i, r) in routes.into_iter().enumerate() {
+        parsed.push(one::<V, RouteConfig>(r, &format!("routes[{i}]"), locator, errors));
+    }
+    let mut config = config?;
+    config.routes = parsed.into_iter().collect::<Option<Vec<_>>>()?;
+    Some(config)
+}
+
+fn one<'de, V, T>(v: V, prefix: &str, locator: &Locator, errors: &mut Vec<ConfigError>) -> Option<T>
+where
+    V: serde::Deserializer<'de>,
+    V::Error: std::fmt::Display,
+    T: DeserializeOwned,
+{
+    match serde_path_to_error::deserialize::<V, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = match (prefix.is_empty(), inner.as_str()) {
+                (_, ".") => prefix.to_owned(),
+                (true, p) => p.to_owned(),
+                (false, p) => format!("{prefix}.{p}"),
+            };
+            let line = locator.line_of(&path);
+            errors.push(ConfigError { path, line, message: e.into_inner().to_string() });
+            None
+        }
+    }
+}
+
+/// Checks values that serde cannot.
+pub(crate) fn check(c: &Config, custom_handlers: &[String]) -> Vec<ConfigError> {
+    let mut errs = Vec::new();
+    let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
+    if c.workers == Some(0) {
+        err("workers".into(), "must be at least 1".into());
+    }
+    if c.bind.is_empty() {
+        err("bind".into(), "needs at least one address".into());
+    }
+    for (i, b) in c.bind.iter().enumerate() {
+        if b.trim().parse::<IpAddr>().is_err() {
+            err(format!("bind[{i}]"), format!("`{b}` is not an IP address"));
+        }
+    }
+    for (i, p) in c.proxy_ips.iter().enumerate() {
+        if let Err(e) = Cidr::parse(p) {
+            err(format!("proxy_ips[{i}]"), e);
+        }
+    }
+    if c.accept_proxy_protocol == Some(true) && c.proxy_ips.is_empty() {
+        err(
+            "accept_proxy_protocol".into(),
+            "is true but proxy_ips is empty: no peer is trusted to send a PROXY header".into(),
+        );
+    }
+    for (path, d) in [
+        ("proxy_protocol_timeout", c.proxy_protocol_timeout),
+        ("defaults.initial_data_timeout", c.defaults.initial_data_timeout),
+        ("defaults.inactivity_timeout", c.defaults.inactivity_timeout),
+        ("defaults.max_connection_lifetime", c.defaults.max_connection_lifetime),
+        ("defaults.connect_timeout", c.defaults.connect_timeout),
+        ("metrics.sample_interval", c.metrics.sample_interval),
+    ] {
+        if d.is_zero() {
+            err(path.into(), "must be longer than 0s".into());
+        }
+    }
+    if let Some(a) = &c.admin {
+        if a.listen.parse::<SocketAddr>().is_err() {
+            err("admin.listen".into(), format!("`{}` is not an address:port", a.listen));
+        }
+    }
+    if let Some(s) = &c.metrics.statsd {
+        let ok = s
+            .address
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            err("metrics.statsd.address".into(), format!("`{}` is not host:port", s.address));
+        }
+        if !matches!(s.style.as_str(), "plain" | "datadog") {
+            err(
+                "metrics.statsd.style".into(),
+                format!("`{}` is not \"plain\" or \"datadog\"", s.style),
+            );
+        }
+        if s.interval.is_zero() {
+            err("metrics.statsd.interval".into(), "must be longer than 0s".into());
+        }
+    }
+    for (i, r) in c.routes.iter().enumerate() {
+        check_route(i, r, &mut err);
+    }
+    let opts = ValidationOptions::default().with_custom_handlers(custom_handlers.iter().cloned());
+    if let Err(list) = validate_with(&c.routes, &opts) {
+        for e in list {
+            err(e.path.clone(), e.message.clone());
+        }
+    }
+    errs
+}
+
+fn check_route(i: usize, r: &RouteConfig, err: &mut dyn FnMut(String, String)) {
+    if let RouteAction::Forward(f) = &r.action {
+        if let Some(tls) = &f.tls {
+            if !matches!(tls.mode, TlsMode::Passthrough) {
+                err(
+                    format!("routes[{i}].action.tls.mode"),
+                    "TLS termination is not supported yet (only \"passthrough\")".into(),
+                );
+            }
+        }
+    }
+}

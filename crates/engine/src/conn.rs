@@ -1,0 +1,339 @@
+//! One connection, from accept to close (DESIGN.md §2).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use smartproxy_proxy_protocol::Header;
+use smartproxy_routing::{
+    CompiledRoute, ForwardAction, HeaderSource, MatchInput, RouteAction, SendProxyProtocol,
+};
+use smartproxy_wrapped_socket::{
+    HeaderError, HeaderOptions, HeaderPolicy, PeerAddr, WrappedSocket, read_proxy_header,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::copy::{self, Counted, Outcome, Timeouts};
+use crate::engine::{Inner, State};
+use crate::handler::{self, ClientStream, HandlerContext};
+use crate::http::RequestHead;
+use crate::net::canonical;
+use crate::observe::{ConnObserver, Refusal};
+use crate::peek::{PeekFailed, peek};
+
+impl HeaderSource for RequestHead {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Context for refusing: who and where.
+struct Refuser<'a> {
+    inner: &'a Inner,
+    client: SocketAddr,
+    port: u16,
+}
+
+impl Refuser<'_> {
+    fn refuse(&self, reason: Refusal, detail: &str) {
+        self.inner.obs.refused(reason, self.client, self.port, detail);
+    }
+}
+
+/// Serves one accepted connection. Never panics on network input; every guard it takes is
+/// released when it returns.
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    accepted: Instant,
+) {
+    let obs = inner.obs.conn_opened(peer, port);
+    let mut r = Refuser { inner: &inner, client: peer, port };
+    let state = inner.state.load_full();
+    let d = &state.config.defaults;
+    let Some(_global) = inner.global.acquire(d.max_connections) else {
+        return r.refuse(Refusal::GlobalLimit, "");
+    };
+    let _ = tcp.set_nodelay(true);
+    let local =
+        tcp.local_addr().unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
+    let peer_ip = canonical(peer.ip());
+    let trusted = state.accept_pp && state.trusted.iter().any(|c| c.contains(peer_ip));
+
+    // Limits on the peer before any read, unless it is a trusted proxy (then on the client).
+    let mut _ip_guard = None;
+    if !trusted {
+        match inner.ip_limits.acquire(
+            peer_ip,
+            d.max_connections_per_ip,
+            d.connection_rate_limit_per_minute,
+        ) {
+            Ok(g) => _ip_guard = Some(g),
+            Err(reason) => return r.refuse(reason, ""),
+        }
+    }
+
+    // PROXY header.
+    let need = state.table.peek_need(port);
+    let cfg = &state.config;
+    let opts = if trusted {
+        let policy = if cfg.proxy_protocol_optional {
+            HeaderPolicy::Optional
+        } else {
+            HeaderPolicy::Require
+        };
+        HeaderOptions::with_deadline(
+            policy,
+            accepted + cfg.proxy_protocol_timeout,
+            cfg.proxy_protocol_timeout,
+        )
+    } else if need == smartproxy_routing::PeekNeed::None {
+        let t = cfg.proxy_protocol_detect_timeout;
+        HeaderOptions::with_deadline(HeaderPolicy::Refuse, accepted + t, t)
+    } else {
+        let t = d.initial_data_timeout;
+        HeaderOptions::with_deadline(HeaderPolicy::Refuse, accepted + t, t)
+    };
+    let mut sock = match read_proxy_header(tcp, PeerAddr(peer), &opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            inner.obs.proxy_header_rejected(peer, e.kind());
+            let reason = match e {
+                HeaderError::Untrusted => Refusal::UntrustedProxyHeader,
+                _ => Refusal::ProxyHeader,
+            };
+            return r.refuse(reason, &error_chain(&e));
+        }
+    };
+    let client = sock.client_addr().0;
+    let client_ip = canonical(client.ip());
+    if trusted {
+        if sock.proxy_header().is_some() {
+            inner.obs.proxy_header_accepted(peer, client);
+        }
+        r.client = client;
+        match inner.ip_limits.acquire(
+            client_ip,
+            d.max_connections_per_ip,
+            d.connection_rate_limit_per_minute,
+        ) {
+            Ok(g) => _ip_guard = Some(g),
+            Err(reason) => return r.refuse(reason, ""),
+        }
+    }
+
+    // Peek what routing needs.
+    let info = match peek(&mut sock, need, accepted + d.initial_data_timeout).await {
+        Ok(i) => i,
+        Err(e) => {
+            let detail = e.to_string();
+            return match e {
+                PeekFailed::Eof => {
+                    tracing::debug!(%client, port, "closed before sending routing data")
+                }
+                _ => r.refuse(Refusal::InitialData, &detail),
+            };
+        }
+    };
+
+    // Route.
+    let matched = {
+        // `MatchInput` holds a non-`Sync` reference: keep it out of the awaits below.
+        let mut input = MatchInput::new(port, client_ip);
+        if let Some(dom) = info.domain.as_deref() {
+            input = input.with_domain(dom);
+        }
+        if let Some(p) = info.path() {
+            input = input.with_path(p);
+        }
+        if info.is_tls {
+            input = input.with_tls(info.tls_version);
+        }
+        if let Some(h) = &info.head {
+            input = input.with_headers(h);
+        }
+        state.table.lookup(&input).map(|m| m.route)
+    };
+    let Some(route) = matched else {
+        return r.refuse(Refusal::NoRoute, info.domain.as_deref().unwrap_or(""));
+    };
+    if !route.allows_ip(client_ip) {
+        return r.refuse(Refusal::NotAllowed, route.name());
+    }
+    let _route_guard = match route.limits().try_acquire(client_ip) {
+        Ok(g) => g,
+        Err(e) => {
+            let reason = match e {
+                smartproxy_routing::LimitExceeded::MaxConnections { .. } => Refusal::RouteLimit,
+                _ => Refusal::RouteIpLimit,
+            };
+            return r.refuse(reason, &format!("{}: {e}", route.name()));
+        }
+    };
+    tracing::debug!(%client, port, route = route.name(), "routed");
+
+    let timeouts = Timeouts {
+        inactivity: d.inactivity_timeout,
+        deadline: accepted + d.max_connection_lifetime,
+    };
+    let mut stop = inner.force_close.subscribe();
+    match &route.config().action {
+        RouteAction::Forward(f) => {
+            forward(&inner, &state, route, f, sock, local, &obs, timeouts, &mut stop, &r).await;
+        }
+        RouteAction::SocketHandler(h) => {
+            let ctx = HandlerContext {
+                client_addr: sock.client_addr(),
+                peer_addr: sock.peer_addr(),
+                local_addr: local,
+                port,
+                route_name: route.name().to_owned(),
+                action: h.clone(),
+                domain: info.domain.clone(),
+                initial_data_deadline: Instant::now() + d.initial_data_timeout,
+            };
+            let stream = ClientStream { inner: Counted { inner: sock, obs: Arc::clone(&obs) } };
+            let fut = handler::run(&inner.handlers, stream, ctx);
+            let outcome = match copy::supervise(fut, &obs, timeouts, &mut stop).await {
+                Ok(Ok(())) => Outcome::Done,
+                Ok(Err(e)) => Outcome::Error(e),
+                Err(o) => o,
+            };
+            log_close(&obs, client, port, route.name(), &outcome);
+        }
+        _ => r.refuse(Refusal::NoRoute, "unsupported action"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
+async fn forward(
+    inner: &Inner,
+    state: &State,
+    route: &CompiledRoute,
+    f: &ForwardAction,
+    mut sock: WrappedSocket<TcpStream>,
+    local: SocketAddr,
+    obs: &Arc<ConnObserver>,
+    timeouts: Timeouts,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    r: &Refuser<'_>,
+) {
+    let client = sock.client_addr().0;
+    let client_ip = canonical(client.ip());
+    let connect_timeout = f.connect_timeout.unwrap_or(state.config.defaults.connect_timeout);
+    let tries = f.targets.len().clamp(1, 3);
+    let mut backend = None;
+    let mut _target_guard = None;
+    for attempt in 0..tries {
+        let Some(t) = route.select_target(client_ip, r.port, attempt) else { break };
+        let label = format!("{}:{}", t.host(), t.port());
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(connect_timeout, TcpStream::connect((t.host(), t.port()))).await;
+        match result {
+            Ok(Ok(s)) => {
+                inner.obs.backend_connected(&label, started.elapsed());
+                _target_guard = Some(t.into_guard());
+                backend = Some(s);
+                break;
+            }
+            Ok(Err(e)) => inner.obs.backend_connect_failed(&label, &e),
+            Err(_) => inner.obs.backend_connect_failed(
+                &label,
+                &format_args!("no answer within {connect_timeout:?}"),
+            ),
+        }
+    }
+    let Some(mut backend) = backend else {
+        return r.refuse(Refusal::BackendUnavailable, route.name());
+    };
+    let _ = backend.set_nodelay(true);
+
+    // PROXY header out and replayed bytes, in one write.
+    let mut first = Vec::new();
+    if !f.send_proxy_protocol.is_off() {
+        let dst = sock.proxy_header().and_then(Header::destination).unwrap_or(local);
+        match proxy_header(f.send_proxy_protocol, client, dst) {
+            Ok(h) => {
+                if let Err(e) = h.encode(&mut first) {
+                    tracing::warn!(error = %e, "cannot encode the PROXY header");
+                    return r.refuse(Refusal::BackendUnavailable, "PROXY header");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %client, %dst, "cannot build the PROXY header");
+                return r.refuse(Refusal::BackendUnavailable, "PROXY header");
+            }
+        }
+    }
+    let replay = sock.take_buffered();
+    obs.add_in(replay.len() as u64);
+    first.extend_from_slice(&replay);
+    drop(replay);
+    if !first.is_empty() {
+        let write = tokio::time::timeout(connect_timeout, backend.write_all(&first)).await;
+        if !matches!(write, Ok(Ok(()))) {
+            tracing::debug!(%client, "backend closed before the first bytes were written");
+            return;
+        }
+    }
+    drop(first);
+
+    let mut client_side = Counted { inner: sock, obs: Arc::clone(obs) };
+    let outcome = copy::pipe(&mut client_side, &mut backend, timeouts, stop).await;
+    log_close(obs, client, r.port, route.name(), &outcome);
+}
+
+/// Builds the outgoing header from validated addresses. v1 needs one family for both: a
+/// mixed pair keeps the client's family with an unspecified destination.
+fn proxy_header(
+    v: SendProxyProtocol,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Result<Header, smartproxy_proxy_protocol::Error> {
+    let (src, dst) = same_family(src, dst);
+    match v {
+        SendProxyProtocol::V2 => Header::v2(src, dst),
+        _ => Header::v1(src, dst),
+    }
+}
+
+fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let s = SocketAddr::new(canonical(src.ip()), src.port());
+    let d = SocketAddr::new(canonical(dst.ip()), dst.port());
+    match (s.ip(), d.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (s, d),
+        (IpAddr::V4(_), IpAddr::V6(_)) => {
+            (s, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), d.port()))
+        }
+        (IpAddr::V6(_), IpAddr::V4(_)) => {
+            (s, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), d.port()))
+        }
+    }
+}
+
+fn log_close(obs: &ConnObserver, client: SocketAddr, port: u16, route: &str, outcome: &Outcome) {
+    let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
+    match outcome {
+        Outcome::Error(e) => {
+            tracing::debug!(%client, port, route, bytes_in, bytes_out, error = %e, "connection closed on error");
+        }
+        o => {
+            tracing::debug!(%client, port, route, bytes_in, bytes_out, reason = o.as_str(), "connection closed")
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,407 @@
+//! The running engine: state behind arc-swap, listeners, reload, shutdown, stats.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use smartproxy_routing::{RouteTable, ValidationOptions};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::handler::{Registry, SocketHandler};
+use crate::limits::{Gauge, IpLimits};
+use crate::listener;
+use crate::net::Cidr;
+use crate::observe::EngineObserver;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No configuration was given to the builder.
+    #[error("no configuration given")]
+    NoConfig,
+}
+
+/// Everything a connection needs from the configuration, loaded once per connection.
+pub(crate) struct State {
+    pub(crate) config: Arc<Config>,
+    pub(crate) table: RouteTable,
+    pub(crate) trusted: Vec<Cidr>,
+    pub(crate) accept_pp: bool,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State").field("routes", &self.config.routes.len()).finish_non_exhaustive()
+    }
+}
+
+impl State {
+    fn build(
+        config: Config,
+        handlers: &Registry,
+        old: Option<&State>,
+    ) -> Result<Self, ConfigErrors> {
+        let custom: Vec<String> = handlers.0.keys().cloned().collect();
+        let errors = config.check(&custom);
+        if !errors.is_empty() {
+            return Err(ConfigErrors { file: None, errors });
+        }
+        let opts = ValidationOptions::default().with_custom_handlers(custom);
+        let routes = config.routes.clone();
+        let table = match old {
+            Some(old) => RouteTable::compile_reusing(routes, &opts, &old.table),
+            None => RouteTable::compile_with(routes, &opts),
+        }
+        .map_err(|list| ConfigErrors {
+            file: None,
+            errors: list
+                .into_iter()
+                .map(|e| ConfigError::new(e.path.clone(), e.message.clone()))
+                .collect(),
+        })?;
+        let trusted = config.proxy_ips.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
+        Ok(Self {
+            accept_pp: config.accepts_proxy_protocol(),
+            config: Arc::new(config),
+            table,
+            trusted,
+        })
+    }
+}
+
+/// A listening socket's address and its accept task.
+type Listening = (SocketAddr, JoinHandle<()>);
+
+pub(crate) struct Inner {
+    pub(crate) state: ArcSwap<State>,
+    pub(crate) handlers: Registry,
+    pub(crate) ip_limits: Arc<IpLimits>,
+    pub(crate) global: Arc<Gauge>,
+    pub(crate) obs: Arc<EngineObserver>,
+    pub(crate) force_close: watch::Sender<bool>,
+    draining: AtomicBool,
+    listeners: parking_lot::Mutex<BTreeMap<u16, Vec<Listening>>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    pruner: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, ls) in std::mem::take(&mut *self.listeners.lock()) {
+            for (_, task) in ls {
+                task.abort();
+            }
+        }
+        if let Some(p) = self.pruner.lock().take() {
+            p.abort();
+        }
+    }
+}
+
+/// Builds an [`Engine`]: a configuration and, optionally, custom socket handlers.
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    config: Option<Config>,
+    handlers: Registry,
+}
+
+impl EngineBuilder {
+    /// The configuration to run.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Registers a socket handler under `name`, for routes with
+    /// `action = { type = "socket-handler", handler = "name" }`. A registered handler takes
+    /// precedence over a built-in one of the same name.
+    pub fn handler(mut self, name: impl Into<String>, handler: Arc<dyn SocketHandler>) -> Self {
+        self.handlers.0.insert(name.into(), handler);
+        self
+    }
+
+    /// Validates the configuration, binds every listener and starts accepting. Must be called
+    /// inside a tokio runtime (multi-thread for more than one worker).
+    pub async fn start(self) -> Result<Engine, StartError> {
+        let config = self.config.ok_or(StartError::NoConfig)?;
+        let state = State::build(config, &self.handlers, None)?;
+        let (force_close, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            handlers: self.handlers,
+            ip_limits: IpLimits::new(),
+            global: Gauge::new(),
+            obs: Arc::new(EngineObserver::default()),
+            force_close,
+            draining: AtomicBool::new(false),
+            listeners: parking_lot::Mutex::new(BTreeMap::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            pruner: parking_lot::Mutex::new(None),
+            state: ArcSwap::from_pointee(state),
+        });
+        let st = inner.state.load_full();
+        let bound = bind_ports(&st.config, &st.table.ports())?;
+        {
+            let mut ls = inner.listeners.lock();
+            for (port, socks) in bound {
+                let handles = socks
+                    .into_iter()
+                    .map(|(addr, l)| (addr, listener::spawn(Arc::downgrade(&inner), l, port)))
+                    .collect();
+                ls.insert(port, handles);
+            }
+        }
+        *inner.pruner.lock() = Some(spawn_pruner(Arc::downgrade(&inner)));
+        for addr in (Engine { inner: Arc::clone(&inner) }).local_addrs() {
+            tracing::info!(%addr, "listening");
+        }
+        Ok(Engine { inner })
+    }
+}
+
+fn spawn_pruner(weak: Weak<Inner>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { return };
+            inner.ip_limits.prune();
+        }
+    })
+}
+
+type Bound = Vec<(u16, Vec<(SocketAddr, tokio::net::TcpListener)>)>;
+
+/// Binds every port on every bind address. An IPv6 address that the host does not support is
+/// skipped with a warning; any other failure fails the whole set.
+fn bind_ports(config: &Config, ports: &[u16]) -> Result<Bound, StartError> {
+    let mut out = Vec::new();
+    for &port in ports {
+        let mut socks = Vec::new();
+        for ip in config.bind_addrs() {
+            let addr = SocketAddr::new(ip, port);
+            match listener::bind(addr, config.reuse_port) {
+                Ok(l) => socks.push((l.local_addr().unwrap_or(addr), l)),
+                Err(e) if ip.is_ipv6() && listener::ipv6_unavailable(&e) => {
+                    tracing::warn!(%addr, error = %e, "IPv6 not available, not listening there");
+                }
+                Err(source) => return Err(StartError::Bind { addr, source }),
+            }
+        }
+        out.push((port, socks));
+    }
+    Ok(out)
+}
+
+/// The running proxy. Cheap to clone; every clone controls the same engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").field("listeners", &self.local_addrs()).finish_non_exhaustive()
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ReloadSummary {
+    /// Ports that started listening.
+    pub added_ports: Vec<u16>,
+    /// Ports that stopped listening.
+    pub removed_ports: Vec<u16>,
+    /// Routes in the new configuration.
+    pub routes: usize,
+}
+
+/// What shutdown did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownSummary {
+    /// Connections still open when the grace period ended (closed by force).
+    pub forced: u64,
+}
+
+/// Counters for tests and health checks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections open now (accepted and not yet closed, refused ones included until closed).
+    pub active_connections: u64,
+    /// Connections accepted since start.
+    pub total_connections: u64,
+    /// Connections refused (limits, PROXY header, routing, backend).
+    pub refused_connections: u64,
+    /// Bytes from clients, of closed connections.
+    pub bytes_in: u64,
+    /// Bytes to clients, of closed connections.
+    pub bytes_out: u64,
+    /// PROXY headers accepted.
+    pub proxy_headers_accepted: u64,
+    /// PROXY headers rejected.
+    pub proxy_headers_rejected: u64,
+    /// Failed connects to targets.
+    pub backend_connect_failures: u64,
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Reloads refused.
+    pub reloads_failed: u64,
+    /// Listening sockets.
+    pub listeners: usize,
+}
+
+impl Engine {
+    /// A builder, to register custom handlers.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Starts an engine with built-in handlers only.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::builder().config(config).start().await
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.inner.state.load().config)
+    }
+
+    /// Every listening socket's address, by port.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.listeners.lock().values().flatten().map(|(a, _)| *a).collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let o = self.inner.obs.stats();
+        Stats {
+            active_connections: o.active,
+            total_connections: o.total,
+            refused_connections: o.refused,
+            bytes_in: o.bytes_in,
+            bytes_out: o.bytes_out,
+            proxy_headers_accepted: o.proxy_headers_accepted,
+            proxy_headers_rejected: o.proxy_headers_rejected,
+            backend_connect_failures: o.backend_connect_failures,
+            reloads: o.reloads,
+            reloads_failed: o.reloads_failed,
+            listeners: self.inner.listeners.lock().values().map(Vec::len).sum(),
+        }
+    }
+
+    /// Applies a new configuration atomically: new ports start listening, removed ports stop,
+    /// established connections keep running with the configuration they started with. A bad
+    /// configuration (or a port that cannot be bound) is refused and the old one stays.
+    ///
+    /// Changes to `bind`, `reuse_port` and `workers` apply to newly added ports only.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
+        let _one_at_a_time = self.inner.reload_lock.lock().await;
+        let result = self.reload_locked(config);
+        self.inner.obs.config_reloaded(result.is_ok());
+        match &result {
+            Ok(s) => {
+                tracing::info!(added = ?s.added_ports, removed = ?s.removed_ports, routes = s.routes, "configuration reloaded")
+            }
+            Err(e) => tracing::warn!(errors = %e, "configuration refused, keeping the old one"),
+        }
+        result
+    }
+
+    fn reload_locked(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
+        if self.inner.draining.load(Ordering::Acquire) {
+            return Err(ConfigErrors::one(ConfigError::new("", "the engine is shutting down")));
+        }
+        let old = self.inner.state.load_full();
+        let state = State::build(config, &self.inner.handlers, Some(&old))?;
+        let new_ports: BTreeSet<u16> = state.table.ports().into_iter().collect();
+        let old_ports: BTreeSet<u16> = self.inner.listeners.lock().keys().copied().collect();
+        let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
+        let removed: Vec<u16> = old_ports.difference(&new_ports).copied().collect();
+        let bound = bind_ports(&state.config, &added).map_err(|e| {
+            ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
+        })?;
+        let routes = state.config.routes.len();
+        self.inner.state.store(Arc::new(state));
+        let mut ls = self.inner.listeners.lock();
+        for (port, socks) in bound {
+            let handles = socks
+                .into_iter()
+                .map(|(addr, l)| {
+                    tracing::info!(%addr, "listening");
+                    (addr, listener::spawn(Arc::downgrade(&self.inner), l, port))
+                })
+                .collect();
+            ls.insert(port, handles);
+        }
+        for port in &removed {
+            for (addr, task) in ls.remove(port).unwrap_or_default() {
+                tracing::info!(%addr, "stopped listening");
+                task.abort();
+            }
+        }
+        Ok(ReloadSummary { added_ports: added, removed_ports: removed, routes })
+    }
+
+    /// Stops accepting, waits up to `grace` for open connections to finish, then closes the
+    /// rest. Returns when every connection is closed (or a second after forcing them).
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
+        self.inner.draining.store(true, Ordering::Release);
+        for (_, ls) in std::mem::take(&mut *self.inner.listeners.lock()) {
+            for (addr, task) in ls {
+                tracing::debug!(%addr, "stopped listening");
+                task.abort();
+            }
+        }
+        if let Some(p) = self.inner.pruner.lock().take() {
+            p.abort();
+        }
+        let active = self.stats().active_connections;
+        tracing::info!(active, ?grace, "shutting down: draining connections");
+        let end = Instant::now() + grace;
+        while self.stats().active_connections > 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let forced = self.stats().active_connections;
+        if forced > 0 {
+            tracing::warn!(forced, "grace period over: closing remaining connections");
+            let _ = self.inner.force_close.send(true);
+            let end = Instant::now() + Duration::from_secs(1);
+            while self.stats().active_connections > 0 && Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        ShutdownSummary { forced }
+    }
+
+    /// Open connections from `ip` as the per-IP limit counts them.
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
+        self.inner.ip_limits.active(crate::net::canonical(ip))
+    }
+}
+
+fn source_of(e: &StartError) -> String {
+    std::error::Error::source(e).map(ToString::to_string).unwrap_or_default()
+}

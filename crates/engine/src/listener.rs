@@ -1,0 +1,66 @@
+//! Listening sockets and their accept loops.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::engine::Inner;
+
+/// Opens a listening socket: `SO_REUSEADDR`, `SO_REUSEPORT` when asked, IPv6-only for IPv6.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The host has no IPv6 (the family or the address is not available).
+pub(crate) fn ipv6_unavailable(e: &io::Error) -> bool {
+    // EAFNOSUPPORT (97) and EADDRNOTAVAIL (99) on Linux.
+    e.kind() == io::ErrorKind::AddrNotAvailable || matches!(e.raw_os_error(), Some(97 | 99))
+}
+
+/// Runs the accept loop of one socket; abort the task to stop listening.
+pub(crate) fn spawn(inner: Weak<Inner>, listener: TcpListener, port: u16) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let accepted = Instant::now();
+                    let Some(inner) = inner.upgrade() else { return };
+                    tokio::spawn(crate::conn::handle(inner, tcp, peer, port, accepted));
+                }
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    // Out of file descriptors or memory: back off instead of spinning.
+                    tracing::warn!(port, error = %e, "accept failed; pausing 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}

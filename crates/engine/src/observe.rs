@@ -1,0 +1,207 @@
+//! Every observation the engine makes (counters, logs) goes through this module, so that the
+//! metrics collector can be wired in at one place.
+//!
+//! The hot path is [`ConnObserver::add_in`] / [`ConnObserver::add_out`]: one relaxed atomic add
+//! per read. Everything else happens once per connection or per event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Why a connection was refused or closed early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The global `max_connections` is reached.
+    GlobalLimit,
+    /// The client IP has `max_connections_per_ip` open connections.
+    IpLimit,
+    /// The client IP opened too many connections in the last minute.
+    RateLimit,
+    /// The route's `max_connections` is reached.
+    RouteLimit,
+    /// The route's per-IP limit or rate is reached.
+    RouteIpLimit,
+    /// The route's allow/block lists refuse the client.
+    NotAllowed,
+    /// No route matches.
+    NoRoute,
+    /// A trusted peer sent no valid PROXY header in time.
+    ProxyHeader,
+    /// An untrusted peer sent a PROXY header.
+    UntrustedProxyHeader,
+    /// The data needed for routing did not arrive (timeout, EOF, too large).
+    InitialData,
+    /// No target could be reached.
+    BackendUnavailable,
+    /// The engine is shutting down.
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// A stable label for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::GlobalLimit => "global_limit",
+            Self::IpLimit => "ip_limit",
+            Self::RateLimit => "rate_limit",
+            Self::RouteLimit => "route_limit",
+            Self::RouteIpLimit => "route_ip_limit",
+            Self::NotAllowed => "not_allowed",
+            Self::NoRoute => "no_route",
+            Self::ProxyHeader => "proxy_header",
+            Self::UntrustedProxyHeader => "untrusted_proxy_header",
+            Self::InitialData => "initial_data",
+            Self::BackendUnavailable => "backend_unavailable",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Engine-wide counters and event hooks.
+#[derive(Debug, Default)]
+pub(crate) struct EngineObserver {
+    active: AtomicU64,
+    total: AtomicU64,
+    refused: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    headers_accepted: AtomicU64,
+    headers_rejected: AtomicU64,
+    backend_connected: AtomicU64,
+    backend_failed: AtomicU64,
+    reloads: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl EngineObserver {
+    /// A connection was accepted.
+    pub(crate) fn conn_opened(self: &Arc<Self>, peer: SocketAddr, port: u16) -> Arc<ConnObserver> {
+        self.active.fetch_add(1, Relaxed);
+        self.total.fetch_add(1, Relaxed);
+        tracing::trace!(%peer, port, "accepted");
+        Arc::new(ConnObserver {
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            engine: Arc::clone(self),
+        })
+    }
+
+    /// A connection was refused (it is closed right after).
+    pub(crate) fn refused(&self, reason: Refusal, client: SocketAddr, port: u16, detail: &str) {
+        self.refused.fetch_add(1, Relaxed);
+        if detail.is_empty() {
+            tracing::info!(%client, port, reason = reason.as_str(), "connection refused");
+        } else {
+            tracing::info!(%client, port, reason = reason.as_str(), detail, "connection refused");
+        }
+    }
+
+    /// A PROXY header from a trusted peer was accepted.
+    pub(crate) fn proxy_header_accepted(&self, peer: SocketAddr, client: SocketAddr) {
+        self.headers_accepted.fetch_add(1, Relaxed);
+        tracing::debug!(%peer, %client, "PROXY header accepted");
+    }
+
+    /// A PROXY header was rejected (malformed, missing, late, or from an untrusted peer).
+    pub(crate) fn proxy_header_rejected(&self, peer: SocketAddr, kind: &str) {
+        self.headers_rejected.fetch_add(1, Relaxed);
+        tracing::debug!(%peer, kind, "PROXY header rejected");
+    }
+
+    /// A target connection was established.
+    pub(crate) fn backend_connected(&self, target: &str, took: Duration) {
+        self.backend_connected.fetch_add(1, Relaxed);
+        tracing::trace!(target, ?took, "backend connected");
+    }
+
+    /// A target connection attempt failed.
+    pub(crate) fn backend_connect_failed(&self, target: &str, error: &dyn std::fmt::Display) {
+        self.backend_failed.fetch_add(1, Relaxed);
+        tracing::warn!(target, %error, "backend connect failed");
+    }
+
+    /// A configuration reload was applied (`ok`) or refused.
+    pub(crate) fn config_reloaded(&self, ok: bool) {
+        if ok {
+            self.reloads.fetch_add(1, Relaxed);
+        } else {
+            self.reloads_failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ObserverStats {
+        ObserverStats {
+            active: self.active.load(Relaxed),
+            total: self.total.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            proxy_headers_accepted: self.headers_accepted.load(Relaxed),
+            proxy_headers_rejected: self.headers_rejected.load(Relaxed),
+            backend_connect_failures: self.backend_failed.load(Relaxed),
+            reloads: self.reloads.load(Relaxed),
+            reloads_failed: self.reloads_failed.load(Relaxed),
+        }
+    }
+}
+
+pub(crate) struct ObserverStats {
+    pub(crate) active: u64,
+    pub(crate) total: u64,
+    pub(crate) refused: u64,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    pub(crate) proxy_headers_accepted: u64,
+    pub(crate) proxy_headers_rejected: u64,
+    pub(crate) backend_connect_failures: u64,
+    pub(crate) reloads: u64,
+    pub(crate) reloads_failed: u64,
+}
+
+/// Per-connection counters. Dropping it closes the connection's books.
+#[derive(Debug)]
+pub struct ConnObserver {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    engine: Arc<EngineObserver>,
+}
+
+impl ConnObserver {
+    /// `n` bytes read from the client.
+    #[inline]
+    pub fn add_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Relaxed);
+    }
+
+    /// `n` bytes written to the client.
+    #[inline]
+    pub fn add_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Relaxed);
+    }
+
+    /// Bytes read from the client so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Relaxed)
+    }
+
+    /// Bytes written to the client so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Relaxed)
+    }
+
+    /// Activity marker: changes whenever a byte moves.
+    pub(crate) fn activity(&self) -> u64 {
+        self.bytes_in().wrapping_add(self.bytes_out())
+    }
+}
+
+impl Drop for ConnObserver {
+    fn drop(&mut self) {
+        let e = &self.engine;
+        e.bytes_in.fetch_add(self.bytes_in(), Relaxed);
+        e.bytes_out.fetch_add(self.bytes_out(), Relaxed);
+        e.active.fetch_sub(1, Relaxed);
+    }
+}

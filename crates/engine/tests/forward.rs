@@ -1,0 +1,132 @@
+//! Plain forwarding, PROXY protocol in and out, backends refusing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use parking_lot::Mutex;
+use smartproxy_proxy_protocol::{Parsed, parse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_one_mib_each_way_with_half_close() {
+    let upload = pattern(1 << 20, 1);
+    let download = pattern(1 << 20, 7);
+    let got_up = Arc::new(Mutex::new(Vec::new()));
+    let (baddr, _b) = {
+        let got_up = Arc::clone(&got_up);
+        let download = download.clone();
+        backend(move |mut s| {
+            let got_up = Arc::clone(&got_up);
+            let download = download.clone();
+            async move {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.unwrap();
+                *got_up.lock() = buf;
+                // Client half-closed; the other direction still works.
+                s.write_all(&download).await.unwrap();
+                s.shutdown().await.unwrap();
+            }
+        })
+        .await
+    };
+    let port = free_port();
+    let engine = engine(&format!(
+        "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
+        baddr.port()
+    ))
+    .await;
+    let mut c = connect(port).await;
+    let (mut r, mut w) = c.split();
+    let writer = async {
+        w.write_all(&upload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).await.unwrap();
+        buf
+    };
+    let ((), down) = tokio::join!(writer, reader);
+    assert_eq!(down.len(), download.len());
+    assert!(down == download, "download differs");
+    assert!(*got_up.lock() == upload, "upload differs");
+    drop(c);
+    assert_eq!(settle(&engine).await, 0);
+    let st = engine.stats();
+    assert_eq!(st.bytes_in, 1 << 20);
+    assert_eq!(st.bytes_out, 1 << 20);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn backend_refusing_closes_client_cleanly() {
+    let dead = free_port();
+    let port = free_port();
+    let engine = engine(&format!(
+        "[defaults]\nconnect_timeout = \"2s\"\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {dead} }}] }}\n"
+    ))
+    .await;
+    for _ in 0..3 {
+        let mut c = connect(port).await;
+        c.write_all(b"hello").await.unwrap();
+        assert!(closed_without_data(&mut c, 5).await);
+    }
+    assert_eq!(settle(&engine).await, 0);
+    assert_eq!(engine.stats().backend_connect_failures, 3);
+}
+
+/// A backend that parses the PROXY header it receives and reports the source address and the
+/// bytes after the header.
+async fn pp_backend() -> (SocketAddr, Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    let (addr, _t) = backend(move |mut s| {
+        let seen = Arc::clone(&s2);
+        async move {
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            if let Ok(Parsed::Complete { header, consumed }) = parse(&buf) {
+                let src = header.source().unwrap();
+                seen.lock().push((src, buf[consumed..].to_vec()));
+            } else {
+                seen.lock().push(("0.0.0.0:0".parse().unwrap(), buf));
+            }
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn sends_proxy_v1_and_v2() {
+    for v in ["v1", "v2", "true"] {
+        let (baddr, seen) = pp_backend().await;
+        let port = free_port();
+        let pp = if v == "true" { "true".to_owned() } else { format!("\"{v}\"") };
+        let engine = engine(&format!(
+            "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], send_proxy_protocol = {pp} }}\n",
+            baddr.port()
+        ))
+        .await;
+        let mut c = connect_from("127.0.0.5", port).await.unwrap();
+        let me = c.local_addr().unwrap();
+        c.write_all(b"payload after header").await.unwrap();
+        c.shutdown().await.unwrap();
+        let _ = read_all(&mut c, 5).await;
+        for _ in 0..100 {
+            if !seen.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = seen.lock().clone();
+        assert_eq!(got.len(), 1, "{v}");
+        assert_eq!(got[0].0, me, "{v}");
+        assert_eq!(got[0].1, b"payload after header", "{v}");
+        engine.shutdown(Duration::from_secs(1)).await;
+    }
+}
