@@ -321,9 +321,19 @@ impl fmt::Display for ConfigErrors {
             None => write!(f, "{n} configuration error{}", plural(n))?,
         }
         for e in &self.errors {
-            match &self.file {
-                Some(p) => write!(f, "\n  {}:{e}", p.display())?,
-                None => write!(f, "\n  {e}")?,
+            f.write_str("\n  ")?;
+            if let Some(p) = &self.file {
+                write!(f, "{}:", p.display())?;
+                if let Some(l) = e.line {
+                    write!(f, "{l}:")?;
+                }
+                f.write_str(" ")?;
+                match e.path.is_empty() {
+                    true => f.write_str(&e.message)?,
+                    false => write!(f, "{}: {}", e.path, e.message)?,
+                }
+            } else {
+                write!(f, "{e}")?;
             }
         }
         Ok(())
@@ -366,11 +376,8 @@ impl Config {
             Err(e) => return Err(ConfigErrors::one(e)),
         };
         let mut errors = Vec::new();
-        let config = validate::deserialize(text, format, &locator, &mut errors);
-        if let Some(c) = &config {
-            let custom: Vec<String> = handlers.iter().map(|h| (*h).to_owned()).collect();
-            errors.extend(c.check(&custom));
-        }
+        let custom: Vec<String> = handlers.iter().map(|h| (*h).to_owned()).collect();
+        let config = validate::deserialize(text, format, &locator, &mut errors, &custom);
         for e in &mut errors {
             if e.line.is_none() {
                 e.line = locator.line_of(&e.path);

@@ -1,2 +1,163 @@
-//! The smartproxy binary.
-fn main() {}
+//! The smartproxy binary: command line, configuration file, logs, signals.
+//!
+//! Exit codes: 0 success, 1 invalid configuration or failure to start, 64 usage error.
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use smartproxy_engine::{Config, Engine, Format};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, DEMO, LogFormat};
+
+/// Usage error (sysexits.h EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let (config, file) = match &cli.command {
+        Some(Command::Validate { config }) => return validate(config),
+        Some(Command::Run { config }) => match Config::load(config) {
+            Ok(c) => (c, Some(config.clone())),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => match Config::from_str(DEMO, Format::Toml) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                eprintln!("embedded demo configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    init_logs(cli.log_format, cli.log_level.as_deref());
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .thread_name("smartproxy-worker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, file)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("smartproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            #[allow(clippy::print_stdout)] // The command's output.
+            {
+                println!("OK");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
+    let engine = Engine::start(config).await?;
+    {
+        #[allow(clippy::print_stdout)] // The listeners are the command's output.
+        let mut out = std::io::stdout().lock();
+        for addr in engine.local_addrs() {
+            writeln!(out, "listening on {addr}")?;
+        }
+        out.flush()?;
+    }
+    signals(&engine, file.as_deref()).await?;
+    let grace = engine.config().defaults.shutdown_grace;
+    let summary = engine.shutdown(grace).await;
+    tracing::info!(forced = summary.forced, "stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
+#[cfg(unix)]
+async fn signals(engine: &Engine, file: Option<&Path>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                return Ok(());
+            }
+            _ = hup.recv() => reload(engine, file).await,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn signals(_engine: &Engine, _file: Option<&Path>) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn reload(engine: &Engine, file: Option<&Path>) {
+    let Some(path) = file else {
+        tracing::warn!("SIGHUP: the demo configuration has no file to reload");
+        return;
+    };
+    tracing::info!(file = %path.display(), "SIGHUP: reloading");
+    match Config::load(path) {
+        // `Engine::reload` logs the outcome.
+        Ok(config) => {
+            let _ = engine.reload(config).await;
+        }
+        Err(e) => tracing::warn!(errors = %e, "SIGHUP: configuration refused, keeping the old one"),
+    }
+}

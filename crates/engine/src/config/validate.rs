@@ -16,6 +16,7 @@ pub(crate) fn deserialize(
     format: Format,
     locator: &Locator,
     errors: &mut Vec<ConfigError>,
+    custom_handlers: &[String],
 ) -> Option<Config> {
     match format {
         Format::Toml => {
@@ -38,7 +39,7 @@ pub(crate) fn deserialize(
                 }
                 None => Vec::new(),
             };
-            split(toml::Value::Table(top), routes, locator, errors)
+            split(toml::Value::Table(top), routes, locator, errors, custom_handlers)
         }
         Format::Json => {
             let mut top: serde_json::Value = match serde_json::from_str(text) {
@@ -62,7 +63,7 @@ pub(crate) fn deserialize(
                 }
                 None => Vec::new(),
             };
-            split(top, routes, locator, errors)
+            split(top, routes, locator, errors, custom_handlers)
         }
     }
 }
@@ -72,19 +73,42 @@ fn split<'de, V>(
     routes: Vec<V>,
     locator: &Locator,
     errors: &mut Vec<ConfigError>,
+    custom_handlers: &[String],
 ) -> Option<Config>
 where
     V: serde::Deserializer<'de>,
     V::Error: std::fmt::Display,
 {
-    let config: Option<Config> = one(top, "", locator, errors);
-    let mut parsed = Vec::with_capacity(routes.len());
+    let top: Option<Config> = one(top, "", locator, errors);
+    let total = routes.len();
+    // Original index of every route that deserialised.
+    let mut kept = Vec::with_capacity(total);
+    let mut parsed = Vec::with_capacity(total);
     for (i, r) in routes.into_iter().enumerate() {
-        parsed.push(one::<V, RouteConfig>(r, &format!("routes[{i}]"), locator, errors));
+        if let Some(r) = one::<V, RouteConfig>(r, &format!("routes[{i}]"), locator, errors) {
+            kept.push(i);
+            parsed.push(r);
+        }
     }
-    let mut config = config?;
-    config.routes = parsed.into_iter().collect::<Option<Vec<_>>>()?;
-    Some(config)
+    // Check what did deserialise, so that one bad key does not hide the other errors.
+    let complete = top.is_some() && parsed.len() == total;
+    let mut config = top.unwrap_or_default();
+    config.routes = parsed;
+    for mut e in check(&config, custom_handlers) {
+        e.path = remap_route_index(&e.path, &kept);
+        errors.push(e);
+    }
+    complete.then_some(config)
+}
+
+/// `routes[j]...` of the kept routes back to `routes[i]...` of the file.
+fn remap_route_index(path: &str, kept: &[usize]) -> String {
+    let Some(rest) = path.strip_prefix("routes[") else { return path.to_owned() };
+    let Some((num, tail)) = rest.split_once(']') else { return path.to_owned() };
+    match num.parse::<usize>().ok().and_then(|j| kept.get(j)) {
+        Some(i) => format!("routes[{i}]{tail}"),
+        None => path.to_owned(),
+    }
 }
 
 fn one<'de, V, T>(v: V, prefix: &str, locator: &Locator, errors: &mut Vec<ConfigError>) -> Option<T>
@@ -103,7 +127,10 @@ where
                 (false, p) => format!("{prefix}.{p}"),
             };
             let line = locator.line_of(&path);
-            errors.push(ConfigError { path, line, message: e.into_inner().to_string() });
+            let message = e.into_inner().to_string();
+            // toml appends "in `key`" on a second line; the path says it already.
+            let message = message.lines().next().unwrap_or_default().trim_end().to_owned();
+            errors.push(ConfigError { path, line, message });
             None
         }
     }
