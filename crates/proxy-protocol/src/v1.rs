@@ -150,7 +150,9 @@ pub(crate) fn ipv6(i: &[u8]) -> Res<'_, Ipv6Addr> {
         }
         if c == b'.' {
             // Embedded IPv4 for the last two groups.
-            if n + 2 > limit {
+            // The dotted quad fills the last two groups: exactly groups 7-8 without "::", and
+            // leaving room for the "::" group with it. Otherwise this '.' is the first bad byte.
+            if (gap.is_none() && n != 6) || n + 2 > limit {
                 return Err(bad(pos));
             }
             let (rest, v4) = ipv4(&i[start..]).map_err(|e| match e {
