@@ -134,7 +134,7 @@ mod tests {
             parse_head(b"GET /a/b?x=1 HTTP/1.1\r\nHost: Example.com:8080\r\nX-A: 1\r\n\r\nbody")
                 .unwrap()
                 .unwrap();
-        assert_eq!(n, 59);
+        assert_eq!(n, 57);
         assert_eq!(h.path(), "/a/b");
         assert_eq!(h.query(), Some("x=1"));
         assert_eq!(h.domain().as_deref(), Some("example.com"));

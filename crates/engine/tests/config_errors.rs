@@ -1,0 +1,153 @@
+//! Configuration errors name the key path and the line.
+
+use smartproxy_engine::{Config, Format};
+
+fn errors(text: &str, format: Format) -> String {
+    Config::from_str(text, format).unwrap_err().to_string()
+}
+
+#[test]
+fn toml_errors_are_all_reported_with_lines() {
+    let text = r#"workers = 0
+proxy_ips = ["10.0.0.1/8", "nope"]
+proxy_protocol_timeout = "5x"
+
+[defaults]
+max_connections_per_ip = 10
+
+[[routes]]
+name = "a"
+match = { ports = [8080] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9000 }] }
+
+[[routes]]
+name = "b"
+match = { ports = [8081], prots = 1 }
+action = { type = "forward", targets = [{ host = "x", port = 9000 }] }
+
+[[routes]]
+name = "c"
+match = { ports = [8082] }
+action = { type = "forward", targets = [
+  { host = "127.0.0.1", port = 9000 },
+  { host = "", port = 0 },
+] }
+
+[[routes]]
+name = "d"
+match = { ports = [8443], domains = ["a.example.org"] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9001 }], tls = { mode = "terminate", certificate = { cert = "a.pem", key = "a.key" } } }
+
+[[routes]]
+name = "e"
+match = { ports = [8000] }
+action = { type = "socket-handler", handler = "nope" }
+"#;
+    insta::assert_snapshot!("toml_errors", errors(text, Format::Toml));
+}
+
+#[test]
+fn toml_top_level_and_route_errors_together() {
+    let text = "workers = 0\nunknown_key = 1\n\n[[routes]]\nmatch = { ports = [0] }\naction = { type = \"socket-handler\", handler = \"echo\" }\n";
+    insta::assert_snapshot!("toml_unknown_key", errors(text, Format::Toml));
+}
+
+#[test]
+fn toml_syntax_error() {
+    insta::assert_snapshot!("toml_syntax", errors("workers = 2\n[defaults\n", Format::Toml));
+}
+
+#[test]
+fn json_errors_with_lines() {
+    let text = r#"{
+  "workers": 2,
+  "bind": ["127.0.0.1", "localhost"],
+  "routes": [
+    {
+      "name": "a",
+      "match": { "ports": [8080] },
+      "action": { "type": "forward", "targets": [{ "host": "127.0.0.1", "port": 0 }] }
+    },
+    {
+      "name": "a",
+      "match": { "ports": [8081] },
+      "action": { "type": "socket-handler", "handler": "redirect", "status": 200, "location": "/x" }
+    }
+  ]
+}"#;
+    insta::assert_snapshot!("json_errors", errors(text, Format::Json));
+}
+
+#[test]
+fn json_syntax_error() {
+    insta::assert_snapshot!("json_syntax", errors("{\n  \"workers\": 2,\n}\n", Format::Json));
+}
+
+#[test]
+fn valid_files_load_with_defaults() {
+    let c = Config::from_str(
+        "[[routes]]\nmatch = { ports = [8080] }\naction = { type = \"forward\", targets = [{ host = \"127.0.0.1\", port = 9000 }], send_proxy_protocol = \"v1\" }\n",
+        Format::Toml,
+    )
+    .unwrap();
+    assert_eq!(c.bind, vec!["0.0.0.0".to_owned(), "::".to_owned()]);
+    assert_eq!(c.proxy_protocol_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(c.defaults.max_connections_per_ip, 100);
+    assert_eq!(c.defaults.connection_rate_limit_per_minute, 300);
+    assert_eq!(c.defaults.shutdown_grace, std::time::Duration::from_secs(30));
+    assert!(!c.accepts_proxy_protocol());
+    let j = Config::from_str(
+        r#"{"proxy_ips": ["127.0.0.1"], "routes": [{"match": {"ports": [8080]}, "action": {"type": "socket-handler", "handler": "echo"}}]}"#,
+        Format::Json,
+    )
+    .unwrap();
+    assert!(j.accepts_proxy_protocol());
+}
+
+#[test]
+fn the_design_example_is_valid_apart_from_tls_termination() {
+    let text = r#"
+workers = 4
+proxy_ips = ["127.0.0.1/32", "10.0.0.0/8"]
+accept_proxy_protocol = true
+proxy_protocol_timeout = "5s"
+
+[defaults]
+initial_data_timeout = "60s"
+inactivity_timeout = "4h"
+max_connection_lifetime = "24h"
+max_connections_per_ip = 100
+connection_rate_limit_per_minute = 300
+
+[admin]
+listen = "127.0.0.1:9900"
+
+[metrics]
+enabled = true
+sample_interval = "1s"
+retention = "1h"
+prefix = "smartproxy_"
+statsd = { address = "127.0.0.1:8125", interval = "10s" }
+
+[[routes]]
+name = "tls-passthrough"
+priority = 10
+match = { ports = [8443, "9000-9010"], domains = ["example.com", "*.example.com"] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9443 }], tls = { mode = "passthrough" }, send_proxy_protocol = "v2" }
+
+[[routes]]
+name = "plain"
+match = { ports = [8080] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9000 }], send_proxy_protocol = "v1" }
+security = { ip_allow_list = ["127.0.0.0/8"], max_connections = 1000 }
+
+[[routes]]
+name = "http-to-https"
+match = { ports = [8000] }
+action = { type = "socket-handler", handler = "redirect", location = "https://{domain}:8444{path}", status = 301 }
+"#;
+    let c = Config::from_str(text, Format::Toml).unwrap();
+    assert_eq!(c.workers, Some(4));
+    assert_eq!(c.routes.len(), 3);
+    assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9900");
+}

@@ -1,0 +1,60 @@
+//! Reload: ports added and removed, established connections kept, bad configurations refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use smartproxy_engine::{Config, Format};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config(ports: &[u16]) -> Config {
+    let mut text = String::from("bind = [\"127.0.0.1\"]\n");
+    for p in ports {
+        text.push_str(&format!(
+            "[[routes]]\nname = \"echo-{p}\"\nmatch = {{ ports = [{p}] }}\naction = {{ type = \"socket-handler\", handler = \"echo\" }}\n"
+        ));
+    }
+    Config::from_str(&text, Format::Toml).unwrap()
+}
+
+async fn round_trip(c: &mut tokio::net::TcpStream) -> bool {
+    if c.write_all(b"r").await.is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await, Ok(Ok(1)))
+}
+
+#[tokio::test]
+async fn reload_adds_and_removes_ports() {
+    let (a, b) = (free_port(), free_port());
+    let engine = smartproxy_engine::Engine::start(config(&[a])).await.unwrap();
+    let mut old = connect(a).await;
+    assert!(round_trip(&mut old).await);
+
+    let summary = engine.reload(config(&[b])).await.unwrap();
+    assert_eq!(summary.added_ports, vec![b]);
+    assert_eq!(summary.removed_ports, vec![a]);
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", a)).await.is_err(), "port {a} closed");
+    let mut new = connect(b).await;
+    assert!(round_trip(&mut new).await);
+    assert!(round_trip(&mut old).await, "established connection survives the reload");
+
+    // A bad configuration is refused and the old one stays.
+    let bad = Config::from_str(
+        "[[routes]]\nmatch = { ports = [1] }\naction = { type = \"socket-handler\", handler = \"echo\" }\n",
+        Format::Toml,
+    )
+    .unwrap();
+    let mut bad = bad;
+    bad.routes[0].matcher.ports = smartproxy_routing::PortSpec::from(0u16);
+    let err = engine.reload(bad).await.unwrap_err();
+    assert!(err.to_string().contains("routes[0].match.ports[0]"), "{err}");
+    let mut again = connect(b).await;
+    assert!(round_trip(&mut again).await);
+    assert_eq!(engine.stats().reloads, 1);
+    assert_eq!(engine.stats().reloads_failed, 1);
+    drop((old, new, again));
+    assert_eq!(settle(&engine).await, 0);
+}
