@@ -1,0 +1,110 @@
+//! SIGHUP reloads: established transfers complete byte-exact, new ports answer, removed ports
+//! stop, a bad file is refused and the old config stays.
+
+use std::io::{Read, Write};
+use std::thread;
+
+use smartproxy_tests::*;
+
+fn route(name: &str, port: u16, backend: u16) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {backend} }}] }}\n"
+    )
+}
+
+const HEAD: &str = "bind = [\"127.0.0.1\"]\n";
+
+#[test]
+fn reload_during_a_long_transfer_keeps_it_byte_exact_and_opens_new_ports() {
+    let backend = Backend::echo();
+    let [a, b] = free_ports::<2>();
+    let mut proxy = Proxy::start(&format!("{HEAD}{}", route("a", a, backend.port())), &[a]);
+
+    // 32 MiB each way through the proxy, written by one thread and checked by another.
+    const TOTAL: usize = 32 << 20;
+    let mut s = connect(a);
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let mut sent = 0;
+        while sent < TOTAL {
+            w.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    let mut reloaded = false;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (i, byte) in buf[..n].iter().enumerate() {
+            assert_eq!(*byte, (((got + i) % 65536) % 251) as u8, "byte {} differs", got + i);
+        }
+        got += n;
+        if !reloaded && got > TOTAL / 4 {
+            proxy.reload(&format!(
+                "{HEAD}{}{}",
+                route("a", a, backend.port()),
+                route("b", b, backend.port())
+            ));
+            proxy.wait_for_output("the new port", |o| {
+                o.lines().any(|l| l.contains("listening") && l.contains(&format!(":{b}")))
+            });
+            reloaded = true;
+        }
+    }
+    writer.join().unwrap();
+    assert!(reloaded);
+    assert_eq!(got, TOTAL, "the whole transfer came back");
+    let mut n = connect(b);
+    assert_eq!(echo_roundtrip(&mut n, b"new port").unwrap(), b"new port");
+}
+
+#[test]
+fn removed_port_stops_and_bad_file_is_refused_keeping_the_old_config() {
+    let backend = Backend::echo();
+    let [a, b] = free_ports::<2>();
+    let mut proxy = Proxy::start(
+        &format!("{HEAD}{}{}", route("a", a, backend.port()), route("b", b, backend.port())),
+        &[a, b],
+    );
+    // An established connection on the port that goes away keeps running.
+    let mut kept = connect(b);
+    assert_eq!(echo_roundtrip(&mut kept, b"1").unwrap(), b"1");
+
+    proxy.reload(&format!("{HEAD}{}", route("a", a, backend.port())));
+    wait_until("port b closed", || !port_listening(b));
+    assert_eq!(echo_roundtrip(&mut kept, b"still here").unwrap(), b"still here");
+
+    // A file with an error: refused, logged with the key, and port a still serves.
+    proxy.reload(&format!(
+        "{HEAD}{}",
+        route("a", a, backend.port()).replace("ports = [", "ports = [0, ")
+    ));
+    proxy.wait_for_log("routes[0].match.ports");
+    let mut s = connect(a);
+    assert_eq!(echo_roundtrip(&mut s, b"old config").unwrap(), b"old config");
+    // And a file that does not parse at all.
+    proxy.reload("this is = = not toml");
+    proxy.wait_for_output("a second refusal", |o| o.matches("reload").count() >= 2);
+    let mut s = connect(a);
+    assert_eq!(echo_roundtrip(&mut s, b"still old").unwrap(), b"still old");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let backend = Backend::echo();
+    let a = free_port();
+    let proxy = Proxy::start(
+        &format!("{HEAD}[defaults]\nshutdown_grace = \"2s\"\n{}", route("a", a, backend.port())),
+        &[a],
+    );
+    let mut s = connect(a);
+    assert_eq!(echo_roundtrip(&mut s, b"x").unwrap(), b"x");
+    assert_eq!(proxy.terminate(), Some(0));
+    assert!(!port_listening(a));
+}
