@@ -110,6 +110,7 @@ pub(crate) async fn handle(
     };
     let client = sock.client_addr().0;
     let client_ip = canonical(client.ip());
+    obs.client_known(client);
     if trusted {
         if sock.proxy_header().is_some() {
             inner.obs.proxy_header_accepted(peer, client);
@@ -173,6 +174,7 @@ pub(crate) async fn handle(
             return r.refuse(reason, &format!("{}: {e}", route.name()));
         }
     };
+    obs.routed(route.name_arc());
     tracing::debug!(%client, port, route = route.name(), "routed");
 
     let timeouts = Timeouts {

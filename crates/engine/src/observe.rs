@@ -5,8 +5,8 @@
 //! per read. Everything else happens once per connection or per event.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Why a connection was refused or closed early.
@@ -85,6 +85,8 @@ impl EngineObserver {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             engine: Arc::clone(self),
+            client: OnceLock::new(),
+            route: OnceLock::new(),
         })
     }
 
@@ -166,9 +168,31 @@ pub struct ConnObserver {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     engine: Arc<EngineObserver>,
+    client: OnceLock<SocketAddr>,
+    route: OnceLock<Arc<str>>,
 }
 
 impl ConnObserver {
+    /// The real client is known (after the PROXY header stage); called once.
+    pub(crate) fn client_known(&self, client: SocketAddr) {
+        let _ = self.client.set(client);
+    }
+
+    /// The connection was routed; called once.
+    pub(crate) fn routed(&self, route: &Arc<str>) {
+        let _ = self.route.set(Arc::clone(route));
+    }
+
+    /// The route name, once routed.
+    pub fn route(&self) -> Option<&str> {
+        self.route.get().map(|r| &**r)
+    }
+
+    /// The real client, once known.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.client.get().copied()
+    }
+
     /// `n` bytes read from the client.
     #[inline]
     pub fn add_in(&self, n: u64) {

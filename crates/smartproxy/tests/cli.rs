@@ -1,0 +1,77 @@
+//! The binary's exit codes and the embedded demo.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smartproxy"))
+}
+
+#[test]
+fn usage_errors_exit_64_and_version_exits_0() {
+    let out = bin().arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = bin().args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "run needs -c");
+    let out = bin().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("smartproxy "));
+}
+
+#[test]
+fn validate_missing_file_exits_1() {
+    let out = bin().args(["validate", "-c", "/nonexistent/smartproxy.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+#[test]
+fn demo_serves_and_stops_on_sigterm() {
+    // The demo binds fixed ports; skip when another process holds them.
+    if std::net::TcpListener::bind("127.0.0.1:8080").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:8081").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:8082").is_err()
+    {
+        return;
+    }
+    let mut child = bin().stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(lines.next().unwrap().unwrap());
+    }
+    assert_eq!(
+        seen,
+        [
+            "listening on 127.0.0.1:8080",
+            "listening on 127.0.0.1:8081",
+            "listening on 127.0.0.1:8082"
+        ]
+    );
+    let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.ends_with("Hello from smartproxy\n"), "{resp}");
+    let mut e = TcpStream::connect("127.0.0.1:8082").unwrap();
+    e.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    e.write_all(b"via forward").unwrap();
+    let mut b = [0u8; 11];
+    e.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"via forward");
+    drop(e);
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    for _ in 0..250 {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert_eq!(st.code(), Some(0));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("smartproxy did not exit after SIGTERM");
+}
