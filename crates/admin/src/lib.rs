@@ -1,1 +1,181 @@
 //! Admin HTTP API for smartproxy: metrics, health, readiness, reload.
+//!
+//! [`router`] builds an axum [`Router`] over an [`AdminState`]; [`serve`] runs it on a
+//! listener until a shutdown future resolves.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text; OpenMetrics when `Accept` asks for `application/openmetrics-text` |
+//! | `GET /metrics/json` | the [`Snapshot`](smartproxy_metrics::Snapshot) as JSON |
+//! | `GET /api/throughput/history?seconds=N` | JSON array of history points (default 60 s, at most 24 h) |
+//! | `GET /healthz` | `200 ok` while the process serves |
+//! | `GET /ready` | `200 ready`, or `503 not ready` while starting or draining ([`AdminHooks::ready`]) |
+//! | `POST /reload` | calls [`AdminHooks::reload`]: `200` and its message, or `422` and the error |
+//!
+//! Mutations are POST only: `GET /reload` answers `405`. The router does not count reloads in
+//! the metrics (`Metrics::config_reloaded`): the reload path of the binary does, so that a
+//! reload by signal and one by HTTP are counted the same way.
+//!
+//! ```no_run
+//! use std::{future::Future, pin::Pin, sync::Arc};
+//! use smartproxy_admin::{AdminHooks, AdminState, serve};
+//! use smartproxy_metrics::{Metrics, MetricsConfig};
+//!
+//! #[derive(Debug)]
+//! struct Hooks;
+//! impl AdminHooks for Hooks {
+//!     fn ready(&self) -> bool { true }
+//!     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+//!         Box::pin(async { Ok("reloaded 3 routes".to_owned()) })
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let metrics = Metrics::new(MetricsConfig::default(), 0);
+//! let state = AdminState::new(metrics, Default::default(), Arc::new(Hooks));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9900").await?;
+//! serve(listener, state, std::future::pending()).await
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use smartproxy_metrics::Metrics;
+use smartproxy_metrics_export::{ExportOptions, Format, JSON_CONTENT_TYPE};
+
+/// The longest history served, seconds (the minute retention).
+pub const MAX_HISTORY_SECONDS: u64 = 86_400;
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// What the admin API asks of the process. The binary implements it.
+pub trait AdminHooks: Send + Sync + fmt::Debug + 'static {
+    /// `true` when the proxy accepts traffic (listeners bound, not draining).
+    fn ready(&self) -> bool;
+
+    /// Reloads the configuration. `Ok` carries a message for the operator; `Err` the reason the
+    /// new configuration was refused (the old one stays).
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+}
+
+/// State shared by the handlers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AdminState {
+    /// The collector.
+    pub metrics: Arc<Metrics>,
+    /// Options of the Prometheus / OpenMetrics output.
+    pub export: ExportOptions,
+    /// Readiness and reload.
+    pub hooks: Arc<dyn AdminHooks>,
+}
+
+impl AdminState {
+    /// Bundles the state.
+    #[must_use]
+    pub fn new(metrics: Arc<Metrics>, export: ExportOptions, hooks: Arc<dyn AdminHooks>) -> Self {
+        Self { metrics, export, hooks }
+    }
+}
+
+/// The admin router (see the crate docs for the endpoints).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/metrics/json", get(metrics_json))
+        .route("/api/throughput/history", get(history))
+        .route("/healthz", get(healthz))
+        .route("/ready", get(ready))
+        .route("/reload", post(reload))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` resolves, then finishes the requests in
+/// flight and returns.
+///
+/// # Errors
+/// When accepting fails in a way hyper does not retry.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn metrics(State(st): State<AdminState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::from_accept(accept);
+    let body = smartproxy_metrics_export::encode(&st.metrics.snapshot(), &st.export, format);
+    respond(StatusCode::OK, format.content_type(), body)
+}
+
+async fn metrics_json(State(st): State<AdminState>) -> Response {
+    respond(
+        StatusCode::OK,
+        JSON_CONTENT_TYPE,
+        smartproxy_metrics_export::json(&st.metrics.snapshot()),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryParams {
+    seconds: Option<u64>,
+}
+
+async fn history(State(st): State<AdminState>, Query(p): Query<HistoryParams>) -> Response {
+    let seconds = p.seconds.unwrap_or(60);
+    if seconds == 0 || seconds > MAX_HISTORY_SECONDS {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            format!("seconds must be between 1 and {MAX_HISTORY_SECONDS}\n"),
+        );
+    }
+    let points = st.metrics.throughput_history(seconds);
+    match serde_json::to_string(&points) {
+        Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+    }
+}
+
+async fn healthz() -> Response {
+    respond(StatusCode::OK, TEXT, "ok\n".to_owned())
+}
+
+async fn ready(State(st): State<AdminState>) -> Response {
+    if st.hooks.ready() {
+        respond(StatusCode::OK, TEXT, "ready\n".to_owned())
+    } else {
+        respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".to_owned())
+    }
+}
+
+async fn reload(State(st): State<AdminState>) -> Response {
+    match st.hooks.reload().await {
+        Ok(msg) => {
+            tracing::info!(%msg, "reload requested over the admin API: applied");
+            respond(StatusCode::OK, TEXT, format!("{msg}\n"))
+        }
+        Err(err) => {
+            tracing::warn!(%err, "reload requested over the admin API: refused");
+            respond(StatusCode::UNPROCESSABLE_ENTITY, TEXT, format!("{err}\n"))
+        }
+    }
+}

@@ -479,7 +479,7 @@ impl Metrics {
                     backend_connects: h.0.backend_connects.load(Ordering::Relaxed),
                     backend_connect_failures: h.0.backend_failures.load(Ordering::Relaxed),
                     backend_connect_seconds_sum: h.0.backend_micros.load(Ordering::Relaxed) as f64
-                        * 1e-6,
+                        / 1e6,
                 }
             })
             .collect();

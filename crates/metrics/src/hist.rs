@@ -21,22 +21,22 @@ pub(crate) struct Hist {
     h: Histogram<u64>,
     /// Sum of recorded values, in units.
     sum: u128,
-    /// Size of one unit in the exported base unit (seconds or bytes).
-    unit: f64,
+    /// Units per exported base unit (1e6 for microseconds to seconds, 1 for bytes).
+    per_base: f64,
     bounds: &'static [f64],
 }
 
 impl Hist {
-    pub(crate) fn new(max: u64, unit: f64, bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(max: u64, per_base: f64, bounds: &'static [f64]) -> Self {
         // Bounds are constants that hdrhistogram accepts (1 <= low, high >= 2 * low, sigfig 2).
         let h = Histogram::new_with_bounds(1, max, 2)
             .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()));
-        Self { h, sum: 0, unit, bounds }
+        Self { h, sum: 0, per_base, bounds }
     }
 
     /// Durations in microseconds, up to 31 days.
     pub(crate) fn micros(bounds: &'static [f64]) -> Self {
-        Self::new(31 * 86_400 * 1_000_000, 1e-6, bounds)
+        Self::new(31 * 86_400 * 1_000_000, 1e6, bounds)
     }
 
     /// Byte counts up to 1 PB.
@@ -53,7 +53,9 @@ impl Hist {
         if self.h.is_empty() {
             return Pct::default();
         }
-        let q = |q: f64| self.h.value_at_quantile(q) as f64 * self.unit;
+        // The middle of the value's bucket: within the histogram's 1 % precision either way.
+        let q =
+            |q: f64| self.h.median_equivalent(self.h.value_at_quantile(q)) as f64 / self.per_base;
         Pct { p50: q(0.5), p95: q(0.95), p99: q(0.99) }
     }
 
@@ -63,11 +65,11 @@ impl Hist {
             .iter()
             .map(|&le| {
                 // Largest integer value (in units) that is <= le.
-                let top = (le / self.unit).floor();
+                let top = (le * self.per_base).floor();
                 let top = if top >= u64::MAX as f64 { u64::MAX } else { top as u64 };
                 Bucket { le, count: self.h.count_between(0, top) }
             })
             .collect();
-        HistogramSnapshot { buckets, count: self.h.len(), sum: self.sum as f64 * self.unit }
+        HistogramSnapshot { buckets, count: self.h.len(), sum: self.sum as f64 / self.per_base }
     }
 }

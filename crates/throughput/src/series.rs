@@ -222,9 +222,20 @@ impl Series {
         let age = now.saturating_sub(self.start).max(1);
         let mut sum = Sample::ZERO;
         if window <= self.cfg.second_slots as u64 {
-            let first = (now + 1).saturating_sub(window);
-            for t in first.max(self.start)..=now.min(self.now) {
-                sum += self.second(t);
+            let first = (now + 1).saturating_sub(window).max(self.start);
+            let last = now.min(self.now);
+            if first <= last {
+                // At most `second_slots` seconds, all inside retention: one or two slices.
+                let len = (last - first + 1) as usize;
+                let a = self.sec_index(first);
+                let (head, wrap) = if a + len <= self.secs.len() {
+                    (&self.secs[a..a + len], &self.secs[..0])
+                } else {
+                    (&self.secs[a..], &self.secs[..a + len - self.secs.len()])
+                };
+                for x in head.iter().chain(wrap) {
+                    sum += *x;
+                }
             }
             WindowSum { sum, seconds: window.min(age) }
         } else {

@@ -1,0 +1,224 @@
+//! The admin API over real loopback sockets, with a hand-written HTTP/1.1 client.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use smartproxy_admin::{AdminHooks, AdminState, serve};
+use smartproxy_metrics::{Metrics, MetricsConfig, Snapshot};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Default)]
+struct Hooks {
+    ready: AtomicBool,
+    reload_fails: AtomicBool,
+}
+
+impl AdminHooks for Hooks {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+        let fails = self.reload_fails.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if fails {
+                Err("routes[1].action: unknown handler \"nope\"".to_owned())
+            } else {
+                Ok("reloaded: 2 routes".to_owned())
+            }
+        })
+    }
+}
+
+struct Server {
+    addr: SocketAddr,
+    hooks: Arc<Hooks>,
+    metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let metrics = Metrics::new(MetricsConfig::default(), 1_000);
+        let hooks = Arc::new(Hooks::default());
+        let listener =
+            TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let state = AdminState::new(metrics.clone(), Default::default(), hooks.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self { addr, hooks, metrics, stop: Some(tx), task }
+    }
+
+    /// Sends one request (`Connection: close`) and returns (status, headers, body).
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String, String) {
+        let fut = async {
+            let mut s =
+                TcpStream::connect(self.addr).await.unwrap_or_else(|e| panic!("connect: {e}"));
+            let mut req =
+                format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            if method == "POST" {
+                req.push_str("Content-Length: 0\r\n");
+            }
+            req.push_str("\r\n");
+            s.write_all(req.as_bytes()).await.unwrap_or_else(|e| panic!("write: {e}"));
+            let mut raw = Vec::new();
+            s.read_to_end(&mut raw).await.unwrap_or_else(|e| panic!("read: {e}"));
+            raw
+        };
+        let raw = tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .unwrap_or_else(|_| panic!("request {method} {path} timed out"));
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+        (status, head.to_ascii_lowercase(), decode_chunked(head, body))
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let res = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap_or_else(|_| panic!("serve did not stop"));
+        assert!(matches!(res, Ok(Ok(()))), "serve ended with {res:?}");
+    }
+}
+
+/// Undoes `Transfer-Encoding: chunked` if the response used it.
+fn decode_chunked(head: &str, body: &str) -> String {
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let srv = Server::start().await;
+    let (status, _, body) = srv.request("GET", "/healthz", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _, _) = srv.request("GET", "/ready", &[]).await;
+    assert_eq!(status, 503);
+    srv.hooks.ready.store(true, Ordering::SeqCst);
+    let (status, _, body) = srv.request("GET", "/ready", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, _, _) = srv.request("GET", "/nope", &[]).await;
+    assert_eq!(status, 404);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_in_prometheus_openmetrics_and_json() {
+    let srv = Server::start().await;
+    let route = srv.metrics.route("web");
+    let ip: IpAddr = [127, 0, 0, 1].into();
+    let c = srv.metrics.connection_opened(ip, &route);
+    c.add_in(1234);
+    c.add_out(5678);
+    srv.metrics.tick(1_001);
+
+    let (status, head, body) = srv.request("GET", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(body.contains("smartproxy_bytes_total{direction=\"in\"} 1234"), "{body}");
+    assert!(body.contains("smartproxy_connections_active 1"), "{body}");
+    assert!(!body.contains("# EOF"));
+
+    let accept = [("Accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")];
+    let (status, head, body) = srv.request("GET", "/metrics", &accept).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/openmetrics-text"), "{head}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+
+    let (status, head, body) = srv.request("GET", "/metrics/json", &[]).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let snap: Snapshot = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(snap.totals.bytes_out, 5678);
+    drop(c);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn throughput_history() {
+    let srv = Server::start().await;
+    let route = srv.metrics.route("web");
+    let c = srv.metrics.connection_opened([127, 0, 0, 1].into(), &route);
+    for t in 1..=5 {
+        c.add_out(100 * t);
+        srv.metrics.tick(1_000 + t);
+    }
+    let (status, _, body) = srv.request("GET", "/api/throughput/history?seconds=3", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let points: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+    let points = points.as_array().unwrap_or_else(|| panic!("not an array: {body}"));
+    assert_eq!(points.len(), 3);
+    assert_eq!(points[2]["timestamp"], 1_005);
+    assert_eq!(points[2]["out"], 500.0);
+    let (status, _, _) = srv.request("GET", "/api/throughput/history", &[]).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = srv.request("GET", "/api/throughput/history?seconds=abc", &[]).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = srv.request("GET", "/api/throughput/history?seconds=0", &[]).await;
+    assert_eq!(status, 400);
+    drop(c);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn reload_is_post_only_and_reports_errors() {
+    let srv = Server::start().await;
+    let (status, head, _) = srv.request("GET", "/reload", &[]).await;
+    assert_eq!(status, 405);
+    assert!(head.contains("allow: post"), "{head}");
+    let (status, _, body) = srv.request("POST", "/reload", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "reloaded: 2 routes\n"));
+    srv.hooks.reload_fails.store(true, Ordering::SeqCst);
+    let (status, _, body) = srv.request("POST", "/reload", &[]).await;
+    assert_eq!(status, 422);
+    assert_eq!(body, "routes[1].action: unknown handler \"nope\"\n");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn serve_returns_after_shutdown() {
+    let srv = Server::start().await;
+    let addr = srv.addr;
+    srv.stop().await;
+    // The listener is gone.
+    let refused = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
+    assert!(matches!(refused, Ok(Err(_))), "still accepting after shutdown");
+}

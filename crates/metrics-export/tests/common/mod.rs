@@ -1,0 +1,78 @@
+//! A fixed snapshot, built through the real collector with a manual clock.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smartproxy_metrics::{
+    ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion, RefuseReason, Snapshot,
+};
+
+pub(crate) const T0: u64 = 1_700_000_000;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|_| panic!("bad ip {s}"))
+}
+
+/// The metrics after a fixed little story; `later` adds a second act for StatsD deltas.
+pub(crate) fn metrics() -> (Arc<Metrics>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new());
+    let cfg = MetricsConfig {
+        version: "smartproxy 0.1.0-test".into(),
+        per_ip: PerIp::TopN(5),
+        windows: vec![1, 10, 60],
+        snapshot_history: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let m = Metrics::with_clock(cfg, T0, clock.clone());
+    let web = m.route("web");
+    let api = m.route("api \"v2\"");
+    let a = m.connection_opened(ip("192.0.2.10"), &web);
+    let b = m.connection_opened(ip("2001:db8::7"), &api);
+    m.backend_connected(&web, Duration::from_micros(1_500));
+    m.backend_connected(&api, Duration::from_millis(40));
+    m.backend_connect_failed(&api);
+    for t in 1..=3 {
+        a.add_in(1_000 * t);
+        a.add_out(10_000 * t);
+        b.add_in(100);
+        clock.advance(Duration::from_millis(700));
+        m.tick(T0 + t);
+    }
+    let c = m.connection_opened(ip("192.0.2.10"), &web);
+    c.add_in(300);
+    clock.advance(Duration::from_millis(250));
+    drop(c);
+    drop(b);
+    m.tick(T0 + 4);
+    m.refused(RefuseReason::IpLimit);
+    m.refused(RefuseReason::NoRoute);
+    m.refused(RefuseReason::NoRoute);
+    m.proxy_header_accepted(ProxyVersion::V2);
+    m.proxy_header_accepted(ProxyVersion::V1);
+    m.proxy_header_rejected(Some(ProxyVersion::V1), "invalid_address");
+    m.proxy_header_rejected(None, "timeout");
+    m.config_reloaded(true);
+    m.config_reloaded(false);
+    std::mem::forget(a); // stays open (leaked on purpose: the story ends with it active)
+    (m, clock)
+}
+
+pub(crate) fn snapshot() -> Snapshot {
+    metrics().0.snapshot()
+}
+
+/// The same story, then more traffic: (first, second) snapshots.
+pub(crate) fn two_snapshots() -> (Snapshot, Snapshot) {
+    let (m, clock) = metrics();
+    let first = m.snapshot();
+    let web = m.route("web");
+    let d = m.connection_opened(ip("198.51.100.1"), &web);
+    d.add_in(5);
+    d.add_out(6);
+    clock.advance(Duration::from_secs(2));
+    drop(d);
+    m.refused(RefuseReason::NoRoute);
+    m.tick(T0 + 5);
+    (first, m.snapshot())
+}
