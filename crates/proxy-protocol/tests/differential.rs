@@ -487,3 +487,27 @@ fn differential_named_disagreements() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn differential_ppp_reads_aws_nlb_local_tlvs_as_addresses() {
+    // The reference's trap: LOCAL with family 0x11 and the TLVs at offset 16. ppp reads the first
+    // 12 TLV bytes as an address block; we discard the block and find the (verified) CRC32C.
+    let mut aws = tlv(0x03, &[0xbc, 0xe5, 0x95, 0x1f]);
+    aws.extend(tlv(0x04, &[0; 74]));
+    let buf = v2(0x20, 0x11, &aws);
+    let h = ppp::v2::Header::try_from(buf.as_slice()).unwrap();
+    let ppp::v2::Addresses::IPv4(a) = h.addresses else { panic!("{:?}", h.addresses) };
+    assert_eq!(
+        (
+            SocketAddr::new(a.source_address.into(), a.source_port),
+            SocketAddr::new(a.destination_address.into(), a.destination_port)
+        ),
+        ("3.0.4.188:74".parse().unwrap(), "229.149.31.4:0".parse().unwrap())
+    );
+    let Ok(Parsed::Complete { header, consumed: 100 }) = smartproxy_proxy_protocol::parse(&buf)
+    else {
+        panic!()
+    };
+    assert!(header.crc32c());
+    assert_eq!(header.source(), None);
+}
