@@ -268,3 +268,12 @@ fn forgotten_routes_keep_counting_live_connections() {
     m.tick(T0 + 1);
     assert_eq!(m.requests_total(), 1);
 }
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Metrics>();
+    check::<smartproxy_metrics::ConnectionRecorder>();
+    check::<smartproxy_metrics::RouteHandle>();
+    check::<Snapshot>();
+}
