@@ -179,16 +179,22 @@ pub fn parse_with(buf: &[u8], opts: &ParseOptions) -> Result<Parsed, Error> {
         Some(b'\r') if opts.versions == Versions::V1Only => {
             Err(Error::VersionNotAllowed(Version::V2))
         }
-        Some(b'P') => match v1::parse(buf) {
-            Ok((rest, header)) => Ok(Parsed::Complete { header, consumed: buf.len() - rest.len() }),
-            Err(nom::Err::Incomplete(n)) => Ok(Parsed::Incomplete {
-                needed: match n {
-                    nom::Needed::Size(s) => Some(s.get()),
-                    nom::Needed::Unknown => None,
-                },
-            }),
-            Err(nom::Err::Error(f) | nom::Err::Failure(f)) => Err(f.into_error(buf.len())),
-        },
+        Some(b'P') => {
+            // The whole line, CRLF included, must fit in 107 bytes: the parser never sees more,
+            // and running out of those 107 bytes is the error.
+            let line = &buf[..buf.len().min(V1_MAX_LEN)];
+            match v1::parse(line) {
+                Ok((rest, header)) => Ok(Parsed::Complete { header, consumed: line.len() - rest.len() }),
+                Err(nom::Err::Incomplete(_)) if line.len() == V1_MAX_LEN => Err(Error::V1TooLong),
+                Err(nom::Err::Incomplete(n)) => Ok(Parsed::Incomplete {
+                    needed: match n {
+                        nom::Needed::Size(s) => Some(s.get()),
+                        nom::Needed::Unknown => None,
+                    },
+                }),
+                Err(nom::Err::Error(f) | nom::Err::Failure(f)) => Err(f.into_error(line.len())),
+            }
+        }
         Some(b'\r') => v2::parse(buf, opts.max_v2_len),
         Some(_) => Err(Error::NotProxyProtocol { offset: 0 }),
     }

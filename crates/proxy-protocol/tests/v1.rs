@@ -118,6 +118,22 @@ fn v1_no_crlf_within_107_bytes_is_rejected_at_byte_107() {
 }
 
 #[test]
+fn v1_tcp6_line_longer_than_107_bytes_is_rejected() {
+    // Two longest dotted-quad IPv6 forms make a 116-byte line: grammatical, but over the cap.
+    let a = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+    let line = format!("PROXY TCP6 {a} {a} 65535 65535\r\n");
+    assert_eq!(line.len(), 116);
+    assert_eq!(err(line.as_bytes()), Error::V1TooLong);
+    incomplete(&line.as_bytes()[..106]);
+    assert_eq!(err(&line.as_bytes()[..107]), Error::V1TooLong);
+    // 107 bytes exactly is fine.
+    let b = "ffff:ffff:ffff:ffff:ffff:ffff:25.255.255.255";
+    let line = format!("PROXY TCP6 {a} {b} 6553 6553\r\n");
+    assert_eq!(line.len(), 107);
+    assert_eq!(ok(line.as_bytes()).1, 107);
+}
+
+#[test]
 fn v1_lone_cr_is_rejected() {
     assert_eq!(err(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX"), Error::V1LoneCr { offset: 30 });
     assert_eq!(err(b"PROXY UNKNOWN\rX"), Error::V1LoneCr { offset: 13 });
