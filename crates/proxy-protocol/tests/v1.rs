@@ -127,8 +127,8 @@ fn v1_tcp6_line_longer_than_107_bytes_is_rejected() {
     incomplete(&line.as_bytes()[..106]);
     assert_eq!(err(&line.as_bytes()[..107]), Error::V1TooLong);
     // 107 bytes exactly is fine.
-    let b = "ffff:ffff:ffff:ffff:ffff:ffff:25.255.255.255";
-    let line = format!("PROXY TCP6 {a} {b} 6553 6553\r\n");
+    let b = "ffff:ffff:ffff:ffff:ffff:ffff:1.2.3.4";
+    let line = format!("PROXY TCP6 {a} {b} 65535 6553\r\n");
     assert_eq!(line.len(), 107);
     assert_eq!(ok(line.as_bytes()).1, 107);
 }
