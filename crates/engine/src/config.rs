@@ -45,7 +45,8 @@ pub struct Config {
     pub proxy_protocol_optional: bool,
     /// How long the first bytes of an untrusted connection are awaited to check that they are
     /// not a PROXY header, on ports whose routes need no peek (default 200 ms). A client that
-    /// stays silent that long (a server-speaks-first protocol) is forwarded anyway.
+    /// stays silent that long (a server-speaks-first protocol) is forwarded anyway. `"0s"`
+    /// checks only bytes that have already arrived.
     #[serde(default = "default_detect_timeout", with = "dur")]
     pub proxy_protocol_detect_timeout: Duration,
     /// Defaults for timeouts and limits.

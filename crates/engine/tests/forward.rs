@@ -130,3 +130,33 @@ async fn sends_proxy_v1_and_v2() {
         engine.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test]
+async fn listens_on_ipv6_too_and_sends_v6_proxy_headers() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return; // No IPv6 on this host.
+    }
+    let (baddr, seen) = pp_backend().await;
+    let port = free_port();
+    let text = format!(
+        "bind = [\"127.0.0.1\", \"::1\"]\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], send_proxy_protocol = \"v2\" }}\n",
+        baddr.port()
+    );
+    let config = smartproxy_engine::Config::from_str(&text, smartproxy_engine::Format::Toml).unwrap();
+    let engine = smartproxy_engine::Engine::start(config).await.unwrap();
+    assert_eq!(engine.local_addrs().len(), 2);
+    let mut c = tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
+    let me = c.local_addr().unwrap();
+    c.write_all(b"six").await.unwrap();
+    c.shutdown().await.unwrap();
+    let _ = read_all(&mut c, 5).await;
+    for _ in 0..100 {
+        if !seen.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = seen.lock().clone();
+    assert_eq!(got, vec![(me, b"six".to_vec())]);
+    engine.shutdown(Duration::from_secs(1)).await;
+}
