@@ -171,10 +171,11 @@ impl EngineBuilder {
             }
         }
         *inner.pruner.lock() = Some(spawn_pruner(Arc::downgrade(&inner)));
-        for addr in (Engine { inner: Arc::clone(&inner) }).local_addrs() {
+        let engine = Engine { _life: Arc::new(Life(Arc::downgrade(&inner))), inner };
+        for addr in engine.local_addrs() {
             tracing::info!(%addr, "listening");
         }
-        Ok(Engine { inner })
+        Ok(engine)
     }
 }
 
@@ -213,10 +214,32 @@ fn bind_ports(config: &Config, ports: &[u16]) -> Result<Bound, StartError> {
     Ok(out)
 }
 
-/// The running proxy. Cheap to clone; every clone controls the same engine.
+/// The running proxy. Cheap to clone; every clone controls the same engine. When the last
+/// clone is dropped the listeners close; open connections run to their end (call
+/// [`Engine::shutdown`] to bound that).
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
+    _life: Arc<Life>,
+}
+
+/// Stops listening when the last [`Engine`] clone goes away (connection tasks keep `Inner`
+/// alive, so its own drop may come much later).
+struct Life(Weak<Inner>);
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            for (_, ls) in std::mem::take(&mut *inner.listeners.lock()) {
+                for (_, task) in ls {
+                    task.abort();
+                }
+            }
+            if let Some(p) = inner.pruner.lock().take() {
+                p.abort();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Engine {

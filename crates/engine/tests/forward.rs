@@ -142,7 +142,8 @@ async fn listens_on_ipv6_too_and_sends_v6_proxy_headers() {
         "bind = [\"127.0.0.1\", \"::1\"]\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], send_proxy_protocol = \"v2\" }}\n",
         baddr.port()
     );
-    let config = smartproxy_engine::Config::from_str(&text, smartproxy_engine::Format::Toml).unwrap();
+    let config =
+        smartproxy_engine::Config::from_str(&text, smartproxy_engine::Format::Toml).unwrap();
     let engine = smartproxy_engine::Engine::start(config).await.unwrap();
     assert_eq!(engine.local_addrs().len(), 2);
     let mut c = tokio::net::TcpStream::connect(("::1", port)).await.unwrap();

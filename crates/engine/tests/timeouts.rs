@@ -90,3 +90,32 @@ async fn shutdown_drains_then_forces() {
     assert_eq!(engine.stats().listeners, 0);
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
+
+#[tokio::test]
+async fn dropping_the_engine_stops_listening() {
+    let port = free_port();
+    let engine = engine(&format!(
+        "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"echo\" }}\n"
+    ))
+    .await;
+    let clone = engine.clone();
+    drop(engine);
+    let mut c = connect(port).await;
+    c.write_all(b"y").await.unwrap();
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b).await.unwrap();
+    drop(clone);
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused);
+    // The open connection still works.
+    c.write_all(b"z").await.unwrap();
+    c.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"z");
+}
