@@ -347,11 +347,14 @@ impl Metrics {
     pub fn throughput_by_ip(&self, window: u64) -> HashMap<IpAddr, ThroughputRate> {
         match &self.inner.ips {
             None => HashMap::new(),
-            Some(ips) => ips
-                .read()
-                .windows(window)
-                .map(|(ip, w)| (*ip, ThroughputRate::from_rate(w.rate())))
-                .collect(),
+            Some(ips) => {
+                let ips = ips.read();
+                let mut out = HashMap::with_capacity(ips.len());
+                out.extend(
+                    ips.windows(window).map(|(ip, w)| (*ip, ThroughputRate::from_rate(w.rate()))),
+                );
+                out
+            }
         }
     }
 
@@ -483,7 +486,7 @@ impl Metrics {
                 }
             })
             .collect();
-        let ips_active = inner.ips_active.lock().clone();
+        let ips_active_count = inner.ips_active.lock().len() as u64;
         let mut ips = Vec::new();
         if let (Some(series), PerIp::TopN(n)) = (&inner.ips, cfg.per_ip) {
             let ret = secs(cfg.ip_retention);
@@ -505,7 +508,7 @@ impl Metrics {
                     w.sum.bytes_in.saturating_add(w.sum.bytes_out),
                     IpSnapshot {
                         ip,
-                        active: ips_active.get(&ip).copied().unwrap_or(0),
+                        active: 0,
                         bytes_in: total.bytes_in,
                         bytes_out: total.bytes_out,
                         throughput,
@@ -514,6 +517,12 @@ impl Metrics {
             }
         }
         ips.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.ip.cmp(&b.1.ip)));
+        if !ips.is_empty() {
+            let active = inner.ips_active.lock();
+            for (_, ip) in &mut ips {
+                ip.active = active.get(&ip.ip).copied().unwrap_or(0);
+            }
+        }
         let (percentiles, mut histograms) = {
             let h = inner.conn_hists.lock();
             (
@@ -573,7 +582,7 @@ impl Metrics {
             connections: Connections {
                 active: self.connections_active(),
                 total: self.connections_total(),
-                ips_active: ips_active.len() as u64,
+                ips_active: ips_active_count,
                 top_ips,
             },
             throughput,

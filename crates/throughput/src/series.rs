@@ -233,9 +233,8 @@ impl Series {
                 } else {
                     (&self.secs[a..], &self.secs[..a + len - self.secs.len()])
                 };
-                for x in head.iter().chain(wrap) {
-                    sum += *x;
-                }
+                sum = sum_slots(head);
+                sum += sum_slots(wrap);
             }
             WindowSum { sum, seconds: window.min(age) }
         } else {
@@ -284,4 +283,16 @@ impl Series {
                 .collect()
         }
     }
+}
+
+/// Sum of a run of slots with wrapping adds (the compiler vectorises them): a window holds at
+/// most a day of samples, far from overflowing a `u64`.
+fn sum_slots(slots: &[Sample]) -> Sample {
+    let (mut i, mut o, mut e) = (0u64, 0u64, 0u64);
+    for x in slots {
+        i = i.wrapping_add(x.bytes_in);
+        o = o.wrapping_add(x.bytes_out);
+        e = e.wrapping_add(x.events);
+    }
+    Sample::new(i, o, e)
 }
