@@ -241,3 +241,32 @@ mod tests {
         assert!(may_overlap(&p("*"), &p("*.b.com")));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The SmartProxy definition: `*` becomes `.*`, anchored, case-insensitive.
+    fn reference(pattern: &str, name: &str) -> bool {
+        let re = format!(
+            "(?i)^{}$",
+            pattern.split('*').map(regex::escape).collect::<Vec<_>>().join(".*")
+        );
+        let name = name.trim();
+        let name = name.strip_suffix('.').unwrap_or(name);
+        !name.is_empty() && regex::Regex::new(&re).unwrap().is_match(name)
+    }
+
+    proptest! {
+        #[test]
+        fn glob_agrees_with_regex(
+            pattern in "[*]?([a-c]{1,2}[.*]){0,3}[a-c]{1,2}[*]?",
+            name in "([a-cA-C]{1,2}[.]){0,4}[a-c]{1,2}[.]?",
+        ) {
+            if let Ok(p) = DomainPattern::parse(&pattern) {
+                prop_assert_eq!(p.matches(&name), reference(&pattern, &name), "{} {}", pattern, name);
+            }
+        }
+    }
+}

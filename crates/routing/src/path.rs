@@ -96,6 +96,14 @@ impl PathPattern {
         &self.text
     }
 
+    /// The first segment when it is literal (`/api/*`: `api`; `/`: the empty segment).
+    pub(crate) fn first_literal(&self) -> Option<&str> {
+        match self.segs.first() {
+            Some(Seg::Lit(l)) => Some(l),
+            _ => None,
+        }
+    }
+
     /// Specificity: (class, literal bytes). Class 3 = exact, 2 = parameters or single-segment
     /// wildcards but no trailing `*`, 1 = trailing `*`.
     pub(crate) fn specificity(&self) -> (u8, usize) {
@@ -156,6 +164,14 @@ impl fmt::Display for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// The first segment of a request path (query and fragment ignored), as compared with
+/// [`PathPattern::first_literal`]; `None` when the path does not start with `/`.
+pub(crate) fn first_segment(path: &str) -> Option<&str> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let body = path.strip_prefix('/')?;
+    body.split('/').next()
 }
 
 /// Parameters captured by a path match, stored inline (no allocation).

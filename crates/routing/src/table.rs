@@ -10,7 +10,7 @@ use crate::error::ValidationError;
 use crate::limits::RouteLimits;
 use crate::matchers::{MatchInput, Matchers};
 use crate::model::{PortRange, RouteAction, RouteConfig};
-use crate::path::PathParams;
+use crate::path::{PathParams, PathPattern, first_segment};
 use crate::target::{SelectedTarget, TargetSet};
 use crate::validate::{ValidationOptions, check, route_name};
 
@@ -152,8 +152,11 @@ pub(crate) struct PortGroup {
     exact: HashMap<Box<str>, Box<[u32]>>,
     /// `example.com` -> routes that have `*.example.com`.
     suffix: HashMap<Box<str>, Box<[u32]>>,
-    /// Routes that must always be checked: no domain criterion, or a glob / catch-all.
+    /// Routes that must always be checked: no domain criterion, or a glob / catch-all
+    /// (those whose path starts with a literal segment are in `scan_path` instead).
     scan: Box<[u32]>,
+    /// First literal path segment -> routes of the scan set with that path prefix.
+    scan_path: HashMap<Box<str>, Box<[u32]>>,
     pub(crate) peek: PeekNeed,
 }
 
@@ -310,10 +313,20 @@ impl RouteTable {
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut suffix: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut scan = Vec::new();
+        let mut scan_path: DomainIndex = HashMap::new();
+        let mut push_scan = |i: u32, r: &CompiledRoute| match r
+            .m
+            .path
+            .as_ref()
+            .and_then(PathPattern::first_literal)
+        {
+            Some(seg) => scan_path.entry(seg.into()).or_default().push(i),
+            None => scan.push(i),
+        };
         for &i in order {
             let r = &routes[i as usize];
             if r.m.domains.is_empty() {
-                scan.push(i);
+                push_scan(i, r);
                 continue;
             }
             let mut scanned = false;
@@ -331,7 +344,7 @@ impl RouteTable {
                         }
                     }
                     None if !scanned => {
-                        scan.push(i);
+                        push_scan(i, r);
                         scanned = true;
                     }
                     None => {}
@@ -347,6 +360,7 @@ impl RouteTable {
             exact: freeze(exact),
             suffix: freeze(suffix),
             scan: scan.into_boxed_slice(),
+            scan_path: freeze(scan_path),
             peek,
         }
     }
@@ -430,13 +444,18 @@ impl RouteTable {
         let group = self.group_for(input.port)?;
         let check_tls = group.peek != PeekNeed::None;
 
-        let mut buf = [0u8; MAX_NAME];
-        let domain: Option<&[u8]> = input.domain.and_then(normalize).map(|d| {
-            let b = &mut buf[..d.len()];
-            b.copy_from_slice(d.as_bytes());
-            b.make_ascii_lowercase();
-            &*b
-        });
+        // Lower-cased copy of the name on the stack (initialised only when there is a name).
+        let mut buf: [u8; MAX_NAME];
+        let domain: Option<&[u8]> = match input.domain.and_then(normalize) {
+            Some(d) => {
+                buf = [0u8; MAX_NAME];
+                let b = &mut buf[..d.len()];
+                b.copy_from_slice(d.as_bytes());
+                b.make_ascii_lowercase();
+                Some(&*b)
+            }
+            None => None,
+        };
 
         type Best<'a> = Option<(i32, u64, u32, PathParams<'a>)>;
         let mut best: Best<'a> = None;
@@ -480,13 +499,19 @@ impl RouteTable {
                 }
             }
         }
-        for &i in group.scan.iter() {
-            if let Some((bp, ..)) = &best
-                && self.routes[i as usize].config.priority < *bp
-            {
-                break; // `scan` is sorted by priority
+        let path_list = match (input.path.and_then(first_segment), group.scan_path.is_empty()) {
+            (Some(seg), false) => group.scan_path.get(seg).map(|l| &l[..]),
+            _ => None,
+        };
+        for list in [path_list.unwrap_or(&[]), &group.scan[..]] {
+            for &i in list {
+                if let Some((bp, ..)) = &best
+                    && self.routes[i as usize].config.priority < *bp
+                {
+                    break; // each list is sorted by priority
+                }
+                consider(i, &mut best);
             }
-            consider(i, &mut best);
         }
 
         best.map(|(_, _, i, params)| Matched {
@@ -494,5 +519,115 @@ impl RouteTable {
             index: i as usize,
             params,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ForwardAction, RouteMatch, Target, TlsConfig, TlsMode, TlsVersion};
+    use proptest::prelude::*;
+
+    /// Every enabled route checked in turn: the definition the index must agree with.
+    fn brute_force<'a>(t: &'a RouteTable, input: &MatchInput<'a>) -> Option<usize> {
+        let check_tls = t.peek_need(input.port) != PeekNeed::None;
+        let lower = input.domain.and_then(normalize).map(str::to_ascii_lowercase);
+        let mut best: Option<(i32, u64, std::cmp::Reverse<usize>)> = None;
+        for r in t.routes() {
+            if !r.config.enabled || !r.config.matcher.ports.contains(input.port) {
+                continue;
+            }
+            if check_tls && r.has_tls_block && !input.is_tls {
+                continue;
+            }
+            if let Some((spec, _)) =
+                r.m.eval(r.base_spec, input, lower.as_deref().map(str::as_bytes))
+            {
+                let k = (r.config.priority, spec, std::cmp::Reverse(r.index));
+                if best.is_none_or(|b| k > b) {
+                    best = Some(k);
+                }
+            }
+        }
+        best.map(|b| b.2.0)
+    }
+
+    const DOMAINS: &[&str] = &[
+        "a.example.com",
+        "*.example.com",
+        "example.*",
+        "*",
+        "*.b.example.com",
+        "b.example.com",
+        "*ex*",
+    ];
+    const NAMES: &[&str] = &[
+        "a.example.com",
+        "x.b.example.com",
+        "b.example.com",
+        "example.org",
+        "A.EXAMPLE.COM.",
+        "zzz",
+        "example.com",
+    ];
+    const PATHS: &[&str] = &["/", "/api/*", "/api/:id", "/api/x"];
+    const REQ_PATHS: &[&str] = &["/", "/api", "/api/x", "/api/y", "/other"];
+
+    fn route_strategy() -> impl Strategy<Value = RouteConfig> {
+        (
+            0u16..2,
+            0u16..2,
+            proptest::collection::vec(0..DOMAINS.len(), 0..3),
+            proptest::option::of(0..PATHS.len()),
+            -1i32..2,
+            any::<bool>(),
+            prop_oneof![Just(None), Just(Some("10.0.0.0/8")), Just(Some("192.0.2.1"))],
+            prop_oneof![Just(None), Just(Some("1.3"))],
+            (0u8..10).prop_map(|x| x != 0),
+        )
+            .prop_map(|(p0, span, doms, path, prio, tls, ip, ver, enabled)| {
+                let mut m = RouteMatch::ports(crate::model::PortRange {
+                    start: 100 + p0,
+                    end: 100 + p0 + span,
+                })
+                .with_domains(doms.iter().map(|&d| DOMAINS[d]));
+                m.path = path.map(|p| PATHS[p].to_owned());
+                m.client_ip = ip.into_iter().map(str::to_owned).collect();
+                m.tls_version = ver.into_iter().map(str::to_owned).collect();
+                let mut f = ForwardAction::to(vec![Target::new("h", 1)]);
+                if tls {
+                    f = f.with_tls(TlsConfig::new(TlsMode::Passthrough));
+                }
+                let mut r = RouteConfig::new(m, RouteAction::Forward(f)).with_priority(prio);
+                r.enabled = enabled;
+                r
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn index_agrees_with_brute_force(
+            routes in proptest::collection::vec(route_strategy(), 1..12),
+            port in 99u16..104,
+            name in proptest::option::of(0..NAMES.len()),
+            path in proptest::option::of(0..REQ_PATHS.len()),
+            is_tls in any::<bool>(),
+            v13 in any::<bool>(),
+            client in prop_oneof![Just("10.1.1.1"), Just("192.0.2.1"), Just("::ffff:10.0.0.1"), Just("::1")],
+        ) {
+            let t = match RouteTable::compile(routes) {
+                Ok(t) => t,
+                // Random passthrough/none combinations never conflict; a failure is a bug.
+                Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+            };
+            let mut input = MatchInput::new(port, client.parse().unwrap());
+            input.domain = name.map(|n| NAMES[n]);
+            input.path = path.map(|p| REQ_PATHS[p]);
+            input.is_tls = is_tls;
+            input.tls_version = is_tls.then_some(if v13 { TlsVersion::Tls13 } else { TlsVersion::Tls12 });
+            prop_assert_eq!(t.lookup(&input).map(|m| m.index), brute_force(&t, &input));
+        }
     }
 }
