@@ -235,6 +235,11 @@ impl Collector for SnapshotCollector {
             None,
             window_samples(&vec![], &s.throughput.windows),
         )?;
+        w.counter(
+            "requests",
+            "Requests: one per connection, plus further requests on HTTP keep-alive connections.",
+            vec![(vec![], s.requests.total)],
+        )?;
         w.gauge_f(
             "requests_per_second",
             "Requests (connections, for layer-4 routes) during the last second.",

@@ -146,6 +146,7 @@ pub fn statsd_lines(
     l.counter("bytes_out", &[], s.totals.bytes_out, p.map(|p| p.totals.bytes_out));
     l.counter("connections", &[], s.connections.total, p.map(|p| p.connections.total));
     l.gauge("connections_active", &[], s.connections.active as f64);
+    l.counter("requests", &[], s.requests.total, p.map(|p| p.requests.total));
     for w in &s.throughput.windows {
         let win = format!("{}s", w.window_seconds);
         l.gauge("throughput.bytes_in_per_second", &[("window", &win)], w.rate.bytes_in);

@@ -177,6 +177,7 @@ impl Metrics {
         let conn = Arc::new(ConnShared {
             bytes_in: Padded(AtomicU64::new(0)),
             bytes_out: Padded(AtomicU64::new(0)),
+            extra_requests: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             ip: client_ip,
             route: route.clone(),
@@ -186,6 +187,7 @@ impl Metrics {
             conn: Arc::clone(&conn),
             sampled_in: 0,
             sampled_out: 0,
+            sampled_requests: 0,
             counted: false,
         });
         ConnectionRecorder { conn, inner: Arc::clone(inner), opened_at: inner.clock.elapsed() }
@@ -327,6 +329,17 @@ impl Metrics {
         h.map(|h| to_points(&h.0.series.read().history(now, seconds))).unwrap_or_default()
     }
 
+    /// History of client `ip` (empty if untracked), at most the IP retention.
+    #[must_use]
+    pub fn ip_history(&self, ip: IpAddr, seconds: u64) -> Vec<ThroughputPoint> {
+        match &self.inner.ips {
+            None => Vec::new(),
+            Some(ips) => {
+                ips.read().history(&ip, seconds).map(|h| to_points(&h)).unwrap_or_default()
+            }
+        }
+    }
+
     /// Bytes/s per route over `window` seconds.
     #[must_use]
     pub fn throughput_by_route(&self, window: u64) -> BTreeMap<String, ThroughputRate> {
@@ -360,7 +373,8 @@ impl Metrics {
 
     // ----- queries: requests, totals, percentiles ----------------------------------------
 
-    /// Requests (connections) in the last second.
+    /// Requests in the last second (one per connection, plus
+    /// [`ConnectionRecorder::add_request`]).
     #[must_use]
     pub fn requests_per_second(&self) -> f64 {
         self.global_window(1).rate().events
@@ -372,7 +386,8 @@ impl Metrics {
         self.global_window(60).rate().events * 60.0
     }
 
-    /// Requests (connections) since the start, as of the last tick.
+    /// Requests since the start, as of the last tick: one per connection plus those counted
+    /// with [`ConnectionRecorder::add_request`].
     #[must_use]
     pub fn requests_total(&self) -> u64 {
         self.inner.global.read().total().events
@@ -461,7 +476,7 @@ impl Metrics {
                 Totals {
                     bytes_in: tot.bytes_in,
                     bytes_out: tot.bytes_out,
-                    connections: tot.events,
+                    connections: self.connections_total(),
                 },
             )
         };
@@ -668,13 +683,15 @@ impl Inner {
                 let closed = slot.conn.closed.load(Ordering::Acquire);
                 let cin = slot.conn.bytes_in.0.load(Ordering::Relaxed);
                 let cout = slot.conn.bytes_out.0.load(Ordering::Relaxed);
+                let creq = slot.conn.extra_requests.load(Ordering::Relaxed);
                 let d = Sample::new(
                     cin.wrapping_sub(slot.sampled_in),
                     cout.wrapping_sub(slot.sampled_out),
-                    u64::from(!slot.counted),
+                    creq.wrapping_sub(slot.sampled_requests) + u64::from(!slot.counted),
                 );
                 slot.sampled_in = cin;
                 slot.sampled_out = cout;
+                slot.sampled_requests = creq;
                 slot.counted = true;
                 if !d.is_zero() {
                     global += d;

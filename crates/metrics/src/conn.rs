@@ -20,6 +20,8 @@ pub(crate) struct Padded<T>(pub(crate) T);
 pub(crate) struct ConnShared {
     pub(crate) bytes_in: Padded<AtomicU64>,
     pub(crate) bytes_out: Padded<AtomicU64>,
+    /// Requests after the first (keep-alive HTTP), counted by the engine.
+    pub(crate) extra_requests: AtomicU64,
     /// Set once, by the recorder's drop, after its last byte was counted.
     pub(crate) closed: AtomicBool,
     pub(crate) ip: IpAddr,
@@ -33,6 +35,7 @@ pub(crate) struct Slot {
     pub(crate) conn: Arc<ConnShared>,
     pub(crate) sampled_in: u64,
     pub(crate) sampled_out: u64,
+    pub(crate) sampled_requests: u64,
     pub(crate) counted: bool,
 }
 
@@ -61,6 +64,14 @@ impl ConnectionRecorder {
     #[inline]
     pub fn add_out(&self, n: u64) {
         self.conn.bytes_out.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one more request on this connection, after the first: the connection itself
+    /// counts as one request (all a layer-4 route ever has); an HTTP keep-alive connection
+    /// calls this for its second request and every one after.
+    #[inline]
+    pub fn add_request(&self) {
+        self.conn.extra_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes received from the client so far.

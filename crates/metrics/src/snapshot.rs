@@ -146,7 +146,8 @@ pub struct Throughput {
     pub history: Vec<ThroughputPoint>,
 }
 
-/// Requests; for layer-4 routes a request is a connection.
+/// Requests: one per connection (all a layer-4 route has) plus the further requests of HTTP
+/// keep-alive connections.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Requests {
@@ -246,7 +247,7 @@ pub struct RouteSnapshot {
     pub bytes_out: u64,
     /// Rates over the configured windows.
     pub throughput: Vec<WindowRate>,
-    /// Requests (connections) in the last second.
+    /// Requests in the last second.
     pub requests_per_second: f64,
     /// Successful backend connects.
     pub backend_connects: u64,

@@ -277,3 +277,24 @@ fn shared_types_are_send_and_sync() {
     check::<smartproxy_metrics::RouteHandle>();
     check::<Snapshot>();
 }
+
+#[test]
+fn keep_alive_requests_and_ip_history() {
+    let m = Metrics::new(MetricsConfig::default(), T0);
+    let r = m.route("http");
+    let c = m.connection_opened(ip("10.0.0.9"), &r);
+    c.add_request();
+    c.add_request();
+    c.add_out(300);
+    m.tick(T0 + 1);
+    assert_eq!(m.requests_total(), 3);
+    assert_eq!(m.requests_per_second(), 3.0);
+    let s = m.snapshot();
+    assert_eq!(s.totals.connections, 1);
+    assert_eq!(s.requests.total, 3);
+    assert_eq!(s.routes[0].requests_per_second, 3.0);
+    let h = m.ip_history(ip("10.0.0.9"), 2);
+    assert_eq!(h.last().map(|p| p.rate.bytes_out), Some(300.0));
+    assert!(m.ip_history(ip("10.9.9.9"), 2).is_empty());
+    drop(c);
+}
