@@ -40,6 +40,7 @@ v1 = {
     "v1_leading_zero": b"PROXY TCP4 01.2.3.4 1.2.3.4 1 2\r\n",
     "v1_lone_cr": b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2\r\r",
     "v1_with_payload": b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\n\r\n",
+    "v1_tcp6_dotted_too_long": b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 65535 65535\r\n",
 }
 v2s = {
     "v2_tcp4": v2(0x21, 0x11, ip4),
@@ -52,7 +53,6 @@ v2s = {
     "v2_proxy_unspec_tlv": v2(0x21, 0x00, tlv(1, b"h2")),
     "v2_tcp4_crc": with_crc(0x21, 0x11, ip4),
     "v2_tlvs_crc": with_crc(0x21, 0x11, ip4 + tlv(1, b"h2") + tlv(2, b"example.com") + tlv(5, b"id-1") + ssl + tlv(0x30, b"ns") + tlv(0xEA, b"\x01vpce-0123") + tlv(0xEE, b"\x01\x01\x02\x03\x04") + tlv(0xE0, bytes(range(8))) + tlv(0xF1, b"x")),
-    "v2_aws_nlb_local": with_crc(0x20, 0x11, b"")[:-7] and None,
     "v2_local_with_block": v2(0x20, 0x11, ip4 + tlv(4, b"")),
     "v2_tcp6_noop": v2(0x21, 0x21, ip6 + tlv(4, bytes(10))),
 }
