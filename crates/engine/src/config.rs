@@ -100,8 +100,11 @@ pub struct Defaults {
     /// Open connections per client IP (default 100; 0 = unlimited).
     #[serde(default = "d100")]
     pub max_connections_per_ip: u32,
-    /// New connections per client IP and minute (default 300; 0 = unlimited).
-    #[serde(default = "d300")]
+    /// New connections per client IP and minute (default 0 = unlimited). SmartProxy's default
+    /// is 300; ours is off, as in HAProxy, nginx and Envoy, because one address often stands
+    /// for many clients (NAT, a load balancer, a benchmark) and a silent default cap there
+    /// looks like an outage. Set it where clients are individuals.
+    #[serde(default)]
     pub connection_rate_limit_per_minute: u32,
     /// Open connections in total (default 100 000; 0 = unlimited).
     #[serde(default = "d100k")]
@@ -121,7 +124,7 @@ impl Default for Defaults {
             inactivity_timeout: d4h(),
             max_connection_lifetime: d24h(),
             max_connections_per_ip: d100(),
-            connection_rate_limit_per_minute: d300(),
+            connection_rate_limit_per_minute: 0,
             max_connections: d100k(),
             connect_timeout: d10s(),
             shutdown_grace: d30s(),
@@ -239,9 +242,6 @@ fn d24h() -> Duration {
 }
 fn d100() -> u32 {
     100
-}
-fn d300() -> u32 {
-    300
 }
 fn d100k() -> u32 {
     100_000

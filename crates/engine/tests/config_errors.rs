@@ -93,7 +93,7 @@ fn valid_files_load_with_defaults() {
     assert_eq!(c.bind, vec!["0.0.0.0".to_owned(), "::".to_owned()]);
     assert_eq!(c.proxy_protocol_timeout, std::time::Duration::from_secs(5));
     assert_eq!(c.defaults.max_connections_per_ip, 100);
-    assert_eq!(c.defaults.connection_rate_limit_per_minute, 300);
+    assert_eq!(c.defaults.connection_rate_limit_per_minute, 0, "off unless set");
     assert_eq!(c.defaults.shutdown_grace, std::time::Duration::from_secs(30));
     assert!(!c.accepts_proxy_protocol());
     let j = Config::from_str(
