@@ -40,7 +40,7 @@ impl<const N: usize> HeaderSource for [(&str, &str); N] {
 /// What is known about a connection when a route is looked up.
 ///
 /// Leave a field `None` when it is not known (yet): a route with a criterion on that field
-/// does not match.
+/// does not match. `Send + Sync`, so it may be held across an `.await`.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct MatchInput<'a> {
@@ -55,7 +55,7 @@ pub struct MatchInput<'a> {
     /// The highest TLS version the client offers.
     pub tls_version: Option<TlsVersion>,
     /// HTTP request headers.
-    pub headers: Option<&'a dyn HeaderSource>,
+    pub headers: Option<&'a (dyn HeaderSource + Sync)>,
     /// Whether the client opened with a TLS ClientHello.
     pub is_tls: bool,
 }
@@ -94,7 +94,7 @@ impl<'a> MatchInput<'a> {
     }
 
     /// Sets the HTTP headers.
-    pub fn with_headers(mut self, headers: &'a dyn HeaderSource) -> Self {
+    pub fn with_headers(mut self, headers: &'a (dyn HeaderSource + Sync)) -> Self {
         self.headers = Some(headers);
         self
     }

@@ -405,3 +405,10 @@ action = { type = "socket-handler", handler = "echo" }
     let _g = t.route("plain").unwrap().select_target(ip(C), 8080, 0).unwrap();
     insta::assert_json_snapshot!(t.dump());
 }
+
+#[test]
+fn match_input_is_send_sync() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let h = [("a", "b")];
+    assert_send_sync(&MatchInput::new(1, ip(C)).with_headers(&h));
+}
