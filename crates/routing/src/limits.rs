@@ -224,7 +224,15 @@ pub struct RateLimiter {
     tolerance: u64,
     per_shard: usize,
     hasher: RandomState,
-    shards: [Mutex<HashMap<IpAddr, u64>>; SHARDS],
+    shards: [Mutex<RateShard>; SHARDS],
+}
+
+#[derive(Debug, Default)]
+struct RateShard {
+    /// Address -> theoretical arrival time (ns).
+    tat: HashMap<IpAddr, u64>,
+    /// When expired entries were last dropped (ns); a full sweep runs at most once a second.
+    last_purge: u64,
 }
 
 impl RateLimiter {
@@ -239,7 +247,7 @@ impl RateLimiter {
             tolerance: interval * (u64::from(limit) - 1),
             per_shard: max_tracked.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(RateShard::default())),
         }
     }
 
@@ -247,29 +255,34 @@ impl RateLimiter {
     pub fn check(&self, ip: IpAddr, now: Duration) -> Result<(), LimitExceeded> {
         let ip = canonical_ip(ip);
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let mut m = self.shards[shard_of(&self.hasher, &ip)].lock();
-        let tat = m.get(&ip).copied().unwrap_or(now).max(now);
+        let mut shard = self.shards[shard_of(&self.hasher, &ip)].lock();
+        let tat = shard.tat.get(&ip).copied().unwrap_or(now).max(now);
         if tat - now > self.tolerance {
             return Err(LimitExceeded::RateLimited {
                 limit_per_minute: self.limit,
                 retry_after: Duration::from_nanos(tat - now - self.tolerance),
             });
         }
-        if m.len() >= self.per_shard && !m.contains_key(&ip) {
-            m.retain(|_, t| *t > now);
-            if m.len() >= self.per_shard
-                && let Some(k) = m.keys().next().copied()
+        if shard.tat.len() >= self.per_shard && !shard.tat.contains_key(&ip) {
+            // An entry in the past is the same as no entry. Sweep at most once a second so
+            // that a flood of new addresses does not make every insert O(shard).
+            if now.saturating_sub(shard.last_purge) >= 1_000_000_000 || shard.last_purge > now {
+                shard.tat.retain(|_, t| *t > now);
+                shard.last_purge = now;
+            }
+            if shard.tat.len() >= self.per_shard
+                && let Some(k) = shard.tat.keys().next().copied()
             {
-                m.remove(&k);
+                shard.tat.remove(&k);
             }
         }
-        m.insert(ip, tat.saturating_add(self.interval));
+        shard.tat.insert(ip, tat.saturating_add(self.interval));
         Ok(())
     }
 
     /// Addresses currently remembered.
     pub fn tracked(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().tat.len()).sum()
     }
 }
 
@@ -349,6 +362,33 @@ mod tests {
             let _ = r.check(IpAddr::from(i.to_be_bytes()), t);
         }
         assert!(r.tracked() <= 32, "{}", r.tracked());
+    }
+
+    #[test]
+    fn concurrent_acquire_never_exceeds_limits() {
+        let l = Arc::new(RouteLimits::new(&sec(Some(8), Some(3), None)));
+        let ips: Vec<IpAddr> = (1..=4u8).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (l, ips) = (Arc::clone(&l), ips.clone());
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for round in 0..2000usize {
+                        let ip = ips[(round + t) % ips.len()];
+                        if let Ok(g) = l.try_acquire(ip) {
+                            held.push(g);
+                        }
+                        assert!(l.open_connections() <= 8);
+                        assert!(l.open_connections_from(ip) <= 3);
+                        if round % 3 == 0 && !held.is_empty() {
+                            held.swap_remove(round % held.len());
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(l.open_connections(), 0, "every guard released exactly once");
+        assert_eq!(l.per_ip.as_ref().unwrap().tracked(), 0);
     }
 
     #[test]

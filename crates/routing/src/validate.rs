@@ -157,6 +157,11 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
                 let host = t.host.trim();
                 if host.is_empty() {
                     e.push(format!("action.targets[{j}].host"), "host is empty");
+                } else if host.starts_with('[') {
+                    e.push(
+                        format!("action.targets[{j}].host"),
+                        format!("write the IPv6 address `{}` without brackets", t.host),
+                    );
                 } else if !valid_host(host) {
                     e.push(
                         format!("action.targets[{j}].host"),
@@ -459,10 +464,9 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// An IP literal (optionally in brackets) or a DNS name.
+/// An IP literal or a DNS name.
 fn valid_host(h: &str) -> bool {
-    let inner = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
-    if inner.parse::<std::net::IpAddr>().is_ok() {
+    if h.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
     h.len() <= 253

@@ -208,3 +208,53 @@ action = { type = "forward", targets = [{ host = "h", port = 1 }] }
         "1 route configuration error(s): routes[0].match.ports[0]: port 0 in `0` is not a listening port"
     );
 }
+
+mod props {
+    use proptest::prelude::*;
+    use smartproxy_routing::*;
+
+    fn route(
+        ports: Vec<(u16, u16)>,
+        domains: Vec<String>,
+        path: Option<String>,
+        ips: Vec<String>,
+        header: Option<(String, String)>,
+        host: String,
+    ) -> RouteConfig {
+        let mut m = RouteMatch::ports(PortSpec(
+            ports.into_iter().map(|(start, end)| PortRange { start, end }).collect(),
+        ))
+        .with_domains(domains);
+        m.path = path;
+        m.client_ip = ips;
+        m.headers.extend(header);
+        RouteConfig::new(m, RouteAction::Forward(ForwardAction::to(vec![Target::new(host, 80)])))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Validation never panics on any strings, every error names a route key, and
+        /// compile succeeds exactly when validation does.
+        #[test]
+        fn validation_is_total(
+            ports in proptest::collection::vec((0u16..5, 0u16..5), 0..3),
+            domains in proptest::collection::vec("[a-z*. é/-]{0,12}", 0..3),
+            path in proptest::option::of("[/a-z:*?. ]{0,12}"),
+            ips in proptest::collection::vec("[0-9a-f.:/*-]{0,20}", 0..3),
+            header in proptest::option::of(("[a-z -]{0,6}", "/?[a-z(\\[*+]{0,6}/?")),
+            host in "[a-z0-9.\\[\\]: -]{0,10}",
+        ) {
+            let routes = vec![route(ports, domains, path, ips, header, host)];
+            let v = validate(&routes);
+            if let Err(errs) = &v {
+                prop_assert!(!errs.is_empty());
+                for e in errs {
+                    prop_assert!(e.path.starts_with("routes[0]."), "{}", e);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+            prop_assert_eq!(v.is_ok(), RouteTable::compile(routes).is_ok());
+        }
+    }
+}
