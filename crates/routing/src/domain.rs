@@ -109,7 +109,7 @@ impl DomainPattern {
         self.text.bytes().filter(|&b| b != b'*').count()
     }
 
-    /// Whether `name` (any case, optional trailing dot) is matched.
+    /// Whether `name` (any case, optional trailing dot, optional `:port`) is matched.
     pub fn matches(&self, name: &str) -> bool {
         let Some(name) = normalize(name) else { return false };
         self.matches_normalized(name.as_bytes())
@@ -138,10 +138,20 @@ impl fmt::Display for DomainPattern {
     }
 }
 
-/// Trims whitespace and one trailing dot; `None` when empty or longer than a DNS name.
+/// Trims whitespace, a `:port` suffix (as in a Host header; `[v6]:port` keeps the address
+/// without brackets) and one trailing dot; `None` when empty or longer than a DNS name.
 #[inline]
 pub(crate) fn normalize(name: &str) -> Option<&str> {
-    let t = name.trim();
+    let mut t = name.trim();
+    if let Some(v6) = t.strip_prefix('[') {
+        t = v6.split(']').next().unwrap_or(v6);
+    } else if let Some((host, port)) = t.rsplit_once(':')
+        && !host.contains(':')
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+    {
+        t = host;
+    }
     let t = t.strip_suffix('.').unwrap_or(t);
     (!t.is_empty() && t.len() <= MAX_NAME).then_some(t)
 }
@@ -202,6 +212,10 @@ mod tests {
     fn matching() {
         assert!(m("example.com", "EXAMPLE.com."));
         assert!(m("example.com", " example.com "));
+        assert!(m("example.com", "example.com:8443"));
+        assert!(m("example.com", "Example.com.:80"));
+        assert!(!m("example.com", "example.com:"));
+        assert!(m("*", "[::1]:8080"));
         assert!(!m("example.com", "a.example.com"));
         assert!(m("*.example.com", "a.example.com"));
         assert!(m("*.example.com", "a.b.example.com"));

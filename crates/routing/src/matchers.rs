@@ -48,7 +48,8 @@ pub struct MatchInput<'a> {
     pub port: u16,
     /// The real client address (after a PROXY header).
     pub client_ip: IpAddr,
-    /// SNI (TLS) or Host without port (HTTP).
+    /// SNI (TLS) or Host (HTTP; a `:port` suffix is ignored). Any case; a trailing dot is
+    /// ignored.
     pub domain: Option<&'a str>,
     /// HTTP request path (a query string is ignored).
     pub path: Option<&'a str>,
