@@ -59,6 +59,11 @@ pub struct MatchInput<'a> {
     pub headers: Option<&'a (dyn HeaderSource + Sync)>,
     /// Whether the client opened with a TLS ClientHello.
     pub is_tls: bool,
+    /// Set for the lookup made from the ClientHello before TLS is terminated: routes that
+    /// terminate TLS then match without their `path` and `headers` criteria (those are only
+    /// known after termination; look up again with them). See
+    /// [`crate::RouteTable::http_after_termination`].
+    pub before_termination: bool,
 }
 
 impl<'a> MatchInput<'a> {
@@ -72,6 +77,7 @@ impl<'a> MatchInput<'a> {
             tls_version: None,
             headers: None,
             is_tls: false,
+            before_termination: false,
         }
     }
 
@@ -94,6 +100,13 @@ impl<'a> MatchInput<'a> {
         self
     }
 
+    /// Marks the lookup as made before TLS termination (see
+    /// [`MatchInput::before_termination`]).
+    pub fn before_termination(mut self) -> Self {
+        self.before_termination = true;
+        self
+    }
+
     /// Sets the HTTP headers.
     pub fn with_headers(mut self, headers: &'a (dyn HeaderSource + Sync)) -> Self {
         self.headers = Some(headers);
@@ -111,6 +124,7 @@ impl fmt::Debug for MatchInput<'_> {
             .field("tls_version", &self.tls_version)
             .field("headers", &self.headers.map(|_| ".."))
             .field("is_tls", &self.is_tls)
+            .field("before_termination", &self.before_termination)
             .finish()
     }
 }
@@ -192,6 +206,7 @@ impl Matchers {
         base: u64,
         input: &MatchInput<'a>,
         domain: Option<&[u8]>,
+        skip_http: bool,
     ) -> Option<(u64, PathParams<'a>)> {
         if !self.tls_versions.is_empty() {
             let v = input.tls_version?;
@@ -220,6 +235,9 @@ impl Matchers {
         }
         if !self.client_ip.is_empty() && !self.client_ip.contains(input.client_ip) {
             return None;
+        }
+        if skip_http {
+            return Some((spec, PathParams::default()));
         }
         let params = match &self.path {
             None => PathParams::default(),

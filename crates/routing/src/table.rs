@@ -9,7 +9,7 @@ use crate::domain::{DomainKind, MAX_NAME, normalize};
 use crate::error::ValidationError;
 use crate::limits::RouteLimits;
 use crate::matchers::{MatchInput, Matchers};
-use crate::model::{PortRange, RouteAction, RouteConfig};
+use crate::model::{PortRange, RouteAction, RouteConfig, TlsMode};
 use crate::path::{PathParams, PathPattern, first_segment};
 use crate::target::{SelectedTarget, TargetSet};
 use crate::validate::{ValidationOptions, check, route_name};
@@ -40,6 +40,7 @@ pub struct CompiledRoute {
     pub(crate) m: Matchers,
     base_spec: u64,
     has_tls_block: bool,
+    terminates: bool,
     pub(crate) targets: TargetSet,
     limits: Arc<RouteLimits>,
 }
@@ -187,6 +188,7 @@ pub struct RouteTable {
     segments: Box<[(PortRange, u32)]>,
     pub(crate) groups: Box<[PortGroup]>,
     ports: Box<[u16]>,
+    by_name: HashMap<Arc<str>, u32>,
 }
 
 impl RouteTable {
@@ -228,12 +230,14 @@ impl RouteTable {
             // `check` returned no error, so every route compiled.
             let Some(m) = m else { continue };
             let name: Arc<str> = route_name(&config, index).into();
-            let (mut targets, has_tls_block) = match &config.action {
-                RouteAction::Forward(f) => {
-                    (TargetSet::new(f.targets.clone(), f.load_balancing), f.tls.is_some())
-                }
+            let (mut targets, has_tls_block, terminates) = match &config.action {
+                RouteAction::Forward(f) => (
+                    TargetSet::new(f.targets.clone(), f.load_balancing),
+                    f.tls.is_some(),
+                    f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough),
+                ),
                 RouteAction::SocketHandler(_) => {
-                    (TargetSet::new(Vec::new(), Default::default()), false)
+                    (TargetSet::new(Vec::new(), Default::default()), false, false)
                 }
             };
             let security = config.security.clone().unwrap_or_default();
@@ -249,6 +253,7 @@ impl RouteTable {
                 base_spec: m.base_specificity(),
                 m,
                 has_tls_block,
+                terminates,
                 name,
                 index,
                 targets,
@@ -301,7 +306,9 @@ impl RouteTable {
             }
         }
         let ports: Vec<u16> = segments.iter().flat_map(|(r, _)| r.iter()).collect();
+        let by_name = routes.iter().map(|r| (Arc::clone(&r.name), r.index as u32)).collect();
         Self {
+            by_name,
             routes: routes.into_boxed_slice(),
             segments: segments.into_boxed_slice(),
             groups: groups.into_boxed_slice(),
@@ -410,7 +417,7 @@ impl RouteTable {
     }
 
     fn route_by_name(&self, name: &str) -> Option<&CompiledRoute> {
-        self.routes.iter().find(|r| &*r.name == name)
+        self.by_name.get(name).and_then(|&i| self.routes.get(i as usize))
     }
 
     /// Every listening port of the enabled routes, sorted, without repeats.
@@ -422,6 +429,19 @@ impl RouteTable {
     /// a port no route listens on).
     pub fn peek_need(&self, port: u16) -> PeekNeed {
         self.group_for(port).map_or(PeekNeed::None, |g| g.peek)
+    }
+
+    /// Whether some enabled route on `port` terminates TLS and has `path` or `headers`
+    /// criteria. Then route in two steps: look up from the ClientHello with
+    /// [`MatchInput::before_termination`] (to pick the certificate and termination), and
+    /// after termination look up again with the request's path and headers (and `is_tls`).
+    pub fn http_after_termination(&self, port: u16) -> bool {
+        self.group_for(port).is_some_and(|g| {
+            g.order.iter().any(|&i| {
+                let r = &self.routes[i as usize];
+                r.terminates && (r.m.path.is_some() || !r.m.headers.is_empty())
+            })
+        })
     }
 
     /// Every route, in configuration order (disabled ones included).
@@ -468,7 +488,8 @@ impl RouteTable {
             if check_tls && r.has_tls_block && !input.is_tls {
                 return;
             }
-            if let Some((spec, params)) = r.m.eval(r.base_spec, input, domain) {
+            let skip_http = input.before_termination && r.terminates;
+            if let Some((spec, params)) = r.m.eval(r.base_spec, input, domain, skip_http) {
                 let better = best.as_ref().is_none_or(|b| {
                     (prio, spec, std::cmp::Reverse(i)) > (b.0, b.1, std::cmp::Reverse(b.2))
                 });
@@ -541,7 +562,7 @@ mod tests {
                 continue;
             }
             if let Some((spec, _)) =
-                r.m.eval(r.base_spec, input, lower.as_deref().map(str::as_bytes))
+                r.m.eval(r.base_spec, input, lower.as_deref().map(str::as_bytes), false)
             {
                 let k = (r.config.priority, spec, std::cmp::Reverse(r.index));
                 if best.is_none_or(|b| k > b) {

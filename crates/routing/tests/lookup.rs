@@ -412,3 +412,49 @@ fn match_input_is_send_sync() {
     let h = [("a", "b")];
     assert_send_sync(&MatchInput::new(1, ip(C)).with_headers(&h));
 }
+
+#[test]
+fn path_routing_behind_termination() {
+    let t = table(
+        r#"
+[[routes]]
+name = "api"
+match = { ports = 443, domains = "a.example.com", path = "/api/*" }
+action = { type = "forward", targets = [{ host = "api", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } } }
+[[routes]]
+name = "web"
+match = { ports = 443, domains = "a.example.com", headers = { x-web = "1" } }
+action = { type = "forward", targets = [{ host = "web", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } } }
+[[routes]]
+name = "pass"
+match = { ports = 443, domains = "b.example.com" }
+action = { type = "forward", targets = [{ host = "b", port = 1 }], tls = { mode = "passthrough" } }
+[[routes]]
+name = "other-port"
+match = { ports = 444, domains = "a.example.com" }
+action = { type = "forward", targets = [{ host = "web", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } } }
+"#,
+    );
+    assert!(t.http_after_termination(443));
+    assert!(!t.http_after_termination(444));
+    let hello = MatchInput::new(443, ip(C)).with_domain("a.example.com").with_tls(None);
+    // Without the flag, no route matches before the path is known.
+    assert_eq!(name(&t, &hello), None);
+    // Step 1, from the ClientHello: a terminating route for the name (the most specific).
+    assert_eq!(name(&t, &hello.before_termination()), Some("api"));
+    assert_eq!(
+        name(
+            &t,
+            &MatchInput::new(443, ip(C))
+                .with_domain("b.example.com")
+                .with_tls(None)
+                .before_termination()
+        ),
+        Some("pass")
+    );
+    // Step 2, after termination, with the request.
+    let h = [("X-Web", "1")];
+    assert_eq!(name(&t, &hello.with_path("/api/v1")), Some("api"));
+    assert_eq!(name(&t, &hello.with_path("/index.html").with_headers(&h)), Some("web"));
+    assert_eq!(name(&t, &hello.with_path("/index.html")), None);
+}
