@@ -165,9 +165,9 @@ pub struct MetricsConfig {
     /// Prefix of exported metric names (default `smartproxy_`).
     #[serde(default = "default_prefix")]
     pub prefix: String,
-    /// Export per-IP series (default false).
+    /// Per-IP series: `false` (default), `true` (the top 100 IPs), or a number N (the top N).
     #[serde(default)]
-    pub per_ip: bool,
+    pub per_ip: PerIpSetting,
     /// Push to a StatsD server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statsd: Option<StatsdConfig>,
@@ -180,8 +180,75 @@ impl Default for MetricsConfig {
             sample_interval: d1s(),
             retention: d1h(),
             prefix: default_prefix(),
-            per_ip: false,
+            per_ip: PerIpSetting::Off,
             statsd: None,
+        }
+    }
+}
+
+/// `[metrics] per_ip`: `false`, `true` (top 100) or the number of top IPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PerIpSetting {
+    /// No per-IP series in exports (connections by IP are still counted for queries).
+    #[default]
+    Off,
+    /// Series for the N most active client IPs.
+    TopN(usize),
+}
+
+impl PerIpSetting {
+    /// The collector's setting.
+    pub fn collector(self) -> smartproxy_metrics::PerIp {
+        match self {
+            // The collector still tracks the busiest IPs for queries; exports leave them out.
+            Self::Off => smartproxy_metrics::PerIp::TopN(100),
+            Self::TopN(n) => smartproxy_metrics::PerIp::TopN(n),
+        }
+    }
+
+    /// The exporters' setting.
+    pub fn export(self) -> smartproxy_metrics::PerIp {
+        match self {
+            Self::Off => smartproxy_metrics::PerIp::Off,
+            Self::TopN(n) => smartproxy_metrics::PerIp::TopN(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PerIpSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PerIpSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("false, true, or the number of top IPs")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<PerIpSetting, E> {
+                Ok(if b { PerIpSetting::TopN(100) } else { PerIpSetting::Off })
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<PerIpSetting, E> {
+                match n {
+                    0 => Ok(PerIpSetting::Off),
+                    1..=100_000 => Ok(PerIpSetting::TopN(n as usize)),
+                    _ => Err(E::custom("per_ip: at most 100000 IPs")),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<PerIpSetting, E> {
+                u64::try_from(n)
+                    .map_err(|_| E::custom("per_ip cannot be negative"))
+                    .and_then(|n| self.visit_u64(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for PerIpSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => s.serialize_bool(false),
+            Self::TopN(n) => s.serialize_u64(*n as u64),
         }
     }
 }

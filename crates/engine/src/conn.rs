@@ -100,20 +100,20 @@ pub(crate) async fn handle(
     let mut sock = match read_proxy_header(tcp, PeerAddr(peer), &opts).await {
         Ok(s) => s,
         Err(e) => {
-            inner.obs.proxy_header_rejected(peer, e.kind());
+            inner.obs.proxy_header_rejected(peer, None, e.kind());
             let reason = match e {
                 HeaderError::Untrusted => Refusal::UntrustedProxyHeader,
                 _ => Refusal::ProxyHeader,
             };
-            return r.refuse(reason, &error_chain(&e));
+            return inner.obs.refused_kind(reason, Some(e.kind()), peer, port, &error_chain(&e));
         }
     };
     let client = sock.client_addr().0;
     let client_ip = canonical(client.ip());
     obs.client_known(client);
     if trusted {
-        if sock.proxy_header().is_some() {
-            inner.obs.proxy_header_accepted(peer, client);
+        if let Some(h) = sock.proxy_header() {
+            inner.obs.proxy_header_accepted(peer, client, h.version());
         }
         r.client = client;
         match inner.ip_limits.acquire(
@@ -156,9 +156,9 @@ pub(crate) async fn handle(
         if let Some(h) = &info.head {
             input = input.with_headers(h);
         }
-        state.table.lookup(&input).map(|m| m.route)
+        state.table.lookup(&input).map(|m| (m.route, m.index))
     };
-    let Some(route) = matched else {
+    let Some((route, route_index)) = matched else {
         return r.refuse(Refusal::NoRoute, info.domain.as_deref().unwrap_or(""));
     };
     if !route.allows_ip(client_ip) {
@@ -174,7 +174,7 @@ pub(crate) async fn handle(
             return r.refuse(reason, &format!("{}: {e}", route.name()));
         }
     };
-    obs.routed(route.name_arc());
+    obs.routed(route.name_arc(), state.route_metric(route_index));
     tracing::debug!(%client, port, route = route.name(), "routed");
 
     let timeouts = Timeouts {
@@ -237,13 +237,14 @@ async fn forward(
             tokio::time::timeout(connect_timeout, TcpStream::connect((t.host(), t.port()))).await;
         match result {
             Ok(Ok(s)) => {
-                inner.obs.backend_connected(&label, started.elapsed());
+                inner.obs.backend_connected(obs, &label, started.elapsed());
                 _target_guard = Some(t.into_guard());
                 backend = Some(s);
                 break;
             }
-            Ok(Err(e)) => inner.obs.backend_connect_failed(&label, &e),
+            Ok(Err(e)) => inner.obs.backend_connect_failed(obs, &label, &e),
             Err(_) => inner.obs.backend_connect_failed(
+                obs,
                 &label,
                 &format_args!("no answer within {connect_timeout:?}"),
             ),

@@ -19,6 +19,7 @@ use crate::limits::{Gauge, IpLimits};
 use crate::listener;
 use crate::net::Cidr;
 use crate::observe::EngineObserver;
+use smartproxy_metrics::{Metrics, RouteHandle};
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,15 @@ pub(crate) struct State {
     pub(crate) table: RouteTable,
     pub(crate) trusted: Vec<Cidr>,
     pub(crate) accept_pp: bool,
+    /// The collector's handle of each route, by route index (empty with metrics off).
+    pub(crate) route_metrics: Vec<RouteHandle>,
+}
+
+impl State {
+    /// The collector's handle of the route at `index` of the table.
+    pub(crate) fn route_metric(&self, index: usize) -> Option<&RouteHandle> {
+        self.route_metrics.get(index)
+    }
 }
 
 impl fmt::Debug for State {
@@ -60,6 +70,7 @@ impl State {
         config: Config,
         handlers: &Registry,
         old: Option<&State>,
+        metrics: Option<&Metrics>,
     ) -> Result<Self, ConfigErrors> {
         let custom: Vec<String> = handlers.0.keys().cloned().collect();
         let errors = config.check(&custom);
@@ -80,11 +91,16 @@ impl State {
                 .collect(),
         })?;
         let trusted = config.proxy_ips.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
+        let route_metrics = match metrics {
+            Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
+            None => Vec::new(),
+        };
         Ok(Self {
             accept_pp: config.accepts_proxy_protocol(),
             config: Arc::new(config),
             table,
             trusted,
+            route_metrics,
         })
     }
 }
@@ -103,6 +119,7 @@ pub(crate) struct Inner {
     listeners: parking_lot::Mutex<BTreeMap<u16, Vec<Listening>>>,
     reload_lock: tokio::sync::Mutex<()>,
     pruner: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -115,6 +132,9 @@ impl Drop for Inner {
         if let Some(p) = self.pruner.lock().take() {
             p.abort();
         }
+        if let Some(p) = self.sampler.lock().take() {
+            p.abort();
+        }
     }
 }
 
@@ -123,6 +143,7 @@ impl Drop for Inner {
 pub struct EngineBuilder {
     config: Option<Config>,
     handlers: Registry,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EngineBuilder {
@@ -140,22 +161,34 @@ impl EngineBuilder {
         self
     }
 
+    /// Records into this collector instead of one built from the `[metrics]` section (tests,
+    /// or a library user who shares one collector). Ignored when `[metrics] enabled = false`.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Validates the configuration, binds every listener and starts accepting. Must be called
     /// inside a tokio runtime (multi-thread for more than one worker).
     pub async fn start(self) -> Result<Engine, StartError> {
         let config = self.config.ok_or(StartError::NoConfig)?;
-        let state = State::build(config, &self.handlers, None)?;
+        let metrics = config
+            .metrics
+            .enabled
+            .then(|| self.metrics.unwrap_or_else(|| Metrics::new(metrics_config(&config), unix_now())));
+        let state = State::build(config, &self.handlers, None, metrics.as_deref())?;
         let (force_close, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             handlers: self.handlers,
             ip_limits: IpLimits::new(),
             global: Gauge::new(),
-            obs: Arc::new(EngineObserver::default()),
+            obs: Arc::new(EngineObserver::new(metrics.clone())),
             force_close,
             draining: AtomicBool::new(false),
             listeners: parking_lot::Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             pruner: parking_lot::Mutex::new(None),
+            sampler: parking_lot::Mutex::new(None),
             state: ArcSwap::from_pointee(state),
         });
         let st = inner.state.load_full();
@@ -171,12 +204,50 @@ impl EngineBuilder {
             }
         }
         *inner.pruner.lock() = Some(spawn_pruner(Arc::downgrade(&inner)));
+        if let Some(m) = metrics {
+            let every = st.config.metrics.sample_interval;
+            *inner.sampler.lock() = Some(spawn_sampler(m, every));
+        }
         let engine = Engine { _life: Arc::new(Life(Arc::downgrade(&inner))), inner };
         for addr in engine.local_addrs() {
             tracing::info!(%addr, "listening");
         }
         Ok(engine)
     }
+}
+
+/// The collector's settings from `[metrics]`.
+fn metrics_config(config: &Config) -> smartproxy_metrics::MetricsConfig {
+    let m = &config.metrics;
+    smartproxy_metrics::MetricsConfig {
+        sample_interval: m.sample_interval,
+        retention: m.retention,
+        per_ip: m.per_ip.collector(),
+        version: concat!("smartproxy ", env!("CARGO_PKG_VERSION")).to_owned(),
+        ..smartproxy_metrics::MetricsConfig::default()
+    }
+}
+
+/// Seconds since the UNIX epoch: the collector's time axis.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Samples the collector once per interval, off the data path. The time axis is UNIX seconds
+/// taken from a monotonic clock, so a wall-clock step does not disturb the series.
+fn spawn_sampler(metrics: Arc<Metrics>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (base_unix, base) = (unix_now(), Instant::now());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            metrics.tick(base_unix + base.elapsed().as_secs());
+        }
+    })
 }
 
 fn spawn_pruner(weak: Weak<Inner>) -> JoinHandle<()> {
@@ -317,6 +388,12 @@ impl Engine {
         self.inner.listeners.lock().values().flatten().map(|(a, _)| *a).collect()
     }
 
+    /// The metrics collector (`None` with `[metrics] enabled = false`): queries, snapshots,
+    /// and what the admin API and exporters read.
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.inner.obs.metrics().cloned()
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         let o = self.inner.obs.stats();
@@ -358,7 +435,8 @@ impl Engine {
             return Err(ConfigErrors::one(ConfigError::new("", "the engine is shutting down")));
         }
         let old = self.inner.state.load_full();
-        let state = State::build(config, &self.inner.handlers, Some(&old))?;
+        let metrics = self.inner.obs.metrics().map(|m| &**m);
+        let state = State::build(config, &self.inner.handlers, Some(&old), metrics)?;
         let new_ports: BTreeSet<u16> = state.table.ports().into_iter().collect();
         let old_ports: BTreeSet<u16> = self.inner.listeners.lock().keys().copied().collect();
         let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
@@ -367,6 +445,10 @@ impl Engine {
             ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
         })?;
         let routes = state.config.routes.len();
+        if let Some(m) = metrics {
+            let names: BTreeSet<&str> = state.table.routes().iter().map(|r| r.name()).collect();
+            m.forget_routes(|n| names.contains(n));
+        }
         self.inner.state.store(Arc::new(state));
         let mut ls = self.inner.listeners.lock();
         for (port, socks) in bound {
@@ -415,6 +497,10 @@ impl Engine {
             while self.stats().active_connections > 0 && Instant::now() < end {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+        }
+        // A last sample, so that the final bytes are in the series and totals.
+        if let Some(m) = self.inner.obs.metrics() {
+            m.tick(m.now() + 1);
         }
         ShutdownSummary { forced }
     }

@@ -1,13 +1,18 @@
-//! Every observation the engine makes (counters, logs) goes through this module, so that the
-//! metrics collector can be wired in at one place.
+//! Every observation the engine makes (counters, logs, the metrics collector) goes through this
+//! module.
 //!
 //! The hot path is [`ConnObserver::add_in`] / [`ConnObserver::add_out`]: one relaxed atomic add
-//! per read. Everything else happens once per connection or per event.
+//! per read, on a counter the connection owns (the metrics collector's
+//! [`ConnectionRecorder`] once the connection is routed, a local one before). Everything else
+//! happens once per connection or per event. With `[metrics] enabled = false` there is no
+//! recorder and the data path touches only the connection's own counters.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use smartproxy_metrics::{ConnectionRecorder, Metrics, ProxyVersion, RefuseReason, RouteHandle};
 
 /// Why a connection was refused or closed early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +42,8 @@ pub enum Refusal {
     BackendUnavailable,
     /// The engine is shutting down.
     ShuttingDown,
+    /// The TLS handshake with the client failed (terminating routes).
+    TlsHandshake,
 }
 
 impl Refusal {
@@ -55,6 +62,29 @@ impl Refusal {
             Self::InitialData => "initial_data",
             Self::BackendUnavailable => "backend_unavailable",
             Self::ShuttingDown => "shutting_down",
+            Self::TlsHandshake => "tls_handshake",
+        }
+    }
+
+    /// The collector's label for this refusal.
+    fn metric(self, detail_kind: Option<&str>) -> RefuseReason {
+        match self {
+            Self::GlobalLimit => RefuseReason::GlobalLimit,
+            Self::IpLimit => RefuseReason::IpLimit,
+            Self::RateLimit => RefuseReason::RateLimit,
+            Self::RouteLimit | Self::RouteIpLimit => RefuseReason::RouteLimit,
+            Self::NotAllowed => RefuseReason::Blocked,
+            Self::NoRoute => RefuseReason::NoRoute,
+            Self::ProxyHeader => match detail_kind {
+                Some("timeout") => RefuseReason::ProxyHeaderTimeout,
+                Some("missing") => RefuseReason::ProxyHeaderRequired,
+                _ => RefuseReason::ProxyHeaderInvalid,
+            },
+            Self::UntrustedProxyHeader => RefuseReason::ProxyHeaderUntrusted,
+            Self::InitialData => RefuseReason::InitialDataTimeout,
+            Self::BackendUnavailable => RefuseReason::BackendUnavailable,
+            Self::ShuttingDown => RefuseReason::ShuttingDown,
+            Self::TlsHandshake => RefuseReason::TlsHandshake,
         }
     }
 }
@@ -62,6 +92,8 @@ impl Refusal {
 /// Engine-wide counters and event hooks.
 #[derive(Debug, Default)]
 pub(crate) struct EngineObserver {
+    /// The collector; `None` when `[metrics] enabled = false`.
+    metrics: Option<Arc<Metrics>>,
     active: AtomicU64,
     total: AtomicU64,
     refused: AtomicU64,
@@ -76,6 +108,16 @@ pub(crate) struct EngineObserver {
 }
 
 impl EngineObserver {
+    /// An observer feeding `metrics` (if any).
+    pub(crate) fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Self { metrics, ..Self::default() }
+    }
+
+    /// The collector, when metrics are on.
+    pub(crate) fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// A connection was accepted.
     pub(crate) fn conn_opened(self: &Arc<Self>, peer: SocketAddr, port: u16) -> Arc<ConnObserver> {
         self.active.fetch_add(1, Relaxed);
@@ -84,6 +126,7 @@ impl EngineObserver {
         Arc::new(ConnObserver {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            recorder: OnceLock::new(),
             engine: Arc::clone(self),
             client: OnceLock::new(),
             route: OnceLock::new(),
@@ -92,7 +135,22 @@ impl EngineObserver {
 
     /// A connection was refused (it is closed right after).
     pub(crate) fn refused(&self, reason: Refusal, client: SocketAddr, port: u16, detail: &str) {
+        self.refused_kind(reason, None, client, port, detail);
+    }
+
+    /// [`Self::refused`] with the kind of PROXY-header failure, for the metrics label.
+    pub(crate) fn refused_kind(
+        &self,
+        reason: Refusal,
+        kind: Option<&str>,
+        client: SocketAddr,
+        port: u16,
+        detail: &str,
+    ) {
         self.refused.fetch_add(1, Relaxed);
+        if let Some(m) = &self.metrics {
+            m.refused(reason.metric(kind));
+        }
         if detail.is_empty() {
             tracing::info!(%client, port, reason = reason.as_str(), "connection refused");
         } else {
@@ -101,31 +159,66 @@ impl EngineObserver {
     }
 
     /// A PROXY header from a trusted peer was accepted.
-    pub(crate) fn proxy_header_accepted(&self, peer: SocketAddr, client: SocketAddr) {
+    pub(crate) fn proxy_header_accepted(
+        &self,
+        peer: SocketAddr,
+        client: SocketAddr,
+        version: smartproxy_proxy_protocol::Version,
+    ) {
         self.headers_accepted.fetch_add(1, Relaxed);
+        if let Some(m) = &self.metrics {
+            m.proxy_header_accepted(proxy_version(version));
+        }
         tracing::debug!(%peer, %client, "PROXY header accepted");
     }
 
     /// A PROXY header was rejected (malformed, missing, late, or from an untrusted peer).
-    pub(crate) fn proxy_header_rejected(&self, peer: SocketAddr, kind: &str) {
+    pub(crate) fn proxy_header_rejected(
+        &self,
+        peer: SocketAddr,
+        version: Option<smartproxy_proxy_protocol::Version>,
+        kind: &'static str,
+    ) {
         self.headers_rejected.fetch_add(1, Relaxed);
+        if let Some(m) = &self.metrics {
+            m.proxy_header_rejected(version.map(proxy_version), kind);
+        }
         tracing::debug!(%peer, kind, "PROXY header rejected");
     }
 
-    /// A target connection was established.
-    pub(crate) fn backend_connected(&self, target: &str, took: Duration) {
+    /// A target connection was established for `conn`.
+    pub(crate) fn backend_connected(
+        &self,
+        conn: &ConnObserver,
+        target: &dyn std::fmt::Display,
+        took: Duration,
+    ) {
         self.backend_connected.fetch_add(1, Relaxed);
-        tracing::trace!(target, ?took, "backend connected");
+        if let (Some(m), Some(r)) = (&self.metrics, conn.recorder.get()) {
+            m.backend_connected(r.route(), took);
+        }
+        tracing::trace!(%target, ?took, "backend connected");
     }
 
-    /// A target connection attempt failed.
-    pub(crate) fn backend_connect_failed(&self, target: &str, error: &dyn std::fmt::Display) {
+    /// A target connection attempt for `conn` failed.
+    pub(crate) fn backend_connect_failed(
+        &self,
+        conn: &ConnObserver,
+        target: &dyn std::fmt::Display,
+        error: &dyn std::fmt::Display,
+    ) {
         self.backend_failed.fetch_add(1, Relaxed);
-        tracing::warn!(target, %error, "backend connect failed");
+        if let (Some(m), Some(r)) = (&self.metrics, conn.recorder.get()) {
+            m.backend_connect_failed(r.route());
+        }
+        tracing::warn!(%target, %error, "backend connect failed");
     }
 
     /// A configuration reload was applied (`ok`) or refused.
     pub(crate) fn config_reloaded(&self, ok: bool) {
+        if let Some(m) = &self.metrics {
+            m.config_reloaded(ok);
+        }
         if ok {
             self.reloads.fetch_add(1, Relaxed);
         } else {
@@ -162,11 +255,21 @@ pub(crate) struct ObserverStats {
     pub(crate) reloads_failed: u64,
 }
 
+fn proxy_version(v: smartproxy_proxy_protocol::Version) -> ProxyVersion {
+    match v {
+        smartproxy_proxy_protocol::Version::V1 => ProxyVersion::V1,
+        _ => ProxyVersion::V2,
+    }
+}
+
 /// Per-connection counters. Dropping it closes the connection's books.
 #[derive(Debug)]
 pub struct ConnObserver {
+    /// Bytes before the connection was routed (or all of them with metrics off).
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// The collector's per-connection counters, from routing on.
+    recorder: OnceLock<ConnectionRecorder>,
     engine: Arc<EngineObserver>,
     client: OnceLock<SocketAddr>,
     route: OnceLock<Arc<str>>,
@@ -178,9 +281,26 @@ impl ConnObserver {
         let _ = self.client.set(client);
     }
 
-    /// The connection was routed; called once.
-    pub(crate) fn routed(&self, route: &Arc<str>) {
+    /// The connection was routed; called once, before any byte is forwarded. From here on
+    /// its bytes go to the collector under `metric` (the route's handle, resolved when the
+    /// configuration was loaded).
+    pub(crate) fn routed(&self, route: &Arc<str>, metric: Option<&RouteHandle>) {
         let _ = self.route.set(Arc::clone(route));
+        if let (Some(m), Some(handle)) = (&self.engine.metrics, metric) {
+            let ip = self.client().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.ip());
+            let rec = m.connection_opened(crate::net::canonical(ip), handle);
+            // Bytes peeked before routing belong to this connection too.
+            rec.add_in(self.bytes_in.swap(0, Relaxed));
+            rec.add_out(self.bytes_out.swap(0, Relaxed));
+            let _ = self.recorder.set(rec);
+        }
+    }
+
+    /// Counts one more request on a kept-alive connection (the first is the connection).
+    pub fn add_request(&self) {
+        if let Some(r) = self.recorder.get() {
+            r.add_request();
+        }
     }
 
     /// The route name, once routed.
@@ -196,23 +316,33 @@ impl ConnObserver {
     /// `n` bytes read from the client.
     #[inline]
     pub fn add_in(&self, n: u64) {
-        self.bytes_in.fetch_add(n, Relaxed);
+        match self.recorder.get() {
+            Some(r) => r.add_in(n),
+            None => {
+                self.bytes_in.fetch_add(n, Relaxed);
+            }
+        }
     }
 
     /// `n` bytes written to the client.
     #[inline]
     pub fn add_out(&self, n: u64) {
-        self.bytes_out.fetch_add(n, Relaxed);
+        match self.recorder.get() {
+            Some(r) => r.add_out(n),
+            None => {
+                self.bytes_out.fetch_add(n, Relaxed);
+            }
+        }
     }
 
     /// Bytes read from the client so far.
     pub fn bytes_in(&self) -> u64 {
-        self.bytes_in.load(Relaxed)
+        self.bytes_in.load(Relaxed) + self.recorder.get().map_or(0, ConnectionRecorder::bytes_in)
     }
 
     /// Bytes written to the client so far.
     pub fn bytes_out(&self) -> u64 {
-        self.bytes_out.load(Relaxed)
+        self.bytes_out.load(Relaxed) + self.recorder.get().map_or(0, ConnectionRecorder::bytes_out)
     }
 
     /// Activity marker: changes whenever a byte moves.

@@ -28,6 +28,8 @@ pub enum RefuseReason {
     InitialDataTimeout,
     /// The TLS handshake with the client failed.
     TlsHandshake,
+    /// No target of the route could be reached.
+    BackendUnavailable,
     /// The proxy is shutting down.
     ShuttingDown,
     /// Any other reason.
@@ -49,6 +51,7 @@ impl RefuseReason {
         Self::NoRoute,
         Self::InitialDataTimeout,
         Self::TlsHandshake,
+        Self::BackendUnavailable,
         Self::ShuttingDown,
         Self::Other,
     ];
@@ -69,6 +72,7 @@ impl RefuseReason {
             Self::NoRoute => "no_route",
             Self::InitialDataTimeout => "initial_data_timeout",
             Self::TlsHandshake => "tls_handshake",
+            Self::BackendUnavailable => "backend_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::Other => "other",
         }
