@@ -207,11 +207,11 @@ impl PerIpSetting {
         }
     }
 
-    /// The exporters' setting.
-    pub fn export(self) -> smartproxy_metrics::PerIp {
+    /// How many IPs the exporters write (`None`: no per-IP series).
+    pub fn top_n(self) -> Option<usize> {
         match self {
-            Self::Off => smartproxy_metrics::PerIp::Off,
-            Self::TopN(n) => smartproxy_metrics::PerIp::TopN(n),
+            Self::Off => None,
+            Self::TopN(n) => Some(n),
         }
     }
 }

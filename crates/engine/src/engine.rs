@@ -399,6 +399,18 @@ impl Engine {
         let o = self.inner.obs.stats();
         Stats {
             active_connections: o.active,
+    /// Whether [`Engine::shutdown`] has begun (readiness probes answer 503 from then on).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Records a reload that was refused before it reached [`Engine::reload`] (the file did not
+    /// load), so that every refused reload is counted and logged the same way.
+    pub fn reload_refused(&self, errors: &ConfigErrors) {
+        self.inner.obs.config_reloaded(false);
+        tracing::warn!(errors = %errors, "configuration refused, keeping the old one");
+    }
+
             total_connections: o.total,
             refused_connections: o.refused,
             bytes_in: o.bytes_in,

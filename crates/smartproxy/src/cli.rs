@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// smartproxy: a reverse proxy with PROXY protocol, SNI routing and traffic metrics.
 ///
-/// Without a command it runs a small demo configuration on 127.0.0.1:8080-8082.
+/// Without a command it runs a small demo configuration on 127.0.0.1:8080-8082, with the admin
+/// API on 127.0.0.1:9900.
 #[derive(Debug, Parser)]
 #[command(name = "smartproxy", version, about)]
 pub(crate) struct Cli {
@@ -46,11 +47,15 @@ pub(crate) enum LogFormat {
 
 /// The configuration run when no command is given.
 pub(crate) const DEMO: &str = r#"
-# smartproxy demo: try `curl http://127.0.0.1:8080/`, `nc 127.0.0.1 8081`, `nc 127.0.0.1 8082`.
+# smartproxy demo: try `curl http://127.0.0.1:8080/`, `nc 127.0.0.1 8081`, `nc 127.0.0.1 8082`,
+# and the admin API: `curl http://127.0.0.1:9900/metrics` (or /metrics/json, /healthz, /ready).
 bind = ["127.0.0.1"]
 
 [defaults]
 shutdown_grace = "5s"
+
+[admin]
+listen = "127.0.0.1:9900"
 
 [[routes]]
 name = "demo-static"

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 invalid configuration or failure to start, 64 usage error.
 
 mod cli;
+mod control;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use smartproxy_engine::{Config, Engine, Format};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, DEMO, LogFormat};
+use crate::control::Control;
 
 /// Usage error (sysexits.h EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -104,24 +106,32 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
 
 async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let engine = Engine::start(config).await?;
+    let control = Control { engine: engine.clone(), file };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let admin = control::start_admin(&control, &stop).await?;
+    control::start_statsd(&engine, &stop)?;
     {
         #[allow(clippy::print_stdout)] // The listeners are the command's output.
         let mut out = std::io::stdout().lock();
         for addr in engine.local_addrs() {
             writeln!(out, "listening on {addr}")?;
         }
+        if let Some(addr) = admin {
+            writeln!(out, "admin API listening on http://{addr}/ (metrics: /metrics, /metrics/json)")?;
+        }
         out.flush()?;
     }
-    signals(&engine, file.as_deref()).await?;
+    signals(&control).await?;
     let grace = engine.config().defaults.shutdown_grace;
     let summary = engine.shutdown(grace).await;
+    let _ = stop_tx.send(true);
     tracing::info!(forced = summary.forced, "stopped");
     Ok(())
 }
 
 /// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
 #[cfg(unix)]
-async fn signals(engine: &Engine, file: Option<&Path>) -> anyhow::Result<()> {
+async fn signals(control: &Control) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -136,28 +146,17 @@ async fn signals(engine: &Engine, file: Option<&Path>) -> anyhow::Result<()> {
                 tracing::info!("SIGINT: shutting down");
                 return Ok(());
             }
-            _ = hup.recv() => reload(engine, file).await,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP");
+                // `Control::reload` logs and counts the outcome.
+                let _ = control.reload().await;
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn signals(_engine: &Engine, _file: Option<&Path>) -> anyhow::Result<()> {
+async fn signals(_control: &Control) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     Ok(())
-}
-
-async fn reload(engine: &Engine, file: Option<&Path>) {
-    let Some(path) = file else {
-        tracing::warn!("SIGHUP: the demo configuration has no file to reload");
-        return;
-    };
-    tracing::info!(file = %path.display(), "SIGHUP: reloading");
-    match Config::load(path) {
-        // `Engine::reload` logs the outcome.
-        Ok(config) => {
-            let _ = engine.reload(config).await;
-        }
-        Err(e) => tracing::warn!(errors = %e, "SIGHUP: configuration refused, keeping the old one"),
-    }
 }
