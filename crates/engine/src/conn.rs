@@ -6,6 +6,7 @@ use std::sync::Arc;
 use smartproxy_proxy_protocol::Header;
 use smartproxy_routing::{
     CompiledRoute, ForwardAction, HeaderSource, MatchInput, RouteAction, SendProxyProtocol,
+    TlsMode,
 };
 use smartproxy_wrapped_socket::{
     HeaderError, HeaderOptions, HeaderPolicy, PeerAddr, WrappedSocket, read_proxy_header,
@@ -223,6 +224,13 @@ async fn forward(
     stop: &mut tokio::sync::watch::Receiver<bool>,
     r: &Refuser<'_>,
 ) {
+    if f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough) {
+        let port = r.port;
+        return crate::tls::forward(
+            inner, state, route, f, sock, local, obs, timeouts, stop, port,
+        )
+        .await;
+    }
     let client = sock.client_addr().0;
     let client_ip = canonical(client.ip());
     let connect_timeout = f.connect_timeout.unwrap_or(state.config.defaults.connect_timeout);
@@ -292,7 +300,7 @@ async fn forward(
 
 /// Builds the outgoing header from validated addresses. v1 needs one family for both: a
 /// mixed pair keeps the client's family with an unspecified destination.
-fn proxy_header(
+pub(crate) fn proxy_header(
     v: SendProxyProtocol,
     src: SocketAddr,
     dst: SocketAddr,
@@ -318,7 +326,7 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
-fn log_close(obs: &ConnObserver, client: SocketAddr, port: u16, route: &str, outcome: &Outcome) {
+pub(crate) fn log_close(obs: &ConnObserver, client: SocketAddr, port: u16, route: &str, outcome: &Outcome) {
     let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
     match outcome {
         Outcome::Error(e) => {

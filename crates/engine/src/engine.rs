@@ -50,6 +50,8 @@ pub(crate) struct State {
     pub(crate) accept_pp: bool,
     /// The collector's handle of each route, by route index (empty with metrics off).
     pub(crate) route_metrics: Vec<RouteHandle>,
+    /// Rustls acceptors and connectors of the terminating routes, built with the table.
+    pub(crate) tls: crate::tls::TlsState,
 }
 
 impl State {
@@ -91,6 +93,8 @@ impl State {
                 .collect(),
         })?;
         let trusted = config.proxy_ips.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
+        let tls = crate::tls::TlsState::build(&config)
+            .map_err(|errors| ConfigErrors { file: None, errors })?;
         let route_metrics = match metrics {
             Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
             None => Vec::new(),
@@ -101,6 +105,7 @@ impl State {
             table,
             trusted,
             route_metrics,
+            tls,
         })
     }
 }

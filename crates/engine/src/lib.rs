@@ -81,6 +81,7 @@ mod net;
 pub mod observe;
 mod peek;
 mod sni;
+mod tls;
 
 pub use self::config::{
     AdminConfig, Config, ConfigError, ConfigErrors, Defaults, Format, MetricsConfig, PerIpSetting,

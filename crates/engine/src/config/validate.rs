@@ -299,13 +299,8 @@ pub(crate) fn check(c: &Config, custom_handlers: &[String]) -> Vec<ConfigError> 
 
 fn check_route(i: usize, r: &RouteConfig, err: &mut dyn FnMut(String, String)) {
     if let RouteAction::Forward(f) = &r.action {
-        if let Some(tls) = &f.tls {
-            if !matches!(tls.mode, TlsMode::Passthrough) {
-                err(
-                    format!("routes[{i}].action.tls.mode"),
-                    "TLS termination is not supported yet (only \"passthrough\")".into(),
-                );
-            }
+        if f.tls.as_ref().is_some_and(|t| !matches!(t.mode, TlsMode::Passthrough)) {
+            crate::tls::check_route(i, r, err);
         }
     }
 }

@@ -1,0 +1,531 @@
+//! TLS termination and re-encryption over loopback with real rustls clients and servers and
+//! certificates made by rcgen: certificate per SNI, versions, ALPN, resumption, upstream
+//! verification, reload of certificates, bad files.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore, ServerConfig};
+use smartproxy_engine::{Config, Engine, Format};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A throwaway CA writing leaf PEM files into a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+struct Leaf {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self::named("test CA")
+    }
+
+    fn named(cn: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.key_usages =
+            vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Self { dir, ca }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut r = RootCertStore::empty();
+        r.add(self.ca.der().clone()).unwrap();
+        r
+    }
+
+    fn leaf(&self, name: &str, dns: &[&str]) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, dns[0]);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let leaf = Leaf {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(
+    roots: RootCertStore,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+fn both() -> Vec<&'static rustls::SupportedProtocolVersion> {
+    vec![&rustls::version::TLS13, &rustls::version::TLS12]
+}
+
+async fn tls_connect(
+    port: u16,
+    sni: &str,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = connect(port).await;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), TlsConnector::from(config).connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+/// The subject CN of the certificate the server presented.
+fn peer_cn(s: &TlsStream<TcpStream>) -> String {
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    // The CN is the only UTF8String/PrintableString holding a dotted name in these certs; find
+    // it by the DER of the CN attribute type (2.5.4.3) followed by a string.
+    let bytes = der.as_ref();
+    let oid = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let pos = bytes.windows(oid.len()).rposition(|w| w == oid).unwrap();
+    let len = bytes[pos + 6] as usize;
+    String::from_utf8(bytes[pos + 7..pos + 7 + len].to_vec()).unwrap()
+}
+
+async fn roundtrip(s: &mut TlsStream<TcpStream>, msg: &[u8]) -> Vec<u8> {
+    exchange(s, msg, msg.len()).await
+}
+
+async fn exchange(s: &mut TlsStream<TcpStream>, msg: &[u8], expect: usize) -> Vec<u8> {
+    s.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; expect];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got)).await.unwrap().unwrap();
+    got
+}
+
+fn terminate_route(
+    name: &str,
+    port: u16,
+    domains: &str,
+    backend: u16,
+    leaf: &Leaf,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "{name}"
+match = {{ ports = [{port}], domains = [{domains}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}], tls = {{ mode = "terminate", certificate = {{ cert = "{c}", key = "{k}" }}{extra} }} }}
+"#,
+        c = leaf.cert.display(),
+        k = leaf.key.display()
+    )
+}
+
+#[tokio::test]
+async fn terminates_with_the_certificate_of_each_domain_and_forwards_plaintext() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test", "*.b.test"]);
+    let (echo, _t) = echo_backend().await;
+    let port = free_port();
+    let toml = format!(
+        "{}{}",
+        terminate_route("a", port, "\"a.test\"", echo.port(), &a, ""),
+        terminate_route("b", port, "\"b.test\", \"*.b.test\"", echo.port(), &b, "")
+    );
+    let engine = engine(&toml).await;
+    let cfg = Arc::new(client_config(pki.roots(), &both()));
+    for (sni, cn) in [("a.test", "a.test"), ("b.test", "b.test"), ("www.b.test", "b.test")] {
+        let mut s = tls_connect(port, sni, Arc::clone(&cfg)).await.unwrap();
+        assert_eq!(peer_cn(&s), cn, "certificate for {sni}");
+        let msg = format!("hello {sni}");
+        assert_eq!(roundtrip(&mut s, msg.as_bytes()).await, msg.as_bytes());
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(rest.is_empty());
+    }
+    assert_eq!(settle(&engine).await, 0);
+    // Plaintext is counted: 3 messages each way.
+    let total: u64 = ["a.test", "b.test", "www.b.test"].iter().map(|s| 6 + s.len() as u64).sum();
+    let st = engine.stats();
+    assert_eq!((st.bytes_in, st.bytes_out), (total, total));
+}
+
+#[tokio::test]
+async fn unknown_sni_on_a_port_only_route_gets_the_route_certificate() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let (echo, _t) = echo_backend().await;
+    let port = free_port();
+    let toml = format!(
+        r#"
+[[routes]]
+match = {{ ports = [{port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], tls = {{ mode = "terminate", certificate = {{ cert = "{}", key = "{}" }} }} }}
+"#,
+        echo.port(),
+        a.cert.display(),
+        a.key.display()
+    );
+    let _engine = engine(&toml).await;
+    // A client that asks for another name receives a.test's certificate and refuses it.
+    let cfg = Arc::new(client_config(pki.roots(), &both()));
+    let err = tls_connect(port, "other.test", Arc::clone(&cfg)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("NotValidForName") || err.to_string().contains("certificate"),
+        "{err}"
+    );
+    let mut s = tls_connect(port, "a.test", cfg).await.unwrap();
+    assert_eq!(roundtrip(&mut s, b"x").await, b"x");
+}
+
+#[tokio::test]
+async fn min_version_alpn_and_session_resumption() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let (echo, _t) = echo_backend().await;
+    let (p13, p12) = (free_port(), free_port());
+    let toml = format!(
+        "{}{}",
+        terminate_route(
+            "tls13",
+            p13,
+            "\"a.test\"",
+            echo.port(),
+            &a,
+            r#", min_version = "1.3", session_resumption = false, alpn = ["h2", "http/1.1"]"#
+        ),
+        terminate_route("tls12", p12, "\"b.test\"", echo.port(), &b, "")
+    );
+    let engine = engine(&toml).await;
+
+    // TLS 1.2 only: refused on the 1.3 route (counted), accepted on the default route.
+    let only12 = Arc::new(client_config(pki.roots(), &[&rustls::version::TLS12]));
+    assert!(tls_connect(p13, "a.test", Arc::clone(&only12)).await.is_err());
+    let s = tls_connect(p12, "b.test", only12).await.unwrap();
+    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    drop(s);
+
+    // ALPN: the route's preference among what the client offers.
+    let mut c = client_config(pki.roots(), &both());
+    c.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
+    let c = Arc::new(c);
+    let mut s = tls_connect(p13, "a.test", Arc::clone(&c)).await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(roundtrip(&mut s, b"alpn").await, b"alpn");
+    drop(s);
+
+    // No resumption on the 1.3 route: every handshake is full.
+    for _ in 0..2 {
+        let mut s = tls_connect(p13, "a.test", Arc::clone(&c)).await.unwrap();
+        assert_eq!(roundtrip(&mut s, b"r").await, b"r");
+        assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+    }
+    // Resumption on (default): the second handshake resumes (TLS 1.3 ticket).
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut s = tls_connect(p12, "b.test", Arc::clone(&c)).await.unwrap();
+        // Reading lets the client take the ticket that follows the handshake.
+        assert_eq!(roundtrip(&mut s, b"r").await, b"r");
+        kinds.push(s.get_ref().1.handshake_kind());
+    }
+    assert_eq!(kinds, [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)]);
+    assert!(engine.stats().refused_connections >= 1, "the TLS 1.2 handshake counted as refused");
+}
+
+/// A TLS echo server (rustls) with this leaf.
+async fn tls_echo_backend(leaf: &Leaf) -> u16 {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&leaf.cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let sc = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(sc));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(s) = acceptor.accept(tcp).await else { return };
+                let (mut r, mut w) = tokio::io::split(s);
+                let _ = w.write_all(b"tls-backend:").await;
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+fn reencrypt_route(name: &str, port: u16, backend: u16, front: &Leaf, upstream: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+name = "{name}"
+match = {{ ports = [{port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}], tls = {{ mode = "terminate-and-reencrypt", certificate = {{ cert = "{c}", key = "{k}" }}{upstream} }} }}
+"#,
+        c = front.cert.display(),
+        k = front.key.display()
+    )
+}
+
+#[tokio::test]
+async fn reencrypts_verifying_the_upstream_and_refuses_a_mismatch() {
+    let pki = Pki::new();
+    let front = pki.leaf("front", &["front.test"]);
+    let back = pki.leaf("back", &["backend.internal"]);
+    let other_ca = Pki::named("untrusted CA");
+    let untrusted = other_ca.leaf("untrusted", &["backend.internal"]);
+    let backend = tls_echo_backend(&back).await;
+    let untrusted_backend = tls_echo_backend(&untrusted).await;
+    let [ok, wrong_name, wrong_ca, no_verify] =
+        [free_port(), free_port(), free_port(), free_port()];
+    let ca = pki.ca_path();
+    let toml = format!(
+        "{}{}{}{}",
+        reencrypt_route(
+            "ok",
+            ok,
+            backend,
+            &front,
+            &format!(
+                r#", upstream_ca = "{}", upstream_server_name = "backend.internal""#,
+                ca.display()
+            )
+        ),
+        reencrypt_route(
+            "wrong-name",
+            wrong_name,
+            backend,
+            &front,
+            &format!(
+                r#", upstream_ca = "{}", upstream_server_name = "elsewhere.internal""#,
+                ca.display()
+            )
+        ),
+        reencrypt_route(
+            "wrong-ca",
+            wrong_ca,
+            untrusted_backend,
+            &front,
+            &format!(
+                r#", upstream_ca = "{}", upstream_server_name = "backend.internal""#,
+                ca.display()
+            )
+        ),
+        reencrypt_route(
+            "no-verify",
+            no_verify,
+            untrusted_backend,
+            &front,
+            ", upstream_verify = false"
+        ),
+    );
+    let engine = engine(&toml).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+
+    let mut s = tls_connect(ok, "front.test", Arc::clone(&c)).await.unwrap();
+    assert_eq!(exchange(&mut s, b"ping", 16).await, b"tls-backend:ping");
+
+    for port in [wrong_name, wrong_ca] {
+        // The client's handshake with the proxy succeeds; the upstream one fails and the
+        // client is closed without a byte served.
+        let mut s = tls_connect(port, "front.test", Arc::clone(&c)).await.unwrap();
+        let _ = s.write_all(b"ping").await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        assert!(got.is_empty(), "nothing served on port {port}: {got:?}");
+    }
+
+    let mut s = tls_connect(no_verify, "front.test", Arc::clone(&c)).await.unwrap();
+    assert_eq!(exchange(&mut s, b"x", 13).await, b"tls-backend:x");
+    assert!(engine.stats().refused_connections >= 2, "{:?}", engine.stats());
+}
+
+#[tokio::test]
+async fn bad_certificate_files_are_config_errors_naming_the_key_and_the_file() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let garbage = pki.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let missing = pki.dir.path().join("missing.pem");
+    let port = free_port();
+    let cases = [
+        (garbage.clone(), a.key.clone(), "routes[0].action.tls.certificate.cert", "garbage.pem"),
+        (missing.clone(), a.key.clone(), "routes[0].action.tls.certificate.cert", "missing.pem"),
+        (a.cert.clone(), garbage.clone(), "routes[0].action.tls.certificate.key", "garbage.pem"),
+        // The key of another certificate.
+        (a.cert.clone(), b.key.clone(), "routes[0].action.tls.certificate.key", "b.key"),
+    ];
+    for (cert, key, path, file) in cases {
+        let text = format!(
+            r#"
+[[routes]]
+match = {{ ports = [{port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = 1 }}], tls = {{ mode = "terminate", certificate = {{ cert = "{}", key = "{}" }} }} }}
+"#,
+            cert.display(),
+            key.display()
+        );
+        let e = Config::from_str(&text, Format::Toml).unwrap_err();
+        let shown = e.to_string();
+        assert!(e.errors.iter().any(|x| x.path == path), "{path} in {shown}");
+        assert!(shown.contains(file), "{file} in {shown}");
+        assert!(e.errors.iter().all(|x| x.line.is_some()), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn reload_swaps_certificates_for_new_connections_only_and_refuses_bad_ones() {
+    let pki = Pki::new();
+    let old = pki.leaf("old", &["a.test"]);
+    let new = pki.leaf("new", &["a.test", "new.a.test"]);
+    let (echo, _t) = echo_backend().await;
+    let port = free_port();
+    let route = |leaf: &Leaf| terminate_route("a", port, "\"a.test\"", echo.port(), leaf, "");
+    let e = engine(&route(&old)).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let mut established = tls_connect(port, "a.test", Arc::clone(&c)).await.unwrap();
+    let old_der = established.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(roundtrip(&mut established, b"before").await, b"before");
+
+    let reload = |toml: String| {
+        let text = format!("bind = [\"127.0.0.1\"]\n{toml}");
+        Config::from_str(&text, Format::Toml)
+    };
+    e.reload(reload(route(&new)).unwrap()).await.unwrap();
+    let s = tls_connect(port, "a.test", Arc::clone(&c)).await.unwrap();
+    let new_der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_ne!(old_der, new_der, "a new connection gets the new certificate");
+    drop(s);
+    // The established connection is untouched.
+    assert_eq!(roundtrip(&mut established, b"after").await, b"after");
+
+    // A certificate file that went bad after validation: the reload is refused.
+    let broken = Leaf { cert: pki.dir.path().join("broken.pem"), key: new.key.clone() };
+    std::fs::copy(&new.cert, &broken.cert).unwrap();
+    let config = reload(route(&broken)).unwrap();
+    std::fs::write(&broken.cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        .unwrap();
+    let err = e.reload(config).await.unwrap_err();
+    assert!(err.to_string().contains("routes[0].action.tls.certificate.cert"), "{err}");
+    assert!(err.to_string().contains("broken.pem"), "{err}");
+    let s = tls_connect(port, "a.test", c).await.unwrap();
+    assert_eq!(s.get_ref().1.peer_certificates().unwrap()[0], new_der, "still the new one");
+    assert_eq!(e.stats().reloads_failed, 1);
+}
+
+#[tokio::test]
+async fn a_failed_handshake_closes_the_connection_and_counts_a_refusal() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let (echo, _t) = echo_backend().await;
+    let port = free_port();
+    let e = engine(&terminate_route("a", port, "\"a.test\"", echo.port(), &a, "")).await;
+    // A ClientHello with no cipher suite in common: the handshake fails at the proxy.
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[1u8; 32]);
+    hello.push(0);
+    hello.extend_from_slice(&[0x00, 0x02, 0x00, 0x0a]); // TLS_RSA_WITH_3DES_EDE_CBC_SHA
+    hello.extend_from_slice(&[0x01, 0x00]);
+    let sni = b"a.test";
+    let mut ext = vec![0x00, 0x00];
+    ext.extend_from_slice(&((sni.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((sni.len() + 3) as u16).to_be_bytes());
+    ext.push(0);
+    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    ext.extend_from_slice(sni);
+    hello.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&ext);
+    let mut hs = vec![0x01, 0x00];
+    hs.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    hs.extend_from_slice(&hello);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    let mut s = connect(port).await;
+    s.write_all(&rec).await.unwrap();
+    let got = read_all(&mut s, 10).await;
+    // At most a TLS alert record (content type 21), never application data.
+    assert!(got.is_empty() || got[0] == 21, "{got:?}");
+    assert_eq!(settle(&e).await, 0);
+    assert_eq!(e.stats().refused_connections, 1);
+}
+
+#[tokio::test]
+async fn proxy_header_goes_out_in_plain_before_the_decrypted_bytes() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (addr, _t) = backend(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            let _ = tx.send(buf);
+        }
+    })
+    .await;
+    let port = free_port();
+    let toml = terminate_route("a", port, "\"a.test\"", addr.port(), &a, "")
+        .replace("tls = {", "send_proxy_protocol = \"v1\", tls = {");
+    let _e = engine(&toml).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let mut s = tls_connect(port, "a.test", c).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let text = String::from_utf8(got).unwrap();
+    assert!(text.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 "), "{text}");
+    assert!(text.ends_with("\r\nGET / HTTP/1.0\r\n\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn engine_start_refuses_a_config_whose_certificate_vanished() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let port = free_port();
+    let text =
+        format!("bind = [\"127.0.0.1\"]\n{}", terminate_route("a", port, "\"a.test\"", 1, &a, ""));
+    let config = Config::from_str(&text, Format::Toml).unwrap();
+    std::fs::remove_file(&a.cert).unwrap();
+    let err = Engine::start(config).await.unwrap_err();
+    assert!(err.to_string().contains("configuration error"), "{err}");
+}
