@@ -590,3 +590,189 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+// ----------------------------------------------------------------------------------------
+// HTTP (admin API, Prometheus): a minimal HTTP/1.1 client over a fresh connection.
+
+/// An HTTP response: status, headers (lower-case names) and body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends one request to 127.0.0.1:`port` (`Connection: close`) and reads the whole answer.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut s = connect(port);
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str("Content-Length: 0\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let (raw, _) = read_to_end(&mut s);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {raw:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `GET path` on the admin API.
+pub fn get(port: u16, path: &str) -> HttpResponse {
+    http(port, "GET", path, &[])
+}
+
+// ----------------------------------------------------------------------------------------
+// HTTP backend and TLS probes (TLS termination, routing, load balancing, reload under load)
+
+/// A loopback HTTP/1.1 server on its own threads: answers every request (keep-alive; request
+/// bodies are not expected) with `200 OK` and its `body`, and counts requests and connections.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for HttpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBackend").field("addr", &self.addr).finish()
+    }
+}
+
+impl HttpBackend {
+    pub fn start(body: &str) -> HttpBackend {
+        use std::sync::atomic::AtomicU64;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let response = Arc::new(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+        let (req2, conn2, stop2) = (requests.clone(), connections.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        conn2.fetch_add(1, Ordering::Relaxed);
+                        let (reqs, resp, stop) = (req2.clone(), response.clone(), stop2.clone());
+                        thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_nodelay(true);
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                            let mut buf = Vec::with_capacity(4096);
+                            let mut chunk = [0u8; 8192];
+                            while !stop.load(Ordering::Relaxed) {
+                                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                                {
+                                    buf.drain(..end + 4);
+                                    reqs.fetch_add(1, Ordering::Relaxed);
+                                    if s.write_all(&resp).is_err() {
+                                        return;
+                                    }
+                                }
+                                match s.read(&mut chunk) {
+                                    Ok(0) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        HttpBackend { addr, requests, connections, stop, thread: Some(thread) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The subject line (`subject=CN = ...`) of the certificate served on 127.0.0.1:`port` for
+/// `sni`, as `openssl s_client` prints it (empty when the handshake failed).
+pub fn served_subject(port: u16, sni: &str) -> String {
+    let bin = require("openssl", "openssl");
+    let out = Command::new(bin)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", sni])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs `wrk` with these arguments (`-t1 -c10 -d10s URL`); returns its stdout.
+pub fn wrk(args: &[&str]) -> String {
+    let bin = require("wrk", "wrk");
+    let out = Command::new(bin).args(args).output().unwrap();
+    assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
