@@ -29,17 +29,17 @@ fn validate_missing_file_exits_1() {
 
 #[test]
 fn demo_serves_and_stops_on_sigterm() {
-    // The demo binds fixed ports; skip when another process holds them.
-    if std::net::TcpListener::bind("127.0.0.1:8080").is_err()
-        || std::net::TcpListener::bind("127.0.0.1:8081").is_err()
-        || std::net::TcpListener::bind("127.0.0.1:8082").is_err()
-    {
-        return;
+    // The demo binds fixed ports: a test that cannot have them fails and says why (no skip).
+    for port in [8080, 8081, 8082, 9900] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is taken by another process: the demo needs 8080-8082 and 9900"
+        );
     }
     let mut child = bin().stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         seen.push(lines.next().unwrap().unwrap());
     }
     assert_eq!(
@@ -47,7 +47,8 @@ fn demo_serves_and_stops_on_sigterm() {
         [
             "listening on 127.0.0.1:8080",
             "listening on 127.0.0.1:8081",
-            "listening on 127.0.0.1:8082"
+            "listening on 127.0.0.1:8082",
+            "admin API listening on http://127.0.0.1:9900/ (metrics: /metrics, /metrics/json)"
         ]
     );
     let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();
