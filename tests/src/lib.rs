@@ -776,3 +776,123 @@ pub fn wrk(args: &[&str]) -> String {
     assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+// ----------------------------------------------------------------------------------------
+// HTTP backend and TLS probes (TLS termination, routing, load balancing, reload under load)
+
+/// A loopback HTTP/1.1 server on its own threads: answers every request (keep-alive; request
+/// bodies are not expected) with `200 OK` and its `body`, and counts requests and connections.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+    pub connections: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for HttpBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBackend").field("addr", &self.addr).finish()
+    }
+}
+
+impl HttpBackend {
+    pub fn start(body: &str) -> HttpBackend {
+        use std::sync::atomic::AtomicU64;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let response = Arc::new(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        );
+        let (req2, conn2, stop2) = (requests.clone(), connections.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        conn2.fetch_add(1, Ordering::Relaxed);
+                        let (reqs, resp, stop) = (req2.clone(), response.clone(), stop2.clone());
+                        thread::spawn(move || {
+                            let _ = s.set_nonblocking(false);
+                            let _ = s.set_nodelay(true);
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                            let mut buf = Vec::with_capacity(4096);
+                            let mut chunk = [0u8; 8192];
+                            while !stop.load(Ordering::Relaxed) {
+                                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n")
+                                {
+                                    buf.drain(..end + 4);
+                                    reqs.fetch_add(1, Ordering::Relaxed);
+                                    if s.write_all(&resp).is_err() {
+                                        return;
+                                    }
+                                }
+                                match s.read(&mut chunk) {
+                                    Ok(0) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        HttpBackend { addr, requests, connections, stop, thread: Some(thread) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The subject line (`subject=CN = ...`) of the certificate served on 127.0.0.1:`port` for
+/// `sni`, as `openssl s_client` prints it (empty when the handshake failed).
+pub fn served_subject(port: u16, sni: &str) -> String {
+    let bin = require("openssl", "openssl");
+    let out = Command::new(bin)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", sni])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Runs `wrk` with these arguments (`-t1 -c10 -d10s URL`); returns its stdout.
+pub fn wrk(args: &[&str]) -> String {
+    let bin = require("wrk", "wrk");
+    let out = Command::new(bin).args(args).output().unwrap();
+    assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
