@@ -114,6 +114,9 @@ async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         #[allow(clippy::print_stdout)] // The listeners are the command's output.
         let mut out = std::io::stdout().lock();
         for addr in engine.local_addrs() {
+    // Handlers first, so that a signal sent as soon as the listeners are printed is not lost
+    // (the default action of SIGTERM would kill the process without draining).
+    let signals = Signals::install()?;
             writeln!(out, "listening on {addr}")?;
         }
         if let Some(addr) = admin {
@@ -121,7 +124,7 @@ async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
-    signals(&control).await?;
+    signals.wait(&control).await;
     let grace = engine.config().defaults.shutdown_grace;
     let summary = engine.shutdown(grace).await;
     let _ = stop_tx.send(true);
@@ -129,34 +132,57 @@ async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
+/// The signals the process answers: SIGTERM and SIGINT stop, SIGHUP reloads.
 #[cfg(unix)]
-async fn signals(control: &Control) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: shutting down");
-                return Ok(());
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: shutting down");
-                return Ok(());
-            }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP");
-                // `Control::reload` logs and counts the outcome.
-                let _ = control.reload().await;
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; reloads on SIGHUP meanwhile.
+    async fn wait(mut self, control: &Control) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    return;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    return;
+                }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP");
+                    // `Control::reload` logs and counts the outcome.
+                    let _ = control.reload().await;
+                }
             }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn signals(_control: &Control) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await?;
-    Ok(())
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn wait(self, _control: &Control) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
