@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use smartproxy_proxy_protocol::Header;
 use smartproxy_routing::{
-    CompiledRoute, ForwardAction, HeaderSource, MatchInput, RouteAction, SendProxyProtocol,
-    TlsMode,
+    CompiledRoute, ForwardAction, HeaderSource, MatchInput, RouteAction, SendProxyProtocol, TlsMode,
 };
 use smartproxy_wrapped_socket::{
     HeaderError, HeaderOptions, HeaderPolicy, PeerAddr, WrappedSocket, read_proxy_header,
@@ -58,9 +57,9 @@ pub(crate) async fn handle(
     let Some(_global) = inner.global.acquire(d.max_connections) else {
         return r.refuse(Refusal::GlobalLimit, "");
     };
+    // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
+    #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
-    let local =
-        tcp.local_addr().unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port));
     let peer_ip = canonical(peer.ip());
     let trusted = state.accept_pp && state.trusted.iter().any(|c| c.contains(peer_ip));
 
@@ -185,13 +184,13 @@ pub(crate) async fn handle(
     let mut stop = inner.force_close.subscribe();
     match &route.config().action {
         RouteAction::Forward(f) => {
-            forward(&inner, &state, route, f, sock, local, &obs, timeouts, &mut stop, &r).await;
+            forward(&inner, &state, route, f, sock, &obs, timeouts, &mut stop, &r).await;
         }
         RouteAction::SocketHandler(h) => {
             let ctx = HandlerContext {
                 client_addr: sock.client_addr(),
                 peer_addr: sock.peer_addr(),
-                local_addr: local,
+                local_addr: local_addr(sock.get_ref(), port),
                 port,
                 route_name: route.name().to_owned(),
                 action: h.clone(),
@@ -217,8 +216,7 @@ async fn forward(
     state: &State,
     route: &CompiledRoute,
     f: &ForwardAction,
-    mut sock: WrappedSocket<TcpStream>,
-    local: SocketAddr,
+    sock: WrappedSocket<TcpStream>,
     obs: &Arc<ConnObserver>,
     timeouts: Timeouts,
     stop: &mut tokio::sync::watch::Receiver<bool>,
@@ -226,23 +224,53 @@ async fn forward(
 ) {
     if f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough) {
         let port = r.port;
-        return crate::tls::forward(
-            inner, state, route, f, sock, local, obs, timeouts, stop, port,
-        )
-        .await;
+        let local = local_addr(sock.get_ref(), port);
+        return crate::tls::forward(inner, state, route, f, sock, local, obs, timeouts, stop, port)
+            .await;
     }
     let client = sock.client_addr().0;
     let client_ip = canonical(client.ip());
     let connect_timeout = f.connect_timeout.unwrap_or(state.config.defaults.connect_timeout);
+
+    // PROXY header out and replayed bytes, in one write, which also confirms the connect.
+    let mut first = Vec::new();
+    if !f.send_proxy_protocol.is_off() {
+        let dst = match sock.proxy_header().and_then(Header::destination) {
+            Some(d) => d,
+            None => local_addr(sock.get_ref(), r.port),
+        };
+        match proxy_header(f.send_proxy_protocol, client, dst) {
+            Ok(h) => {
+                if let Err(e) = h.encode(&mut first) {
+                    tracing::warn!(error = %e, "cannot encode the PROXY header");
+                    return r.refuse(Refusal::BackendUnavailable, "PROXY header");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %client, %dst, "cannot build the PROXY header");
+                return r.refuse(Refusal::BackendUnavailable, "PROXY header");
+            }
+        }
+    }
+    let (client_tcp, replay) = sock.into_parts();
+    obs.add_in(replay.len() as u64);
+    let first = if first.is_empty() {
+        replay
+    } else {
+        first.extend_from_slice(&replay);
+        first
+    };
+
     let tries = f.targets.len().clamp(1, 3);
     let mut backend = None;
     let mut _target_guard = None;
     for attempt in 0..tries {
         let Some(t) = route.select_target(client_ip, r.port, attempt) else { break };
-        let label = format!("{}:{}", t.host(), t.port());
+        let label = HostPort(t.host(), t.port());
         let started = Instant::now();
         let result =
-            tokio::time::timeout(connect_timeout, TcpStream::connect((t.host(), t.port()))).await;
+            tokio::time::timeout(connect_timeout, crate::net::connect(t.host(), t.port(), &first))
+                .await;
         match result {
             Ok(Ok(s)) => {
                 inner.obs.backend_connected(obs, &label, started.elapsed());
@@ -258,34 +286,12 @@ async fn forward(
             ),
         }
     }
-    let Some(mut backend) = backend else {
+    let Some((mut backend, done)) = backend else {
         return r.refuse(Refusal::BackendUnavailable, route.name());
     };
-    let _ = backend.set_nodelay(true);
-
-    // PROXY header out and replayed bytes, in one write.
-    let mut first = Vec::new();
-    if !f.send_proxy_protocol.is_off() {
-        let dst = sock.proxy_header().and_then(Header::destination).unwrap_or(local);
-        match proxy_header(f.send_proxy_protocol, client, dst) {
-            Ok(h) => {
-                if let Err(e) = h.encode(&mut first) {
-                    tracing::warn!(error = %e, "cannot encode the PROXY header");
-                    return r.refuse(Refusal::BackendUnavailable, "PROXY header");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, %client, %dst, "cannot build the PROXY header");
-                return r.refuse(Refusal::BackendUnavailable, "PROXY header");
-            }
-        }
-    }
-    let replay = sock.take_buffered();
-    obs.add_in(replay.len() as u64);
-    first.extend_from_slice(&replay);
-    drop(replay);
-    if !first.is_empty() {
-        let write = tokio::time::timeout(connect_timeout, backend.write_all(&first)).await;
+    if done < first.len() {
+        let rest = &first[done..];
+        let write = tokio::time::timeout(connect_timeout, backend.write_all(rest)).await;
         if !matches!(write, Ok(Ok(()))) {
             tracing::debug!(%client, "backend closed before the first bytes were written");
             return;
@@ -293,9 +299,26 @@ async fn forward(
     }
     drop(first);
 
-    let mut client_side = Counted { inner: sock, obs: Arc::clone(obs) };
-    let outcome = copy::pipe(&mut client_side, &mut backend, timeouts, stop).await;
+    let outcome = copy::pipe_tcp(&client_tcp, &backend, obs, timeouts, stop).await;
     log_close(obs, client, r.port, route.name(), &outcome);
+}
+
+/// The local address of an accepted socket (one `getsockname`, so only when needed).
+fn local_addr(tcp: &TcpStream, port: u16) -> SocketAddr {
+    tcp.local_addr().unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+}
+
+/// A target for logs, formatted only when a log is written.
+struct HostPort<'a>(&'a str, u16);
+
+impl std::fmt::Display for HostPort<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.contains(':') {
+            write!(f, "[{}]:{}", self.0, self.1)
+        } else {
+            write!(f, "{}:{}", self.0, self.1)
+        }
+    }
 }
 
 /// Builds the outgoing header from validated addresses. v1 needs one family for both: a
@@ -326,7 +349,13 @@ fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
     }
 }
 
-pub(crate) fn log_close(obs: &ConnObserver, client: SocketAddr, port: u16, route: &str, outcome: &Outcome) {
+pub(crate) fn log_close(
+    obs: &ConnObserver,
+    client: SocketAddr,
+    port: u16,
+    route: &str,
+    outcome: &Outcome,
+) {
     let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
     match outcome {
         Outcome::Error(e) => {

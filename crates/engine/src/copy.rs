@@ -1,26 +1,77 @@
-//! The data path: a counting wrapper for the client stream and the bidirectional copy with its
-//! timeouts. Kept apart so that a splice(2) path can replace it.
+//! The data path: the bidirectional copy with its timeouts.
 //!
-//! One task drives both directions (tokio's `copy_bidirectional_with_sizes`): each direction
-//! has one buffer allocated once per connection, EOF on one side shuts down the write half of
-//! the other while the opposite direction keeps running (half-close), and a full writer stops
-//! the reads that feed it (backpressure). Inactivity costs nothing per read: a coarse timer
-//! compares the byte counters, which the reads update anyway.
+//! Plain TCP on both sides ([`pipe_tcp`]): one task drives both directions. Each direction
+//! waits for readability with no buffer, takes a buffer from a per-thread pool only for the
+//! time one chunk is read and written (an idle connection holds no buffer), and treats a short
+//! read as "socket drained": the readiness is cleared without the extra read that would return
+//! `EAGAIN` (nginx does the same), which saves a third of the syscalls of a small request. On
+//! Linux (cargo feature `splice`, on by default) a direction switches to `splice(2)` through a
+//! pooled pipe once a read fills the whole buffer (HAProxy's "splice-auto"). EOF on one side
+//! shuts down the write half of the other while the opposite direction keeps running
+//! (half-close), and a full writer stops the reads that feed it (backpressure).
+//!
+//! Other streams (TLS, socket handlers) go through [`pipe`], tokio's
+//! `copy_bidirectional_with_sizes` with the [`Counted`] wrapper for the client.
+//!
+//! Inactivity costs nothing per read: a coarse timer compares the byte counters, which the
+//! copy updates anyway.
 
-use std::io::{self, IoSlice};
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Read};
+use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::observe::ConnObserver;
 
-/// Buffer per direction.
+/// Buffer per direction of the generic copy ([`pipe`]).
 const BUF: usize = 32 * 1024;
+
+/// Buffer of the plain-TCP copy ([`pipe_tcp`]), taken from the pool per chunk. A read that
+/// fills it switches the direction to splice where available.
+pub(crate) const TCP_BUF: usize = 16 * 1024;
+
+/// Idle buffers kept per worker thread.
+const POOL_MAX: usize = 32;
+
+thread_local! {
+    static BUFS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy buffer from the per-thread pool, returned to it on drop.
+struct PooledBuf(Option<Box<[u8]>>);
+
+impl PooledBuf {
+    fn take() -> Self {
+        let b = BUFS.with(|p| p.borrow_mut().pop());
+        Self(Some(b.unwrap_or_else(|| vec![0u8; TCP_BUF].into_boxed_slice())))
+    }
+
+    fn get(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            BUFS.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_MAX {
+                    p.push(b);
+                }
+            });
+        }
+    }
+}
 
 /// A stream whose reads count as bytes from the client and whose writes count as bytes to it.
 #[derive(Debug)]
@@ -138,6 +189,7 @@ where
     let mut engine_gone = false;
     loop {
         tokio::select! {
+            biased;
             out = &mut fut => return Ok(out),
             _ = &mut lifetime => return Err(Outcome::Lifetime),
             now = ticker.tick() => {
@@ -158,6 +210,107 @@ where
             }
         }
     }
+}
+
+/// Copies both ways between two plain TCP sockets until both sides are done or a timeout ends
+/// the connection. Bytes from the client count as in, bytes to it as out.
+pub(crate) async fn pipe_tcp(
+    client: &TcpStream,
+    backend: &TcpStream,
+    obs: &ConnObserver,
+    t: Timeouts,
+    stop: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let done = [AtomicBool::new(false), AtomicBool::new(false)];
+    let both = async {
+        tokio::try_join!(
+            one_way(client, backend, |n| obs.add_in(n), &done[0], &done[1]),
+            one_way(backend, client, |n| obs.add_out(n), &done[1], &done[0]),
+        )
+    };
+    match supervise(both, obs, t, stop).await {
+        Ok(Ok(_)) => Outcome::Done,
+        Ok(Err(e)) => Outcome::Error(e),
+        Err(o) => o,
+    }
+}
+
+/// One direction: `from` to `to` until EOF from `from`, then the write half of `to` is shut
+/// down (unless the other direction has ended already: closing both sockets right after
+/// sends the FIN). `count(n)` runs after each chunk has been written. `done` is set when this
+/// direction ends, `other_done` is the opposite direction's flag.
+pub(crate) async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    mut count: impl FnMut(u64),
+    done: &AtomicBool,
+    other_done: &AtomicBool,
+) -> io::Result<()> {
+    loop {
+        // No buffer while waiting: an idle connection holds none.
+        let ready = from.ready(Interest::READABLE).await?;
+        let mut buf = PooledBuf::take();
+        let b = buf.get();
+        let len = b.len();
+        let mut short = 0usize;
+        let r = from.try_io(Interest::READABLE, || {
+            let n = (&*socket2::SockRef::from(from)).read(b)?;
+            if n > 0 && n < len {
+                // A short read means the receive queue is empty now: clear the readiness
+                // instead of reading again for EAGAIN. Data or FIN arriving later raises a
+                // new readiness event; a FIN seen already stays (tokio keeps closed states).
+                short = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match r {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if short == 0 {
+                    continue; // Spurious readiness.
+                }
+                short
+            }
+            Err(e) => return Err(e),
+        };
+        write_all(to, &b[..n]).await?;
+        drop(buf);
+        count(n as u64);
+        if short > 0 && ready.is_read_closed() {
+            // The peer's FIN had arrived before this read and the read drained the queue:
+            // the next read would return 0, skip it.
+            break;
+        }
+        #[cfg(all(feature = "splice", target_os = "linux"))]
+        if n == len {
+            // Bulk transfer: the rest of this direction goes through a pipe.
+            crate::splice::splice_until_eof(from, to, &mut count).await?;
+            break;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    if other_done.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    // Half-close: the peer of `to` sees EOF, the other direction keeps running.
+    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+        _ => Ok(()),
+    }
+}
+
+async fn write_all(to: &TcpStream, mut b: &[u8]) -> io::Result<()> {
+    while !b.is_empty() {
+        match to.try_write(b) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => b = &b[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Copies both ways between the client (counted) and the backend until both sides are done or

@@ -69,6 +69,8 @@
 //! protocols) after that wait.
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod bench_api;
 mod config;
 mod conn;
 mod copy;
@@ -81,6 +83,8 @@ mod net;
 pub mod observe;
 mod peek;
 mod sni;
+#[cfg(all(feature = "splice", target_os = "linux"))]
+mod splice;
 mod tls;
 
 pub use self::config::{

@@ -85,3 +85,56 @@ mod tests {
         assert!(Cidr::parse("nope").is_err());
     }
 }
+
+/// `EINPROGRESS`: a non-blocking connect under way (`ErrorKind::InProgress` is not stable yet).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const EINPROGRESS: i32 = 115;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const EINPROGRESS: i32 = 36;
+
+/// Connects to `host:port` with `TCP_NODELAY` set and, when `first` is not empty, writes it
+/// as soon as the connection is up. Returns the stream and how much of `first` was written.
+///
+/// For an IP literal (the usual target) the socket is made with socket2 and the first write
+/// doubles as the connect check (a refused connect fails it), which saves the `getsockopt`
+/// (`SO_ERROR`) and `setsockopt` round of `TcpStream::connect`. A host name goes through
+/// tokio's resolver and connect.
+pub(crate) async fn connect(
+    host: &str,
+    port: u16,
+    first: &[u8],
+) -> std::io::Result<(tokio::net::TcpStream, usize)> {
+    use std::io::ErrorKind;
+    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+        let s = tokio::net::TcpStream::connect((host, port)).await?;
+        s.set_nodelay(true)?;
+        return Ok((s, 0));
+    };
+    let addr = std::net::SocketAddr::new(ip, port);
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_tcp_nodelay(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.raw_os_error() == Some(EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = tokio::net::TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    stream.writable().await?;
+    if first.is_empty() {
+        return match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Ok((stream, 0)),
+        };
+    }
+    loop {
+        match stream.try_write(first) {
+            Ok(n) => return Ok((stream, n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+}
