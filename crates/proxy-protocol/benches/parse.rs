@@ -61,6 +61,13 @@ fn bench_parse(c: &mut Criterion) {
             g.bench_function("ppp", |b| {
                 b.iter(|| ppp::v2::Header::try_from(black_box(buf.as_slice())))
             });
+            // ppp parses TLVs lazily and never checks the CRC32C: add the walk for reference.
+            g.bench_function("ppp+walk_tlvs", |b| {
+                b.iter(|| {
+                    let h = ppp::v2::Header::try_from(black_box(buf.as_slice())).unwrap();
+                    h.tlvs().filter(|t| t.is_ok()).count()
+                })
+            });
         }
         g.finish();
     }

@@ -259,7 +259,8 @@ impl Header {
         }
         let len = u16::try_from(value.len()).map_err(|_| Error::TlvTooLarge(value.len()))?;
         tlv::check_value(kind, value, 0)?;
-        self.tlvs.reserve(3 + value.len());
+        // One allocation for the usual handful of small TLVs.
+        self.tlvs.reserve((3 + value.len()).max(64 - self.tlvs.len().min(64)));
         self.tlvs.push(kind);
         self.tlvs.extend_from_slice(&len.to_be_bytes());
         self.tlvs.extend_from_slice(value);

@@ -155,6 +155,7 @@ pub fn detect(buf: &[u8]) -> Detection {
 /// Parses a header of either version at the start of `buf`, with the default options.
 ///
 /// See [`parse_with`].
+#[inline]
 pub fn parse(buf: &[u8]) -> Result<Parsed, Error> {
     parse_with(buf, &ParseOptions::default())
 }
@@ -165,6 +166,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Error> {
 /// whole header is there, and an error as soon as a byte cannot lead to a valid header.
 /// Never looks at bytes after the header, never panics, allocates only for v2 TLVs and UNIX
 /// paths.
+#[inline]
 pub fn parse_with(buf: &[u8], opts: &ParseOptions) -> Result<Parsed, Error> {
     match buf.first() {
         None => Ok(Parsed::Incomplete {
@@ -184,7 +186,9 @@ pub fn parse_with(buf: &[u8], opts: &ParseOptions) -> Result<Parsed, Error> {
             // and running out of those 107 bytes is the error.
             let line = &buf[..buf.len().min(V1_MAX_LEN)];
             match v1::parse(line) {
-                Ok((rest, header)) => Ok(Parsed::Complete { header, consumed: line.len() - rest.len() }),
+                Ok((rest, header)) => {
+                    Ok(Parsed::Complete { header, consumed: line.len() - rest.len() })
+                }
                 Err(nom::Err::Incomplete(_)) if line.len() == V1_MAX_LEN => Err(Error::V1TooLong),
                 Err(nom::Err::Incomplete(n)) => Ok(Parsed::Incomplete {
                     needed: match n {

@@ -373,7 +373,8 @@ pub(crate) fn encoded_len(h: &Header) -> usize {
             // Format into a stack buffer: the longest TCP6 line (104 bytes) fits.
             let mut buf = [0u8; MAX_LEN];
             let mut w = &mut buf[..];
-            let _ = write!(w, "PROXY TCP6 {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port());
+            let _ =
+                write!(w, "PROXY TCP6 {} {} {} {}\r\n", src.ip(), dst.ip(), src.port(), dst.port());
             MAX_LEN - w.len()
         }
         Addresses::Unspec | Addresses::Unix { .. } => 15,

@@ -14,6 +14,23 @@ use crate::{Parsed, crc32c};
 /// The 12-byte v2 signature.
 pub(crate) const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
+/// The 16-byte prefix of a PROXY TCP/IPv4 header without TLVs, and of a TCP/IPv6 one.
+const PREFIX_TCP4: [u8; 16] = prefix_for(0x11, 12);
+const PREFIX_TCP6: [u8; 16] = prefix_for(0x21, 36);
+
+const fn prefix_for(fam: u8, len: u8) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    let mut i = 0;
+    while i < 12 {
+        p[i] = SIGNATURE[i];
+        i += 1;
+    }
+    p[12] = 0x21;
+    p[13] = fam;
+    p[15] = len;
+    p
+}
+
 /// Address block size for a valid family/transport byte; `None` for an invalid byte.
 fn block_len(fam: u8) -> Option<usize> {
     match fam {
@@ -110,7 +127,64 @@ fn tlvs(header: &[u8], tlv_start: usize) -> Result<(bool, Vec<u8>), Error> {
 }
 
 /// Parses a v2 header at the start of `buf` (which starts with at least the first signature byte).
+#[inline(always)]
 pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Parsed, Error> {
+    // Fast path for the most common headers: PROXY over TCP/IPv4 or TCP/IPv6 without TLVs,
+    // whole. Same checks as the general path, with fixed-size comparisons only.
+    if let Some(f) = buf.first_chunk::<28>() {
+        if f[..12] == SIGNATURE[..]
+            && f[12] == 0x21
+            && f[13] == 0x11
+            && f[14] == 0
+            && f[15] == 12
+            && max_len >= 12
+        {
+            let ip = |i: usize| Ipv4Addr::new(f[i], f[i + 1], f[i + 2], f[i + 3]);
+            let port = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
+            let addresses = Addresses::Ipv4 {
+                src: SocketAddrV4::new(ip(16), port(24)),
+                dst: SocketAddrV4::new(ip(20), port(26)),
+            };
+            return Ok(Parsed::Complete { header: stream_proxy(addresses), consumed: 28 });
+        }
+    }
+    if let Some(f) = buf.first_chunk::<52>() {
+        if f[..12] == SIGNATURE[..]
+            && f[12] == 0x21
+            && f[13] == 0x21
+            && f[14] == 0
+            && f[15] == 36
+            && max_len >= 36
+        {
+            let ip = |i: usize| {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(&f[i..i + 16]);
+                Ipv6Addr::from(o)
+            };
+            let port = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
+            let addresses = Addresses::Ipv6 {
+                src: SocketAddrV6::new(ip(16), port(48), 0, 0),
+                dst: SocketAddrV6::new(ip(32), port(50), 0, 0),
+            };
+            return Ok(Parsed::Complete { header: stream_proxy(addresses), consumed: 52 });
+        }
+    }
+    general(buf, max_len)
+}
+
+#[inline]
+fn stream_proxy(addresses: Addresses) -> Header {
+    Header {
+        version: Version::V2,
+        command: Command::Proxy,
+        transport: Transport::Stream,
+        addresses,
+        crc32c: false,
+        tlvs: Vec::new(),
+    }
+}
+
+fn general(buf: &[u8], max_len: usize) -> Result<Parsed, Error> {
     let Some((command, fam, len)) = prefix(buf, max_len)? else {
         return Ok(Parsed::Incomplete { needed: Some(16 - buf.len()) });
     };
