@@ -132,13 +132,7 @@ pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Parsed, Error> {
     // Fast path for the most common headers: PROXY over TCP/IPv4 or TCP/IPv6 without TLVs,
     // whole. Same checks as the general path, with fixed-size comparisons only.
     if let Some(f) = buf.first_chunk::<28>() {
-        if f[..12] == SIGNATURE[..]
-            && f[12] == 0x21
-            && f[13] == 0x11
-            && f[14] == 0
-            && f[15] == 12
-            && max_len >= 12
-        {
+        if f[..16] == PREFIX_TCP4 && max_len >= 12 {
             let ip = |i: usize| Ipv4Addr::new(f[i], f[i + 1], f[i + 2], f[i + 3]);
             let port = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
             let addresses = Addresses::Ipv4 {
@@ -149,13 +143,7 @@ pub(crate) fn parse(buf: &[u8], max_len: usize) -> Result<Parsed, Error> {
         }
     }
     if let Some(f) = buf.first_chunk::<52>() {
-        if f[..12] == SIGNATURE[..]
-            && f[12] == 0x21
-            && f[13] == 0x21
-            && f[14] == 0
-            && f[15] == 36
-            && max_len >= 36
-        {
+        if f[..16] == PREFIX_TCP6 && max_len >= 36 {
             let ip = |i: usize| {
                 let mut o = [0u8; 16];
                 o.copy_from_slice(&f[i..i + 16]);
