@@ -86,9 +86,10 @@ pub(crate) async fn start_admin(
     let local = listener.local_addr()?;
     // With metrics off the admin API still serves health, readiness and reload; /metrics then
     // reports an empty collector.
-    let metrics = control.engine.metrics().unwrap_or_else(|| {
-        Metrics::new(smartproxy_metrics::MetricsConfig::default(), 0)
-    });
+    let metrics = control
+        .engine
+        .metrics()
+        .unwrap_or_else(|| Metrics::new(smartproxy_metrics::MetricsConfig::default(), 0));
     let state = AdminState::new(metrics, export_options(&config), Arc::new(control.clone()));
     let mut stop = stop.clone();
     tokio::spawn(async move {

@@ -114,17 +114,20 @@ async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let admin = control::start_admin(&control, &stop).await?;
     control::start_statsd(&engine, &stop)?;
+    // Handlers first, so that a signal sent as soon as the listeners are printed is not lost
+    // (the default action of SIGTERM would kill the process without draining).
+    let signals = Signals::install()?;
     {
         #[allow(clippy::print_stdout)] // The listeners are the command's output.
         let mut out = std::io::stdout().lock();
         for addr in engine.local_addrs() {
-    // Handlers first, so that a signal sent as soon as the listeners are printed is not lost
-    // (the default action of SIGTERM would kill the process without draining).
-    let signals = Signals::install()?;
             writeln!(out, "listening on {addr}")?;
         }
         if let Some(addr) = admin {
-            writeln!(out, "admin API listening on http://{addr}/ (metrics: /metrics, /metrics/json)")?;
+            writeln!(
+                out,
+                "admin API listening on http://{addr}/ (metrics: /metrics, /metrics/json)"
+            )?;
         }
         out.flush()?;
     }
