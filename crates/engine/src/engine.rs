@@ -399,11 +399,6 @@ impl Engine {
         self.inner.obs.metrics().cloned()
     }
 
-    /// Counters.
-    pub fn stats(&self) -> Stats {
-        let o = self.inner.obs.stats();
-        Stats {
-            active_connections: o.active,
     /// Whether [`Engine::shutdown`] has begun (readiness probes answer 503 from then on).
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
@@ -416,6 +411,11 @@ impl Engine {
         tracing::warn!(errors = %errors, "configuration refused, keeping the old one");
     }
 
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let o = self.inner.obs.stats();
+        Stats {
+            active_connections: o.active,
             total_connections: o.total,
             refused_connections: o.refused,
             bytes_in: o.bytes_in,
