@@ -471,14 +471,19 @@ pub(crate) async fn forward(
     let proxy_dst = sock.proxy_header().and_then(Header::destination).unwrap_or(local);
 
     // Handshake with the client; the peeked ClientHello is replayed by the socket.
+    // Bounded by `initial_data_timeout`, and ended by a forced shutdown.
     let handshake_timeout = state.config.defaults.initial_data_timeout;
-    let tls = match tokio::time::timeout(handshake_timeout, rt.acceptor.accept(sock)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::info!(%client, port, route = route.name(), error = %e, "TLS handshake failed");
-            return refuse(Refusal::TlsHandshake, &format!("tls handshake: {e}"));
-        }
-        Err(_) => return refuse(Refusal::TlsHandshake, "tls handshake timed out"),
+    let accept = tokio::time::timeout(handshake_timeout, rt.acceptor.accept(sock));
+    let tls = tokio::select! {
+        r = accept => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(%client, port, route = route.name(), error = %e, "TLS handshake failed");
+                return refuse(Refusal::TlsHandshake, &format!("tls handshake: {e}"));
+            }
+            Err(_) => return refuse(Refusal::TlsHandshake, "tls handshake timed out"),
+        },
+        () = wait_stop(stop) => return refuse(Refusal::ShuttingDown, "during the TLS handshake"),
     };
     let (sni, alpn) = {
         let c = tls.get_ref().1;
@@ -571,6 +576,14 @@ pub(crate) async fn forward(
         }
     };
     crate::conn::log_close(obs, client, port, route.name(), &outcome);
+}
+
+/// Resolves when the engine forces connections closed; never when the engine is gone
+/// without asking (then the connection runs to its end).
+async fn wait_stop(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 #[cfg(test)]
