@@ -152,6 +152,11 @@ pub(crate) async fn handle(
         }
         if info.is_tls {
             input = input.with_tls(info.tls_version);
+            if state.table.http_after_termination(port) {
+                // Path / header criteria of terminating routes are checked after the
+                // handshake (tls.rs routes again on the decrypted request head).
+                input = input.before_termination();
+            }
         }
         if let Some(h) = &info.head {
             input = input.with_headers(h);

@@ -30,10 +30,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use smartproxy_proxy_protocol::Header;
 use smartproxy_routing::{
-    CompiledRoute, DomainPattern, ForwardAction, PortSpec, RouteAction, RouteConfig, TlsConfig,
-    TlsMode, TlsVersion,
+    CompiledRoute, DomainPattern, ForwardAction, LimitExceeded, MatchInput, PortSpec, RouteAction,
+    RouteConfig, TlsConfig, TlsMode, TlsVersion,
 };
-use smartproxy_wrapped_socket::WrappedSocket;
+use smartproxy_wrapped_socket::{PeerAddr, WrappedSocket};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -42,6 +42,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use crate::config::{Config, ConfigError};
 use crate::copy::{self, Counted, Timeouts};
 use crate::engine::{Inner, State};
+use crate::http::RequestHead;
 use crate::net::canonical;
 use crate::observe::{ConnObserver, Refusal};
 
@@ -363,10 +364,10 @@ fn dns_name_matches(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// Picks the certificate for a handshake on a terminating route: the route's own when it
-/// covers the SNI (by its names or the route's domains), else the first certificate of
-/// another terminating route on a shared port whose names cover it, else one whose route
-/// domains do, else the route's own (also without SNI).
+/// Picks the certificate for a handshake on a terminating route: the first whose
+/// subjectAltNames cover the SNI, the route's own first, then the other terminating routes
+/// sharing a port with it in configuration order; else the first whose route `domains` cover
+/// it (same order); else the route's own (also without SNI).
 struct Resolver {
     own: Candidate,
     others: Vec<Candidate>,
@@ -384,15 +385,11 @@ impl std::fmt::Debug for Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let Some(sni) = hello.server_name() else { return Some(Arc::clone(&self.own.cert.key)) };
-        let pick = if self.own.cert_names(sni) || self.own.route_domains(sni) {
-            &self.own
-        } else {
-            self.others
-                .iter()
-                .find(|c| c.cert_names(sni))
-                .or_else(|| self.others.iter().find(|c| c.route_domains(sni)))
-                .unwrap_or(&self.own)
-        };
+        let all = || std::iter::once(&self.own).chain(&self.others);
+        let pick = all()
+            .find(|c| c.cert_names(sni))
+            .or_else(|| all().find(|c| c.route_domains(sni)))
+            .unwrap_or(&self.own);
         Some(Arc::clone(&pick.cert.key))
     }
 }
@@ -490,6 +487,81 @@ pub(crate) async fn forward(
         (c.server_name().map(str::to_owned), c.alpn_protocol().map(<[u8]>::to_vec))
     };
     tracing::debug!(%client, port, route = route.name(), sni = sni.as_deref(), "TLS accepted");
+    let version = match tls.get_ref().1.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => Some(TlsVersion::Tls13),
+        Some(rustls::ProtocolVersion::TLSv1_2) => Some(TlsVersion::Tls12),
+        _ => None,
+    };
+    // The plaintext side replays what the second routing step reads.
+    let mut tls = WrappedSocket::new(tls, PeerAddr(client));
+
+    // Routes with `path` or `headers` criteria on this port: the lookup before the handshake
+    // skipped those criteria; route again on the decrypted request head.
+    let mut _second_guard = None;
+    let (route, f, rt) = if state.table.http_after_termination(port) {
+        let deadline = Instant::now() + state.config.defaults.initial_data_timeout;
+        let head = loop {
+            match crate::http::parse_head(tls.buffered()) {
+                Ok(Some((head, _))) => break Some(head),
+                // Not HTTP: route on what is known (SNI, port, client).
+                Err(_) => break None,
+                Ok(None) => match tls.peek_more(crate::http::MAX_HEAD, deadline).await {
+                    Ok(0) => {
+                        return tracing::debug!(%client, port, "closed before a request head");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return refuse(
+                            Refusal::InitialData,
+                            &format!("request head after TLS: {e}"),
+                        );
+                    }
+                },
+            }
+        };
+        let second = {
+            let host = head.as_ref().and_then(RequestHead::domain);
+            let mut input = MatchInput::new(port, client_ip).with_tls(version);
+            if let Some(d) = sni.as_deref().or(host.as_deref()) {
+                input = input.with_domain(d);
+            }
+            if let Some(h) = &head {
+                input = input.with_path(h.path()).with_headers(h);
+            }
+            // By index: the lookup ties its result to the input's borrows.
+            state.table.lookup(&input).map(|m| m.route.index())
+        };
+        let Some(second) = second.and_then(|i| state.table.routes().get(i)) else {
+            return refuse(Refusal::NoRoute, "no route for the request after TLS termination");
+        };
+        let (Some((f2, _)), Some(rt2)) =
+            (terminating(second.config()), state.tls.route(second.index()))
+        else {
+            return refuse(
+                Refusal::NoRoute,
+                &format!("{}: not a terminating route on this port", second.name()),
+            );
+        };
+        if second.index() != route.index() {
+            if !second.allows_ip(client_ip) {
+                return refuse(Refusal::NotAllowed, second.name());
+            }
+            match second.limits().try_acquire(client_ip) {
+                Ok(g) => _second_guard = Some(g),
+                Err(e) => {
+                    let reason = match e {
+                        LimitExceeded::MaxConnections { .. } => Refusal::RouteLimit,
+                        _ => Refusal::RouteIpLimit,
+                    };
+                    return refuse(reason, &format!("{}: {e}", second.name()));
+                }
+            }
+            tracing::debug!(%client, port, route = second.name(), "routed after TLS termination");
+        }
+        (second, f2, rt2)
+    } else {
+        (route, f, rt)
+    };
 
     // Target.
     let connect_timeout = f.connect_timeout.unwrap_or(state.config.defaults.connect_timeout);

@@ -529,3 +529,107 @@ async fn engine_start_refuses_a_config_whose_certificate_vanished() {
     let err = Engine::start(config).await.unwrap_err();
     assert!(err.to_string().contains("configuration error"), "{err}");
 }
+
+#[tokio::test]
+async fn path_routes_behind_termination_are_chosen_on_the_decrypted_request() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    // Each backend answers with its name and the request line it received.
+    let named = |name: &'static str| {
+        backend(move |mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&got).lines().next().unwrap_or("").to_owned();
+            let _ = s.write_all(format!("{name}: {line}\n").as_bytes()).await;
+            let _ = s.shutdown().await;
+        })
+    };
+    let (api, _t1) = named("api").await;
+    let (web, _t2) = named("web").await;
+    let (admin, _t3) = named("admin").await;
+    let port = free_port();
+    let tls = format!(
+        r#"tls = {{ mode = "terminate", certificate = {{ cert = "{}", key = "{}" }} }}"#,
+        a.cert.display(),
+        a.key.display()
+    );
+    let toml = format!(
+        r#"
+[[routes]]
+name = "web"
+match = {{ ports = [{port}], domains = ["a.test"] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {web} }}], {tls} }}
+
+[[routes]]
+name = "api"
+match = {{ ports = [{port}], domains = ["a.test"], path = "/api/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {api} }}], {tls} }}
+
+[[routes]]
+name = "admin"
+match = {{ ports = [{port}], domains = ["a.test"], headers = {{ "x-admin" = "yes" }} }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {admin} }}], {tls} }}
+security = {{ ip_allow_list = ["10.9.9.9"] }}
+"#,
+        web = web.port(),
+        api = api.port(),
+        admin = admin.port()
+    );
+    let e = engine(&toml).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let ask = |req: &'static str| {
+        let c = Arc::clone(&c);
+        async move {
+            let mut s = tls_connect(port, "a.test", c).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    assert_eq!(
+        ask("GET /api/users HTTP/1.1\r\nHost: a.test\r\n\r\n").await,
+        "api: GET /api/users HTTP/1.1\n"
+    );
+    assert_eq!(
+        ask("GET /index.html HTTP/1.1\r\nHost: a.test\r\n\r\n").await,
+        "web: GET /index.html HTTP/1.1\n"
+    );
+    // The admin route matches on its header but refuses this client: closed, nothing served.
+    assert_eq!(ask("GET / HTTP/1.1\r\nHost: a.test\r\nX-Admin: yes\r\n\r\n").await, "");
+    assert_eq!(settle(&e).await, 0);
+    assert_eq!(e.stats().refused_connections, 1);
+}
+
+#[tokio::test]
+async fn a_certificate_of_another_route_on_the_port_serves_a_name_the_route_lacks() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let b = pki.leaf("b", &["b.test"]);
+    let (echo, _t) = echo_backend().await;
+    let (other, _t2) = backend(|mut s| async move {
+        let _ = s.write_all(b"route b").await;
+    })
+    .await;
+    let port = free_port();
+    // The catch-all route wins by priority for every name, but only has a.test's certificate.
+    let toml = format!(
+        "{}{}",
+        terminate_route("catch-all", port, "\"*\"", echo.port(), &a, "")
+            .replace("name = \"catch-all\"", "name = \"catch-all\"\npriority = 10"),
+        terminate_route("b", port, "\"b.test\"", other.port(), &b, "")
+    );
+    let _e = engine(&toml).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let mut s = tls_connect(port, "b.test", Arc::clone(&c)).await.unwrap();
+    assert_eq!(peer_cn(&s), "b.test", "b.test's certificate, from the other route");
+    assert_eq!(roundtrip(&mut s, b"to the catch-all").await, b"to the catch-all");
+    let s = tls_connect(port, "a.test", c).await.unwrap();
+    assert_eq!(peer_cn(&s), "a.test");
+}
