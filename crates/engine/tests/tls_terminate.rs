@@ -633,3 +633,32 @@ async fn a_certificate_of_another_route_on_the_port_serves_a_name_the_route_lack
     let s = tls_connect(port, "a.test", c).await.unwrap();
     assert_eq!(peer_cn(&s), "a.test");
 }
+
+#[tokio::test]
+async fn shutdown_ends_a_connection_stuck_in_the_handshake() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let (echo, _t) = echo_backend().await;
+    let port = free_port();
+    let e = engine(&terminate_route("a", port, "\"a.test\"", echo.port(), &a, "")).await;
+    // A real ClientHello, then silence: the proxy answers and waits for the client's Finished.
+    let cfg = Arc::new(client_config(pki.roots(), &both()));
+    let mut conn =
+        rustls::ClientConnection::new(cfg, ServerName::try_from("a.test").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    let mut s = connect(port).await;
+    s.write_all(&hello).await.unwrap();
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(first[0], 0x16, "the ServerHello came");
+    let summary = e.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(summary.forced, 1);
+    assert_eq!(e.stats().active_connections, 0);
+    // The rest of the server's flight may still arrive, then the connection is closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the proxy closed the connection");
+}
