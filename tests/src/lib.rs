@@ -776,3 +776,52 @@ pub fn wrk(args: &[&str]) -> String {
     assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// nginx serving HTTPS on a loopback port with this leaf, answering every request with
+/// `body`; killed on drop.
+#[derive(Debug)]
+pub struct NginxTls {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl NginxTls {
+    pub fn start(leaf: &LeafFiles, body: &str) -> NginxTls {
+        let bin = require("nginx", "nginx-light");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let port = free_port();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             \x20 server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n    location / {{ return 200 \"{body}\"; }}\n  }}\n}}\n",
+            c = leaf.cert.display(),
+            k = leaf.key.display()
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-e")
+            .arg(dir.path().join("error.log"))
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("nginx listening", || port_listening(port));
+        NginxTls { child, port, _dir: dir }
+    }
+}
+
+impl Drop for NginxTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -244,3 +244,46 @@ fn a_bad_certificate_is_refused_at_start_and_on_sighup() {
         "{text}"
     );
 }
+
+#[test]
+fn reencrypts_to_nginx_over_https_with_alpn() {
+    let pki = Pki::new();
+    let front = pki.leaf("front", &["front.test"]);
+    let back = pki.leaf("back", &["backend.test"]);
+    let nginx = NginxTls::start(&back, "hello from nginx");
+    let port = free_port();
+    let ca_file = pki.ca_pem.display().to_string();
+    let route = reencrypt(
+        "to-nginx",
+        port,
+        nginx.port,
+        &front,
+        &format!(
+            r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test", alpn = ["http/1.1"]"#
+        ),
+    );
+    let _proxy = Proxy::start(&format!("{HEAD}{route}"), &[port]);
+    for _ in 0..3 {
+        let (code, body, err) = https(&ca_file, "front.test", port, "/");
+        assert_eq!((code, body.as_str()), (0, "hello from nginx"), "{err}");
+    }
+}
+
+#[test]
+fn path_routes_behind_termination_pick_the_backend_per_request_path() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let (api, web) = (HttpBackend::start("api"), HttpBackend::start("web"));
+    let port = free_port();
+    let api_route = terminate("api", port, "a.test", api.port(), &a)
+        .replace("domains = [\"a.test\"] }", "domains = [\"a.test\"], path = \"/api/*\" }");
+    let config = format!("{HEAD}{}{api_route}", terminate("web", port, "a.test", web.port(), &a));
+    let _proxy = Proxy::start(&config, &[port]);
+    let ca = pki.ca_pem.to_string_lossy().into_owned();
+    for (path, body) in
+        [("/api/v1/users", "api"), ("/", "web"), ("/apis", "web"), ("/api/x", "api")]
+    {
+        let (code, out, err) = https(&ca, "a.test", port, path);
+        assert_eq!((code, out.as_str()), (0, body), "{path}: {err}");
+    }
+}
