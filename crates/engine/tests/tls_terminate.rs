@@ -662,3 +662,30 @@ async fn shutdown_ends_a_connection_stuck_in_the_handshake() {
     let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the proxy closed the connection");
 }
+
+#[tokio::test]
+async fn a_bad_upstream_ca_is_a_config_error_naming_its_key() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let bad_ca = pki.dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad_ca, "nothing here\n").unwrap();
+    let text = reencrypt_route(
+        "r",
+        free_port(),
+        1,
+        &a,
+        &format!(r#", upstream_ca = "{}""#, bad_ca.display()),
+    );
+    let e = Config::from_str(&text, Format::Toml).unwrap_err();
+    assert!(e.errors.iter().any(|x| x.path == "routes[0].action.tls.upstream_ca"), "{e}");
+    assert!(e.to_string().contains("not-a-ca.pem"), "{e}");
+    // With verification off the CA is not read.
+    let text = reencrypt_route(
+        "r",
+        free_port(),
+        1,
+        &a,
+        &format!(r#", upstream_ca = "{}", upstream_verify = false"#, bad_ca.display()),
+    );
+    assert!(Config::from_str(&text, Format::Toml).is_ok());
+}
