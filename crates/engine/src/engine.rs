@@ -93,7 +93,7 @@ impl State {
                 .collect(),
         })?;
         let trusted = config.proxy_ips.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
-        let tls = crate::tls::TlsState::build(&config)
+        let tls = crate::tls::TlsState::build(&config, old.map(|o| &o.tls))
             .map_err(|errors| ConfigErrors { file: None, errors })?;
         let route_metrics = match metrics {
             Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
-use rustls::server::{ServerSessionMemoryCache, WantsServerCert};
+use rustls::server::{
+    ProducesTickets, ServerSessionMemoryCache, StoresServerSessions, WantsServerCert,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
     ClientConfig, ConfigBuilder, DigitallySignedStruct, RootCertStore, ServerConfig,
@@ -57,6 +59,17 @@ const SESSION_CACHE: usize = 4096;
 #[derive(Default)]
 pub(crate) struct TlsState {
     routes: Vec<Option<RouteTls>>,
+    /// Ticket keys and session caches by route name, handed to the next configuration so
+    /// that sessions survive a reload.
+    resumption: HashMap<String, Resumption>,
+}
+
+/// A terminating route's session resumption state, and the certificate it was used with.
+#[derive(Clone)]
+struct Resumption {
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions>,
+    leaf: Vec<u8>,
 }
 
 /// What a terminating route needs per connection.
@@ -186,8 +199,10 @@ pub(crate) fn check_route(i: usize, r: &RouteConfig, err: &mut dyn FnMut(String,
 }
 
 impl TlsState {
-    /// Loads every certificate and builds the rustls configurations of `config`.
-    pub(crate) fn build(config: &Config) -> Result<Self, Vec<ConfigError>> {
+    /// Loads every certificate and builds the rustls configurations of `config`. Routes of
+    /// the same name and certificate in `old` (the configuration being replaced) pass on their
+    /// session ticket keys and session cache.
+    pub(crate) fn build(config: &Config, old: Option<&TlsState>) -> Result<Self, Vec<ConfigError>> {
         let provider = provider();
         let mut errors = Vec::new();
         let mut files: HashMap<(PathBuf, PathBuf), LoadedCert> = HashMap::new();
@@ -217,6 +232,7 @@ impl TlsState {
             }
         }
 
+        let mut resumption = HashMap::new();
         let mut routes: Vec<Option<RouteTls>> = Vec::new();
         routes.resize_with(config.routes.len(), || None);
         for (i, ports, _, own) in &certs {
@@ -231,7 +247,35 @@ impl TlsState {
                 r.matcher.domains.iter().filter_map(|d| DomainPattern::parse(d).ok()).collect();
             let resolver =
                 Resolver { own: Candidate { cert: own.clone(), domains: own_domains }, others };
-            let server = match server_config(&provider, tls, resolver) {
+            let kept = if tls.session_resumption {
+                let name = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+                let leaf = own.key.cert.first().map(|c| c.to_vec()).unwrap_or_default();
+                // Kept only with the same certificate: after a change every client sees the
+                // new one at once.
+                let kept =
+                    match old.and_then(|o| o.resumption.get(&name)).filter(|k| k.leaf == leaf) {
+                        Some(k) => k.clone(),
+                        None => match rustls::crypto::ring::Ticketer::new() {
+                            Ok(ticketer) => Resumption {
+                                ticketer,
+                                cache: ServerSessionMemoryCache::new(SESSION_CACHE),
+                                leaf,
+                            },
+                            Err(e) => {
+                                errors.push(ConfigError::new(
+                                    format!("routes[{i}].action.tls.session_resumption"),
+                                    format!("cannot build the session ticketer: {e}"),
+                                ));
+                                continue;
+                            }
+                        },
+                    };
+                resumption.insert(name, kept.clone());
+                Some(kept)
+            } else {
+                None
+            };
+            let server = match server_config(&provider, tls, resolver, kept) {
                 Ok(s) => s,
                 Err(e) => {
                     errors.push(ConfigError::new(format!("routes[{i}].action.tls"), e));
@@ -251,7 +295,7 @@ impl TlsState {
             };
             routes[*i] = Some(RouteTls { acceptor: TlsAcceptor::from(Arc::new(server)), upstream });
         }
-        if errors.is_empty() { Ok(Self { routes }) } else { Err(errors) }
+        if errors.is_empty() { Ok(Self { routes, resumption }) } else { Err(errors) }
     }
 
     fn route(&self, index: usize) -> Option<&RouteTls> {
@@ -267,6 +311,7 @@ fn server_config(
     provider: &Arc<CryptoProvider>,
     tls: &TlsConfig,
     resolver: Resolver,
+    resumption: Option<Resumption>,
 ) -> Result<ServerConfig, String> {
     let builder: ConfigBuilder<ServerConfig, WantsServerCert> =
         ServerConfig::builder_with_provider(Arc::clone(provider))
@@ -278,13 +323,15 @@ fn server_config(
             .with_no_client_auth();
     let mut sc = builder.with_cert_resolver(Arc::new(resolver));
     sc.alpn_protocols = tls.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    if tls.session_resumption {
-        sc.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
-        sc.ticketer = rustls::crypto::ring::Ticketer::new()
-            .map_err(|e| format!("cannot build the session ticketer: {e}"))?;
-    } else {
-        sc.session_storage = Arc::new(NoServerSessionStorage {});
-        sc.send_tls13_tickets = 0;
+    match resumption {
+        Some(r) => {
+            sc.session_storage = r.cache;
+            sc.ticketer = r.ticketer;
+        }
+        None => {
+            sc.session_storage = Arc::new(NoServerSessionStorage {});
+            sc.send_tls13_tickets = 0;
+        }
     }
     Ok(sc)
 }

@@ -689,3 +689,29 @@ async fn a_bad_upstream_ca_is_a_config_error_naming_its_key() {
     );
     assert!(Config::from_str(&text, Format::Toml).is_ok());
 }
+
+#[tokio::test]
+async fn sessions_resume_across_a_reload() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.test"]);
+    let (echo, _t) = echo_backend().await;
+    let port = free_port();
+    let route = terminate_route("a", port, "\"a.test\"", echo.port(), &a, "");
+    let e = engine(&route).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let mut s = tls_connect(port, "a.test", Arc::clone(&c)).await.unwrap();
+    assert_eq!(roundtrip(&mut s, b"1").await, b"1");
+    assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+    drop(s);
+    let text = format!("bind = [\"127.0.0.1\"]\n{route}");
+    e.reload(Config::from_str(&text, Format::Toml).unwrap()).await.unwrap();
+    let mut s = tls_connect(port, "a.test", Arc::clone(&c)).await.unwrap();
+    assert_eq!(roundtrip(&mut s, b"2").await, b"2");
+    assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Resumed));
+    // A renamed route, or a new certificate, starts with fresh ticket keys: full handshake.
+    let renamed = text.replace("name = \"a\"", "name = \"a2\"");
+    e.reload(Config::from_str(&renamed, Format::Toml).unwrap()).await.unwrap();
+    let mut s = tls_connect(port, "a.test", c).await.unwrap();
+    assert_eq!(roundtrip(&mut s, b"3").await, b"3");
+    assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
+}
