@@ -715,3 +715,28 @@ async fn sessions_resume_across_a_reload() {
     assert_eq!(roundtrip(&mut s, b"3").await, b"3");
     assert_eq!(s.get_ref().1.handshake_kind(), Some(HandshakeKind::Full));
 }
+
+#[tokio::test]
+async fn upstream_name_defaults_to_the_client_sni_then_the_target_host() {
+    let pki = Pki::new();
+    let front = pki.leaf("front", &["backend.internal", "127.0.0.1"]);
+    let back = pki.leaf("back", &["backend.internal", "127.0.0.1"]);
+    let backend = tls_echo_backend(&back).await;
+    let port = free_port();
+    let toml = reencrypt_route(
+        "r",
+        port,
+        backend,
+        &front,
+        &format!(r#", upstream_ca = "{}""#, pki.ca_path().display()),
+    );
+    let _e = engine(&toml).await;
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    // The client's SNI goes upstream and the backend's certificate is valid for it.
+    let mut s = tls_connect(port, "backend.internal", Arc::clone(&c)).await.unwrap();
+    assert_eq!(exchange(&mut s, b"sni", 15).await, b"tls-backend:sni");
+    // An IP address as server name: the client sends no SNI, so the target host (127.0.0.1,
+    // in the backend's certificate) is verified.
+    let mut s = tls_connect(port, "127.0.0.1", c).await.unwrap();
+    assert_eq!(exchange(&mut s, b"ip", 14).await, b"tls-backend:ip");
+}
