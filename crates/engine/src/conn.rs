@@ -203,7 +203,8 @@ pub(crate) async fn handle(
                 initial_data_deadline: Instant::now() + d.initial_data_timeout,
             };
             let stream = ClientStream { inner: Counted { inner: sock, obs: Arc::clone(&obs) } };
-            let fut = handler::run(&inner.handlers, stream, ctx);
+            // Boxed: a handler's future is large and would size every connection's task.
+            let fut = Box::pin(handler::run(&inner.handlers, stream, ctx));
             let outcome = match copy::supervise(fut, &obs, timeouts, &mut stop).await {
                 Ok(Ok(())) => Outcome::Done,
                 Ok(Err(e)) => Outcome::Error(e),
@@ -230,8 +231,11 @@ async fn forward(
     if f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough) {
         let port = r.port;
         let local = local_addr(sock.get_ref(), port);
-        return crate::tls::forward(inner, state, route, f, sock, local, obs, timeouts, stop, port)
-            .await;
+        // Boxed: the TLS state machine is several KiB, and inline it would size every plain
+        // connection's task too.
+        let tls =
+            crate::tls::forward(inner, state, route, f, sock, local, obs, timeouts, stop, port);
+        return Box::pin(tls).await;
     }
     let client = sock.client_addr().0;
     let client_ip = canonical(client.ip());
@@ -273,9 +277,10 @@ async fn forward(
         let Some(t) = route.select_target(client_ip, r.port, attempt) else { break };
         let label = HostPort(t.host(), t.port());
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(connect_timeout, crate::net::connect(t.host(), t.port(), &first))
-                .await;
+        // Boxed: the connect state is only alive for the connect; inline it would stay in
+        // the task's size for the whole life of the connection.
+        let connect = Box::pin(crate::net::connect(t.host(), t.port(), &first));
+        let result = tokio::time::timeout(connect_timeout, connect).await;
         match result {
             Ok(Ok(s)) => {
                 inner.obs.backend_connected(obs, &label, started.elapsed());

@@ -169,16 +169,18 @@ impl Outcome {
 
 /// Waits for `fut` under the connection's timeouts: lifetime, inactivity (judged from the
 /// observer's byte counters) and forced shutdown.
+///
+/// `fut` is polled in place (a pinned reference or a box): moving it into this future would
+/// store it twice in the connection's task.
 pub(crate) async fn supervise<F>(
-    fut: F,
+    mut fut: F,
     obs: &ConnObserver,
     t: Timeouts,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<F::Output, Outcome>
 where
-    F: std::future::Future,
+    F: std::future::Future + Unpin,
 {
-    tokio::pin!(fut);
     let tick = (t.inactivity / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
     let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -228,6 +230,7 @@ pub(crate) async fn pipe_tcp(
             one_way(backend, client, |n| obs.add_out(n), &done[1], &done[0]),
         )
     };
+    tokio::pin!(both);
     match supervise(both, obs, t, stop).await {
         Ok(Ok(_)) => Outcome::Done,
         Ok(Err(e)) => Outcome::Error(e),
@@ -286,7 +289,8 @@ pub(crate) async fn one_way(
         #[cfg(all(feature = "splice", target_os = "linux"))]
         if n == len {
             // Bulk transfer: the rest of this direction goes through a pipe.
-            crate::splice::splice_until_eof(from, to, &mut count).await?;
+            // Boxed: only bulk connections pay for the splice state.
+            Box::pin(crate::splice::splice_until_eof(from, to, &mut count)).await?;
             break;
         }
     }
@@ -327,6 +331,7 @@ where
 {
     let obs = Arc::clone(&client.obs);
     let copy = tokio::io::copy_bidirectional_with_sizes(client, backend, BUF, BUF);
+    tokio::pin!(copy);
     match supervise(copy, &obs, t, stop).await {
         Ok(Ok(_)) => Outcome::Done,
         Ok(Err(e)) => Outcome::Error(e),

@@ -47,14 +47,15 @@ pub(crate) fn spawn(inner: Weak<Inner>, listener: TcpListener, port: u16) -> Joi
                     let accepted = Instant::now();
                     let Some(inner) = inner.upgrade() else { return };
                     let mut stop = inner.force_close.subscribe();
-                    tokio::spawn(async move {
+                    let fut = async move {
                         // Forced shutdown also ends connections that are still being set up
                         // (reading a header, peeking, connecting).
                         tokio::select! {
                             () = crate::conn::handle(inner, tcp, peer, port, accepted) => {}
                             _ = stop.wait_for(|v| *v) => {}
                         }
-                    });
+                    };
+                    tokio::spawn(fut);
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {

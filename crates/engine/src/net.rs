@@ -64,28 +64,6 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr() {
-        let c = Cidr::parse("10.0.0.0/8").unwrap();
-        assert!(c.contains("10.1.2.3".parse().unwrap()));
-        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!c.contains("11.0.0.1".parse().unwrap()));
-        let one = Cidr::parse("127.0.0.1").unwrap();
-        assert!(one.contains("127.0.0.1".parse().unwrap()));
-        assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        let v6 = Cidr::parse("2001:db8::/32").unwrap();
-        assert!(v6.contains("2001:db8::5".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("10.0.0.1/8").is_err());
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(Cidr::parse("nope").is_err());
-    }
-}
-
 /// `EINPROGRESS`: a non-blocking connect under way (`ErrorKind::InProgress` is not stable yet).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const EINPROGRESS: i32 = 115;
@@ -136,5 +114,27 @@ pub(crate) async fn connect(
             Err(e) if e.kind() == ErrorKind::WouldBlock => stream.writable().await?,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8::5".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.1/8").is_err());
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
     }
 }

@@ -13,12 +13,17 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, pipe_with, splice};
+use rustix::pipe::{
+    PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice,
+};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// At most this many idle pipes are kept per worker thread.
 const POOL_MAX: usize = 64;
+/// Pipe capacity asked for (the kernel caps it at `/proc/sys/fs/pipe-max-size`, 1 MiB by
+/// default): bigger chunks mean fewer splice calls per byte. An empty pipe holds no pages.
+const PIPE_SIZE: usize = 256 * 1024;
 
 struct Pipe {
     r: OwnedFd,
@@ -37,6 +42,8 @@ impl Pipe {
             return Ok(p);
         }
         let (r, w) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        // Best effort: a smaller pipe still works.
+        let _ = fcntl_setpipe_size(&w, PIPE_SIZE);
         let size = fcntl_getpipe_size(&r).unwrap_or(64 * 1024).max(4096);
         Ok(Pipe { r, w, size })
     }
