@@ -64,17 +64,32 @@ pub fn require(cmd: &str, package: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the kernel does not hand it out again
-/// at once).
+/// A free TCP port on 127.0.0.1 for a server the test starts later.
+///
+/// Taken below the kernel's ephemeral range (32768-60999 by default), so that no outgoing
+/// connection (the proxy's own, to its backends) can take it between now and the bind; each
+/// call hands out a new one (a counter from a per-process start, checked by binding on every
+/// address the proxies use).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 100) * 200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 20_000) as u16;
+        let port = if port >= 32_000 { port - 22_000 } else { port };
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && !port_listening(port);
+        if free {
+            return port;
+        }
+    }
 }
 
 /// Several distinct free ports.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> =
-        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+    std::array::from_fn(|_| free_port())
 }
 
 /// Whether some socket on this machine listens on TCP `port` (read from /proc/net/tcp{,6},
