@@ -248,7 +248,22 @@ pub(crate) fn gcp_psc_id(t: Tlv<'_>) -> Option<u64> {
     }
 }
 
+/// Whether `subs` is a sequence of sub-TLVs filling it exactly (one level: sub-TLVs are not
+/// searched for further nesting, the Netty recursion bug).
+#[inline]
+fn subs_fill(mut subs: &[u8]) -> bool {
+    while let [_, hi, lo, tail @ ..] = subs {
+        let Some((_, after)) = tail.split_at_checked(usize::from(u16::from_be_bytes([*hi, *lo])))
+        else {
+            return false;
+        };
+        subs = after;
+    }
+    subs.is_empty()
+}
+
 /// Rules on single TLV values (type-specific). `offset` is where the TLV starts, for errors.
+#[inline]
 pub(crate) fn check_value(kind: u8, value: &[u8], offset: usize) -> Result<(), Error> {
     match kind {
         Tlv::CRC32C if value.len() != 4 => Err(Error::Crc32cLength(value.len())),
@@ -256,15 +271,11 @@ pub(crate) fn check_value(kind: u8, value: &[u8], offset: usize) -> Result<(), E
         Tlv::AUTHORITY if value.len() > 255 || std::str::from_utf8(value).is_err() => {
             Err(Error::InvalidAuthority)
         }
-        Tlv::SSL => {
-            // 5 fixed bytes, then sub-TLVs filling the rest exactly. One level only: sub-TLVs
-            // are not searched for further nesting (the Netty recursion bug).
-            let mut subs = value.get(5..).ok_or(Error::InvalidSsl { offset })?;
-            while !subs.is_empty() {
-                subs = one(subs).map_err(|_| Error::InvalidSsl { offset })?.0;
-            }
-            Ok(())
-        }
+        // 5 fixed bytes, then sub-TLVs filling the rest exactly.
+        Tlv::SSL => match value.get(5..) {
+            Some(subs) if subs_fill(subs) => Ok(()),
+            _ => Err(Error::InvalidSsl { offset }),
+        },
         _ => Ok(()),
     }
 }
@@ -276,22 +287,34 @@ pub(crate) struct Walk {
 }
 
 /// Walks the TLVs of `region` exactly to its end, iteratively, checking every rule.
-/// `base` is the absolute offset of `region`, for error offsets.
+/// `base` is the absolute offset of `region`, for error offsets. Plain slice patterns rather
+/// than nom here: this loop is most of the cost of parsing a header with TLVs.
 pub(crate) fn walk(region: &[u8], base: usize) -> Result<Walk, Error> {
     let mut crc = None;
-    let mut i = 0usize;
-    while i < region.len() {
-        let rest = &region[i..];
-        let (after, t) = one(rest).map_err(|_| Error::TlvOverrun { offset: base + i })?;
-        check_value(t.kind, t.value, base + i)?;
-        if t.kind == Tlv::CRC32C {
+    let mut rest = region;
+    loop {
+        let at = region.len() - rest.len();
+        let [kind, hi, lo, tail @ ..] = rest else {
+            // 0 bytes left: the walk ended exactly at the end. 1 or 2: stray bytes.
+            return if rest.is_empty() {
+                Ok(Walk { crc })
+            } else {
+                Err(Error::TlvOverrun { offset: base + at })
+            };
+        };
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let Some((value, after)) = tail.split_at_checked(len) else {
+            return Err(Error::TlvOverrun { offset: base + at });
+        };
+        if *kind == Tlv::CRC32C {
+            let &[a, b, c, d] = value else { return Err(Error::Crc32cLength(value.len())) };
             if crc.is_some() {
                 return Err(Error::Crc32cDuplicate);
             }
-            let v = t.value;
-            crc = Some((i + 3, u32::from_be_bytes([v[0], v[1], v[2], v[3]])));
+            crc = Some((at + 3, u32::from_be_bytes([a, b, c, d])));
+        } else {
+            check_value(*kind, value, base + at)?;
         }
-        i = region.len() - after.len();
+        rest = after;
     }
-    Ok(Walk { crc })
 }

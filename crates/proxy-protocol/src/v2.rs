@@ -117,10 +117,15 @@ fn tlvs(header: &[u8], tlv_start: usize) -> Result<(bool, Vec<u8>), Error> {
             if computed != carried {
                 return Err(Error::Crc32cMismatch { carried, computed });
             }
-            // Drop the CRC32C TLV (3 bytes of type/length before `at`, 4 of value).
+            // Drop the CRC32C TLV (3 bytes of type/length before `at`, 4 of value). It is
+            // usually the last one (HAProxy and this crate's encoder put it there): one copy.
+            let (before, after) = (&region[..at - 3], &region[at + 4..]);
+            if after.is_empty() {
+                return Ok((true, before.to_vec()));
+            }
             let mut v = Vec::with_capacity(region.len() - 7);
-            v.extend_from_slice(&region[..at - 3]);
-            v.extend_from_slice(&region[at + 4..]);
+            v.extend_from_slice(before);
+            v.extend_from_slice(after);
             Ok((true, v))
         }
     }
