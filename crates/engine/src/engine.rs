@@ -177,10 +177,9 @@ impl EngineBuilder {
     /// inside a tokio runtime (multi-thread for more than one worker).
     pub async fn start(self) -> Result<Engine, StartError> {
         let config = self.config.ok_or(StartError::NoConfig)?;
-        let metrics = config
-            .metrics
-            .enabled
-            .then(|| self.metrics.unwrap_or_else(|| Metrics::new(metrics_config(&config), unix_now())));
+        let metrics = config.metrics.enabled.then(|| {
+            self.metrics.unwrap_or_else(|| Metrics::new(metrics_config(&config), unix_now()))
+        });
         let state = State::build(config, &self.handlers, None, metrics.as_deref())?;
         let (force_close, _) = watch::channel(false);
         let inner = Arc::new(Inner {
@@ -235,9 +234,7 @@ fn metrics_config(config: &Config) -> smartproxy_metrics::MetricsConfig {
 
 /// Seconds since the UNIX epoch: the collector's time axis.
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Samples the collector once per interval, off the data path. The time axis is UNIX seconds

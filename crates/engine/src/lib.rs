@@ -91,7 +91,7 @@ pub use self::config::{
     AdminConfig, Config, ConfigError, ConfigErrors, Defaults, Format, MetricsConfig, PerIpSetting,
     StatsdConfig,
 };
-pub use smartproxy_metrics::Metrics;
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};
 pub use self::http::{HeadError, RequestHead, read_head};
+pub use smartproxy_metrics::Metrics;
