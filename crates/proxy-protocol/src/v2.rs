@@ -46,8 +46,12 @@ fn block_len(fam: u8) -> Option<usize> {
 /// Returns `(command, family byte, len)` once all 16 bytes are there.
 #[inline]
 fn prefix(buf: &[u8], max_len: usize) -> Result<Option<(Command, u8, usize)>, Error> {
-    let n = buf.len().min(12);
-    if buf[..n] != SIGNATURE[..n] {
+    // Whole signatures (the usual case) are compared at a fixed size, without a `bcmp` call.
+    let signature_ok = match buf.first_chunk::<12>() {
+        Some(sig) => *sig == SIGNATURE,
+        None => buf[..] == SIGNATURE[..buf.len()],
+    };
+    if !signature_ok {
         let offset = buf.iter().zip(&SIGNATURE).position(|(a, b)| a != b).unwrap_or(0);
         return Err(Error::NotProxyProtocol { offset });
     }
