@@ -270,35 +270,17 @@ async fn forward(
         first
     };
 
-    let tries = f.targets.len().clamp(1, 3);
-    let mut backend = None;
-    let mut _target_guard = None;
-    for attempt in 0..tries {
-        let Some(t) = route.select_target(client_ip, r.port, attempt) else { break };
-        let label = HostPort(t.host(), t.port());
-        let started = Instant::now();
-        // Boxed: the connect state is only alive for the connect; inline it would stay in
-        // the task's size for the whole life of the connection.
-        let connect = Box::pin(crate::net::connect(t.host(), t.port(), &first));
-        let result = tokio::time::timeout(connect_timeout, connect).await;
-        match result {
-            Ok(Ok(s)) => {
-                inner.obs.backend_connected(obs, &label, started.elapsed());
-                _target_guard = Some(t.into_guard());
-                backend = Some(s);
-                break;
-            }
-            Ok(Err(e)) => inner.obs.backend_connect_failed(obs, &label, &e),
-            Err(_) => inner.obs.backend_connect_failed(
-                obs,
-                &label,
-                &format_args!("no answer within {connect_timeout:?}"),
-            ),
-        }
-    }
-    let Some((mut backend, done)) = backend else {
+    // Boxed: the connect state is only alive for the connect; inline it would stay in the
+    // task's size for the whole life of the connection.
+    let connected =
+        connect_target(inner, obs, route, f, client_ip, r.port, connect_timeout, |host, port| {
+            Box::pin(crate::net::connect(host, port, &first))
+        })
+        .await;
+    let Some(((mut backend, done), target)) = connected else {
         return r.refuse(Refusal::BackendUnavailable, route.name());
     };
+    let _target_guard = target.into_guard();
     if done < first.len() {
         let rest = &first[done..];
         let write = tokio::time::timeout(connect_timeout, backend.write_all(rest)).await;
@@ -319,6 +301,44 @@ fn local_addr(tcp: &TcpStream, port: u16) -> SocketAddr {
 }
 
 /// A target for logs, formatted only when a log is written.
+/// Connects to one of the route's targets: up to three candidates (fewer when the route has
+/// fewer), each under `connect_timeout`, a refused or silent one skipped for the next. Every
+/// attempt is observed (log, metrics). Returns the connection and the target it went to.
+#[allow(clippy::too_many_arguments)] // Two call sites (plain and TLS); a struct would only rename them.
+pub(crate) async fn connect_target<'r, T, F, Fut>(
+    inner: &Inner,
+    obs: &ConnObserver,
+    route: &'r CompiledRoute,
+    f: &ForwardAction,
+    client_ip: IpAddr,
+    listen_port: u16,
+    connect_timeout: std::time::Duration,
+    mut connect: F,
+) -> Option<(T, smartproxy_routing::SelectedTarget<'r>)>
+where
+    F: FnMut(&'r str, u16) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    for attempt in 0..f.targets.len().clamp(1, 3) {
+        let t = route.select_target(client_ip, listen_port, attempt)?;
+        let label = HostPort(t.host(), t.port());
+        let started = Instant::now();
+        match tokio::time::timeout(connect_timeout, connect(t.host(), t.port())).await {
+            Ok(Ok(s)) => {
+                inner.obs.backend_connected(obs, &label, started.elapsed());
+                return Some((s, t));
+            }
+            Ok(Err(e)) => inner.obs.backend_connect_failed(obs, &label, &e),
+            Err(_) => inner.obs.backend_connect_failed(
+                obs,
+                &label,
+                &format_args!("no answer within {connect_timeout:?}"),
+            ),
+        }
+    }
+    None
+}
+
 struct HostPort<'a>(&'a str, u16);
 
 impl std::fmt::Display for HostPort<'_> {

@@ -612,31 +612,22 @@ pub(crate) async fn forward(
 
     // Target.
     let connect_timeout = f.connect_timeout.unwrap_or(state.config.defaults.connect_timeout);
-    let tries = f.targets.len().clamp(1, 3);
-    let mut backend = None;
-    for attempt in 0..tries {
-        let Some(t) = route.select_target(client_ip, port, attempt) else { break };
-        let label = format!("{}:{}", t.host(), t.port());
-        let started = Instant::now();
-        let result =
-            tokio::time::timeout(connect_timeout, TcpStream::connect((t.host(), t.port()))).await;
-        match result {
-            Ok(Ok(s)) => {
-                inner.obs.backend_connected(obs, &label, started.elapsed());
-                backend = Some((s, t.host().to_owned(), t.into_guard()));
-                break;
-            }
-            Ok(Err(e)) => inner.obs.backend_connect_failed(obs, &label, &e),
-            Err(_) => inner.obs.backend_connect_failed(
-                obs,
-                &label,
-                &format_args!("no answer within {connect_timeout:?}"),
-            ),
-        }
-    }
-    let Some((mut tcp, host, _target_guard)) = backend else {
+    let connected = crate::conn::connect_target(
+        inner,
+        obs,
+        route,
+        f,
+        client_ip,
+        port,
+        connect_timeout,
+        |host, port| TcpStream::connect((host, port)),
+    )
+    .await;
+    let Some((mut tcp, target)) = connected else {
         return refuse(Refusal::BackendUnavailable, route.name());
     };
+    let host = target.host().to_owned();
+    let _target_guard = target.into_guard();
     let _ = tcp.set_nodelay(true);
     if !f.send_proxy_protocol.is_off() {
         let mut first = Vec::new();
