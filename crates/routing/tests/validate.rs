@@ -19,29 +19,7 @@ fn errors(doc: &str) -> Vec<String> {
 
 #[test]
 fn design_example_is_valid() {
-    let doc = r#"
-[[routes]]
-name = "tls-passthrough"
-priority = 10
-match = { ports = [8443, "9000-9010"], domains = ["example.com", "*.example.com"] }
-action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9443 }], tls = { mode = "passthrough" }, send_proxy_protocol = "v2" }
-
-[[routes]]
-name = "plain"
-match = { ports = [8080] }
-action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9000 }], send_proxy_protocol = "v1" }
-security = { ip_allow_list = ["127.0.0.0/8"], max_connections = 1000 }
-
-[[routes]]
-name = "https-terminate"
-match = { ports = [8444], domains = ["a.example.org"] }
-action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9001 }], tls = { mode = "terminate", certificate = { cert = "certs/a.pem", key = "certs/a.key" } } }
-
-[[routes]]
-name = "http-to-https"
-match = { ports = [8000] }
-action = { type = "socket-handler", handler = "redirect", location = "https://{domain}:8444{path}", status = 301 }
-"#;
+    let doc = include_str!("fixtures/design_routes.toml");
     assert_eq!(errors(doc), Vec::<String>::new());
     let t = RouteTable::compile(routes(doc)).unwrap();
     assert_eq!(t.ports().len(), 1 + 11 + 1 + 1 + 1);
