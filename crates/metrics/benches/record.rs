@@ -1,4 +1,5 @@
-//! Hot path: nanoseconds per recorded read, 1 and 2 threads, owned vs shared counters.
+//! Hot path: nanoseconds per recorded read, 1 and 2 threads, owned vs shared counters; and
+//! the connection life cycle (open, count, close, with a tick every 1 000 connections).
 #![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 
 use std::hint::black_box;
@@ -73,6 +74,28 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
     drop(conns);
+
+    let mut g = c.benchmark_group("lifecycle");
+    g.bench_function("open + add_in + add_out + close, tick every 1 000", |b| {
+        let mut now = 0;
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                let c = m.connection_opened(black_box(ip), &route);
+                c.add_in(black_box(300));
+                c.add_out(black_box(5_000));
+                drop(c);
+                if i % 1_000 == 999 {
+                    now += 1;
+                    m.tick(now);
+                }
+            }
+            now += 1;
+            m.tick(now);
+            start.elapsed()
+        });
+    });
+    g.finish();
 }
 
 criterion_group!(group, benches);
