@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -11,9 +11,10 @@ use smartproxy_throughput::{KeyedSeries, Sample, Series, SeriesConfig, WindowSum
 
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{MetricsConfig, PerIp};
-use crate::conn::{ConnShared, ConnectionRecorder, Padded, Slot};
+use crate::conn::{ConnShared, ConnectionRecorder};
 use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
 use crate::reason::{ProxyVersion, RefuseReason};
+use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
 use crate::snapshot::{
     Backend, Connections, Histograms, IpCount, IpSnapshot, Meta, Pct, Percentiles, ProxyHeaders,
@@ -21,9 +22,12 @@ use crate::snapshot::{
     ThroughputRate, Totals, WindowRate,
 };
 
-/// Registry shards: connections are spread round-robin so that opening and sampling do not
-/// serialise on one lock.
-const SHARDS: usize = 16;
+/// Keeps a value on its own cache line (128 bytes covers adjacent-line prefetch on x86 and
+/// the 128-byte lines of Apple silicon): for counters every core writes, like the gauge of
+/// open connections.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
 
 /// The metrics collector. Share it as `Arc<Metrics>`; see the crate docs for the design.
 #[derive(Debug)]
@@ -44,8 +48,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     start: u64,
     last_tick: AtomicU64,
-    shards: Box<[Mutex<Vec<Slot>>]>,
-    next_shard: AtomicUsize,
+    registry: Registry,
     active: Padded<AtomicU64>,
     total: AtomicU64,
     ips_active: Mutex<HashMap<IpAddr, u64>>,
@@ -71,6 +74,10 @@ fn secs(d: Duration) -> u64 {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Metrics {
@@ -99,8 +106,7 @@ impl Metrics {
             clock,
             start: now,
             last_tick: AtomicU64::new(now),
-            shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
-            next_shard: AtomicUsize::new(0),
+            registry: Registry::new(ips.is_some()),
             active: Padded(AtomicU64::new(0)),
             total: AtomicU64::new(0),
             ips_active: Mutex::new(HashMap::new()),
@@ -159,6 +165,12 @@ impl Metrics {
         h
     }
 
+    /// The registry of open connections (tests count its slots).
+    #[cfg(test)]
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
     /// Forgets routes for which `keep` is false and that have no connection open (after a
     /// reload removed them). Their series and counters disappear from snapshots.
     pub fn forget_routes(&self, keep: impl Fn(&str) -> bool) {
@@ -175,22 +187,19 @@ impl Metrics {
         route.0.total.fetch_add(1, Ordering::Relaxed);
         *inner.ips_active.lock().entry(client_ip).or_insert(0) += 1;
         let conn = Arc::new(ConnShared {
-            bytes_in: Padded(AtomicU64::new(0)),
-            bytes_out: Padded(AtomicU64::new(0)),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             extra_requests: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
             ip: client_ip,
             route: route.clone(),
         });
-        let shard = inner.next_shard.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        inner.shards[shard].lock().push(Slot {
-            conn: Arc::clone(&conn),
-            sampled_in: 0,
-            sampled_out: 0,
-            sampled_requests: 0,
-            counted: false,
-        });
-        ConnectionRecorder { conn, inner: Arc::clone(inner), opened_at: inner.clock.elapsed() }
+        let slot = inner.registry.insert(Arc::clone(&conn));
+        ConnectionRecorder {
+            conn,
+            inner: Arc::clone(inner),
+            slot,
+            opened_at: nanos(inner.clock.elapsed()),
+        }
     }
 
     /// A connection was refused.
@@ -648,7 +657,8 @@ fn spread(now: u64, gap: u64, limit: u64, d: Sample, mut f: impl FnMut(u64, Samp
 }
 
 impl Inner {
-    pub(crate) fn connection_closed(&self, conn: &ConnShared, opened_at: Duration) {
+    /// Called once per connection, by the recorder's drop, after its last count.
+    pub(crate) fn connection_closed(&self, conn: &ConnShared, slot: SlotId, opened_at: u64) {
         self.active.0.fetch_sub(1, Ordering::Relaxed);
         conn.route.0.active.fetch_sub(1, Ordering::Relaxed);
         {
@@ -660,11 +670,14 @@ impl Inner {
                 }
             }
         }
-        let took = self.clock.elapsed().saturating_sub(opened_at);
+        // The recorder is being dropped, so every count made through it happened before
+        // this point: these loads (and the registry's) see the final values.
+        self.registry.remove(slot);
+        let took = nanos(self.clock.elapsed()).saturating_sub(opened_at) / 1_000;
         let mut h = self.conn_hists.lock();
-        h.duration.record(micros(took));
-        h.bytes_in.record(conn.bytes_in.0.load(Ordering::Relaxed));
-        h.bytes_out.record(conn.bytes_out.0.load(Ordering::Relaxed));
+        h.duration.record(took);
+        h.bytes_in.record(conn.bytes_in.load(Ordering::Relaxed));
+        h.bytes_out.record(conn.bytes_out.load(Ordering::Relaxed));
     }
 
     fn tick(&self, now: u64) {
@@ -672,45 +685,12 @@ impl Inner {
         let last = self.last_tick.load(Ordering::Acquire);
         let gap = now.saturating_sub(last);
         let limit = 2 * self.cfg.interval_secs();
-        let mut global = Sample::ZERO;
-        let mut by_route: HashMap<usize, (RouteHandle, Sample)> = HashMap::new();
-        let mut by_ip: HashMap<IpAddr, Sample> = HashMap::new();
-        let track_ips = self.ips.is_some();
-        for shard in &self.shards {
-            shard.lock().retain_mut(|slot| {
-                // Acquire pairs with the recorder's Release: a closed connection's final bytes
-                // are visible below.
-                let closed = slot.conn.closed.load(Ordering::Acquire);
-                let cin = slot.conn.bytes_in.0.load(Ordering::Relaxed);
-                let cout = slot.conn.bytes_out.0.load(Ordering::Relaxed);
-                let creq = slot.conn.extra_requests.load(Ordering::Relaxed);
-                let d = Sample::new(
-                    cin.wrapping_sub(slot.sampled_in),
-                    cout.wrapping_sub(slot.sampled_out),
-                    creq.wrapping_sub(slot.sampled_requests) + u64::from(!slot.counted),
-                );
-                slot.sampled_in = cin;
-                slot.sampled_out = cout;
-                slot.sampled_requests = creq;
-                slot.counted = true;
-                if !d.is_zero() {
-                    global += d;
-                    let key = Arc::as_ptr(&slot.conn.route.0) as usize;
-                    by_route
-                        .entry(key)
-                        .or_insert_with(|| (slot.conn.route.clone(), Sample::ZERO))
-                        .1 += d;
-                    if track_ips {
-                        *by_ip.entry(slot.conn.ip).or_default() += d;
-                    }
-                }
-                !closed
-            });
-        }
+        let d = self.registry.collect();
         {
             let mut g = self.global.write();
-            spread(now, gap, limit, global, |t, s| g.push(t, s));
+            spread(now, gap, limit, d.global, |t, s| g.push(t, s));
         }
+        let mut by_route = d.by_route;
         let routes: Vec<RouteHandle> = self.routes.lock().values().cloned().collect();
         for h in &routes {
             let key = Arc::as_ptr(&h.0) as usize;
@@ -727,7 +707,7 @@ impl Inner {
         }
         if let Some(ips) = &self.ips {
             let mut ips = ips.write();
-            for (ip, d) in by_ip {
+            for (ip, d) in d.by_ip {
                 spread(now, gap, limit, d, |t, x| ips.push(&ip, t, x));
             }
             ips.advance(now);

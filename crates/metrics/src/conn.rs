@@ -1,69 +1,69 @@
-//! Per-connection counters (the hot path) and the registry the sampler walks.
+//! Per-connection counters: the hot path.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::collector::Inner;
+use crate::registry::SlotId;
 use crate::route::RouteHandle;
 
-/// Keeps a value on its own cache line (128 bytes covers adjacent-line prefetch on x86 and
-/// the 128-byte lines of Apple silicon), so that the two copy directions of one connection do
-/// not invalidate each other's line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
-
-/// State shared by a connection's recorder and the registry.
+/// State shared by a connection's recorder and its registry slot.
+///
+/// The counters are not padded. The engine counts both copy directions of a connection from
+/// one tokio task (`try_join!` of the two directions inside that task), so at any moment they
+/// are written from one thread and have nothing to gain from separate cache lines; padding
+/// each to 128 bytes (as an earlier version did) made every open connection cost 512 bytes
+/// of heap instead of the 72 of this struct in its `Arc`. Two *different* connections may
+/// share a line when their allocations are adjacent and they run on different cores; the
+/// allocator's per-thread arenas make that rare, and the `record` bench's "one connection
+/// each" case measures it.
 #[derive(Debug)]
 pub(crate) struct ConnShared {
-    pub(crate) bytes_in: Padded<AtomicU64>,
-    pub(crate) bytes_out: Padded<AtomicU64>,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
     /// Requests after the first (keep-alive HTTP), counted by the engine.
     pub(crate) extra_requests: AtomicU64,
-    /// Set once, by the recorder's drop, after its last byte was counted.
-    pub(crate) closed: AtomicBool,
     pub(crate) ip: IpAddr,
     pub(crate) route: RouteHandle,
-}
-
-/// A registry slot: the shared state plus what the sampler has already taken from it.
-/// Only touched under the shard lock.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub(crate) conn: Arc<ConnShared>,
-    pub(crate) sampled_in: u64,
-    pub(crate) sampled_out: u64,
-    pub(crate) sampled_requests: u64,
-    pub(crate) counted: bool,
 }
 
 /// Records the bytes of one connection. Created by
 /// [`Metrics::connection_opened`](crate::Metrics::connection_opened).
 ///
-/// [`add_in`](Self::add_in) and [`add_out`](Self::add_out) take `&self` and touch one atomic
-/// each, on a cache line owned by this connection: share the recorder between the two copy
-/// directions by reference or in an `Arc`. Dropping it closes the connection in the metrics
-/// (duration and bytes-per-connection histograms, active gauges), exactly once.
+/// [`add_in`](Self::add_in), [`add_out`](Self::add_out) and
+/// [`add_request`](Self::add_request) take `&self` and are one relaxed atomic add each, on
+/// counters that belong to this connection alone: no lock, no lookup, no allocation. The
+/// counters sit next to each other, unpadded, for the common case where one task counts
+/// both directions. The recorder is `Sync`, so the two directions may also run on two
+/// threads sharing it by reference or in an `Arc`; it stays correct, but then both threads
+/// write the same cache line, which moves between their cores on every add (the `record`
+/// bench's "in and out" case measures that cost).
+///
+/// Dropping the recorder closes the connection in the metrics, exactly once: gauges of open
+/// connections, the duration and bytes-per-connection histograms, and the registry, which
+/// frees the connection's slot at once and keeps only its bytes and requests not yet sampled,
+/// summed per route and per IP, until the next [`Metrics::tick`](crate::Metrics::tick).
 #[derive(Debug)]
 pub struct ConnectionRecorder {
     pub(crate) conn: Arc<ConnShared>,
     pub(crate) inner: Arc<Inner>,
-    pub(crate) opened_at: Duration,
+    pub(crate) slot: SlotId,
+    /// The clock's `elapsed()` at open, in nanoseconds.
+    pub(crate) opened_at: u64,
 }
 
 impl ConnectionRecorder {
     /// Counts `n` bytes received from the client.
     #[inline]
     pub fn add_in(&self, n: u64) {
-        self.conn.bytes_in.0.fetch_add(n, Ordering::Relaxed);
+        self.conn.bytes_in.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts `n` bytes sent to the client.
     #[inline]
     pub fn add_out(&self, n: u64) {
-        self.conn.bytes_out.0.fetch_add(n, Ordering::Relaxed);
+        self.conn.bytes_out.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts one more request on this connection, after the first: the connection itself
@@ -77,13 +77,13 @@ impl ConnectionRecorder {
     /// Bytes received from the client so far.
     #[must_use]
     pub fn bytes_in(&self) -> u64 {
-        self.conn.bytes_in.0.load(Ordering::Relaxed)
+        self.conn.bytes_in.load(Ordering::Relaxed)
     }
 
     /// Bytes sent to the client so far.
     #[must_use]
     pub fn bytes_out(&self) -> u64 {
-        self.conn.bytes_out.0.load(Ordering::Relaxed)
+        self.conn.bytes_out.load(Ordering::Relaxed)
     }
 
     /// Client address.
@@ -101,9 +101,6 @@ impl ConnectionRecorder {
 
 impl Drop for ConnectionRecorder {
     fn drop(&mut self) {
-        // Release: the sampler, reading `closed` with Acquire, then sees every byte added
-        // before this point.
-        self.conn.closed.store(true, Ordering::Release);
-        self.inner.connection_closed(&self.conn, self.opened_at);
+        self.inner.connection_closed(&self.conn, self.slot, self.opened_at);
     }
 }

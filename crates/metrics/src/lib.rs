@@ -27,22 +27,25 @@
 //! # The hot path, and why it looks like this
 //!
 //! A connection's copy loops call [`ConnectionRecorder::add_in`] / [`add_out`] for every read.
-//! Each is a single `fetch_add(Relaxed)` on a counter that belongs to that connection alone,
-//! padded to its own 128-byte line (in and out separately, since the two directions usually run
-//! on different tasks and cores). No lock, no map lookup, no allocation, and no cache line
-//! shared with any other connection: two cores copying two connections never contend. A
-//! global or per-route atomic would be simpler, but every read on every core would then bounce
-//! the same line; the `record` bench measures both (see README): with two threads the shared
-//! counter costs several times more per record than the owned one.
+//! Each is a single `fetch_add(Relaxed)` on a counter that belongs to that connection alone.
+//! No lock, no map lookup, no allocation, and no counter shared with another connection: two
+//! cores copying two connections do not write the same variable. A global or per-route atomic
+//! would be simpler, but every read on every core would then bounce the same line; the
+//! `record` bench measures both (see README). A connection's in and out counters sit side by
+//! side, unpadded: the engine counts both directions of a connection from one task, so they
+//! are not written from two cores at once, and padding them cost 512 bytes per connection.
 //!
-//! The price is paid off the data path: each connection registers once, at open, in one of
-//! 16 mutex-protected shards (round-robin). [`Metrics::tick`], called once per sample interval
-//! by the engine's timer, walks the shards, takes each connection's delta since the previous
-//! tick, and folds it into the global, per-route and per-IP series
-//! ([`smartproxy_throughput`]). A connection whose recorder was dropped is sampled one last
-//! time and then removed, so every byte is counted exactly once. Opening and closing a
-//! connection take a few short locks (registry shard, per-IP map, histograms); that is once
-//! per connection, not per read.
+//! The price is paid off the data path: each connection takes a slot, at open, in one of 16
+//! mutex-protected shards (round-robin), each a slab with a free list. [`Metrics::tick`],
+//! called once per sample interval by the engine's timer, walks the shards, takes each open
+//! connection's delta since the previous tick, and folds it into the global, per-route and
+//! per-IP series ([`smartproxy_throughput`]). When a recorder is dropped, its slot is freed
+//! at once, and its delta not yet sampled is added to the shard's pending sums (global, per
+//! route, per IP) that the next tick drains: every byte and request is counted exactly once,
+//! and memory follows the connections open (about 150 bytes each), not the connections
+//! opened per interval. Opening a connection takes two short locks (registry shard, per-IP
+//! map) and closing it three (the same plus the histograms); that is once per connection, not
+//! per read.
 //!
 //! Counters and rates are therefore as of the last tick (at most one interval old); gauges of
 //! open connections and the histograms are live. The crate has no timer and no tokio: the
@@ -72,6 +75,7 @@ mod config;
 mod conn;
 mod hist;
 mod reason;
+mod registry;
 mod route;
 mod snapshot;
 
