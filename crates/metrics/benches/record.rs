@@ -50,7 +50,7 @@ fn benches(c: &mut Criterion) {
             })
         });
     });
-    g.bench_function("2 threads, one connection, in and out (padded lines)", |b| {
+    g.bench_function("2 threads, one connection, in and out (one shared line)", |b| {
         b.iter_custom(|iters| {
             parallel(2, iters, &|t, n| {
                 for _ in 0..n {
