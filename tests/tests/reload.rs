@@ -108,3 +108,52 @@ fn sigterm_drains_and_exits_zero() {
     assert_eq!(proxy.terminate(), Some(0));
     assert!(!port_listening(a));
 }
+
+/// Both runtimes with 3 workers: `per-worker` (the default: one thread per worker, each with
+/// its own SO_REUSEPORT socket per port) and `multi-thread` (one shared socket per port):
+/// forwarding, SIGHUP (a port added on every worker, one removed from every worker) and
+/// SIGTERM.
+#[test]
+fn both_runtimes_forward_reload_and_stop() {
+    for runtime in ["per-worker", "multi-thread"] {
+        workers_forward_reload_and_stop(runtime);
+    }
+}
+
+fn workers_forward_reload_and_stop(runtime: &str) {
+    let backend = Backend::echo();
+    let [a, b] = free_ports::<2>();
+    let head = format!("{HEAD}workers = 3\nruntime = \"{runtime}\"\n");
+    let mut proxy = Proxy::start(&format!("{head}{}", route("a", a, backend.port())), &[a]);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", proxy.pid())).unwrap().count();
+    assert!(threads >= 4, "{runtime}: main thread + 3 workers, saw {threads} threads");
+    // The address is printed once, although with per-worker three sockets listen on it.
+    let out = proxy.output();
+    let printed =
+        out.lines().filter(|l| l.starts_with("listening on") && l.contains(&format!(":{a}")));
+    assert_eq!(printed.count(), 1, "{runtime}: {out}");
+    // Many connections: each is served whichever worker's socket the kernel picked.
+    for i in 0..60u32 {
+        let mut s = connect(a);
+        let msg = format!("hello {i}");
+        assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()).unwrap(), msg.as_bytes());
+    }
+    proxy.reload(&format!("{head}{}", route("b", b, backend.port())));
+    proxy.wait_for_output("the new port", |o| {
+        o.lines().any(|l| l.contains("listening") && l.contains(&format!(":{b}")))
+    });
+    for i in 0..30u32 {
+        let mut s = connect(b);
+        let msg = format!("after reload {i}");
+        assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()).unwrap(), msg.as_bytes());
+    }
+    // Removed from every worker: no socket of the group is left to accept.
+    wait_until("port a closed on every worker", || !port_listening(a));
+    for _ in 0..30 {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", a)).is_err(),
+            "{runtime}: a worker still accepts on {a}"
+        );
+    }
+    assert_eq!(proxy.terminate(), Some(0), "{runtime}");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use smartproxy_routing::{RouteTable, ValidationOptions};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -123,6 +124,8 @@ pub(crate) struct Inner {
     draining: AtomicBool,
     listeners: parking_lot::Mutex<BTreeMap<u16, Vec<Listening>>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Worker runtimes, each with its own listener per address (empty: the current runtime).
+    runtimes: Vec<Handle>,
     pruner: parking_lot::Mutex<Option<JoinHandle<()>>>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
@@ -149,6 +152,7 @@ pub struct EngineBuilder {
     config: Option<Config>,
     handlers: Registry,
     metrics: Option<Arc<Metrics>>,
+    runtimes: Vec<Handle>,
 }
 
 impl EngineBuilder {
@@ -173,8 +177,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Accepts and runs connections on these runtimes instead of the current one: every port
+    /// gets one `SO_REUSEPORT` listener per runtime (per bind address), and the kernel spreads
+    /// new connections over them. Meant for current-thread runtimes, one per thread (the
+    /// binary's `runtime = "per-worker"`). The engine's own timers stay on the runtime that
+    /// calls [`start`](Self::start), which must outlive the engine, as must these.
+    pub fn runtimes(mut self, runtimes: Vec<Handle>) -> Self {
+        self.runtimes = runtimes;
+        self
+    }
+
     /// Validates the configuration, binds every listener and starts accepting. Must be called
-    /// inside a tokio runtime (multi-thread for more than one worker).
+    /// inside a tokio runtime (multi-thread for more than one worker, unless
+    /// [`runtimes`](Self::runtimes) are given).
     pub async fn start(self) -> Result<Engine, StartError> {
         let config = self.config.ok_or(StartError::NoConfig)?;
         let metrics = config.metrics.enabled.then(|| {
@@ -191,20 +206,17 @@ impl EngineBuilder {
             draining: AtomicBool::new(false),
             listeners: parking_lot::Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            runtimes: self.runtimes,
             pruner: parking_lot::Mutex::new(None),
             sampler: parking_lot::Mutex::new(None),
             state: ArcSwap::from_pointee(state),
         });
         let st = inner.state.load_full();
-        let bound = bind_ports(&st.config, &st.table.ports())?;
+        let bound = bind_ports(&st.config, &st.table.ports(), inner.runtimes.len())?;
         {
             let mut ls = inner.listeners.lock();
             for (port, socks) in bound {
-                let handles = socks
-                    .into_iter()
-                    .map(|(addr, l)| (addr, listener::spawn(Arc::downgrade(&inner), l, port)))
-                    .collect();
-                ls.insert(port, handles);
+                ls.insert(port, inner.spawn_listeners(port, socks, false));
             }
         }
         *inner.pruner.lock() = Some(spawn_pruner(Arc::downgrade(&inner)));
@@ -264,27 +276,63 @@ fn spawn_pruner(weak: Weak<Inner>) -> JoinHandle<()> {
     })
 }
 
-type Bound = Vec<(u16, Vec<(SocketAddr, tokio::net::TcpListener)>)>;
+type Bound = Vec<(u16, Vec<(SocketAddr, std::net::TcpListener)>)>;
 
-/// Binds every port on every bind address. An IPv6 address that the host does not support is
-/// skipped with a warning; any other failure fails the whole set.
-fn bind_ports(config: &Config, ports: &[u16]) -> Result<Bound, StartError> {
+/// Binds every port on every bind address, `copies` times each when there are worker
+/// runtimes (with `SO_REUSEPORT`, one socket per runtime), once otherwise. An IPv6 address
+/// that the host does not support is skipped with a warning; any other failure fails the
+/// whole set.
+fn bind_ports(config: &Config, ports: &[u16], copies: usize) -> Result<Bound, StartError> {
+    let reuse_port = config.reuse_port || copies > 1;
     let mut out = Vec::new();
     for &port in ports {
         let mut socks = Vec::new();
         for ip in config.bind_addrs() {
-            let addr = SocketAddr::new(ip, port);
-            match listener::bind(addr, config.reuse_port) {
-                Ok(l) => socks.push((l.local_addr().unwrap_or(addr), l)),
-                Err(e) if ip.is_ipv6() && listener::ipv6_unavailable(&e) => {
-                    tracing::warn!(%addr, error = %e, "IPv6 not available, not listening there");
+            let mut addr = SocketAddr::new(ip, port);
+            for _ in 0..copies.max(1) {
+                match listener::bind(addr, reuse_port) {
+                    // The copies bind the port the first one got (port 0 picks one).
+                    Ok(l) => {
+                        addr = l.local_addr().unwrap_or(addr);
+                        socks.push((addr, l));
+                    }
+                    Err(e) if ip.is_ipv6() && listener::ipv6_unavailable(&e) => {
+                        tracing::warn!(%addr, error = %e, "IPv6 not available, not listening there");
+                        break;
+                    }
+                    Err(source) => return Err(StartError::Bind { addr, source }),
                 }
-                Err(source) => return Err(StartError::Bind { addr, source }),
             }
         }
         out.push((port, socks));
     }
     Ok(out)
+}
+
+impl Inner {
+    /// Starts the accept loops of one port's sockets: with worker runtimes, the sockets of
+    /// each address go to the runtimes in turn (`bind_ports` made one per runtime).
+    fn spawn_listeners(
+        self: &Arc<Self>,
+        port: u16,
+        socks: Vec<(SocketAddr, std::net::TcpListener)>,
+        log: bool,
+    ) -> Vec<Listening> {
+        let mut last: Option<SocketAddr> = None;
+        socks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (addr, l))| {
+                if log && last != Some(addr) {
+                    tracing::info!(%addr, "listening");
+                }
+                last = Some(addr);
+                let rt =
+                    (!self.runtimes.is_empty()).then(|| &self.runtimes[i % self.runtimes.len()]);
+                (addr, listener::spawn(Arc::downgrade(self), l, port, rt))
+            })
+            .collect()
+    }
 }
 
 /// The running proxy. Cheap to clone; every clone controls the same engine. When the last
@@ -387,7 +435,11 @@ impl Engine {
 
     /// Every listening socket's address, by port.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.listeners.lock().values().flatten().map(|(a, _)| *a).collect()
+        let mut addrs: Vec<SocketAddr> =
+            self.inner.listeners.lock().values().flatten().map(|(a, _)| *a).collect();
+        // With worker runtimes an address has one socket per runtime.
+        addrs.dedup();
+        addrs
     }
 
     /// The metrics collector (`None` with `[metrics] enabled = false`): queries, snapshots,
@@ -433,7 +485,15 @@ impl Engine {
     /// Changes to `bind`, `reuse_port` and `workers` apply to newly added ports only.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
         let _one_at_a_time = self.inner.reload_lock.lock().await;
-        let result = self.reload_locked(config);
+        let result = match self.reload_locked(config) {
+            Ok((summary, stopped)) => {
+                // Aborting a task on another runtime is asynchronous: wait until the removed
+                // ports' sockets are closed.
+                closed(stopped).await;
+                Ok(summary)
+            }
+            Err(e) => Err(e),
+        };
         self.inner.obs.config_reloaded(result.is_ok());
         match &result {
             Ok(s) => {
@@ -444,7 +504,10 @@ impl Engine {
         result
     }
 
-    fn reload_locked(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
+    fn reload_locked(
+        &self,
+        config: Config,
+    ) -> Result<(ReloadSummary, Vec<JoinHandle<()>>), ConfigErrors> {
         if self.inner.draining.load(Ordering::Acquire) {
             return Err(ConfigErrors::one(ConfigError::new("", "the engine is shutting down")));
         }
@@ -455,7 +518,7 @@ impl Engine {
         let old_ports: BTreeSet<u16> = self.inner.listeners.lock().keys().copied().collect();
         let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
         let removed: Vec<u16> = old_ports.difference(&new_ports).copied().collect();
-        let bound = bind_ports(&state.config, &added).map_err(|e| {
+        let bound = bind_ports(&state.config, &added, self.inner.runtimes.len()).map_err(|e| {
             ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
         })?;
         let routes = state.config.routes.len();
@@ -466,34 +529,36 @@ impl Engine {
         self.inner.state.store(Arc::new(state));
         let mut ls = self.inner.listeners.lock();
         for (port, socks) in bound {
-            let handles = socks
-                .into_iter()
-                .map(|(addr, l)| {
-                    tracing::info!(%addr, "listening");
-                    (addr, listener::spawn(Arc::downgrade(&self.inner), l, port))
-                })
-                .collect();
-            ls.insert(port, handles);
+            ls.insert(port, self.inner.spawn_listeners(port, socks, true));
         }
+        let mut stopped = Vec::new();
         for port in &removed {
+            let mut last = None;
             for (addr, task) in ls.remove(port).unwrap_or_default() {
-                tracing::info!(%addr, "stopped listening");
+                if last != Some(addr) {
+                    tracing::info!(%addr, "stopped listening");
+                }
+                last = Some(addr);
                 task.abort();
+                stopped.push(task);
             }
         }
-        Ok(ReloadSummary { added_ports: added, removed_ports: removed, routes })
+        Ok((ReloadSummary { added_ports: added, removed_ports: removed, routes }, stopped))
     }
 
     /// Stops accepting, waits up to `grace` for open connections to finish, then closes the
     /// rest. Returns when every connection is closed (or a second after forcing them).
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
         self.inner.draining.store(true, Ordering::Release);
+        let mut stopped = Vec::new();
         for (_, ls) in std::mem::take(&mut *self.inner.listeners.lock()) {
             for (addr, task) in ls {
                 tracing::debug!(%addr, "stopped listening");
                 task.abort();
+                stopped.push(task);
             }
         }
+        closed(stopped).await;
         if let Some(p) = self.inner.pruner.lock().take() {
             p.abort();
         }
@@ -523,6 +588,17 @@ impl Engine {
     pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
         self.inner.ip_limits.active(crate::net::canonical(ip))
     }
+}
+
+/// Waits (up to a second) until aborted accept tasks are gone, so that their sockets are
+/// closed: on a worker runtime the abort takes effect when that runtime next polls.
+async fn closed(tasks: Vec<JoinHandle<()>>) {
+    let all = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), all).await;
 }
 
 fn source_of(e: &StartError) -> String {

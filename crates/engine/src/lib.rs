@@ -89,7 +89,7 @@ mod tls;
 
 pub use self::config::{
     AdminConfig, Config, ConfigError, ConfigErrors, Defaults, Format, MetricsConfig, PerIpSetting,
-    StatsdConfig,
+    Runtime, StatsdConfig,
 };
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};

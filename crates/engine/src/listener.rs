@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::engine::Inner;
 
 /// Opens a listening socket: `SO_REUSEADDR`, `SO_REUSEPORT` when asked, IPv6-only for IPv6.
-pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// It is registered with a runtime by [`spawn`], on the runtime that will accept on it.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -29,7 +31,7 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// The host has no IPv6 (the family or the address is not available).
@@ -38,9 +40,23 @@ pub(crate) fn ipv6_unavailable(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::AddrNotAvailable || matches!(e.raw_os_error(), Some(97 | 99))
 }
 
-/// Runs the accept loop of one socket; abort the task to stop listening.
-pub(crate) fn spawn(inner: Weak<Inner>, listener: TcpListener, port: u16) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Runs the accept loop of one socket on `on` (a worker runtime) or on the current runtime;
+/// abort the task to stop listening. The connections it accepts run on the same runtime.
+pub(crate) fn spawn(
+    inner: Weak<Inner>,
+    listener: std::net::TcpListener,
+    port: u16,
+    on: Option<&Handle>,
+) -> JoinHandle<()> {
+    let accept = async move {
+        // Registered here, so that the socket belongs to the runtime that polls it.
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(port, error = %e, "cannot register the listening socket");
+                return;
+            }
+        };
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
@@ -65,7 +81,11 @@ pub(crate) fn spawn(inner: Weak<Inner>, listener: TcpListener, port: u16) -> Joi
                 }
             }
         }
-    })
+    };
+    match on {
+        Some(rt) => rt.spawn(accept),
+        None => tokio::spawn(accept),
+    }
 }
 
 fn is_per_connection(e: &io::Error) -> bool {

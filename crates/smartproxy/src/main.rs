@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use smartproxy_engine::{Config, Engine, Format};
+use smartproxy_engine::{Config, Engine, Format, Runtime};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, DEMO, LogFormat};
@@ -53,9 +53,24 @@ fn main() -> ExitCode {
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // Per-worker: each worker thread runs its own current-thread runtime and accepts on its own
+    // SO_REUSEPORT listeners; the main thread's runtime keeps the signals, admin API and
+    // sampler.
+    let per_worker = config.runtime == Runtime::PerWorker && workers > 1;
+    let pool = if per_worker {
+        match Workers::start(workers) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("cannot start the worker runtimes: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     // One worker: a current-thread runtime (no work-stealing scheduler, no cross-thread wake-ups,
     // everything on the main thread); measured cheaper per request and per connection.
-    let mut builder = if workers <= 1 {
+    let mut builder = if workers <= 1 || per_worker {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -69,12 +84,71 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, file)) {
+    let handles = pool.as_ref().map(|p| p.handles.clone()).unwrap_or_default();
+    let result = runtime.block_on(run(config, file, handles));
+    if let Some(pool) = pool {
+        pool.stop();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("smartproxy: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The worker threads of `runtime = "per-worker"`, each running a current-thread runtime.
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> std::io::Result<Self> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let tx = tx.clone();
+            let mut stopped = stopped.clone();
+            let t = std::thread::Builder::new().name(format!("smartproxy-worker-{i}")).spawn(
+                move || {
+                    let rt =
+                        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        };
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async move {
+                        let _ = stopped.wait_for(|v| *v).await;
+                    });
+                },
+            )?;
+            threads.push(t);
+        }
+        drop(tx);
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            // A thread that ends before sending drops its sender: recv fails once all did.
+            match rx.recv() {
+                Ok(r) => handles.push(r?),
+                Err(_) => return Err(std::io::Error::other("a worker thread exited at start")),
+            }
+        }
+        Ok(Self { handles, stop, threads })
+    }
+
+    /// Ends the worker runtimes (their remaining tasks are dropped) and joins the threads.
+    fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
         }
     }
 }
@@ -108,8 +182,12 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
     }
 }
 
-async fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
-    let engine = Engine::start(config).await?;
+async fn run(
+    config: Config,
+    file: Option<PathBuf>,
+    workers: Vec<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
+    let engine = Engine::builder().config(config).runtimes(workers).start().await?;
     let control = Control { engine: engine.clone(), file };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let admin = control::start_admin(&control, &stop).await?;
