@@ -482,7 +482,8 @@ impl Engine {
     /// established connections keep running with the configuration they started with. A bad
     /// configuration (or a port that cannot be bound) is refused and the old one stays.
     ///
-    /// Changes to `bind`, `reuse_port` and `workers` apply to newly added ports only.
+    /// Changes to `bind` and `reuse_port` apply to newly added ports only; `workers` and
+    /// `runtime` are read once, when the process starts.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
         let _one_at_a_time = self.inner.reload_lock.lock().await;
         let result = match self.reload_locked(config) {
