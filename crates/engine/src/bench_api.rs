@@ -44,3 +44,9 @@ impl Limits {
         ok
     }
 }
+
+/// The size in bytes of a connection's future, the state its task keeps for its whole life
+/// (the task adds tokio's header and trailer around it). Guarded by `tests/task_size.rs`.
+pub fn connection_future_size() -> usize {
+    crate::conn::task_size()
+}

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use smartproxy_proxy_protocol::Header;
 use smartproxy_routing::{
-    CompiledRoute, ForwardAction, HeaderSource, MatchInput, RouteAction, SendProxyProtocol, TlsMode,
+    CompiledRoute, ConnectionGuard, ForwardAction, HeaderSource, LimitGuard, MatchInput,
+    RouteAction, SendProxyProtocol, TlsMode,
 };
 use smartproxy_wrapped_socket::{
     HeaderError, HeaderOptions, HeaderPolicy, PeerAddr, WrappedSocket, read_proxy_header,
@@ -18,6 +19,7 @@ use crate::copy::{self, Counted, Outcome, Timeouts};
 use crate::engine::{Inner, State};
 use crate::handler::{self, ClientStream, HandlerContext};
 use crate::http::RequestHead;
+use crate::limits::{GaugeGuard, IpGuard};
 use crate::net::canonical;
 use crate::observe::{ConnObserver, Refusal};
 use crate::peek::{PeekFailed, peek};
@@ -36,25 +38,94 @@ struct Refuser<'a> {
 }
 
 impl Refuser<'_> {
-    fn refuse(&self, reason: Refusal, detail: &str) {
+    /// Records the refusal; `None` so that a setup step can `return r.refuse(..)`.
+    fn refuse<T>(&self, reason: Refusal, detail: &str) -> Option<T> {
         self.inner.obs.refused(reason, self.client, self.port, detail);
+        None
     }
 }
 
-/// Serves one accepted connection. Never panics on network input; every guard it takes is
-/// released when it returns.
-pub(crate) async fn handle(
+/// A plain TCP connection once the backend is connected: what the copy phase needs, and the
+/// guards that hold its places in the limits until it closes.
+///
+/// The setup (PROXY header, peek, routing, connect) runs in its own future, which is gone
+/// before the copy starts: the connection's task only keeps this (about 200 bytes) for the
+/// life of the connection, not the setup's dead locals.
+struct Established {
+    /// Declared first: dropped (released) first at close, as before the split.
+    _target: ConnectionGuard,
+    backend: TcpStream,
+    client: TcpStream,
+    obs: Arc<ConnObserver>,
+    timeouts: Timeouts,
+    _route: LimitGuard,
+    _ip: Option<IpGuard>,
+    _global: GaugeGuard,
+}
+
+/// The guards a connection holds once routed.
+struct Guards {
+    global: GaugeGuard,
+    ip: Option<IpGuard>,
+    route: LimitGuard,
+}
+
+/// Serves one accepted connection (the future the accept loop spawns). Never panics on
+/// network input; every guard it takes is released when it returns.
+///
+/// Two phases: [`setup`] (boxed: its state is freed once the backend is connected) and, for
+/// plain TCP forwarding, the copy. Forced shutdown ends either: during the setup silently (as
+/// a refusal would), during the copy with the "shutdown" outcome in the close log.
+pub(crate) async fn serve(
     inner: Arc<Inner>,
     tcp: TcpStream,
     peer: SocketAddr,
     port: u16,
     accepted: Instant,
 ) {
+    let mut stop = inner.force_close.subscribe();
+    let established = tokio::select! {
+        // Forced shutdown also ends connections that are still being set up (reading a
+        // header, peeking, connecting) and the ones served inside the setup (TLS
+        // termination, socket handlers).
+        c = Box::pin(setup(&inner, tcp, peer, port, accepted)) => c,
+        _ = stop.wait_for(|v| *v) => None,
+    };
+    let Some(c) = established else { return };
+    let outcome = tokio::select! {
+        o = copy::pipe_tcp(&c.client, &c.backend, &c.obs, &c.timeouts) => o,
+        () = copy::wait_stop(&mut stop) => Outcome::Shutdown,
+    };
+    let client = c.obs.client().unwrap_or(peer);
+    log_close(&c.obs, client, port, c.obs.route().unwrap_or_default(), &outcome);
+}
+
+/// The size of [`serve`]'s future, the state of every connection's task.
+pub(crate) fn task_size() -> usize {
+    fn output_size<F, R>(_: F) -> usize
+    where
+        F: FnOnce(Arc<Inner>, TcpStream, SocketAddr, u16, Instant) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    output_size(serve)
+}
+
+/// The setup of a connection: limits, PROXY header, peek, routing, then either a plain TCP
+/// backend connected (returned for the copy) or the whole connection served here (TLS
+/// termination, socket handlers, refusals), which returns `None`.
+async fn setup(
+    inner: &Arc<Inner>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    accepted: Instant,
+) -> Option<Established> {
     let obs = inner.obs.conn_opened(peer, port);
-    let mut r = Refuser { inner: &inner, client: peer, port };
+    let mut r = Refuser { inner, client: peer, port };
     let state = inner.state.load_full();
     let d = &state.config.defaults;
-    let Some(_global) = inner.global.acquire(d.max_connections) else {
+    let Some(global) = inner.global.acquire(d.max_connections) else {
         return r.refuse(Refusal::GlobalLimit, "");
     };
     // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
@@ -64,14 +135,14 @@ pub(crate) async fn handle(
     let trusted = state.accept_pp && state.trusted.iter().any(|c| c.contains(peer_ip));
 
     // Limits on the peer before any read, unless it is a trusted proxy (then on the client).
-    let mut _ip_guard = None;
+    let mut ip_guard = None;
     if !trusted {
         match inner.ip_limits.acquire(
             peer_ip,
             d.max_connections_per_ip,
             d.connection_rate_limit_per_minute,
         ) {
-            Ok(g) => _ip_guard = Some(g),
+            Ok(g) => ip_guard = Some(g),
             Err(reason) => return r.refuse(reason, ""),
         }
     }
@@ -105,7 +176,8 @@ pub(crate) async fn handle(
                 HeaderError::Untrusted => Refusal::UntrustedProxyHeader,
                 _ => Refusal::ProxyHeader,
             };
-            return inner.obs.refused_kind(reason, Some(e.kind()), peer, port, &error_chain(&e));
+            inner.obs.refused_kind(reason, Some(e.kind()), peer, port, &error_chain(&e));
+            return None;
         }
     };
     let client = sock.client_addr().0;
@@ -121,7 +193,7 @@ pub(crate) async fn handle(
             d.max_connections_per_ip,
             d.connection_rate_limit_per_minute,
         ) {
-            Ok(g) => _ip_guard = Some(g),
+            Ok(g) => ip_guard = Some(g),
             Err(reason) => return r.refuse(reason, ""),
         }
     }
@@ -133,7 +205,8 @@ pub(crate) async fn handle(
             let detail = e.to_string();
             return match e {
                 PeekFailed::Eof => {
-                    tracing::debug!(%client, port, "closed before sending routing data")
+                    tracing::debug!(%client, port, "closed before sending routing data");
+                    None
                 }
                 _ => r.refuse(Refusal::InitialData, &detail),
             };
@@ -169,7 +242,7 @@ pub(crate) async fn handle(
     if !route.allows_ip(client_ip) {
         return r.refuse(Refusal::NotAllowed, route.name());
     }
-    let _route_guard = match route.limits().try_acquire(client_ip) {
+    let route_guard = match route.limits().try_acquire(client_ip) {
         Ok(g) => g,
         Err(e) => {
             let reason = match e {
@@ -186,10 +259,10 @@ pub(crate) async fn handle(
         inactivity: d.inactivity_timeout,
         deadline: accepted + d.max_connection_lifetime,
     };
-    let mut stop = inner.force_close.subscribe();
+    let guards = Guards { global, ip: ip_guard, route: route_guard };
     match &route.config().action {
         RouteAction::Forward(f) => {
-            forward(&inner, &state, route, f, sock, &obs, timeouts, &mut stop, &r).await;
+            forward(inner, &state, route, f, sock, obs, timeouts, &r, guards).await
         }
         RouteAction::SocketHandler(h) => {
             let ctx = HandlerContext {
@@ -203,19 +276,24 @@ pub(crate) async fn handle(
                 initial_data_deadline: Instant::now() + d.initial_data_timeout,
             };
             let stream = ClientStream { inner: Counted { inner: sock, obs: Arc::clone(&obs) } };
-            // Boxed: a handler's future is large and would size every connection's task.
+            // Boxed: a handler's future is large and would size every connection's setup.
             let fut = Box::pin(handler::run(&inner.handlers, stream, ctx));
+            let mut stop = inner.force_close.subscribe();
             let outcome = match copy::supervise(fut, &obs, timeouts, &mut stop).await {
                 Ok(Ok(())) => Outcome::Done,
                 Ok(Err(e)) => Outcome::Error(e),
                 Err(o) => o,
             };
             log_close(&obs, client, port, route.name(), &outcome);
+            drop(guards);
+            None
         }
         _ => r.refuse(Refusal::NoRoute, "unsupported action"),
     }
 }
 
+/// Forwarding: TLS termination is served here (boxed); plain TCP is connected (PROXY header
+/// and replayed bytes written) and returned for the copy.
 #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
 async fn forward(
     inner: &Inner,
@@ -223,19 +301,22 @@ async fn forward(
     route: &CompiledRoute,
     f: &ForwardAction,
     sock: WrappedSocket<TcpStream>,
-    obs: &Arc<ConnObserver>,
+    obs: Arc<ConnObserver>,
     timeouts: Timeouts,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
     r: &Refuser<'_>,
-) {
+    guards: Guards,
+) -> Option<Established> {
     if f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough) {
         let port = r.port;
         let local = local_addr(sock.get_ref(), port);
-        // Boxed: the TLS state machine is several KiB, and inline it would size every plain
-        // connection's task too.
-        let tls =
-            crate::tls::forward(inner, state, route, f, sock, local, obs, timeouts, stop, port);
-        return Box::pin(tls).await;
+        let mut stop = inner.force_close.subscribe();
+        // Boxed: the TLS state machine is several KiB.
+        let tls = crate::tls::forward(
+            inner, state, route, f, sock, local, &obs, timeouts, &mut stop, port,
+        );
+        Box::pin(tls).await;
+        drop(guards);
+        return None;
     }
     let client = sock.client_addr().0;
     let client_ip = canonical(client.ip());
@@ -270,29 +351,34 @@ async fn forward(
         first
     };
 
-    // Boxed: the connect state is only alive for the connect; inline it would stay in the
-    // task's size for the whole life of the connection.
+    // Boxed: the connect state is only alive for the connect.
     let connected =
-        connect_target(inner, obs, route, f, client_ip, r.port, connect_timeout, |host, port| {
+        connect_target(inner, &obs, route, f, client_ip, r.port, connect_timeout, |host, port| {
             Box::pin(crate::net::connect(host, port, &first))
         })
         .await;
     let Some(((mut backend, done), target)) = connected else {
         return r.refuse(Refusal::BackendUnavailable, route.name());
     };
-    let _target_guard = target.into_guard();
+    let target = target.into_guard();
     if done < first.len() {
         let rest = &first[done..];
         let write = tokio::time::timeout(connect_timeout, backend.write_all(rest)).await;
         if !matches!(write, Ok(Ok(()))) {
             tracing::debug!(%client, "backend closed before the first bytes were written");
-            return;
+            return None;
         }
     }
-    drop(first);
-
-    let outcome = copy::pipe_tcp(&client_tcp, &backend, obs, timeouts, stop).await;
-    log_close(obs, client, r.port, route.name(), &outcome);
+    Some(Established {
+        _target: target,
+        backend,
+        client: client_tcp,
+        obs,
+        timeouts,
+        _route: guards.route,
+        _ip: guards.ip,
+        _global: guards.global,
+    })
 }
 
 /// The local address of an accepted socket (one `getsockname`, so only when needed).

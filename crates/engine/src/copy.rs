@@ -22,10 +22,10 @@ use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -173,55 +173,82 @@ impl Outcome {
 /// `fut` is polled in place (a pinned reference or a box): moving it into this future would
 /// store it twice in the connection's task.
 pub(crate) async fn supervise<F>(
-    mut fut: F,
+    fut: F,
     obs: &ConnObserver,
     t: Timeouts,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<F::Output, Outcome>
 where
-    F: std::future::Future + Unpin,
+    F: Future + Unpin,
+{
+    watch_timeouts(fut, obs, &t, wait_stop(stop)).await
+}
+
+/// Resolves when the engine forces connections closed; never when the engine is gone
+/// without asking (then the connection runs to its end).
+pub(crate) async fn wait_stop(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The timeouts of [`supervise`], with `stop` ending the wait as [`Outcome::Shutdown`]
+/// (`std::future::pending()` when the caller watches for shutdown itself).
+///
+/// One timer serves both timeouts: it is set to the earlier of the next inactivity check
+/// and the end of the lifetime. Inactivity is checked every quarter of the timeout (10 ms to
+/// 60 s): no byte counted since the last check for the whole timeout ends the connection.
+async fn watch_timeouts<F, S>(
+    mut fut: F,
+    obs: &ConnObserver,
+    t: &Timeouts,
+    stop: S,
+) -> Result<F::Output, Outcome>
+where
+    F: Future + Unpin,
+    S: Future<Output = ()>,
 {
     let tick = (t.inactivity / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
-    let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = obs.activity();
     let mut idle_since = Instant::now();
-    let lifetime = tokio::time::sleep_until(t.deadline);
-    tokio::pin!(lifetime);
-    let mut engine_gone = false;
+    let timer = tokio::time::sleep_until((idle_since + tick).min(t.deadline));
+    tokio::pin!(timer, stop);
     loop {
         tokio::select! {
             biased;
             out = &mut fut => return Ok(out),
-            _ = &mut lifetime => return Err(Outcome::Lifetime),
-            now = ticker.tick() => {
+            () = &mut timer => {
+                // The instant the timer was set for (not when it was polled), as an interval
+                // tick would report it.
+                let at = timer.deadline();
+                if at >= t.deadline {
+                    return Err(Outcome::Lifetime);
+                }
                 let a = obs.activity();
                 if a != last {
                     last = a;
-                    idle_since = now;
-                } else if now.duration_since(idle_since) >= t.inactivity {
+                    idle_since = at;
+                } else if at.duration_since(idle_since) >= t.inactivity {
                     return Err(Outcome::Inactive);
                 }
+                // A late check delays the next one (no burst of checks to catch up).
+                timer.as_mut().reset((Instant::now() + tick).min(t.deadline));
             }
-            r = stop.wait_for(|v| *v), if !engine_gone => {
-                if r.is_ok() {
-                    return Err(Outcome::Shutdown);
-                }
-                // The engine is gone without asking to stop: keep copying.
-                engine_gone = true;
-            }
+            () = &mut stop => return Err(Outcome::Shutdown),
         }
     }
 }
 
 /// Copies both ways between two plain TCP sockets until both sides are done or a timeout ends
 /// the connection. Bytes from the client count as in, bytes to it as out.
+///
+/// Forced shutdown is the caller's to watch (`conn::serve` selects this future against it):
+/// an idle connection's task keeps one shutdown waiter, not two.
 pub(crate) async fn pipe_tcp(
     client: &TcpStream,
     backend: &TcpStream,
     obs: &ConnObserver,
-    t: Timeouts,
-    stop: &mut watch::Receiver<bool>,
+    t: &Timeouts,
 ) -> Outcome {
     let done = [AtomicBool::new(false), AtomicBool::new(false)];
     let both = async {
@@ -231,11 +258,32 @@ pub(crate) async fn pipe_tcp(
         )
     };
     tokio::pin!(both);
-    match supervise(both, obs, t, stop).await {
+    match watch_timeouts(both, obs, t, std::future::pending()).await {
         Ok(Ok(_)) => Outcome::Done,
         Ok(Err(e)) => Outcome::Error(e),
         Err(o) => o,
     }
+}
+
+/// Waits until `s` is readable and returns its readiness, which tells whether the peer's FIN
+/// has arrived.
+///
+/// The wait goes through the socket's read-waker slot, which keeps nothing in the future (a
+/// `ready()` future would keep its waiter, over 100 bytes, in every idle connection's task).
+/// Each socket of a connection is read by one direction only, so the slot has one user.
+/// Once the socket is readable, a `ready()` future polled once reads the readiness without
+/// waiting.
+fn readable(s: &TcpStream) -> impl Future<Output = io::Result<Ready>> + '_ {
+    std::future::poll_fn(move |cx| {
+        ready!(s.poll_read_ready(cx))?;
+        let once = std::pin::pin!(s.ready(Interest::READABLE));
+        match once.poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            // Cannot happen (only this task clears the read readiness); the read that follows
+            // sorts it out (it sees WouldBlock and waits again).
+            Poll::Pending => Poll::Ready(Ok(Ready::READABLE)),
+        }
+    })
 }
 
 /// One direction: `from` to `to` until EOF from `from`, then the write half of `to` is shut
@@ -251,7 +299,7 @@ pub(crate) async fn one_way(
 ) -> io::Result<()> {
     loop {
         // No buffer while waiting: an idle connection holds none.
-        let ready = from.ready(Interest::READABLE).await?;
+        let ready = readable(from).await?;
         let mut buf = PooledBuf::take();
         let b = buf.get();
         let len = b.len();
@@ -310,7 +358,11 @@ async fn write_all(to: &TcpStream, mut b: &[u8]) -> io::Result<()> {
         match to.try_write(b) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => b = &b[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            // The write-waker slot: nothing kept in the future while the peer is slow. The
+            // other direction only reads `to`.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
+            }
             Err(e) => return Err(e),
         }
     }

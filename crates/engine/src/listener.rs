@@ -62,16 +62,9 @@ pub(crate) fn spawn(
                 Ok((tcp, peer)) => {
                     let accepted = Instant::now();
                     let Some(inner) = inner.upgrade() else { return };
-                    let mut stop = inner.force_close.subscribe();
-                    let fut = async move {
-                        // Forced shutdown also ends connections that are still being set up
-                        // (reading a header, peeking, connecting).
-                        tokio::select! {
-                            () = crate::conn::handle(inner, tcp, peer, port, accepted) => {}
-                            _ = stop.wait_for(|v| *v) => {}
-                        }
-                    };
-                    tokio::spawn(fut);
+                    // The connection's task: its future (conn::serve, about N bytes; see
+                    // tests/task_size.rs) is most of the memory of an idle connection.
+                    tokio::spawn(crate::conn::serve(inner, tcp, peer, port, accepted));
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {

@@ -1,0 +1,21 @@
+//! The size of a connection's task: the future spawned per accepted connection is most of the
+//! memory an idle connection costs (about 3.4 KiB before the setup / copy split, 2026-11).
+
+use smartproxy_engine::bench_api::connection_future_size;
+
+/// Guards against regressions: a local kept alive across the copy's await, a second timer or
+/// shutdown waiter, or an unboxed setup step grows every connection's task. The bound is the
+/// size measured when the split landed, rounded up to the next 64 bytes. If a change must grow
+/// the future, measure bytes per idle connection (`benches/idle_conns.py`) and raise it
+/// knowingly.
+const MAX_CONNECTION_FUTURE: usize = 1664;
+
+#[test]
+fn connection_future_stays_small() {
+    let size = connection_future_size();
+    assert!(
+        size <= MAX_CONNECTION_FUTURE,
+        "the connection future is {size} bytes, over {MAX_CONNECTION_FUTURE}: something now \
+         lives across the copy's await (see the comment above the bound)"
+    );
+}
