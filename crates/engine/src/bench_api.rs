@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::net::TcpStream;
 
@@ -11,14 +11,14 @@ use crate::limits::{Gauge, IpLimits};
 
 /// Runs the plain-TCP copy loop (both directions, half-close, splice-auto where enabled)
 /// between `a` and `b` until both directions reach EOF. Returns (bytes a->b, bytes b->a).
+/// Counts with one relaxed atomic add per chunk, as a connection's observer does.
 pub async fn copy_tcp(a: &TcpStream, b: &TcpStream) -> std::io::Result<(u64, u64)> {
-    let (mut up, mut down) = (0u64, 0u64);
-    let done = [AtomicBool::new(false), AtomicBool::new(false)];
-    tokio::try_join!(
-        crate::copy::one_way(a, b, |n| up += n, &done[0], &done[1]),
-        crate::copy::one_way(b, a, |n| down += n, &done[1], &done[0]),
-    )?;
-    Ok((up, down))
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let count = |c: &AtomicU64, n| {
+        c.fetch_add(n, Relaxed);
+    };
+    crate::copy::copy_both(a, b, |n| count(&up, n), |n| count(&down, n)).await?;
+    Ok((up.into_inner(), down.into_inner()))
 }
 
 /// The per-IP limiter (open connections and rate per minute) as a connection uses it.

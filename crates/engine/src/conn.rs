@@ -54,10 +54,7 @@ impl Refuser<'_> {
 struct Established {
     /// Declared first: dropped (released) first at close, as before the split.
     _target: ConnectionGuard,
-    backend: TcpStream,
-    client: TcpStream,
-    obs: Arc<ConnObserver>,
-    timeouts: Timeouts,
+    conn: copy::PlainConn,
     _route: LimitGuard,
     _ip: Option<IpGuard>,
     _global: GaugeGuard,
@@ -76,28 +73,35 @@ struct Guards {
 /// Two phases: [`setup`] (boxed: its state is freed once the backend is connected) and, for
 /// plain TCP forwarding, the copy. Forced shutdown ends either: during the setup silently (as
 /// a refusal would), during the copy with the "shutdown" outcome in the close log.
-pub(crate) async fn serve(
+pub(crate) fn serve(
     inner: Arc<Inner>,
     tcp: TcpStream,
     peer: SocketAddr,
     port: u16,
     accepted: Instant,
-) {
-    let mut stop = inner.force_close.subscribe();
-    let established = tokio::select! {
-        // Forced shutdown also ends connections that are still being set up (reading a
-        // header, peeking, connecting) and the ones served inside the setup (TLS
-        // termination, socket handlers).
-        c = Box::pin(setup(&inner, tcp, peer, port, accepted)) => c,
-        _ = stop.wait_for(|v| *v) => None,
-    };
-    let Some(c) = established else { return };
-    let outcome = tokio::select! {
-        o = copy::pipe_tcp(&c.client, &c.backend, &c.obs, &c.timeouts) => o,
-        () = copy::wait_stop(&mut stop) => Outcome::Shutdown,
-    };
-    let client = c.obs.client().unwrap_or(peer);
-    log_close(&c.obs, client, port, c.obs.route().unwrap_or_default(), &outcome);
+) -> impl Future<Output = ()> + Send {
+    // Boxed: the setup's state (header, peek, routing, connect) is freed once it is done;
+    // created here, so that the task does not also keep its arguments.
+    let setup = Box::pin(setup(Arc::clone(&inner), tcp, peer, port, accepted));
+    async move {
+        let mut stop = inner.force_close.subscribe();
+        let c = match tokio::select! {
+            // Forced shutdown also ends connections that are still being set up (reading a
+            // header, peeking, connecting) and the ones served inside the setup (TLS
+            // termination, socket handlers).
+            c = setup => c,
+            _ = stop.wait_for(|v| *v) => None,
+        } {
+            Some(c) => c,
+            None => return,
+        };
+        let stop = std::pin::pin!(copy::wait_stop(&mut stop));
+        let outcome = copy::pipe_tcp(&c.conn, stop).await;
+        let obs = &c.conn.obs;
+        // Known since the PROXY header stage (`peer` is not kept: it would size the task).
+        let client = obs.client().unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
+        log_close(obs, client, port, obs.route().unwrap_or_default(), &outcome);
+    }
 }
 
 /// The size of [`serve`]'s future, the state of every connection's task.
@@ -115,13 +119,14 @@ pub(crate) fn task_size() -> usize {
 /// backend connected (returned for the copy) or the whole connection served here (TLS
 /// termination, socket handlers, refusals), which returns `None`.
 async fn setup(
-    inner: &Arc<Inner>,
+    inner: Arc<Inner>,
     tcp: TcpStream,
     peer: SocketAddr,
     port: u16,
     accepted: Instant,
 ) -> Option<Established> {
     let obs = inner.obs.conn_opened(peer, port);
+    let inner = &*inner;
     let mut r = Refuser { inner, client: peer, port };
     let state = inner.state.load_full();
     let d = &state.config.defaults;
@@ -371,10 +376,7 @@ async fn forward(
     }
     Some(Established {
         _target: target,
-        backend,
-        client: client_tcp,
-        obs,
-        timeouts,
+        conn: copy::PlainConn { backend, client: client_tcp, obs, timeouts },
         _route: guards.route,
         _ip: guards.ip,
         _global: guards.global,

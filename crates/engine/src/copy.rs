@@ -21,14 +21,13 @@ use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::observe::ConnObserver;
 
@@ -187,17 +186,77 @@ where
 /// Resolves when the engine forces connections closed; never when the engine is gone
 /// without asking (then the connection runs to its end).
 pub(crate) async fn wait_stop(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
+    // As `wait_for(|v| *v)`, in a smaller future (it is in every idle connection's task).
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
-/// The timeouts of [`supervise`], with `stop` ending the wait as [`Outcome::Shutdown`]
-/// (`std::future::pending()` when the caller watches for shutdown itself).
-///
-/// One timer serves both timeouts: it is set to the earlier of the next inactivity check
-/// and the end of the lifetime. Inactivity is checked every quarter of the timeout (10 ms to
-/// 60 s): no byte counted since the last check for the whole timeout ends the connection.
+/// The inactivity and lifetime checks, driven by one timer: it is set to the earlier of the
+/// next inactivity check and the end of the lifetime. Inactivity is checked every quarter of
+/// the timeout (10 ms to 60 s): no byte counted since the last check for the whole timeout
+/// ends the connection. The byte counters are the copy's own, so a read costs nothing here.
+struct Clock {
+    /// The activity marker at the last check.
+    last: u64,
+    idle_since: Instant,
+}
+
+impl Clock {
+    /// Starts counting idle time now.
+    fn start(obs: &ConnObserver) -> Self {
+        Self { last: obs.activity(), idle_since: Instant::now() }
+    }
+
+    /// The timer's deadline right after [`Clock::start`].
+    fn first_deadline(&self, t: &Timeouts) -> Instant {
+        (self.idle_since + Self::tick(t)).min(t.deadline)
+    }
+
+    /// The interval between two inactivity checks.
+    fn tick(t: &Timeouts) -> Duration {
+        (t.inactivity / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+    }
+
+    /// The timer set for `at` fired: the outcome that ends the connection, or the timer's
+    /// next deadline. `at` is the instant the timer was set for (not when it was polled), as
+    /// an interval tick would report it; a late check delays the next one (no catching up).
+    fn fired(&mut self, at: Instant, obs: &ConnObserver, t: &Timeouts) -> Result<Instant, Outcome> {
+        if at >= t.deadline {
+            return Err(Outcome::Lifetime);
+        }
+        let a = obs.activity();
+        if a != self.last {
+            self.last = a;
+            self.idle_since = at;
+        } else if at.duration_since(self.idle_since) >= t.inactivity {
+            return Err(Outcome::Inactive);
+        }
+        Ok((Instant::now() + Self::tick(t)).min(t.deadline))
+    }
+
+    /// Polls the timer, rearming it after each check; `Ready` with the outcome when a timeout
+    /// ends the connection.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        timer: &mut Pin<&mut Sleep>,
+        obs: &ConnObserver,
+        t: &Timeouts,
+    ) -> Poll<Outcome> {
+        while timer.as_mut().poll(cx).is_ready() {
+            match self.fired(timer.deadline(), obs, t) {
+                Ok(next) => timer.as_mut().reset(next),
+                Err(o) => return Poll::Ready(o),
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The timeouts of [`supervise`], with `stop` ending the wait as [`Outcome::Shutdown`].
 async fn watch_timeouts<F, S>(
     mut fut: F,
     obs: &ConnObserver,
@@ -208,165 +267,289 @@ where
     F: Future + Unpin,
     S: Future<Output = ()>,
 {
-    let tick = (t.inactivity / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
-    let mut last = obs.activity();
-    let mut idle_since = Instant::now();
-    let timer = tokio::time::sleep_until((idle_since + tick).min(t.deadline));
+    let mut clock = Clock::start(obs);
+    let timer = tokio::time::sleep_until(clock.first_deadline(t));
     tokio::pin!(timer, stop);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut fut => return Ok(out),
-            () = &mut timer => {
-                // The instant the timer was set for (not when it was polled), as an interval
-                // tick would report it.
-                let at = timer.deadline();
-                if at >= t.deadline {
-                    return Err(Outcome::Lifetime);
-                }
-                let a = obs.activity();
-                if a != last {
-                    last = a;
-                    idle_since = at;
-                } else if at.duration_since(idle_since) >= t.inactivity {
-                    return Err(Outcome::Inactive);
-                }
-                // A late check delays the next one (no burst of checks to catch up).
-                timer.as_mut().reset((Instant::now() + tick).min(t.deadline));
-            }
-            () = &mut stop => return Err(Outcome::Shutdown),
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = Pin::new(&mut fut).poll(cx) {
+            return Poll::Ready(Ok(out));
         }
-    }
-}
-
-/// Copies both ways between two plain TCP sockets until both sides are done or a timeout ends
-/// the connection. Bytes from the client count as in, bytes to it as out.
-///
-/// Forced shutdown is the caller's to watch (`conn::serve` selects this future against it):
-/// an idle connection's task keeps one shutdown waiter, not two.
-pub(crate) async fn pipe_tcp(
-    client: &TcpStream,
-    backend: &TcpStream,
-    obs: &ConnObserver,
-    t: &Timeouts,
-) -> Outcome {
-    let done = [AtomicBool::new(false), AtomicBool::new(false)];
-    let both = async {
-        tokio::try_join!(
-            one_way(client, backend, |n| obs.add_in(n), &done[0], &done[1]),
-            one_way(backend, client, |n| obs.add_out(n), &done[1], &done[0]),
-        )
-    };
-    tokio::pin!(both);
-    match watch_timeouts(both, obs, t, std::future::pending()).await {
-        Ok(Ok(_)) => Outcome::Done,
-        Ok(Err(e)) => Outcome::Error(e),
-        Err(o) => o,
-    }
-}
-
-/// Waits until `s` is readable and returns its readiness, which tells whether the peer's FIN
-/// has arrived.
-///
-/// The wait goes through the socket's read-waker slot, which keeps nothing in the future (a
-/// `ready()` future would keep its waiter, over 100 bytes, in every idle connection's task).
-/// Each socket of a connection is read by one direction only, so the slot has one user.
-/// Once the socket is readable, a `ready()` future polled once reads the readiness without
-/// waiting.
-fn readable(s: &TcpStream) -> impl Future<Output = io::Result<Ready>> + '_ {
-    std::future::poll_fn(move |cx| {
-        ready!(s.poll_read_ready(cx))?;
-        let once = std::pin::pin!(s.ready(Interest::READABLE));
-        match once.poll(cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            // Cannot happen (only this task clears the read readiness); the read that follows
-            // sorts it out (it sees WouldBlock and waits again).
-            Poll::Pending => Poll::Ready(Ok(Ready::READABLE)),
+        if let Poll::Ready(o) = clock.poll(cx, &mut timer, obs, t) {
+            return Poll::Ready(Err(o));
+        }
+        match stop.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Outcome::Shutdown)),
+            Poll::Pending => Poll::Pending,
         }
     })
+    .await
 }
 
-/// One direction: `from` to `to` until EOF from `from`, then the write half of `to` is shut
-/// down (unless the other direction has ended already: closing both sockets right after
-/// sends the FIN). `count(n)` runs after each chunk has been written. `done` is set when this
-/// direction ends, `other_done` is the opposite direction's flag.
-pub(crate) async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    mut count: impl FnMut(u64),
-    done: &AtomicBool,
-    other_done: &AtomicBool,
-) -> io::Result<()> {
-    loop {
-        // No buffer while waiting: an idle connection holds none.
-        let ready = readable(from).await?;
-        let mut buf = PooledBuf::take();
-        let b = buf.get();
-        let len = b.len();
-        let mut short = 0usize;
-        let r = from.try_io(Interest::READABLE, || {
-            let n = (&*socket2::SockRef::from(from)).read(b)?;
-            if n > 0 && n < len {
-                // A short read means the receive queue is empty now: clear the readiness
-                // instead of reading again for EAGAIN. Data or FIN arriving later raises a
-                // new readiness event; a FIN seen already stays (tokio keeps closed states).
-                short = n;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        let n = match r {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if short == 0 {
-                    continue; // Spurious readiness.
+/// Copies both ways between two plain TCP sockets until both sides are done, a timeout ends
+/// the connection or `stop` resolves (forced shutdown). Bytes from the client count as in,
+/// bytes to it as out.
+///
+/// Polled by hand, in one small future: two direction states, one timer and the caller's
+/// (pinned) shutdown waiter. It is most of an idle connection's task.
+pub(crate) fn pipe_tcp<'a, S>(
+    conn: &'a PlainConn,
+    stop: Pin<&'a mut S>,
+) -> impl Future<Output = Outcome> + Send + 'a
+where
+    S: Future<Output = ()> + Send,
+{
+    let clock = Clock::start(&conn.obs);
+    let mut pipe = PipeTcp { conn, both: Duplex::default(), clock, stop };
+    // The arguments are moved into `pipe` before the `async` block, which stores only it and
+    // the timer.
+    async move {
+        let timer = tokio::time::sleep_until(pipe.clock.first_deadline(&pipe.conn.timeouts));
+        tokio::pin!(timer);
+        std::future::poll_fn(|cx| pipe.poll(cx, &mut timer)).await
+    }
+}
+
+/// What [`pipe_tcp`] copies between, and under which timeouts.
+#[derive(Debug)]
+pub(crate) struct PlainConn {
+    pub(crate) backend: TcpStream,
+    pub(crate) client: TcpStream,
+    pub(crate) obs: Arc<ConnObserver>,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// The state of [`pipe_tcp`] but its timer (which must be pinned).
+struct PipeTcp<'a, S> {
+    conn: &'a PlainConn,
+    both: Duplex<'a>,
+    clock: Clock,
+    stop: Pin<&'a mut S>,
+}
+
+impl<S: Future<Output = ()>> PipeTcp<'_, S> {
+    fn poll(&mut self, cx: &mut Context<'_>, timer: &mut Pin<&mut Sleep>) -> Poll<Outcome> {
+        let c = self.conn;
+        let obs = &*c.obs;
+        let (up, down) = (|n| obs.add_in(n), |n| obs.add_out(n));
+        match self.both.poll(cx, &c.client, &c.backend, up, down) {
+            Poll::Ready(Ok(())) => return Poll::Ready(Outcome::Done),
+            Poll::Ready(Err(e)) => return Poll::Ready(Outcome::Error(e)),
+            Poll::Pending => {}
+        }
+        if let Poll::Ready(o) = self.clock.poll(cx, timer, obs, &c.timeouts) {
+            return Poll::Ready(o);
+        }
+        match self.stop.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Outcome::Shutdown),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Copies both ways between `a` and `b` until both directions reach EOF (no timeouts).
+/// `up(n)` counts bytes `a` -> `b`, `down(n)` bytes `b` -> `a`.
+pub(crate) async fn copy_both<U, D>(a: &TcpStream, b: &TcpStream, up: U, down: D) -> io::Result<()>
+where
+    U: FnMut(u64) + Copy + Send,
+    D: FnMut(u64) + Copy + Send,
+{
+    let mut both = Duplex::default();
+    std::future::poll_fn(|cx| both.poll(cx, a, b, up, down)).await
+}
+
+/// Both directions of a plain TCP copy. EOF on one side shuts down the write half of the
+/// other while the opposite direction keeps running (half-close); the first error ends both.
+#[derive(Default)]
+struct Duplex<'a> {
+    up: Dir<'a>,
+    down: Dir<'a>,
+}
+
+impl<'a> Duplex<'a> {
+    /// `Ready(Ok)` once both directions reached EOF, `Ready(Err)` on the first error.
+    fn poll<U, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        a: &'a TcpStream,
+        b: &'a TcpStream,
+        up: U,
+        down: D,
+    ) -> Poll<io::Result<()>>
+    where
+        U: FnMut(u64) + Copy + Send + 'a,
+        D: FnMut(u64) + Copy + Send + 'a,
+    {
+        if !self.up.is_done() {
+            if let Poll::Ready(r) = self.up.poll(cx, a, b, up) {
+                r?;
+                if !self.down.is_done() {
+                    half_close(b)?;
                 }
-                short
             }
-            Err(e) => return Err(e),
-        };
-        write_all(to, &b[..n]).await?;
-        drop(buf);
-        count(n as u64);
-        if short > 0 && ready.is_read_closed() {
-            // The peer's FIN had arrived before this read and the read drained the queue:
-            // the next read would return 0, skip it.
-            break;
         }
-        #[cfg(all(feature = "splice", target_os = "linux"))]
-        if n == len {
-            // Bulk transfer: the rest of this direction goes through a pipe.
-            // Boxed: only bulk connections pay for the splice state.
-            Box::pin(crate::splice::splice_until_eof(from, to, &mut count)).await?;
-            break;
+        if !self.down.is_done() {
+            if let Poll::Ready(r) = self.down.poll(cx, b, a, down) {
+                r?;
+                if !self.up.is_done() {
+                    half_close(a)?;
+                }
+            }
         }
+        if self.up.is_done() && self.down.is_done() { Poll::Ready(Ok(())) } else { Poll::Pending }
     }
-    done.store(true, Ordering::Relaxed);
-    if other_done.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    // Half-close: the peer of `to` sees EOF, the other direction keeps running.
+}
+
+/// The peer of `to` sees EOF; the other direction keeps running. (When both directions have
+/// ended, closing both sockets right after sends the FIN: no shutdown then.)
+fn half_close(to: &TcpStream) -> io::Result<()> {
     match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
         Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
         _ => Ok(()),
     }
 }
 
-async fn write_all(to: &TcpStream, mut b: &[u8]) -> io::Result<()> {
-    while !b.is_empty() {
-        match to.try_write(b) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => b = &b[n..],
-            // The write-waker slot: nothing kept in the future while the peer is slow. The
-            // other direction only reads `to`.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::future::poll_fn(|cx| to.poll_write_ready(cx)).await?;
+/// One direction, `from` to `to`, polled by hand.
+///
+/// It waits for readability with no buffer (through the socket's read-waker slot, which keeps
+/// nothing in the future; each socket is read by one direction only), takes a buffer from
+/// the per-thread pool only for the time one chunk is read and written (an idle connection
+/// holds none), and treats a short read as "socket drained": the readiness is cleared
+/// without the extra read that would return `EAGAIN`. A write that would block waits through
+/// the write-waker slot of `to` (the other direction only reads `to`).
+#[derive(Default)]
+enum Dir<'a> {
+    /// Waiting for `from` to be readable.
+    #[default]
+    Read,
+    /// Writing `buf[pos..end]` to `to` (u32: at most [`TCP_BUF`] bytes, a smaller state).
+    Write {
+        buf: PooledBuf,
+        pos: u32,
+        end: u32,
+        /// The peer's FIN had arrived before the read and the read drained the queue: the
+        /// next read would return 0, skip it.
+        eof: bool,
+        /// The read filled the whole buffer: bulk transfer, splice the rest (Linux).
+        bulk: bool,
+    },
+    /// Bulk transfer through a pipe. Boxed: only bulk connections pay for the splice state.
+    #[cfg_attr(not(all(feature = "splice", target_os = "linux")), allow(dead_code))]
+    Splice(Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>),
+    /// `from` reached EOF.
+    Done,
+}
+
+impl<'a> Dir<'a> {
+    fn is_done(&self) -> bool {
+        matches!(self, Self::Done)
+    }
+
+    /// Advances this direction; `Ready(Ok)` once `from` reached EOF (this direction is then
+    /// done; the caller passes the half-close on). `count(n)` runs after each chunk has been
+    /// written.
+    fn poll<C>(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &'a TcpStream,
+        to: &'a TcpStream,
+        mut count: C,
+    ) -> Poll<io::Result<()>>
+    where
+        C: FnMut(u64) + Copy + Send + 'a,
+    {
+        loop {
+            match self {
+                Self::Read => {
+                    let ready = ready!(poll_readable(from, cx))?;
+                    let mut buf = PooledBuf::take();
+                    let b = buf.get();
+                    let len = b.len();
+                    let mut short = 0usize;
+                    let r = from.try_io(Interest::READABLE, || {
+                        let n = (&*socket2::SockRef::from(from)).read(b)?;
+                        if n > 0 && n < len {
+                            // A short read means the receive queue is empty now: clear the
+                            // readiness instead of reading again for EAGAIN. Data or FIN
+                            // arriving later raises a new readiness event; a FIN seen already
+                            // stays (tokio keeps closed states).
+                            short = n;
+                            return Err(io::ErrorKind::WouldBlock.into());
+                        }
+                        Ok(n)
+                    });
+                    let n = match r {
+                        Ok(0) => {
+                            *self = Self::Done;
+                            return Poll::Ready(Ok(()));
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if short == 0 {
+                                continue; // Spurious readiness: wait again.
+                            }
+                            short
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    let eof = short > 0 && ready.is_read_closed();
+                    // `n` <= TCP_BUF.
+                    let end = u32::try_from(n).unwrap_or(u32::MAX);
+                    *self = Self::Write { buf, pos: 0, end, eof, bulk: n == len };
+                }
+                Self::Write { buf, pos, end, eof, bulk } => {
+                    while *pos < *end {
+                        match to.try_write(&buf.get()[*pos as usize..*end as usize]) {
+                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            // `n` <= `end - pos`.
+                            Ok(n) => *pos += n as u32,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                ready!(to.poll_write_ready(cx))?;
+                            }
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                    let (n, eof, _bulk) = (*end, *eof, *bulk);
+                    // The buffer goes back to the pool.
+                    *self = Self::Read;
+                    count(u64::from(n));
+                    if eof {
+                        *self = Self::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                    #[cfg(all(feature = "splice", target_os = "linux"))]
+                    if _bulk {
+                        *self = Self::Splice(Box::pin(crate::splice::splice_until_eof(
+                            from, to, count,
+                        )));
+                    }
+                }
+                Self::Splice(f) => {
+                    ready!(f.as_mut().poll(cx))?;
+                    *self = Self::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                Self::Done => return Poll::Ready(Ok(())),
             }
-            Err(e) => return Err(e),
         }
     }
-    Ok(())
+}
+
+/// Polls `s` for readability and returns its readiness, which tells whether the peer's FIN
+/// has arrived.
+///
+/// The wait goes through the socket's read-waker slot, which keeps nothing in the caller's
+/// state (a `ready()` future would keep its waiter, over 100 bytes, in every idle
+/// connection's task). Once the socket is readable, a `ready()` future polled once reads the
+/// readiness without waiting.
+fn poll_readable(s: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
+    ready!(s.poll_read_ready(cx))?;
+    let once = std::pin::pin!(s.ready(Interest::READABLE));
+    match once.poll(cx) {
+        Poll::Ready(r) => Poll::Ready(r),
+        // Cannot happen (only this direction clears the read readiness); the read that
+        // follows sorts it out (it sees WouldBlock and waits again).
+        Poll::Pending => Poll::Ready(Ok(Ready::READABLE)),
+    }
 }
 
 /// Copies both ways between the client (counted) and the backend until both sides are done or

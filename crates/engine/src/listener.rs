@@ -62,7 +62,7 @@ pub(crate) fn spawn(
                 Ok((tcp, peer)) => {
                     let accepted = Instant::now();
                     let Some(inner) = inner.upgrade() else { return };
-                    // The connection's task: its future (conn::serve, about N bytes; see
+                    // The connection's task: its future (conn::serve, about 650 bytes; see
                     // tests/task_size.rs) is most of the memory of an idle connection.
                     tokio::spawn(crate::conn::serve(inner, tcp, peer, port, accepted));
                 }

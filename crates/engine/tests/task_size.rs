@@ -5,10 +5,10 @@ use smartproxy_engine::bench_api::connection_future_size;
 
 /// Guards against regressions: a local kept alive across the copy's await, a second timer or
 /// shutdown waiter, or an unboxed setup step grows every connection's task. The bound is the
-/// size measured when the split landed, rounded up to the next 64 bytes. If a change must grow
-/// the future, measure bytes per idle connection (`benches/idle_conns.py`) and raise it
-/// knowingly.
-const MAX_CONNECTION_FUTURE: usize = 1664;
+/// size measured when the split landed (648 bytes in a debug build, which `cargo test` runs;
+/// 632 in release), rounded up to the next 64 bytes. If a change must grow the future,
+/// measure bytes per idle connection (`benches/idle_conns.py`) and raise it knowingly.
+const MAX_CONNECTION_FUTURE: usize = 704;
 
 #[test]
 fn connection_future_stays_small() {
