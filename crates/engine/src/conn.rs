@@ -52,12 +52,13 @@ impl Refuser<'_> {
 /// before the copy starts: the connection's task only keeps this (about 200 bytes) for the
 /// life of the connection, not the setup's dead locals.
 struct Established {
-    /// Declared first: dropped (released) first at close, as before the split.
+    // Dropped in this order at close: the limits are released before the sockets close, and
+    // the observer (inside `conn`) goes last.
     _target: ConnectionGuard,
-    conn: copy::PlainConn,
     _route: LimitGuard,
     _ip: Option<IpGuard>,
     _global: GaugeGuard,
+    conn: copy::PlainConn,
 }
 
 /// The guards a connection holds once routed.
@@ -376,10 +377,10 @@ async fn forward(
     }
     Some(Established {
         _target: target,
-        conn: copy::PlainConn { backend, client: client_tcp, obs, timeouts },
         _route: guards.route,
         _ip: guards.ip,
         _global: guards.global,
+        conn: copy::PlainConn { backend, client: client_tcp, obs, timeouts },
     })
 }
 
