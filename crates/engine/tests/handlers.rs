@@ -45,17 +45,7 @@ async fn echo() {
     let engine = engine(&handler_route(port, "handler = \"echo\"")).await;
     let mut c = connect(port).await;
     let data = pattern(200_000, 3);
-    let (mut r, mut w) = c.split();
-    let write = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let read = async {
-        let mut v = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut v).await.unwrap();
-        v
-    };
-    let ((), got) = tokio::join!(write, read);
+    let got = write_then_read_to_end(&mut c, &data).await;
     assert!(got == data);
     drop(c);
     assert_eq!(settle(&engine).await, 0);

@@ -125,17 +125,7 @@ async fn connections_spread_over_worker_runtimes_and_stay_there() {
     // Forwarding runs on the workers too, byte-exact.
     let data = pattern(300_000, 9);
     let mut c = connect(p_fwd).await;
-    let (mut r, mut w) = c.split();
-    let write = async {
-        w.write_all(&data).await.unwrap();
-        w.shutdown().await.unwrap();
-    };
-    let read = async {
-        let mut v = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut v).await.unwrap();
-        v
-    };
-    let ((), got) = tokio::join!(write, read);
+    let got = write_then_read_to_end(&mut c, &data).await;
     assert!(got == data, "echo through a worker differs");
     drop(c);
     assert_eq!(settle(&engine).await, 0);

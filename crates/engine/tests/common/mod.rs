@@ -75,6 +75,23 @@ pub async fn closed_without_data(s: &mut TcpStream, secs: u64) -> bool {
     )
 }
 
+/// Writes `data` and half-closes while reading until EOF, concurrently (a large `data` would
+/// otherwise deadlock against a full receive buffer); returns what was read.
+pub async fn write_then_read_to_end(c: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    let (mut r, mut w) = c.split();
+    let write = async {
+        w.write_all(data).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let read = async {
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).await.unwrap();
+        v
+    };
+    let ((), got) = tokio::join!(write, read);
+    got
+}
+
 /// Waits until the engine has no active connection (bounded).
 pub async fn settle(engine: &Engine) -> u64 {
     for _ in 0..200 {
