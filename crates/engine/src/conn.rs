@@ -91,7 +91,7 @@ pub(crate) fn serve(
             // header, peeking, connecting) and the ones served inside the setup (TLS
             // termination, socket handlers).
             c = setup => c,
-            _ = stop.wait_for(|v| *v) => None,
+            () = copy::wait_stop(&mut stop) => None,
         } {
             Some(c) => c,
             None => return,

@@ -21,7 +21,7 @@ use std::io::{self, IoSlice, Read};
 use std::net::Shutdown;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
@@ -185,8 +185,28 @@ where
 
 /// Resolves when the engine forces connections closed; never when the engine is gone
 /// without asking (then the connection runs to its end).
+///
+/// A connection's task polls it on every wake-up, that is on every read. Polling the channel's
+/// wait locks the channel's list of waiters, one list shared by all connections; so once the
+/// wait is registered it is polled again only when the channel's version has moved (an
+/// atomic load) or the task's waker has changed.
 pub(crate) async fn wait_stop(stop: &mut watch::Receiver<bool>) {
-    // As `wait_for(|v| *v)`, in a smaller future (it is in every idle connection's task).
+    let probe = stop.clone();
+    let mut wait = std::pin::pin!(wait_forced(stop));
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(move |cx| {
+        let same_waker = registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same_waker && matches!(probe.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        registered = Some(cx.waker().clone());
+        wait.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// As `wait_for(|v| *v)`, in a smaller future (it is in every idle connection's task).
+async fn wait_forced(stop: &mut watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             std::future::pending::<()>().await;

@@ -527,7 +527,7 @@ pub(crate) async fn forward(
             }
             Err(_) => return refuse(Refusal::TlsHandshake, "tls handshake timed out"),
         },
-        () = wait_stop(stop) => return refuse(Refusal::ShuttingDown, "during the TLS handshake"),
+        () = crate::copy::wait_stop(stop) => return refuse(Refusal::ShuttingDown, "during the TLS handshake"),
     };
     let (sni, alpn) = {
         let c = tls.get_ref().1;
@@ -686,14 +686,6 @@ pub(crate) async fn forward(
         }
     };
     crate::conn::log_close(obs, client, port, route.name(), &outcome);
-}
-
-/// Resolves when the engine forces connections closed; never when the engine is gone
-/// without asking (then the connection runs to its end).
-async fn wait_stop(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    if stop.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 #[cfg(test)]

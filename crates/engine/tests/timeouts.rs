@@ -91,6 +91,30 @@ async fn shutdown_drains_then_forces() {
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
 
+/// The plain forwarding copy ends on forced shutdown too, also after many wake-ups in which
+/// its shutdown waiter was skipped (it is polled again only when the channel changed).
+#[tokio::test]
+async fn shutdown_forces_an_established_forwarded_connection() {
+    let (echo, _e) = echo_backend().await;
+    let port = free_port();
+    let engine = engine(&format!(
+        "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
+        echo.port()
+    ))
+    .await;
+    let mut c = connect(port).await;
+    for i in 0..50u8 {
+        c.write_all(&[i]).await.unwrap();
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).await.unwrap();
+        assert_eq!(b[0], i);
+    }
+    let summary = engine.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(summary.forced, 1);
+    assert!(closed_without_data(&mut c, 5).await);
+    assert_eq!(engine.stats().active_connections, 0);
+}
+
 #[tokio::test]
 async fn dropping_the_engine_stops_listening() {
     let port = free_port();
