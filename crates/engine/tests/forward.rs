@@ -107,12 +107,7 @@ async fn sends_proxy_v1_and_v2() {
         c.write_all(b"payload after header").await.unwrap();
         c.shutdown().await.unwrap();
         let _ = read_all(&mut c, 5).await;
-        for _ in 0..100 {
-            if !seen.lock().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(|| !seen.lock().is_empty()).await;
         let got = seen.lock().clone();
         assert_eq!(got.len(), 1, "{v}");
         assert_eq!(got[0].0, me, "{v}");
@@ -142,12 +137,7 @@ async fn listens_on_ipv6_too_and_sends_v6_proxy_headers() {
     c.write_all(b"six").await.unwrap();
     c.shutdown().await.unwrap();
     let _ = read_all(&mut c, 5).await;
-    for _ in 0..100 {
-        if !seen.lock().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(|| !seen.lock().is_empty()).await;
     let got = seen.lock().clone();
     assert_eq!(got, vec![(me, b"six".to_vec())]);
     engine.shutdown(Duration::from_secs(1)).await;

@@ -92,6 +92,17 @@ pub async fn write_then_read_to_end(c: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     got
 }
 
+/// Polls `f` every 20 ms until it holds, for at most 2 s; returns whether it held.
+pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
 /// Waits until the engine has no active connection (bounded).
 pub async fn settle(engine: &Engine) -> u64 {
     for _ in 0..200 {
