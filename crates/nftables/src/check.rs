@@ -229,8 +229,7 @@ pub(crate) fn check_addresses(
         }
     }
     if let Some(&(first_t, first)) = addrs.first() {
-        if let Some(&(t, other)) =
-            addrs.iter().find(|(_, ip)| Family::of(*ip) != Family::of(first))
+        if let Some(&(t, other)) = addrs.iter().find(|(_, ip)| Family::of(*ip) != Family::of(first))
         {
             out.push(problem(
                 label,

@@ -172,9 +172,11 @@ impl fmt::Display for IpRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Any => f.write_str("*"),
-            Self::V4 { start, end } => fmt_range(f, u128::from(u32::from(*start)), u128::from(u32::from(*end)), 32, |n| {
-                IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)))
-            }),
+            Self::V4 { start, end } => {
+                fmt_range(f, u128::from(u32::from(*start)), u128::from(u32::from(*end)), 32, |n| {
+                    IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)))
+                })
+            }
             Self::V6 { start, end } => {
                 fmt_range(f, u128::from(*start), u128::from(*end), 128, |n| {
                     IpAddr::V6(Ipv6Addr::from(n))

@@ -44,8 +44,6 @@ pub use self::check::{Family, Problem, ProblemKind, check, system_resolver};
 pub use self::error::Error;
 pub use self::ip::{IpRange, IpRangeError};
 pub use self::manager::{Manager, RouteCounters, TABLE};
-pub use self::model::{
-    Balance, NftRoute, PortRange, PortRangeError, Protocol, Target, TargetPort,
-};
+pub use self::model::{Balance, NftRoute, PortRange, PortRangeError, Protocol, Target, TargetPort};
 pub use self::nft::Nft;
 pub use self::ruleset::{CounterNames, FAMILY, ResolvedTarget, RouteRules, Ruleset};

@@ -159,7 +159,8 @@ impl Manager {
                 let mut v = serde_json::to_value(r).map_err(|e| Error::Output(e.to_string()))?;
                 let c = counters.iter().find(|c| c.route == r.name);
                 if let (Some(obj), Some(c)) = (v.as_object_mut(), c) {
-                    let mut c = serde_json::to_value(c).map_err(|e| Error::Output(e.to_string()))?;
+                    let mut c =
+                        serde_json::to_value(c).map_err(|e| Error::Output(e.to_string()))?;
                     if let Some(c) = c.as_object_mut() {
                         c.remove("route");
                     }
@@ -229,7 +230,10 @@ fn route_counters(ruleset: &Ruleset, listing: &Value) -> Result<Vec<RouteCounter
             let names = r.counter_names();
             let get = |n: &str| {
                 by_name.get(n).copied().ok_or_else(|| {
-                    Error::Output(format!("counter `{n}` of route `{}` is not in the table", r.name))
+                    Error::Output(format!(
+                        "counter `{n}` of route `{}` is not in the table",
+                        r.name
+                    ))
                 })
             };
             let (packets_in, bytes_in) = get(&names.bytes_in)?;

@@ -147,14 +147,26 @@ mod tests {
                 .is_nft_missing()
         );
         assert!(
-            classify(p, "1".into(), "nsenter: failed to execute nft: No such file or directory".into())
-                .is_nft_missing()
+            classify(
+                p,
+                "1".into(),
+                "nsenter: failed to execute nft: No such file or directory".into()
+            )
+            .is_nft_missing()
         );
         assert!(
-            classify(p, "1".into(), "netlink: Error: cache initialization failed: Operation not permitted".into())
-                .is_permission_denied()
+            classify(
+                p,
+                "1".into(),
+                "netlink: Error: cache initialization failed: Operation not permitted".into()
+            )
+            .is_permission_denied()
         );
-        let e = classify(p, "exit status: 1".into(), "Error: Could not process rule: No such file or directory".into());
+        let e = classify(
+            p,
+            "exit status: 1".into(),
+            "Error: Could not process rule: No such file or directory".into(),
+        );
         assert!(matches!(e, Error::Nft { .. }), "{e:?}");
     }
 

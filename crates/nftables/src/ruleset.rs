@@ -242,7 +242,9 @@ impl Ruleset {
                 if kind == "counter" && keep.contains(name) {
                     continue;
                 }
-                cmds.push(json!({"delete": {kind: {"family": FAMILY, "table": table, "name": name}}}));
+                cmds.push(
+                    json!({"delete": {kind: {"family": FAMILY, "table": table, "name": name}}}),
+                );
             }
         }
         cmds.extend(self.objects(table).into_iter().map(|o| json!({"add": o})));
@@ -271,7 +273,8 @@ impl Ruleset {
         for r in &self.routes {
             b.route(r);
         }
-        for (proto, on) in [("tcp", Protocol::tcp as fn(Protocol) -> bool), ("udp", Protocol::udp)] {
+        for (proto, on) in [("tcp", Protocol::tcp as fn(Protocol) -> bool), ("udp", Protocol::udp)]
+        {
             let masq: Vec<Value> = self
                 .routes
                 .iter()
@@ -285,7 +288,9 @@ impl Ruleset {
                 .routes
                 .iter()
                 .filter(|r| on(r.protocol))
-                .flat_map(|r| r.ports.iter().map(|p| json!([port_value(*p), jump(&r.count_chain())])))
+                .flat_map(|r| {
+                    r.ports.iter().map(|p| json!([port_value(*p), jump(&r.count_chain())]))
+                })
                 .collect();
             if !count.is_empty() {
                 b.rule("count_out", dnat_flow_vmap(proto, count.clone()));
@@ -326,10 +331,22 @@ impl Builder<'_> {
         self.chain(&route_chain);
         for proto in protocols(r.protocol) {
             let head = vec![
-                matches("==", meta("nfproto"), json!(if r.family == Family::Ipv4 { "ipv4" } else { "ipv6" })),
+                matches(
+                    "==",
+                    meta("nfproto"),
+                    json!(if r.family == Family::Ipv4 { "ipv4" } else { "ipv6" }),
+                ),
                 matches("==", meta("l4proto"), json!(proto)),
-                matches("==", json!({"payload": {"protocol": proto, "field": "dport"}}), ports_value(&r.ports)),
-                matches("==", json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!("local")),
+                matches(
+                    "==",
+                    json!({"payload": {"protocol": proto, "field": "dport"}}),
+                    ports_value(&r.ports),
+                ),
+                matches(
+                    "==",
+                    json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+                    json!("local"),
+                ),
             ];
             let mut pre = head.clone();
             pre.push(jump(&route_chain));
@@ -388,8 +405,7 @@ impl Builder<'_> {
                 // Round-robin and anything added later.
                 _ => json!({"numgen": {"mode": "inc", "mod": n, "offset": 0}}),
             };
-            let arms: Vec<Value> =
-                (0..n).map(|i| json!([i, jump(&r.target_chain(i))])).collect();
+            let arms: Vec<Value> = (0..n).map(|i| json!([i, jump(&r.target_chain(i))])).collect();
             for (i, t) in r.targets.iter().enumerate() {
                 let chain = r.target_chain(i);
                 self.chain(&chain);
@@ -521,7 +537,9 @@ fn address_set(ranges: &[IpRange], family: Family) -> Vec<Value> {
     let bits = if family == Family::Ipv4 { 32 } else { 128 };
     let addr = |n: u128| -> String {
         match family {
-            Family::Ipv4 => std::net::Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)).to_string(),
+            Family::Ipv4 => {
+                std::net::Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX)).to_string()
+            }
             Family::Ipv6 => std::net::Ipv6Addr::from(n).to_string(),
         }
     };
@@ -565,7 +583,9 @@ fn assign_slugs(routes: &mut [RouteRules]) {
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@ use crate::model::Target;
 
 fn no_dns(host: &str) -> Result<Vec<IpAddr>, String> {
     match host {
-        "db.internal" => Ok(vec!["2001:db8::5".parse().expect("ip"), "10.0.0.5".parse().expect("ip")]),
+        "db.internal" => {
+            Ok(vec!["2001:db8::5".parse().expect("ip"), "10.0.0.5".parse().expect("ip")])
+        }
         "v6.internal" => Ok(vec!["2001:db8::6".parse().expect("ip")]),
         "lo.internal" => Ok(vec!["127.0.0.1".parse().expect("ip")]),
         _ => Err("Name or service not known".into()),
@@ -16,8 +18,13 @@ fn no_dns(host: &str) -> Result<Vec<IpAddr>, String> {
 fn routes() -> Vec<NftRoute> {
     let mut db = NftRoute::new("db", [PortRange::single(5432)], [Target::new("db.internal", 5432)]);
     db.preserve_source_ip = true;
-    db.ip_allow_list = vec!["10.0.0.0/8".parse().expect("cidr"), "10.1.0.0/16".parse().expect("cidr"), "2001:db8::/32".parse().expect("cidr")];
-    db.ip_block_list = vec!["10.9.9.9".parse().expect("ip"), "10.9.9.10-10.9.9.20".parse().expect("range")];
+    db.ip_allow_list = vec![
+        "10.0.0.0/8".parse().expect("cidr"),
+        "10.1.0.0/16".parse().expect("cidr"),
+        "2001:db8::/32".parse().expect("cidr"),
+    ];
+    db.ip_block_list =
+        vec!["10.9.9.9".parse().expect("ip"), "10.9.9.10-10.9.9.20".parse().expect("range")];
     db.max_connections = Some(100);
     let mut web = NftRoute::new(
         "web pool",
@@ -25,7 +32,11 @@ fn routes() -> Vec<NftRoute> {
         [Target::preserve("10.0.1.1"), Target::new("10.0.1.2", 9000)],
     );
     web.protocol = Protocol::All;
-    let mut v6 = NftRoute::new("v6", [PortRange::single(53)], [Target::new("v6.internal", 5353), Target::new("2001:db8::7", 53)]);
+    let mut v6 = NftRoute::new(
+        "v6",
+        [PortRange::single(53)],
+        [Target::new("v6.internal", 5353), Target::new("2001:db8::7", 53)],
+    );
     v6.protocol = Protocol::Udp;
     v6.balance = Balance::SourceHash;
     v6.ip_allow_list = vec!["10.0.0.0/8".parse().expect("cidr")];
@@ -40,7 +51,11 @@ fn lines(batch: &Value) -> Vec<String> {
 #[test]
 fn the_table_from_scratch() {
     let ruleset = Ruleset::build_with(&routes(), &no_dns).expect("valid");
-    assert_eq!(ruleset.routes()[0].targets[0].address, "10.0.0.5".parse::<IpAddr>().expect("ip"), "IPv4 first");
+    assert_eq!(
+        ruleset.routes()[0].targets[0].address,
+        "10.0.0.5".parse::<IpAddr>().expect("ip"),
+        "IPv4 first"
+    );
     assert_eq!(ruleset.routes()[1].slug, "web_pool-81eef1");
     assert_eq!(ruleset.routes()[1].ports, [PortRange::single(7000), PortRange::new(8000, 8010)]);
     insta::assert_snapshot!(lines(&ruleset.to_nft_json("smartproxy")).join("\n"));
@@ -69,7 +84,9 @@ fn replacing_keeps_the_counters_of_routes_that_stay() {
     {"delete":{"set":{"family":"inet","name":"old","table":"smartproxy"}}}
     {"delete":{"counter":{"family":"inet","name":"gone-in","table":"smartproxy"}}}
     "#);
-    assert!(!batch.iter().any(|l| l.contains(r#""delete":{"counter":{"family":"inet","name":"db-in""#)));
+    assert!(
+        !batch.iter().any(|l| l.contains(r#""delete":{"counter":{"family":"inet","name":"db-in""#))
+    );
 }
 
 #[test]
@@ -89,11 +106,16 @@ fn resolution_problems_name_the_target() {
 fn partial_builds_leave_out_only_the_bad_routes() {
     let mut all = routes();
     all.push(NftRoute::new("dup-port", [PortRange::single(5432)], [Target::new("10.0.0.9", 1)]));
-    all.push(NftRoute::new("unresolved", [PortRange::single(9)], [Target::new("nowhere.invalid", 1)]));
+    all.push(NftRoute::new(
+        "unresolved",
+        [PortRange::single(9)],
+        [Target::new("nowhere.invalid", 1)],
+    ));
     let (ruleset, problems) = Ruleset::build_partial(&all, &no_dns);
     let names: Vec<&str> = ruleset.routes().iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["db", "web pool", "v6"]);
-    let bad: Vec<(&str, ProblemKind)> = problems.iter().map(|p| (p.route.as_str(), p.kind)).collect();
+    let bad: Vec<(&str, ProblemKind)> =
+        problems.iter().map(|p| (p.route.as_str(), p.kind)).collect();
     assert_eq!(bad, [("dup-port", ProblemKind::Overlap), ("unresolved", ProblemKind::Resolve)]);
 }
 
@@ -109,7 +131,11 @@ fn slugs_are_distinct_and_short() {
     let ruleset = Ruleset::build_with(&all, &no_dns).expect("valid");
     let slugs: BTreeSet<&str> = ruleset.routes().iter().map(|r| r.slug.as_str()).collect();
     assert_eq!(slugs.len(), 4, "{slugs:?}");
-    assert!(slugs.iter().all(|s| s.len() <= 40 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')), "{slugs:?}");
+    assert!(
+        slugs.iter().all(|s| s.len() <= 40
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')),
+        "{slugs:?}"
+    );
 }
 
 #[test]

@@ -171,13 +171,47 @@ impl Topology {
         let proxy = Netns::create(format!("{id}-proxy"));
         let backend = Netns::create(format!("{id}-backend"));
         // Veth pairs made inside the namespaces: nothing is added to the host's namespace.
-        client.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "veth-c", "netns", proxy.name()]);
-        backend.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "veth-b", "netns", proxy.name()]);
+        client.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-c",
+            "netns",
+            proxy.name(),
+        ]);
+        backend.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-b",
+            "netns",
+            proxy.name(),
+        ]);
         for (ns, dev, addrs) in [
-            (&client, "eth0", [format!("{CLIENT}/24"), format!("{CLIENT2}/24"), format!("{CLIENT6}/64")]),
+            (
+                &client,
+                "eth0",
+                [format!("{CLIENT}/24"), format!("{CLIENT2}/24"), format!("{CLIENT6}/64")],
+            ),
             (&proxy, "veth-c", ["10.200.1.1/24".into(), format!("{PROXY6}/64"), String::new()]),
-            (&proxy, "veth-b", ["10.200.2.1/24".into(), format!("{PROXY6_INSIDE}/64"), String::new()]),
-            (&backend, "eth0", [format!("{BACKEND}/24"), format!("{BACKEND2}/24"), format!("{BACKEND6}/64")]),
+            (
+                &proxy,
+                "veth-b",
+                ["10.200.2.1/24".into(), format!("{PROXY6_INSIDE}/64"), String::new()],
+            ),
+            (
+                &backend,
+                "eth0",
+                [format!("{BACKEND}/24"), format!("{BACKEND2}/24"), format!("{BACKEND6}/64")],
+            ),
         ] {
             for a in addrs.iter().filter(|a| !a.is_empty()) {
                 let mut args = vec!["addr", "add", a.as_str(), "dev", dev];
@@ -293,7 +327,12 @@ pub struct Conn {
 }
 
 /// Connects from the client namespace (optionally from `source`) to `to`.
-pub fn connect(ns: &Netns, source: Option<&str>, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+pub fn connect(
+    ns: &Netns,
+    source: Option<&str>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let source = source.map(|s| sa(s, 0));
     ns.enter(move || {
         let domain = if to.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
@@ -309,7 +348,8 @@ pub fn connect(ns: &Netns, source: Option<&str>, to: SocketAddr, timeout: Durati
 /// [`connect`] that must work, with the greeting read.
 #[track_caller]
 pub fn open(ns: &Netns, source: Option<&str>, to: SocketAddr) -> Conn {
-    let stream = connect(ns, source, to, PATIENCE).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    let stream =
+        connect(ns, source, to, PATIENCE).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     stream.set_read_timeout(Some(PATIENCE)).expect("read timeout");
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
@@ -351,8 +391,11 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
 }
 
-/// A UDP echo server in a namespace; every datagram is answered with itself, and the
-/// sender's address is reported on `peers`.
+/// What [`UdpEcho`] adds to every datagram it sends back (so that the two directions differ).
+pub const UDP_SUFFIX: &[u8] = b"ok!";
+
+/// A UDP echo server in a namespace; every datagram is answered with itself followed by
+/// [`UDP_SUFFIX`], and the sender's address is reported on `peers`.
 #[derive(Debug)]
 pub struct UdpEcho {
     stop: Arc<AtomicBool>,
@@ -362,7 +405,9 @@ pub struct UdpEcho {
 
 impl UdpEcho {
     pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let socket = ns.enter(move || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        let socket = ns
+            .enter(move || UdpSocket::bind(addr))
+            .unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
         socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
@@ -370,9 +415,10 @@ impl UdpEcho {
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 65536];
             while !flag.load(Ordering::Relaxed) {
-                if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf[..65000]) {
                     let _ = tx.send(peer);
-                    let _ = socket.send_to(&buf[..n], peer);
+                    buf[n..n + UDP_SUFFIX.len()].copy_from_slice(UDP_SUFFIX);
+                    let _ = socket.send_to(&buf[..n + UDP_SUFFIX.len()], peer);
                 }
             }
         });
