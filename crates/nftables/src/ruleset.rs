@@ -220,8 +220,9 @@ impl Ruleset {
     }
 
     /// The batch that turns the table as it is (`existing`, from `nft -j list table`, or
-    /// `None` when there is none) into this ruleset in one transaction: rules flushed, old
-    /// chains and objects deleted, counters of routes that stay kept with their values.
+    /// `None` when there is none) into this ruleset in one transaction: rules flushed, chains
+    /// and objects that are not in the new ruleset (or differ) deleted, counters of routes
+    /// that stay kept with their values.
     pub(crate) fn replace_batch(&self, table: &str, existing: Option<&Value>) -> Value {
         let t = json!({"family": FAMILY, "name": table});
         let mut cmds = vec![json!({"add": {"table": t}}), json!({"flush": {"table": t}})];
@@ -233,13 +234,23 @@ impl Ruleset {
                 [c.bytes_in, c.bytes_out, c.connections, c.dropped]
             })
             .collect();
+        let objects = self.objects(table);
+        // Chains that stay as they are: flushed above, added again below (a no-op), so that
+        // base chains are not unhooked and hooked again on every reload.
+        let same_chain = |old: &Value| {
+            objects.iter().filter_map(|o| o.get("chain")).any(|new| {
+                ["name", "type", "hook", "prio", "policy"].iter().all(|k| old.get(k) == new.get(k))
+            })
+        };
         let items = existing.and_then(|v| v.get("nftables")).and_then(Value::as_array);
         // Chains first (they hold the references), then the objects they referred to.
         for kind in ["chain", "set", "map", "flowtable", "counter", "quota", "limit"] {
             for item in items.into_iter().flatten() {
                 let Some(obj) = item.get(kind) else { continue };
                 let Some(name) = obj.get("name").and_then(Value::as_str) else { continue };
-                if kind == "counter" && keep.contains(name) {
+                if (kind == "counter" && keep.contains(name))
+                    || (kind == "chain" && same_chain(obj))
+                {
                     continue;
                 }
                 cmds.push(
@@ -247,7 +258,7 @@ impl Ruleset {
                 );
             }
         }
-        cmds.extend(self.objects(table).into_iter().map(|o| json!({"add": o})));
+        cmds.extend(objects.into_iter().map(|o| json!({"add": o})));
         json!({"nftables": cmds})
     }
 

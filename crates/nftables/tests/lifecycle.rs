@@ -58,6 +58,69 @@ fn applied_shown_and_removed() {
     assert!(manager.counters().expect("nothing applied").is_empty());
 }
 
+fn names(status: &serde_json::Value, kind: &str) -> Vec<String> {
+    let items = status["nftables"].as_array().expect("nft listing");
+    let mut v: Vec<String> =
+        items.iter().filter_map(|i| i[kind]["name"].as_str().map(str::to_owned)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn reloads_add_and_remove_routes_and_keep_counters() {
+    let topo = Topology::new();
+    let _one = TcpEcho::start(&topo.backend, sa(BACKEND, 6000));
+    let _two = TcpEcho::start(&topo.backend, sa(BACKEND2, 6000));
+    let manager = topo.manager();
+    let web_two = NftRoute::new(
+        "web",
+        [PortRange::single(80)],
+        [Target::new(BACKEND, 6000), Target::new(BACKEND2, 6000)],
+    );
+    manager.apply(&Ruleset::build(&[db_route(BACKEND), web_two]).expect("valid")).expect("apply");
+    let c = open(&topo.client, None, sa(PROXY, 80));
+    c.finish();
+    let web_before = manager.counters().expect("counters")[1].clone();
+    assert_eq!((web_before.route.as_str(), web_before.connections), ("web", 1));
+    let first = manager.status_json().expect("status");
+    assert!(names(&first, "chain").contains(&"target-web-1".to_owned()));
+
+    let web_one = NftRoute::new("web", [PortRange::single(80)], [Target::new(BACKEND2, 6000)]);
+    let mut dns = NftRoute::new("dns", [PortRange::single(53)], [Target::new(BACKEND, 5353)]);
+    dns.protocol = smartproxy_nftables::Protocol::Udp;
+    manager.apply(&Ruleset::build(&[web_one, dns]).expect("valid")).expect("reload");
+    let status = manager.status_json().expect("status");
+    assert_eq!(
+        names(&status, "counter"),
+        ["dns-conn", "dns-drop", "dns-in", "dns-out", "web-conn", "web-drop", "web-in", "web-out"]
+    );
+    assert_eq!(
+        names(&status, "chain"),
+        [
+            "count-dns",
+            "count-web",
+            "count_in",
+            "count_out",
+            "masquerade",
+            "output",
+            "postrouting",
+            "prerouting",
+            "route-dns",
+            "route-web"
+        ]
+    );
+    assert_eq!(status["routes"][0]["counters"]["connections"], 1, "kept across the reload");
+    // Not reset (a late ACK of the closed connection may have been added).
+    let bytes_in = status["routes"][0]["counters"]["bytes_in"].as_u64().expect("bytes_in");
+    assert!(bytes_in >= web_before.bytes_in && bytes_in > 0, "{bytes_in} after {web_before:?}");
+    let c = open(&topo.client, None, sa(PROXY, 80));
+    assert_eq!(c.backend, sa(BACKEND2, 6000));
+    c.finish();
+    // The route that is gone no longer forwards.
+    let e = connect(&topo.client, None, sa(PROXY, 5432), DROPPED).map(|_| ()).expect_err("gone");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}
+
 #[test]
 fn counters_of_a_table_deleted_behind_our_back_say_so() {
     let topo = Topology::new();

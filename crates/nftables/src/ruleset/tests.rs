@@ -69,7 +69,9 @@ fn replacing_keeps_the_counters_of_routes_that_stay() {
         {"table": {"family": "inet", "name": "smartproxy", "handle": 1}},
         {"counter": {"family": "inet", "table": "smartproxy", "name": "db-in", "packets": 5, "bytes": 500}},
         {"counter": {"family": "inet", "table": "smartproxy", "name": "gone-in", "packets": 1, "bytes": 1}},
-        {"chain": {"family": "inet", "table": "smartproxy", "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100}},
+        {"chain": {"family": "inet", "table": "smartproxy", "name": "prerouting", "handle": 1, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
+        {"chain": {"family": "inet", "table": "smartproxy", "name": "output", "handle": 2, "type": "nat", "hook": "output", "prio": -150, "policy": "accept"}},
+        {"chain": {"family": "inet", "table": "smartproxy", "name": "route-db", "handle": 3}},
         {"chain": {"family": "inet", "table": "smartproxy", "name": "route-gone"}},
         {"set": {"family": "inet", "table": "smartproxy", "name": "old", "type": "ipv4_addr"}},
         {"rule": {"family": "inet", "table": "smartproxy", "chain": "prerouting", "expr": []}},
@@ -79,7 +81,7 @@ fn replacing_keeps_the_counters_of_routes_that_stay() {
     insta::assert_snapshot!(head.join("\n"), @r#"
     {"add":{"table":{"family":"inet","name":"smartproxy"}}}
     {"flush":{"table":{"family":"inet","name":"smartproxy"}}}
-    {"delete":{"chain":{"family":"inet","name":"prerouting","table":"smartproxy"}}}
+    {"delete":{"chain":{"family":"inet","name":"output","table":"smartproxy"}}}
     {"delete":{"chain":{"family":"inet","name":"route-gone","table":"smartproxy"}}}
     {"delete":{"set":{"family":"inet","name":"old","table":"smartproxy"}}}
     {"delete":{"counter":{"family":"inet","name":"gone-in","table":"smartproxy"}}}
