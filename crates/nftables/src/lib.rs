@@ -10,7 +10,7 @@
 //!    returns the [`Ruleset`] to write.
 //! 3. A [`Manager`] owns the table: [`Manager::cleanup_stale`] at start (a table left by a
 //!    crash), [`Manager::apply`] to create or replace it atomically, [`Manager::counters`] on
-//!    each metrics tick, [`Manager::status_json`] for the admin API, [`Manager::remove`] at
+//!    each metrics tick (with [`CounterDeltas`] for the increase since the last tick), [`Manager::status_json`] for the admin API, [`Manager::remove`] at
 //!    shutdown. [`Nft`] says how `nft` is run (another path, or inside a network namespace).
 //!
 //! ```no_run
@@ -33,6 +33,7 @@
 //! `CAP_NET_ADMIN` in the network namespace. The README describes the table.
 
 mod check;
+mod deltas;
 mod error;
 mod ip;
 mod manager;
@@ -41,6 +42,7 @@ mod nft;
 mod ruleset;
 
 pub use self::check::{Family, Problem, ProblemKind, check, system_resolver};
+pub use self::deltas::CounterDeltas;
 pub use self::error::Error;
 pub use self::ip::{IpRange, IpRangeError};
 pub use self::manager::{Manager, RouteCounters, TABLE};

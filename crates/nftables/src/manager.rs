@@ -86,11 +86,13 @@ impl Manager {
     /// Creates the table, or replaces its rules, in one transaction: either the new rules are
     /// in force or (on error) the old ones still are. Flows already established keep their
     /// target (conntrack holds their NAT binding); new flows follow the new rules. Counters
-    /// of routes that keep their name keep counting.
+    /// of routes that keep their name keep counting; routes that did not change at all keep
+    /// their chains as they were, so their `max_connections` still counts the flows opened
+    /// before the reload.
     pub fn apply(&self, ruleset: &Ruleset) -> Result<(), Error> {
         let mut applied = self.applied.lock();
         let existing = self.list_table()?;
-        let batch = ruleset.replace_batch(&self.table, existing.as_ref());
+        let batch = ruleset.replace_batch(&self.table, existing.as_ref(), applied.as_ref());
         self.nft.apply(&batch)?;
         *applied = Some(ruleset.clone());
         Ok(())

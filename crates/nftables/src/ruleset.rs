@@ -116,6 +116,15 @@ impl RouteRules {
         }
     }
 
+    /// The chains that belong to this route alone.
+    fn own_chains(&self) -> Vec<String> {
+        let mut v = vec![self.route_chain(), self.count_chain()];
+        if self.targets.len() > 1 {
+            v.extend((0..self.targets.len()).map(|i| self.target_chain(i)));
+        }
+        v
+    }
+
     fn route_chain(&self) -> String {
         format!("route-{}", self.slug)
     }
@@ -220,12 +229,33 @@ impl Ruleset {
     }
 
     /// The batch that turns the table as it is (`existing`, from `nft -j list table`, or
-    /// `None` when there is none) into this ruleset in one transaction: rules flushed, chains
-    /// and objects that are not in the new ruleset (or differ) deleted, counters of routes
-    /// that stay kept with their values.
-    pub(crate) fn replace_batch(&self, table: &str, existing: Option<&Value>) -> Value {
+    /// `None` when there is none) into this ruleset in one transaction.
+    ///
+    /// Chains and objects that are not in the new ruleset (or differ) are deleted, the others
+    /// flushed and filled again; counters of routes that stay keep their values. The chains
+    /// of a route equal to its `previous` version are left untouched, with the state of their
+    /// rules (the flows that `ct count` tracks, the round-robin position).
+    pub(crate) fn replace_batch(
+        &self,
+        table: &str,
+        existing: Option<&Value>,
+        previous: Option<&Ruleset>,
+    ) -> Value {
         let t = json!({"family": FAMILY, "name": table});
-        let mut cmds = vec![json!({"add": {"table": t}}), json!({"flush": {"table": t}})];
+        let items: &[Value] = existing
+            .and_then(|v| v.get("nftables"))
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice);
+        let existing_chains: BTreeSet<&str> =
+            items.iter().filter_map(|i| i.get("chain")?.get("name")?.as_str()).collect();
+        let untouched: BTreeSet<String> = self
+            .routes
+            .iter()
+            .filter(|r| previous.is_some_and(|p| p.routes.contains(r)))
+            .map(RouteRules::own_chains)
+            .filter(|chains| chains.iter().all(|c| existing_chains.contains(c.as_str())))
+            .flatten()
+            .collect();
         let keep: BTreeSet<String> = self
             .routes
             .iter()
@@ -235,17 +265,22 @@ impl Ruleset {
             })
             .collect();
         let objects = self.objects(table);
-        // Chains that stay as they are: flushed above, added again below (a no-op), so that
+        let mut cmds = vec![json!({"add": {"table": t}})];
+        for chain in existing_chains.iter().filter(|c| !untouched.contains(**c)) {
+            cmds.push(
+                json!({"flush": {"chain": {"family": FAMILY, "table": table, "name": chain}}}),
+            );
+        }
+        // Chains that stay as they are (flushed above, added again below as a no-op), so that
         // base chains are not unhooked and hooked again on every reload.
         let same_chain = |old: &Value| {
             objects.iter().filter_map(|o| o.get("chain")).any(|new| {
                 ["name", "type", "hook", "prio", "policy"].iter().all(|k| old.get(k) == new.get(k))
             })
         };
-        let items = existing.and_then(|v| v.get("nftables")).and_then(Value::as_array);
         // Chains first (they hold the references), then the objects they referred to.
         for kind in ["chain", "set", "map", "flowtable", "counter", "quota", "limit"] {
-            for item in items.into_iter().flatten() {
+            for item in items {
                 let Some(obj) = item.get(kind) else { continue };
                 let Some(name) = obj.get("name").and_then(Value::as_str) else { continue };
                 if (kind == "counter" && keep.contains(name))
@@ -258,7 +293,13 @@ impl Ruleset {
                 );
             }
         }
-        cmds.extend(objects.into_iter().map(|o| json!({"add": o})));
+        for o in objects {
+            let chain = o.get("rule").and_then(|r| r.get("chain")).and_then(Value::as_str);
+            if chain.is_some_and(|c| untouched.contains(c)) {
+                continue;
+            }
+            cmds.push(json!({"add": o}));
+        }
         json!({"nftables": cmds})
     }
 

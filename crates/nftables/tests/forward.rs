@@ -162,10 +162,13 @@ fn max_connections_is_a_conntrack_count() {
     let manager = topo.manager();
     let mut r = route("limited", 5432, &[Target::new(BACKEND, 6000)]);
     r.max_connections = Some(2);
-    manager.apply(&Ruleset::build(&[r]).expect("valid")).expect("apply");
+    manager.apply(&Ruleset::build(std::slice::from_ref(&r)).expect("valid")).expect("apply");
 
     let mut a = open(&topo.client, None, sa(PROXY, 5432));
     let b = open(&topo.client, None, sa(PROXY, 5432));
+    // A reload that leaves this route as it is keeps counting its flows.
+    let other = route("other", 5433, &[Target::new(BACKEND, 6000)]);
+    manager.apply(&Ruleset::build(&[r, other]).expect("valid")).expect("reload");
     let e = connect(&topo.client, None, sa(PROXY, 5432), DROPPED).map(|_| ()).expect_err("third");
     assert_eq!(e.kind(), ErrorKind::TimedOut, "the third connection is dropped: {e}");
     assert_eq!(a.round_trip(b"still fine"), b"still fine", "the first two keep working");

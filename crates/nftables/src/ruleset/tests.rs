@@ -76,11 +76,18 @@ fn replacing_keeps_the_counters_of_routes_that_stay() {
         {"set": {"family": "inet", "table": "smartproxy", "name": "old", "type": "ipv4_addr"}},
         {"rule": {"family": "inet", "table": "smartproxy", "chain": "prerouting", "expr": []}},
     ]});
-    let batch = lines(&ruleset.replace_batch("smartproxy", Some(&existing)));
-    let head: Vec<&str> = batch.iter().take(6).map(String::as_str).collect();
+    let batch = lines(&ruleset.replace_batch("smartproxy", Some(&existing), None));
+    let head: Vec<&str> = batch
+        .iter()
+        .take_while(|l| !l.starts_with(r#"{"add":{"counter""#))
+        .map(String::as_str)
+        .collect();
     insta::assert_snapshot!(head.join("\n"), @r#"
     {"add":{"table":{"family":"inet","name":"smartproxy"}}}
-    {"flush":{"table":{"family":"inet","name":"smartproxy"}}}
+    {"flush":{"chain":{"family":"inet","name":"output","table":"smartproxy"}}}
+    {"flush":{"chain":{"family":"inet","name":"prerouting","table":"smartproxy"}}}
+    {"flush":{"chain":{"family":"inet","name":"route-db","table":"smartproxy"}}}
+    {"flush":{"chain":{"family":"inet","name":"route-gone","table":"smartproxy"}}}
     {"delete":{"chain":{"family":"inet","name":"output","table":"smartproxy"}}}
     {"delete":{"chain":{"family":"inet","name":"route-gone","table":"smartproxy"}}}
     {"delete":{"set":{"family":"inet","name":"old","table":"smartproxy"}}}
@@ -88,6 +95,34 @@ fn replacing_keeps_the_counters_of_routes_that_stay() {
     "#);
     assert!(
         !batch.iter().any(|l| l.contains(r#""delete":{"counter":{"family":"inet","name":"db-in""#))
+    );
+    assert!(
+        batch.iter().any(|l| l.contains(r#""add":{"rule":{"chain":"route-db""#)),
+        "a new route is filled"
+    );
+
+    // The same route again: its chains (and the flows its `ct count` tracks) stay as they are.
+    let existing = serde_json::json!({"nftables": [
+        {"chain": {"family": "inet", "table": "smartproxy", "name": "prerouting", "handle": 1, "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
+        {"chain": {"family": "inet", "table": "smartproxy", "name": "route-db", "handle": 3}},
+        {"chain": {"family": "inet", "table": "smartproxy", "name": "count-db", "handle": 4}},
+    ]});
+    let again = lines(&ruleset.replace_batch("smartproxy", Some(&existing), Some(&ruleset)));
+    for chain in ["route-db", "count-db"] {
+        let touched: Vec<&String> = again
+            .iter()
+            .filter(|l| {
+                l.starts_with(&format!(r#"{{"add":{{"rule":{{"chain":"{chain}""#))
+                    || l.contains(&format!(r#""name":"{chain}""#))
+                        && !l.starts_with(r#"{"add":{"chain""#)
+            })
+            .collect();
+        assert!(touched.is_empty(), "{chain} is left as it is: {touched:#?}");
+    }
+    assert!(
+        again
+            .iter()
+            .any(|l| l.starts_with(r#"{"flush":{"chain":{"family":"inet","name":"prerouting""#))
     );
 }
 
