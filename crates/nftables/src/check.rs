@@ -82,8 +82,34 @@ pub fn check(routes: &[NftRoute]) -> Vec<Problem> {
             .filter_map(|(t, target)| parse_literal(&target.host).map(|ip| (t, ip)))
             .collect();
         check_addresses(routes, i, &literals, &mut out);
+        if let (true, Some(&(_, first))) = (literals.len() == route.targets.len(), literals.first())
+        {
+            check_local_addresses(routes, i, Family::of(first), &mut out);
+        }
     }
     out
+}
+
+/// `local_addresses` that leave the route nothing to listen on in its targets' family.
+pub(crate) fn check_local_addresses(
+    routes: &[NftRoute],
+    i: usize,
+    family: Family,
+    out: &mut Vec<Problem>,
+) {
+    let local = &routes[i].local_addresses;
+    if !local.is_empty() && !local.iter().any(|a| Family::of(*a) == family) {
+        let name = if family == Family::Ipv4 { "IPv4" } else { "IPv6" };
+        out.push(problem(
+            route_label(routes, i),
+            "local_addresses",
+            ProblemKind::Address,
+            format!(
+                "no {name} address, but the targets are {name}: NAT does not translate between \
+                 families, so the route would forward nothing"
+            ),
+        ));
+    }
 }
 
 pub(crate) fn route_label(routes: &[NftRoute], i: usize) -> String {
@@ -300,11 +326,14 @@ pub(crate) fn resolve_targets(
     // mix across literals and names.
     let before = out.len();
     check_addresses(routes, i, &resolved, out);
-    if out.len() == before && addrs.len() == routes[i].targets.len() {
+    if out.len() == before && addrs.len() == routes[i].targets.len() && !resolved.is_empty() {
         let all: Vec<(usize, IpAddr)> = addrs.iter().copied().enumerate().collect();
         let mut mix = Vec::new();
         check_addresses(routes, i, &all, &mut mix);
         out.extend(mix.into_iter().filter(|p| p.kind == ProblemKind::MixedFamilies));
+        if let (true, Some(first)) = (out.len() == before, addrs.first()) {
+            check_local_addresses(routes, i, Family::of(*first), out);
+        }
     }
     addrs
 }
@@ -339,6 +368,8 @@ mod tests {
     fn every_problem_is_named() {
         let mut all = route("all", &[PortRange::single(5432)], &[Target::new("10.0.0.5", 1)]);
         all.protocol = Protocol::All;
+        let mut v6_only = route("v6-only", &[PortRange::single(2)], &[Target::new("10.0.0.5", 1)]);
+        v6_only.local_addresses = vec!["2001:db8::1".parse().expect("ip")];
         let routes = [
             route("db", &[PortRange::new(5000, 5500)], &[Target::new("10.0.0.5", 0)]),
             route("", &[], &[]),
@@ -355,6 +386,7 @@ mod tests {
                     Target::new("2001:db8::1", 1),
                 ],
             ),
+            v6_only,
         ];
         insta::assert_snapshot!(shown(&check(&routes)).join("\n"), @r"
         route `db`: targets[0].port: port 0 is not a target port
@@ -370,6 +402,7 @@ mod tests {
         route `bad-targets`: targets[1].host: `::` is the unspecified address, not a destination
         route `bad-targets`: targets[2].host: `224.0.0.1` is a multicast or broadcast address, which NAT cannot target
         route `bad-targets`: targets[1].host: `::` and targets[0] `127.0.0.1` are of different address families; NAT does not translate between IPv4 and IPv6, use one route per family
+        route `v6-only`: local_addresses: no IPv4 address, but the targets are IPv4: NAT does not translate between families, so the route would forward nothing
         ");
     }
 }

@@ -2,6 +2,7 @@
 //! the route model of `smartproxy-routing`; the engine converts its routes into these.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -27,8 +28,12 @@ use crate::ip::IpRange;
 pub struct NftRoute {
     /// The route's name: unique, it keys the counters.
     pub name: String,
-    /// Listening ports (numbers or inclusive ranges) on every local address.
+    /// Listening ports (numbers or inclusive ranges).
     pub ports: Vec<PortRange>,
+    /// The local addresses that listen (the engine's `bind`). Empty, or an unspecified
+    /// address (`0.0.0.0`, `::`) of the route's family: every local address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_addresses: Vec<IpAddr>,
     /// `tcp`, `udp`, or `all` (both).
     #[serde(default)]
     pub protocol: Protocol,
@@ -63,6 +68,7 @@ impl NftRoute {
         Self {
             name: name.into(),
             ports: ports.into_iter().collect(),
+            local_addresses: Vec::new(),
             protocol: Protocol::default(),
             targets: targets.into_iter().collect(),
             balance: Balance::default(),

@@ -57,6 +57,9 @@ pub struct RouteRules {
     pub family: Family,
     /// Listening ports, sorted and merged.
     pub ports: Vec<PortRange>,
+    /// The local addresses of the route's family that listen (`None`: all of them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_addresses: Option<Vec<IpAddr>>,
     /// Forwarded protocols.
     pub protocol: Protocol,
     /// Targets with their addresses.
@@ -188,6 +191,7 @@ impl Ruleset {
                 name: route.name.clone(),
                 family,
                 ports: merge_ports(&route.ports),
+                local_addresses: local_addresses(&route.local_addresses, family),
                 protocol: route.protocol,
                 targets,
                 balance: route.balance,
@@ -382,7 +386,7 @@ impl Builder<'_> {
         let route_chain = r.route_chain();
         self.chain(&route_chain);
         for proto in protocols(r.protocol) {
-            let head = vec![
+            let mut head = vec![
                 matches(
                     "==",
                     meta("nfproto"),
@@ -400,6 +404,10 @@ impl Builder<'_> {
                     json!("local"),
                 ),
             ];
+            if let Some(local) = &r.local_addresses {
+                let set: Vec<String> = local.iter().map(ToString::to_string).collect();
+                head.push(matches("==", payload(fam, "daddr"), json!({"set": set})));
+            }
             let mut pre = head.clone();
             pre.push(jump(&route_chain));
             self.rule("prerouting", pre);
@@ -546,6 +554,18 @@ fn ports_value(ports: &[PortRange]) -> Value {
         [one] => port_value(*one),
         _ => json!({"set": ports.iter().map(|p| port_value(*p)).collect::<Vec<_>>()}),
     }
+}
+
+/// The addresses of `family`, or `None` for all local addresses (none given, or an
+/// unspecified one).
+fn local_addresses(list: &[IpAddr], family: Family) -> Option<Vec<IpAddr>> {
+    let mut v: Vec<IpAddr> = list.iter().copied().filter(|a| Family::of(*a) == family).collect();
+    if v.is_empty() || v.iter().any(IpAddr::is_unspecified) {
+        return None;
+    }
+    v.sort_unstable();
+    v.dedup();
+    Some(v)
 }
 
 /// Sorted, overlapping and adjacent ranges merged (nft refuses overlapping set intervals).

@@ -315,3 +315,21 @@ fn connections_from_the_proxy_host_itself_are_forwarded() {
     assert_eq!(cs.connections, 1);
     assert!(cs.bytes_in >= 5 && cs.bytes_out >= 5, "{cs:?}");
 }
+
+#[test]
+fn local_addresses_limit_where_the_route_listens() {
+    let topo = Topology::new();
+    let _server = TcpEcho::start(&topo.backend, sa(BACKEND, 6000));
+    let manager = topo.manager();
+    let mut r = route("db", 5432, &[Target::new(BACKEND, 6000)]);
+    r.local_addresses = vec![PROXY.parse().expect("ip"), PROXY6.parse().expect("ip")];
+    manager.apply(&Ruleset::build(&[r]).expect("valid")).expect("apply");
+    let c = open(&topo.client, None, sa(PROXY, 5432));
+    assert_eq!(c.backend, sa(BACKEND, 6000));
+    c.finish();
+    // The proxy's other address (reachable from the client through it) is not listed.
+    let e = connect(&topo.client, None, sa(PROXY_INSIDE, 5432), DROPPED)
+        .map(|_| ())
+        .expect_err("not listed");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}
