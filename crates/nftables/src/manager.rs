@@ -184,9 +184,7 @@ impl Manager {
     fn list_table(&self) -> Result<Option<Value>, Error> {
         match self.nft.list(&["list", "table", FAMILY, &self.table]) {
             Ok(v) => Ok(Some(v)),
-            Err(Error::Nft { stderr, .. }) if stderr.contains("No such file or directory") => {
-                Ok(None)
-            }
+            Err(Error::Nft { stderr, .. }) if no_such_table(&stderr) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -199,12 +197,18 @@ impl Manager {
 
     fn missing_table(&self, e: Error) -> Error {
         match e {
-            Error::Nft { stderr, .. } if stderr.contains("No such file or directory") => {
+            Error::Nft { stderr, .. } if no_such_table(&stderr) => {
                 Error::TableMissing { table: self.table.clone() }
             }
             e => e,
         }
     }
+}
+
+/// nft's answer to `list ... table inet NAME` for a table that is not there (and not, say,
+/// `ip netns exec` failing to find a namespace).
+fn no_such_table(stderr: &str) -> bool {
+    stderr.contains("Error: No such file or directory") && stderr.contains(" table ")
 }
 
 /// Counters by route from a listing that holds counter objects.

@@ -308,3 +308,12 @@ fn rules_left_by_a_killed_process_are_cleaned_up_at_the_next_start() {
     c.finish();
     drop(second);
 }
+
+#[test]
+fn a_missing_namespace_is_not_mistaken_for_a_missing_table() {
+    let manager = Manager::new(Nft::in_netns("spnft-no-such-namespace"));
+    let e = manager.cleanup_stale().expect_err("no namespace");
+    assert!(e.to_string().contains("spnft-no-such-namespace"), "{e}");
+    let e = manager.status_json().expect_err("no namespace");
+    assert!(matches!(e, Error::Nft { .. }), "{e:?}");
+}
