@@ -110,6 +110,20 @@ impl Netns {
         run("ip", &all)
     }
 
+    /// The namespace's TCP `RetransSegs` (from `/proc/thread-self/net/snmp`).
+    pub fn tcp_retransmitted_segments(&self) -> u64 {
+        let snmp = self.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"));
+        let snmp = snmp.unwrap_or_else(|e| panic!("read /proc/thread-self/net/snmp: {e}"));
+        let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+        let [names, values] = tcp.as_slice() else { panic!("no Tcp lines in {snmp}") };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "RetransSegs")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no RetransSegs in {snmp}"))
+    }
+
     /// Runs `f` on a thread that entered this namespace; sockets it makes live there.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.name);
