@@ -20,6 +20,11 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // crates/nftables tests: rules in network namespaces they create.
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
+    ("setpriv", "util-linux"),
 ];
 
 /// Extra Debian packages that provide no command of their own.
