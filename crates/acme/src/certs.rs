@@ -20,7 +20,7 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// What the leaf certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeafInfo {
-    /// subjectAltName DNS names, lower-case.
+    /// subjectAltName DNS names, lower-case, sorted.
     pub(crate) names: Vec<String>,
     pub(crate) not_before: Timestamp,
     pub(crate) not_after: Timestamp,
@@ -60,6 +60,8 @@ pub(crate) fn leaf_info(der: &[u8]) -> Result<LeafInfo, String> {
             }
         }
     }
+    names.sort_unstable();
+    names.dedup();
     Ok(LeafInfo {
         names,
         not_before: Timestamp::from_unix(cert.validity().not_before.timestamp()),

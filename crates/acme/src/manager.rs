@@ -83,6 +83,27 @@ struct Slot {
     info: Mutex<SlotInfo>,
 }
 
+/// Why a certificate must be ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Missing,
+    Domains,
+    Directory,
+    /// Inside `renew_before`: ordered by the periodic check (or a retry after a failure).
+    Expiring,
+}
+
+impl Due {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "no certificate yet",
+            Self::Domains => "the route's domains changed",
+            Self::Directory => "the CA directory changed",
+            Self::Expiring => "renewal is due",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct SlotInfo {
     domains: Vec<String>,
@@ -100,15 +121,15 @@ struct SlotInfo {
 
 impl SlotInfo {
     /// Why this ACME certificate must be (re)ordered now, if it must.
-    fn due(&self, now: Timestamp, config: &AcmeConfig) -> Option<&'static str> {
-        let Some(leaf) = &self.leaf else { return Some("no certificate yet") };
+    fn due(&self, now: Timestamp, config: &AcmeConfig) -> Option<Due> {
+        let Some(leaf) = &self.leaf else { return Some(Due::Missing) };
         if !self.domains.iter().all(|d| leaf.covers(d)) {
-            return Some("the route's domains changed");
+            return Some(Due::Domains);
         }
         if self.cert_directory.as_deref() != Some(config.directory.as_str()) {
-            return Some("the CA directory changed");
+            return Some(Due::Directory);
         }
-        (now >= leaf.not_after.minus(config.renew_before)).then_some("renewal is due")
+        (now >= leaf.not_after.minus(config.renew_before)).then_some(Due::Expiring)
     }
 
     fn persisted(&self) -> RouteState {
@@ -479,7 +500,10 @@ impl CertManager {
         if let Some(until) = rt.stats.retry_after().filter(|t| *t > Timestamp::now()) {
             return Err(Error::RateLimited { until });
         }
-        self.inner.attempt(rt, &slot, "requested").await?;
+        let result = self.inner.attempt(rt, &slot, "requested").await;
+        // The loop plans its next wake-up from the new state (a failure starts a backoff).
+        self.inner.wake.notify_one();
+        result?;
         Ok(slot.status(self.config()))
     }
 
@@ -583,10 +607,11 @@ impl Inner {
         let mut next_check = tokio::time::Instant::now();
         loop {
             let now = tokio::time::Instant::now();
-            if now >= next_check {
+            let periodic = now >= next_check;
+            if periodic {
                 next_check = now + jitter(interval);
             }
-            self.check(rt).await;
+            self.check(rt, periodic).await;
             self.checks.fetch_add(1, Ordering::Relaxed);
             self.bump();
             let mut wake_at = next_check;
@@ -601,8 +626,12 @@ impl Inner {
         }
     }
 
-    /// One pass: every ACME route that is due and not backing off gets an order.
-    async fn check(&self, rt: &AcmeRuntime) {
+    /// One pass: every ACME route that is due and not backing off gets an order. Outside
+    /// the periodic check (a wake-up for a sync, a retry or `renew_now`), a certificate that
+    /// is merely inside `renew_before` is left alone unless it is retrying after a failure:
+    /// with `renew_before` longer than the lifetime it would otherwise be reordered at
+    /// every wake-up.
+    async fn check(&self, rt: &AcmeRuntime, periodic: bool) {
         let slots: Vec<Arc<Slot>> =
             self.slots.read().values().filter(|s| s.source == CertSource::Acme).cloned().collect();
         for slot in slots {
@@ -613,16 +642,18 @@ impl Inner {
             let now = Timestamp::now();
             let reason = {
                 let i = slot.info.lock();
-                match i.due(now, &rt.config) {
-                    Some(r) if i.next_attempt.is_none_or(|t| t <= now) => r,
-                    _ => continue,
+                match (i.due(now, &rt.config), i.next_attempt) {
+                    (None, _) => continue,
+                    (Some(_), Some(t)) if t > now => continue,
+                    (Some(Due::Expiring), None) if !periodic => continue,
+                    (Some(r), _) => r,
                 }
             };
             if rt.stats.retry_after().is_some_and(|t| t > now) {
                 continue;
             }
             // Failures are recorded in the status and logged by `attempt`.
-            let _ = self.attempt(rt, &slot, reason).await;
+            let _ = self.attempt(rt, &slot, reason.as_str()).await;
         }
     }
 
@@ -637,7 +668,12 @@ impl Inner {
             .filter_map(|s| {
                 let i = s.info.lock();
                 i.due(now, &rt.config)?;
-                Some(i.next_attempt.unwrap_or(now).max(gate.unwrap_or(now)))
+                // A due route without a failure was just renewed (renew_before longer than
+                // the lifetime): it waits for the next periodic check, not a retry.
+                match (i.next_attempt, gate) {
+                    (Some(t), g) => Some(t.max(g.unwrap_or(t))),
+                    (None, g) => g,
+                }
             })
             .min()
     }
@@ -688,6 +724,11 @@ impl Inner {
                     i.failures = 0;
                     i.next_attempt = None;
                     info!(route = %slot.route, not_after = %loaded.info.not_after, issuer = %loaded.info.issuer, "ACME certificate installed");
+                    let lifetime = loaded.info.not_after.unix_seconds()
+                        - loaded.info.not_before.unix_seconds();
+                    if u64::try_from(lifetime).unwrap_or(0) <= rt.config.renew_before.as_secs() {
+                        warn!(route = %slot.route, renew_before = %dur::format(rt.config.renew_before), lifetime_secs = lifetime, "renew_before is not shorter than the certificate's lifetime: it is renewed at every check");
+                    }
                 }
                 Err(e) => {
                     i.failures = i.failures.saturating_add(1);

@@ -124,7 +124,7 @@ pub struct CertStatus {
     pub domains: Vec<String>,
     /// Where it stands.
     pub state: CertState,
-    /// DNS names in the served certificate (subjectAltName); empty while obtaining.
+    /// DNS names in the served certificate (subjectAltName, sorted); empty while obtaining.
     pub names: Vec<String>,
     /// Start of validity of the served certificate (not the fallback).
     pub not_before: Option<Timestamp>,
