@@ -2,6 +2,7 @@
 //! domains, with instant-acme over our own HTTPS client.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use instant_acme::{
@@ -139,17 +140,33 @@ impl AcmeRuntime {
         challenges: &Arc<Challenges>,
         domains: &[String],
     ) -> Result<String, Error> {
-        let account = self.account().await?;
-        let identifiers: Vec<Identifier> = domains.iter().cloned().map(Identifier::Dns).collect();
-        let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
-            Ok(o) => o,
-            Err(e) => {
+        let unknown_account = AtomicBool::new(false);
+        let result = self.order(challenges, domains, &unknown_account).await;
+        if unknown_account.load(Ordering::Relaxed) {
+            self.forget_account().await;
+        }
+        result
+    }
+
+    async fn order(
+        &self,
+        challenges: &Arc<Challenges>,
+        domains: &[String],
+        unknown_account: &AtomicBool,
+    ) -> Result<String, Error> {
+        // Any request of the order can be the one that learns the CA forgot the account.
+        let fail = |step: &'static str| {
+            move |e: instant_acme::Error| {
                 if is_problem(&e, "accountDoesNotExist") {
-                    self.forget_account().await;
+                    unknown_account.store(true, Ordering::Relaxed);
                 }
-                return Err(Error::acme("new order", &e));
+                Error::acme(step, &e)
             }
         };
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> = domains.iter().cloned().map(Identifier::Dns).collect();
+        let mut order =
+            account.new_order(&NewOrder::new(&identifiers)).await.map_err(fail("new order"))?;
 
         let kind = match self.config.challenge {
             Challenge::Http01 => ChallengeType::Http01,
@@ -159,7 +176,7 @@ impl AcmeRuntime {
         let mut guards = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(next) = authorizations.next().await {
-            let mut authz = next.map_err(|e| Error::acme("authorization", &e))?;
+            let mut authz = next.map_err(fail("authorization"))?;
             let ident = authz.identifier().to_string();
             match authz.status {
                 AuthorizationStatus::Pending => {}
@@ -191,23 +208,22 @@ impl AcmeRuntime {
                     challenges.add_tls_alpn01(&ident, cert)
                 }
             });
-            challenge.set_ready().await.map_err(|e| Error::acme("challenge", &e))?;
+            challenge.set_ready().await.map_err(fail("challenge"))?;
         }
 
         let policy = RetryPolicy::new()
             .initial_delay(Duration::from_millis(250))
             .backoff(1.5)
             .timeout(self.config.order_timeout);
-        let status = order.poll_ready(&policy).await.map_err(|e| Error::acme("validation", &e))?;
+        let status = order.poll_ready(&policy).await.map_err(fail("validation"))?;
         if status != OrderStatus::Ready {
             return Err(Error::Acme {
                 step: "validation",
                 message: invalid_reason(&mut order).await,
             });
         }
-        let key_pem = order.finalize().await.map_err(|e| Error::acme("finalize", &e))?;
-        let chain_pem =
-            order.poll_certificate(&policy).await.map_err(|e| Error::acme("certificate", &e))?;
+        let key_pem = order.finalize().await.map_err(fail("finalize"))?;
+        let chain_pem = order.poll_certificate(&policy).await.map_err(fail("certificate"))?;
         drop(guards);
         let sep = if chain_pem.ends_with('\n') { "" } else { "\n" };
         Ok(format!("{chain_pem}{sep}{key_pem}"))

@@ -321,3 +321,41 @@ async fn a_ca_that_is_down_backs_off_keeps_the_old_certificate_and_recovers() {
     let (code, out, err) = curl(server.addr, "d.example.test", &root).await;
     assert_eq!((code, out.as_str()), (0, "ok\n"), "curl after recovery: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_the_ca_forgot_is_set_aside_and_created_again() {
+    let current = Current::default();
+    let http = Http01Responder::start(current.clone()).await;
+    let opts = PebbleOptions {
+        http_port: http.addr.port(),
+        tls_port: http.addr.port(),
+        validity_secs: None,
+    };
+    let first_ca = Pebble::start(opts).await;
+    let relay = Relay::start(first_ca.acme).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(first_ca.directory_via(&relay), &first_ca, dir.path(), Challenge::Http01);
+    let m = CertManager::new(Some(cfg)).unwrap();
+    current.set(&m);
+    m.sync(vec![RouteCert::acme("web", ["e.example.test"])]).unwrap();
+    let _task = m.start();
+    let first = issued(&m, "web", &first_ca).await;
+    let accounts = dir.path().join("accounts");
+    let account_file = std::fs::read_dir(&accounts).unwrap().next().unwrap().unwrap().path();
+    let account = std::fs::read(&account_file).unwrap();
+
+    // The same directory URL now reaches a CA that has never seen the account.
+    let second_ca = Pebble::start_sharing_https(opts, &first_ca).await;
+    relay.retarget(second_ca.acme);
+    let err = m.renew_now("web").await.unwrap_err().to_string();
+    assert!(err.contains("accountDoesNotExist"), "{err}\n{}", second_ca.logs());
+    let mut aside = account_file.clone().into_os_string();
+    aside.push(".rejected");
+    assert_eq!(std::fs::read(&aside).unwrap(), account, "the old account is kept aside");
+
+    let s = m.renew_now("web").await.unwrap_or_else(|e| panic!("{e}\n{}", second_ca.logs()));
+    assert_ne!(s.issuer, first.issuer, "issued by the second CA");
+    assert_eq!((s.failures, s.last_error.as_deref()), (0, None));
+    let new_account = std::fs::read(&account_file).unwrap();
+    assert_ne!(new_account, account, "a new account was created");
+}

@@ -307,6 +307,7 @@ pub async fn curl(addr: SocketAddr, name: &str, root: &Path) -> (i32, String, St
 /// is unreachable), dropping those already open.
 pub struct Relay {
     pub addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
     up: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -318,7 +319,8 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let epoch = Arc::new(AtomicU64::new(0));
-        let (u, e) = (Arc::clone(&up), Arc::clone(&epoch));
+        let target = Arc::new(Mutex::new(target));
+        let (u, e, t) = (Arc::clone(&up), Arc::clone(&epoch), Arc::clone(&target));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else { return };
@@ -326,6 +328,7 @@ impl Relay {
                     continue; // dropped: closed at once
                 }
                 let (e, born) = (Arc::clone(&e), e.load(Ordering::SeqCst));
+                let target = *t.lock();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else { return };
                     let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
@@ -343,7 +346,13 @@ impl Relay {
                 });
             }
         });
-        Self { addr, up, epoch, task }
+        Self { addr, target, up, epoch, task }
+    }
+
+    /// Sends new connections to `target` and drops the open ones.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock() = target;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn set_up(&self, up: bool) {
@@ -383,6 +392,16 @@ pub struct PebbleOptions {
 
 impl Pebble {
     pub async fn start(opts: PebbleOptions) -> Self {
+        Self::start_inner(opts, None).await
+    }
+
+    /// A second pebble (fresh state: no accounts) with the same HTTPS certificate as `other`,
+    /// so that it can take `other`'s place behind a [`Relay`].
+    pub async fn start_sharing_https(opts: PebbleOptions, other: &Pebble) -> Self {
+        Self::start_inner(opts, Some(other.dir.path())).await
+    }
+
+    async fn start_inner(opts: PebbleOptions, https_from: Option<&Path>) -> Self {
         require("pebble", "pebble");
         require("pebble-challtestsrv", "pebble");
         require("curl", "curl");
@@ -407,6 +426,11 @@ impl Pebble {
         std::fs::write(&https_ca, ca_cert.pem()).unwrap();
         std::fs::write(p.join("cert.pem"), leaf.pem()).unwrap();
         std::fs::write(p.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        if let Some(from) = https_from {
+            for f in ["https-ca.pem", "cert.pem", "key.pem"] {
+                std::fs::copy(from.join(f), p.join(f)).unwrap();
+            }
+        }
 
         let mut children = Vec::new();
         let dns = spawn(
