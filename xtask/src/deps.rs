@@ -20,6 +20,8 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // The ACME CA of crates/acme's tests (also ships pebble-challtestsrv).
+    ("pebble", "pebble"),
 ];
 
 /// Extra Debian packages that provide no command of their own.

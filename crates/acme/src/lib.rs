@@ -10,6 +10,33 @@
 //! While an ACME certificate is being obtained the route serves a self-signed fallback
 //! certificate for its domains (clients that verify refuse it; the handshake itself
 //! completes). Wildcard domains are refused: they need DNS-01.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use smartproxy_acme::{AcmeConfig, CertManager, RouteCert};
+//!
+//! # async fn demo(tcp: tokio::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+//! let config: AcmeConfig = toml::from_str(r#"
+//!     email = "ops@example.com"
+//!     storage = "/var/lib/smartproxy/acme"
+//! "#)?;
+//! let certs = CertManager::new(Some(config))?;
+//! certs.sync(vec![RouteCert::acme("web", ["a.example.com", "b.example.com"])])
+//!     .map_err(|errors| errors[0].clone())?;
+//! let _renewal = certs.start(); // keep it: dropping it stops renewals
+//!
+//! // TLS: the route's resolver presents the handle's key (one atomic load per handshake).
+//! let handle = certs.handle("web").expect("synced above");
+//! let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+//!     rustls::crypto::ring::default_provider(),
+//! ))
+//! .with_safe_default_protocol_versions()?
+//! .with_no_client_auth()
+//! .with_cert_resolver(Arc::new(handle));
+//! # let _ = (server, tcp);
+//! # Ok(())
+//! # }
+//! ```
 
 mod certs;
 mod challenge;
@@ -26,5 +53,5 @@ pub use self::challenge::{
 };
 pub use self::config::{AcmeConfig, Challenge, ConfigError, LETS_ENCRYPT_DIRECTORY, check_domain};
 pub use self::error::Error;
-pub use self::manager::{CertHandle, CertManager, RenewalTask, RouteCert};
+pub use self::manager::{CertHandle, CertManager, Expiry, RenewalTask, RouteCert};
 pub use self::status::{CertSource, CertState, CertStatus, Timestamp};

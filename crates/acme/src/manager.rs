@@ -225,6 +225,18 @@ impl ResolvesServerCert for CertHandle {
     }
 }
 
+/// One sample of the certificate expiry metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Expiry {
+    /// The route.
+    pub route: String,
+    /// One of the route's domains.
+    pub domain: String,
+    /// The served certificate's `not_after` ([`Timestamp::unix_seconds`] for the metric).
+    pub not_after: Timestamp,
+}
+
 struct Inner {
     acme: Option<AcmeRuntime>,
     slots: RwLock<BTreeMap<String, Arc<Slot>>>,
@@ -458,6 +470,26 @@ impl CertManager {
     pub fn status(&self) -> Vec<CertStatus> {
         let config = self.config();
         self.inner.slots.read().values().map(|s| s.status(config)).collect()
+    }
+
+    /// The series of `smartproxy_tls_certificate_expiry_timestamp_seconds{route,domain}`:
+    /// one per route domain that the served certificate covers (none for a route on the
+    /// fallback), ordered by route.
+    pub fn expiries(&self) -> Vec<Expiry> {
+        let slots: Vec<Arc<Slot>> = self.inner.slots.read().values().cloned().collect();
+        let mut out = Vec::new();
+        for slot in slots {
+            let i = slot.info.lock();
+            let Some(leaf) = &i.leaf else { continue };
+            for d in i.domains.iter().filter(|d| leaf.covers(d)) {
+                out.push(Expiry {
+                    route: slot.route.clone(),
+                    domain: d.clone(),
+                    not_after: leaf.not_after,
+                });
+            }
+        }
+        out
     }
 
     /// One route's certificate status.
@@ -792,7 +824,8 @@ mod tests {
     fn sync_refuses_bad_routes_and_changes_nothing() {
         let m = CertManager::new(None).unwrap();
         let key = certs::self_signed(&["m.example".into()]).unwrap();
-        m.sync(vec![RouteCert::manual("m", ["m.example"], Arc::clone(&key))]).unwrap();
+        // A domain the certificate does not cover gets no expiry series.
+        m.sync(vec![RouteCert::manual("m", ["m.example", "x.example"], Arc::clone(&key))]).unwrap();
         let errors = m
             .sync(vec![
                 RouteCert::acme("a", ["a.example"]),
@@ -810,6 +843,10 @@ mod tests {
         );
         let status = m.status();
         assert_eq!(status.len(), 1);
+        let e = m.expiries();
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].route.as_str(), e[0].domain.as_str()), ("m", "m.example"));
+        assert_eq!(Some(e[0].not_after), status[0].not_after);
         assert_eq!(status[0].source, CertSource::Manual);
         assert_eq!(status[0].state, CertState::Valid);
         assert!(m.handle("m").is_some_and(|h| !h.is_fallback()));

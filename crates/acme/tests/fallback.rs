@@ -147,3 +147,115 @@ async fn the_fallback_is_served_while_obtaining_and_bad_routes_are_refused() {
     assert_eq!(json[0]["source"], "manual");
     assert_eq!(json[1]["state"], "obtaining");
 }
+
+/// A CA front that answers every request with `503` and `Retry-After: 3600` (rate limited
+/// or in maintenance), over real TLS with a certificate made here. Pebble has no rate
+/// limits, so this is the one scripted peer of the suite. Returns its address, the CA file
+/// to trust, and how many requests it saw.
+async fn busy_ca(
+    dir: &std::path::Path,
+) -> (std::net::SocketAddr, std::path::PathBuf, Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let roots = dir.join("busy-ca.pem");
+    std::fs::write(&roots, ca_cert.pem()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(leaf.der().to_vec())],
+        PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), Arc::clone(&count));
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else { return };
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = r#"{"type":"urn:ietf:params:acme:error:rateLimited","detail":"come back later","status":503}"#;
+                let rsp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3600\r\n\
+                     Content-Type: application/problem+json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(rsp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, roots, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_from_the_ca_is_honoured_over_the_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, roots, seen) = busy_ca(dir.path()).await;
+    // A 1 s backoff: only the CA's Retry-After keeps the loop from asking again at once.
+    let cfg =
+        AcmeConfig::new(format!("https://localhost:{}/dir", ca.port()), dir.path().join("acme"))
+            .with_ca_roots(&roots)
+            .with_retry(Duration::from_secs(1), Duration::from_secs(1));
+    let m = CertManager::new(Some(cfg)).unwrap();
+    let routes = || vec![RouteCert::acme("web", ["a.example.test"])];
+    m.sync(routes()).unwrap();
+    let _task = m.start();
+    eventually("the first failed order", Duration::from_secs(30), || {
+        let s = m.route_status("web").unwrap();
+        async move { s.failures >= 1 && !s.in_progress }
+    })
+    .await;
+    let s = m.route_status("web").unwrap();
+    let wait = s.next_attempt.unwrap().unix_seconds() - s.last_attempt.unwrap().unix_seconds();
+    assert!(wait >= 3590, "the next attempt waits for Retry-After: {s:#?}");
+    let requests = m.acme_requests();
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), requests);
+
+    // Neither the operator nor the loop gets a request through before then.
+    match m.renew_now("web").await {
+        Err(Error::RateLimited { until }) => assert!(until >= s.next_attempt.unwrap()),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    // The pass that made the first attempt has ended (renew_now woke the loop once more).
+    eventually("the first loop pass", Duration::from_secs(10), || {
+        let s = m.route_status("web").unwrap();
+        let n = m.checks();
+        async move { n >= 1 && !s.in_progress }
+    })
+    .await;
+    let checks = m.checks();
+    m.sync(routes()).unwrap(); // wakes the loop
+    eventually("a loop pass after the wake-up", Duration::from_secs(10), || {
+        let n = m.checks();
+        async move { n > checks }
+    })
+    .await;
+    assert_eq!(m.acme_requests(), requests, "nothing was sent during Retry-After");
+    assert_eq!(m.route_status("web").unwrap().failures, 1);
+}

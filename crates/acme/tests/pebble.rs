@@ -83,6 +83,9 @@ async fn http01_issues_a_chain_that_curl_verifies_and_a_restart_orders_nothing()
     assert!(s.not_before < s.not_after && s.failures == 0);
     assert!(!handle.is_fallback());
     assert!(http.answered.load(std::sync::atomic::Ordering::Relaxed) >= 2, "one answer per domain");
+    let expiries = m.expiries();
+    assert_eq!(expiries.len(), 2);
+    assert!(expiries.iter().all(|e| e.route == "web" && Some(e.not_after) == s.not_after));
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["source"], "acme");
     assert!(json["not_after"].as_str().unwrap().ends_with('Z'), "{json}");
