@@ -2,12 +2,17 @@
 
 use std::path::PathBuf;
 
+use crate::config::ConfigError;
 use crate::status::Timestamp;
 
 /// What went wrong, grouped by what the caller can do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The `[acme]` settings are not usable (the first problem; `AcmeConfig::validate` lists
+    /// them all).
+    #[error("{0}")]
+    Config(ConfigError),
     /// A route cannot get an ACME certificate for this domain (wildcard, IP address, not a
     /// domain name). Fix the route's `domains` or give it a certificate file.
     #[error("route `{route}`: domain `{domain}`: {reason}")]

@@ -286,7 +286,7 @@ impl CertManager {
         let acme = match acme {
             Some(c) => {
                 if let Some(e) = c.validate().into_iter().next() {
-                    return Err(Error::Certificate(e.to_string()));
+                    return Err(Error::Config(e));
                 }
                 Some(AcmeRuntime::new(c)?)
             }
@@ -719,6 +719,9 @@ impl Inner {
             i.last_attempt = Some(Timestamp::now());
             i.domains.clone()
         };
+        // Cleared however this future ends (also when it is dropped: the task stopped, an
+        // admin request went away).
+        let in_progress = InProgress(Some(slot));
         self.bump();
         info!(route = %slot.route, ?domains, reason, "ordering an ACME certificate");
         let result = match tokio::time::timeout(
@@ -742,6 +745,7 @@ impl Inner {
             Ok(loaded)
         });
         let now = Timestamp::now();
+        in_progress.disarm();
         let state = {
             let mut i = slot.info.lock();
             i.in_progress = false;
@@ -779,6 +783,24 @@ impl Inner {
         self.persist(&slot.route, &state);
         self.bump();
         result.map(|_| ())
+    }
+}
+
+/// Clears a slot's `in_progress` if the attempt is dropped before it records its outcome.
+struct InProgress<'a>(Option<&'a Slot>);
+
+impl InProgress<'_> {
+    /// The outcome is being recorded (with `in_progress = false` under the same lock).
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            slot.info.lock().in_progress = false;
+        }
     }
 }
 

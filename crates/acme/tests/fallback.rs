@@ -259,3 +259,44 @@ async fn a_retry_after_from_the_ca_is_honoured_over_the_backoff() {
     assert_eq!(m.acme_requests(), requests, "nothing was sent during Retry-After");
     assert_eq!(m.route_status("web").unwrap().failures, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_order_is_not_left_in_progress() {
+    // A CA that accepts connections and never answers.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ca = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("roots.pem");
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&roots, params.self_signed(&kp).unwrap().pem()).unwrap();
+    let cfg = AcmeConfig::new(format!("https://localhost:{}/dir", ca.port()), dir.path().join("s"))
+        .with_ca_roots(&roots);
+    let m = CertManager::new(Some(cfg)).unwrap();
+    m.sync(vec![RouteCert::acme("web", ["a.example.test"])]).unwrap();
+
+    // An admin request that goes away while the order waits for the CA.
+    let m2 = m.clone();
+    let request = tokio::spawn(async move { m2.renew_now("web").await });
+    eventually("the order reaching the CA", Duration::from_secs(10), || {
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n >= 1 }
+    })
+    .await;
+    assert!(m.route_status("web").unwrap().in_progress);
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    let s = m.route_status("web").unwrap();
+    assert!(!s.in_progress, "{s:#?}");
+    assert!(s.last_attempt.is_some() && s.failures == 0 && s.last_error.is_none(), "{s:#?}");
+}
