@@ -25,6 +25,8 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     ("setpriv", "util-linux"),
+    // The ACME CA of crates/acme's tests (also ships pebble-challtestsrv).
+    ("pebble", "pebble"),
 ];
 
 /// Extra Debian packages that provide no command of their own.

@@ -259,6 +259,7 @@ const PUBLISH_ORDER: &[&str] = &[
     "smartproxy-wrapped-socket",
     "smartproxy-metrics",
     "smartproxy-metrics-export",
+    "smartproxy-acme",
     "smartproxy-engine",
     "smartproxy-admin",
     "smartproxy",
