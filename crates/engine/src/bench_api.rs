@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use tokio::net::TcpStream;
 
-use crate::limits::{Gauge, IpLimits};
+use smartproxy_limits::{IpLimiter, IpLimits};
+
+use crate::limits::Gauge;
 
 /// Runs the plain-TCP copy loop (both directions, half-close, splice-auto where enabled)
 /// between `a` and `b` until both directions reach EOF. Returns (bytes a->b, bytes b->a).
@@ -24,22 +26,23 @@ pub async fn copy_tcp(a: &TcpStream, b: &TcpStream) -> std::io::Result<(u64, u64
 /// The per-IP limiter (open connections and rate per minute) as a connection uses it.
 #[derive(Debug)]
 pub struct Limits {
-    ip: Arc<IpLimits>,
+    ip: Arc<IpLimiter>,
     global: Arc<Gauge>,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self { ip: IpLimits::new(), global: Gauge::new() }
-    }
-}
-
 impl Limits {
+    /// The engine's global limits with these settings (`0` = off).
+    pub fn new(max_per_ip: u32, per_minute: u32) -> Self {
+        let ip =
+            IpLimiter::new(IpLimits { max_open: max_per_ip, per_minute, ..IpLimits::default() });
+        Self { ip, global: Gauge::new() }
+    }
+
     /// The checks of one accepted connection: global gauge, then per-IP count and rate, then
     /// both guards released. Returns whether it was admitted.
-    pub fn admit_and_release(&self, ip: IpAddr, max_per_ip: u32, per_minute: u32) -> bool {
+    pub fn admit_and_release(&self, ip: IpAddr) -> bool {
         let Some(g) = self.global.acquire(0) else { return false };
-        let ok = self.ip.acquire(ip, max_per_ip, per_minute).is_ok();
+        let ok = self.ip.try_acquire(ip).is_ok();
         drop(g);
         ok
     }
@@ -48,5 +51,5 @@ impl Limits {
 /// The size in bytes of a connection's future, the state its task keeps for its whole life
 /// (the task adds tokio's header and trailer around it). Guarded by `tests/task_size.rs`.
 pub fn connection_future_size() -> usize {
-    crate::conn::task_size()
+    crate::pipeline::task_size()
 }

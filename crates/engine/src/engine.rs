@@ -1,4 +1,5 @@
-//! The running engine: state behind arc-swap, listeners, reload, shutdown, stats.
+//! The engine's control block: the listeners, reload, the listening ports, shutdown, stats.
+//! Connections never reach in here: they read [`Shared`], which the control block owns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -8,21 +9,23 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use smartproxy_routing::{RouteTable, ValidationOptions};
+use smartproxy_limits::{IpLimiter, IpLimits};
+use smartproxy_metrics::Metrics;
+use smartproxy_routing::{RouteAction, RouteConfig};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, Format};
 use crate::handler::{Registry, SocketHandler};
-use crate::limits::{Gauge, IpLimits};
-use crate::listener;
-use crate::net::Cidr;
+use crate::limits::Gauge;
 use crate::observe::EngineObserver;
-use smartproxy_metrics::{Metrics, RouteHandle};
+use crate::pipeline::accept;
+use crate::shared::Shared;
+use crate::state::State;
 
-/// Why the engine could not start.
+/// Why the engine could not start (or a port could not be added).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -43,113 +46,51 @@ pub enum StartError {
     NoConfig,
 }
 
-/// Everything a connection needs from the configuration, loaded once per connection.
-pub(crate) struct State {
-    pub(crate) config: Arc<Config>,
-    pub(crate) table: RouteTable,
-    pub(crate) trusted: Vec<Cidr>,
-    pub(crate) accept_pp: bool,
-    /// The collector's handle of each route, by route index (empty with metrics off).
-    pub(crate) route_metrics: Vec<RouteHandle>,
-    /// Rustls acceptors and connectors of the terminating routes, built with the table.
-    pub(crate) tls: crate::tls::TlsState,
-}
-
-impl State {
-    /// The collector's handle of the route at `index` of the table.
-    pub(crate) fn route_metric(&self, index: usize) -> Option<&RouteHandle> {
-        self.route_metrics.get(index)
-    }
-}
-
-impl fmt::Debug for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("State").field("routes", &self.config.routes.len()).finish_non_exhaustive()
-    }
-}
-
-impl State {
-    fn build(
-        config: Config,
-        handlers: &Registry,
-        old: Option<&State>,
-        metrics: Option<&Metrics>,
-    ) -> Result<Self, ConfigErrors> {
-        let custom: Vec<String> = handlers.0.keys().cloned().collect();
-        let errors = config.check(&custom);
-        if !errors.is_empty() {
-            return Err(ConfigErrors { file: None, errors });
-        }
-        let opts = ValidationOptions::default().with_custom_handlers(custom);
-        let routes = config.routes.clone();
-        let table = match old {
-            Some(old) => RouteTable::compile_reusing(routes, &opts, &old.table),
-            None => RouteTable::compile_with(routes, &opts),
-        }
-        .map_err(|list| ConfigErrors {
-            file: None,
-            errors: list
-                .into_iter()
-                .map(|e| ConfigError::new(e.path.clone(), e.message.clone()))
-                .collect(),
-        })?;
-        let trusted = config.proxy_ips.iter().filter_map(|p| Cidr::parse(p).ok()).collect();
-        let tls = crate::tls::TlsState::build(&config, old.map(|o| &o.tls))
-            .map_err(|errors| ConfigErrors { file: None, errors })?;
-        let route_metrics = match metrics {
-            Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
-            None => Vec::new(),
-        };
-        Ok(Self {
-            accept_pp: config.accepts_proxy_protocol(),
-            config: Arc::new(config),
-            table,
-            trusted,
-            route_metrics,
-            tls,
-        })
-    }
-}
-
 /// A listening socket's address and its accept task.
 type Listening = (SocketAddr, JoinHandle<()>);
 
-pub(crate) struct Inner {
-    pub(crate) state: ArcSwap<State>,
-    pub(crate) handlers: Registry,
-    pub(crate) ip_limits: Arc<IpLimits>,
-    pub(crate) global: Arc<Gauge>,
-    pub(crate) obs: Arc<EngineObserver>,
-    pub(crate) force_close: watch::Sender<bool>,
+/// What only the engine's owner touches.
+struct Control {
+    shared: Arc<Shared>,
     draining: AtomicBool,
     listeners: parking_lot::Mutex<BTreeMap<u16, Vec<Listening>>>,
+    /// Ports listened on besides the routes' ports ([`Engine::add_listening_port`]).
+    extra_ports: parking_lot::Mutex<BTreeSet<u16>>,
     reload_lock: tokio::sync::Mutex<()>,
     /// Worker runtimes, each with its own listener per address (empty: the current runtime).
     runtimes: Vec<Handle>,
-    pruner: parking_lot::Mutex<Option<JoinHandle<()>>>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Control {
+    fn stop_listening(&self) -> Vec<JoinHandle<()>> {
+        let mut stopped = Vec::new();
         for (_, ls) in std::mem::take(&mut *self.listeners.lock()) {
-            for (_, task) in ls {
+            for (addr, task) in ls {
+                tracing::debug!(%addr, "stopped listening");
                 task.abort();
+                stopped.push(task);
             }
         }
-        if let Some(p) = self.pruner.lock().take() {
-            p.abort();
-        }
+        stopped
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop_listening();
         if let Some(p) = self.sampler.lock().take() {
             p.abort();
         }
     }
 }
 
-/// Builds an [`Engine`]: a configuration and, optionally, custom socket handlers.
+/// Builds an [`Engine`] from a configuration or from routes written in code, with custom
+/// socket handlers registered once, by name.
 #[derive(Debug, Default)]
 pub struct EngineBuilder {
     config: Option<Config>,
+    routes: Option<Vec<RouteConfig>>,
     handlers: Registry,
     metrics: Option<Arc<Metrics>>,
     runtimes: Vec<Handle>,
@@ -159,6 +100,21 @@ impl EngineBuilder {
     /// The configuration to run.
     pub fn config(mut self, config: Config) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Parses a configuration text accepting the handlers registered so far on this builder
+    /// (register them first), and runs it.
+    pub fn config_str(mut self, text: &str, format: Format) -> Result<Self, ConfigErrors> {
+        let owned = self.handlers.names();
+        self.config = Some(Config::parse(text, format, &str_refs(&owned))?);
+        Ok(self)
+    }
+
+    /// Routes written in code, with every other setting at its default (or those of
+    /// [`config`](Self::config), whose routes these replace).
+    pub fn routes(mut self, routes: Vec<RouteConfig>) -> Self {
+        self.routes = Some(routes);
         self
     }
 
@@ -187,49 +143,93 @@ impl EngineBuilder {
         self
     }
 
-    /// Validates the configuration, binds every listener and starts accepting. Must be called
-    /// inside a tokio runtime (multi-thread for more than one worker, unless
-    /// [`runtimes`](Self::runtimes) are given).
+    /// Binds every listener and starts accepting. Must be called inside a tokio runtime
+    /// (multi-thread for more than one worker, unless [`runtimes`](Self::runtimes) are given).
     pub async fn start(self) -> Result<Engine, StartError> {
-        let config = self.config.ok_or(StartError::NoConfig)?;
-        let metrics = config.metrics.enabled.then(|| {
-            self.metrics.unwrap_or_else(|| Metrics::new(metrics_config(&config), unix_now()))
+        let owned = self.handlers.names();
+        let names = str_refs(&owned);
+        let config = match (self.config, self.routes) {
+            (Some(c), None) => c,
+            (Some(c), Some(routes)) => c.with_routes(routes, &names)?,
+            (None, Some(routes)) => Config::from_routes_with_handlers(routes, &names)?,
+            (None, None) => return Err(StartError::NoConfig),
+        };
+        check_handlers(&config, &self.handlers)?;
+        let d = &config.defaults;
+        let ip_limits = IpLimiter::new(IpLimits {
+            max_open: d.max_connections_per_ip,
+            per_minute: d.connection_rate_limit_per_minute,
+            ..IpLimits::default()
         });
-        let state = State::build(config, &self.handlers, None, metrics.as_deref())?;
+        let metrics = config.metrics.enabled.then(|| {
+            self.metrics.unwrap_or_else(|| {
+                Metrics::with_ip_limiter(
+                    metrics_config(&config),
+                    unix_now(),
+                    Arc::clone(&ip_limits),
+                )
+            })
+        });
+        let state = State::build(config, None, &names, metrics.as_deref())?;
         let (force_close, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(state),
             handlers: self.handlers,
-            ip_limits: IpLimits::new(),
+            ip_limits,
             global: Gauge::new(),
             obs: Arc::new(EngineObserver::new(metrics.clone())),
             force_close,
+        });
+        let ctl = Arc::new(Control {
+            shared,
             draining: AtomicBool::new(false),
             listeners: parking_lot::Mutex::new(BTreeMap::new()),
+            extra_ports: parking_lot::Mutex::new(BTreeSet::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             runtimes: self.runtimes,
-            pruner: parking_lot::Mutex::new(None),
             sampler: parking_lot::Mutex::new(None),
-            state: ArcSwap::from_pointee(state),
         });
-        let st = inner.state.load_full();
-        let bound = bind_ports(&st.config, &st.table.ports(), inner.runtimes.len())?;
+        let st = ctl.shared.state.load_full();
+        let bound = bind_ports(&st.config, &st.table.ports(), ctl.runtimes.len())?;
         {
-            let mut ls = inner.listeners.lock();
+            let mut ls = ctl.listeners.lock();
             for (port, socks) in bound {
-                ls.insert(port, inner.spawn_listeners(port, socks, false));
+                ls.insert(port, spawn_listeners(&ctl, port, socks, false));
             }
         }
-        *inner.pruner.lock() = Some(spawn_pruner(Arc::downgrade(&inner)));
         if let Some(m) = metrics {
             let every = st.config.metrics.sample_interval;
-            *inner.sampler.lock() = Some(spawn_sampler(m, every));
+            *ctl.sampler.lock() = Some(spawn_sampler(m, every));
         }
-        let engine = Engine { _life: Arc::new(Life(Arc::downgrade(&inner))), inner };
+        let engine = Engine { _life: Arc::new(Life(Arc::downgrade(&ctl))), ctl };
         for addr in engine.local_addrs() {
             tracing::info!(%addr, "listening");
         }
         Ok(engine)
     }
+}
+
+/// Every socket-handler route names a built-in or a registered handler (a configuration
+/// parsed with other handler names than this engine has would otherwise fail per connection).
+fn check_handlers(config: &Config, handlers: &Registry) -> Result<(), ConfigErrors> {
+    let errors: Vec<ConfigError> = config
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.action {
+            RouteAction::SocketHandler(h)
+                if !handlers.0.contains_key(&h.handler)
+                    && !smartproxy_routing::BUILTIN_HANDLERS.contains(&h.handler.as_str()) =>
+            {
+                Some(ConfigError::new(
+                    format!("routes[{i}].action.handler"),
+                    format!("no handler `{}` is registered on this engine", h.handler),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(ConfigErrors { file: None, errors }) }
 }
 
 /// The collector's settings from `[metrics]`.
@@ -264,18 +264,6 @@ fn spawn_sampler(metrics: Arc<Metrics>, every: Duration) -> JoinHandle<()> {
     })
 }
 
-fn spawn_pruner(weak: Weak<Inner>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(inner) = weak.upgrade() else { return };
-            inner.ip_limits.prune();
-        }
-    })
-}
-
 type Bound = Vec<(u16, Vec<(SocketAddr, std::net::TcpListener)>)>;
 
 /// Binds every port on every bind address, `copies` times each when there are worker
@@ -287,16 +275,16 @@ fn bind_ports(config: &Config, ports: &[u16], copies: usize) -> Result<Bound, St
     let mut out = Vec::new();
     for &port in ports {
         let mut socks = Vec::new();
-        for ip in config.bind_addrs() {
+        for &ip in &config.bind {
             let mut addr = SocketAddr::new(ip, port);
             for _ in 0..copies.max(1) {
-                match listener::bind(addr, reuse_port) {
+                match accept::bind(addr, reuse_port) {
                     // The copies bind the port the first one got (port 0 picks one).
                     Ok(l) => {
                         addr = l.local_addr().unwrap_or(addr);
                         socks.push((addr, l));
                     }
-                    Err(e) if ip.is_ipv6() && listener::ipv6_unavailable(&e) => {
+                    Err(e) if ip.is_ipv6() && accept::ipv6_unavailable(&e) => {
                         tracing::warn!(%addr, error = %e, "IPv6 not available, not listening there");
                         break;
                     }
@@ -309,30 +297,27 @@ fn bind_ports(config: &Config, ports: &[u16], copies: usize) -> Result<Bound, St
     Ok(out)
 }
 
-impl Inner {
-    /// Starts the accept loops of one port's sockets: with worker runtimes, the sockets of
-    /// each address go to the runtimes in turn (`bind_ports` made one per runtime).
-    fn spawn_listeners(
-        self: &Arc<Self>,
-        port: u16,
-        socks: Vec<(SocketAddr, std::net::TcpListener)>,
-        log: bool,
-    ) -> Vec<Listening> {
-        let mut last: Option<SocketAddr> = None;
-        socks
-            .into_iter()
-            .enumerate()
-            .map(|(i, (addr, l))| {
-                if log && last != Some(addr) {
-                    tracing::info!(%addr, "listening");
-                }
-                last = Some(addr);
-                let rt =
-                    (!self.runtimes.is_empty()).then(|| &self.runtimes[i % self.runtimes.len()]);
-                (addr, listener::spawn(Arc::downgrade(self), l, port, rt))
-            })
-            .collect()
-    }
+/// Starts the accept loops of one port's sockets: with worker runtimes, the sockets of each
+/// address go to the runtimes in turn (`bind_ports` made one per runtime).
+fn spawn_listeners(
+    ctl: &Control,
+    port: u16,
+    socks: Vec<(SocketAddr, std::net::TcpListener)>,
+    log: bool,
+) -> Vec<Listening> {
+    let mut last: Option<SocketAddr> = None;
+    socks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (addr, l))| {
+            if log && last != Some(addr) {
+                tracing::info!(%addr, "listening");
+            }
+            last = Some(addr);
+            let rt = (!ctl.runtimes.is_empty()).then(|| &ctl.runtimes[i % ctl.runtimes.len()]);
+            (addr, accept::spawn(Arc::downgrade(&ctl.shared), l, port, rt))
+        })
+        .collect()
 }
 
 /// The running proxy. Cheap to clone; every clone controls the same engine. When the last
@@ -340,25 +325,17 @@ impl Inner {
 /// [`Engine::shutdown`] to bound that).
 #[derive(Clone)]
 pub struct Engine {
-    pub(crate) inner: Arc<Inner>,
+    ctl: Arc<Control>,
     _life: Arc<Life>,
 }
 
-/// Stops listening when the last [`Engine`] clone goes away (connection tasks keep `Inner`
-/// alive, so its own drop may come much later).
-struct Life(Weak<Inner>);
+/// Stops listening when the last [`Engine`] clone goes away.
+struct Life(Weak<Control>);
 
 impl Drop for Life {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade() {
-            for (_, ls) in std::mem::take(&mut *inner.listeners.lock()) {
-                for (_, task) in ls {
-                    task.abort();
-                }
-            }
-            if let Some(p) = inner.pruner.lock().take() {
-                p.abort();
-            }
+        if let Some(ctl) = self.0.upgrade() {
+            ctl.stop_listening();
         }
     }
 }
@@ -418,7 +395,7 @@ pub struct Stats {
 }
 
 impl Engine {
-    /// A builder, to register custom handlers.
+    /// A builder: a configuration or routes, custom handlers, a shared collector, runtimes.
     pub fn builder() -> EngineBuilder {
         EngineBuilder::default()
     }
@@ -430,13 +407,20 @@ impl Engine {
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
-        Arc::clone(&self.inner.state.load().config)
+        Arc::clone(&self.ctl.shared.state.load().config)
+    }
+
+    /// Parses a configuration text accepting this engine's registered handlers (for
+    /// [`Engine::reload`]).
+    pub fn parse_config(&self, text: &str, format: Format) -> Result<Config, ConfigErrors> {
+        let owned = self.ctl.shared.handlers.names();
+        Config::parse(text, format, &str_refs(&owned))
     }
 
     /// Every listening socket's address, by port.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         let mut addrs: Vec<SocketAddr> =
-            self.inner.listeners.lock().values().flatten().map(|(a, _)| *a).collect();
+            self.ctl.listeners.lock().values().flatten().map(|(a, _)| *a).collect();
         // With worker runtimes an address has one socket per runtime.
         addrs.dedup();
         addrs
@@ -445,24 +429,24 @@ impl Engine {
     /// The metrics collector (`None` with `[metrics] enabled = false`): queries, snapshots,
     /// and what the admin API and exporters read.
     pub fn metrics(&self) -> Option<Arc<Metrics>> {
-        self.inner.obs.metrics().cloned()
+        self.ctl.shared.obs.metrics().cloned()
     }
 
     /// Whether [`Engine::shutdown`] has begun (readiness probes answer 503 from then on).
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
+        self.ctl.draining.load(Ordering::Acquire)
     }
 
     /// Records a reload that was refused before it reached [`Engine::reload`] (the file did not
     /// load), so that every refused reload is counted and logged the same way.
     pub fn reload_refused(&self, errors: &ConfigErrors) {
-        self.inner.obs.config_reloaded(false);
+        self.ctl.shared.obs.config_reloaded(false);
         tracing::warn!(errors = %errors, "configuration refused, keeping the old one");
     }
 
     /// Counters.
     pub fn stats(&self) -> Stats {
-        let o = self.inner.obs.stats();
+        let o = self.ctl.shared.obs.stats();
         Stats {
             active_connections: o.active,
             total_connections: o.total,
@@ -474,7 +458,7 @@ impl Engine {
             backend_connect_failures: o.backend_connect_failures,
             reloads: o.reloads,
             reloads_failed: o.reloads_failed,
-            listeners: self.inner.listeners.lock().values().map(Vec::len).sum(),
+            listeners: self.ctl.listeners.lock().values().map(Vec::len).sum(),
         }
     }
 
@@ -485,7 +469,7 @@ impl Engine {
     /// Changes to `bind` and `reuse_port` apply to newly added ports only; `workers` and
     /// `runtime` are read once, when the process starts.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
-        let _one_at_a_time = self.inner.reload_lock.lock().await;
+        let _one_at_a_time = self.ctl.reload_lock.lock().await;
         let result = match self.reload_locked(config) {
             Ok((summary, stopped)) => {
                 // Aborting a task on another runtime is asynchronous: wait until the removed
@@ -495,7 +479,7 @@ impl Engine {
             }
             Err(e) => Err(e),
         };
-        self.inner.obs.config_reloaded(result.is_ok());
+        self.ctl.shared.obs.config_reloaded(result.is_ok());
         match &result {
             Ok(s) => {
                 tracing::info!(added = ?s.added_ports, removed = ?s.removed_ports, routes = s.routes, "configuration reloaded")
@@ -505,21 +489,81 @@ impl Engine {
         result
     }
 
+    /// Replaces the routes and keeps every other setting (SmartProxy's `updateRoutes`); the
+    /// same as a reload with the current configuration and these routes.
+    pub async fn update_routes(
+        &self,
+        routes: Vec<RouteConfig>,
+    ) -> Result<ReloadSummary, ConfigErrors> {
+        let owned = self.ctl.shared.handlers.names();
+        match self.config().with_routes(routes, &str_refs(&owned)) {
+            Ok(config) => self.reload(config).await,
+            Err(e) => {
+                self.reload_refused(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Listens on `port` as well (SmartProxy's `addListeningPort`), on every `bind` address.
+    /// A connection there that no route takes is refused (`no_route`). Adding a port that is
+    /// listened on already does nothing.
+    pub async fn add_listening_port(&self, port: u16) -> Result<(), StartError> {
+        let _one_at_a_time = self.ctl.reload_lock.lock().await;
+        if self.ctl.listeners.lock().contains_key(&port) {
+            self.ctl.extra_ports.lock().insert(port);
+            return Ok(());
+        }
+        let config = self.config();
+        let bound = bind_ports(&config, &[port], self.ctl.runtimes.len())?;
+        let mut ls = self.ctl.listeners.lock();
+        for (port, socks) in bound {
+            ls.insert(port, spawn_listeners(&self.ctl, port, socks, true));
+        }
+        self.ctl.extra_ports.lock().insert(port);
+        Ok(())
+    }
+
+    /// Stops listening on a port added with [`Engine::add_listening_port`]
+    /// (SmartProxy's `removeListeningPort`); established connections keep running. A port
+    /// that routes use keeps listening (remove or change those routes instead); returns
+    /// whether the port stopped listening.
+    pub async fn remove_listening_port(&self, port: u16) -> bool {
+        let _one_at_a_time = self.ctl.reload_lock.lock().await;
+        self.ctl.extra_ports.lock().remove(&port);
+        if self.config().table().ports().contains(&port) {
+            return false;
+        }
+        let Some(ls) = self.ctl.listeners.lock().remove(&port) else { return false };
+        let mut stopped = Vec::new();
+        for (addr, task) in ls {
+            tracing::info!(%addr, "stopped listening");
+            task.abort();
+            stopped.push(task);
+        }
+        closed(stopped).await;
+        true
+    }
+
     fn reload_locked(
         &self,
         config: Config,
     ) -> Result<(ReloadSummary, Vec<JoinHandle<()>>), ConfigErrors> {
-        if self.inner.draining.load(Ordering::Acquire) {
+        let ctl = &self.ctl;
+        if ctl.draining.load(Ordering::Acquire) {
             return Err(ConfigErrors::one(ConfigError::new("", "the engine is shutting down")));
         }
-        let old = self.inner.state.load_full();
-        let metrics = self.inner.obs.metrics().map(|m| &**m);
-        let state = State::build(config, &self.inner.handlers, Some(&old), metrics)?;
-        let new_ports: BTreeSet<u16> = state.table.ports().into_iter().collect();
-        let old_ports: BTreeSet<u16> = self.inner.listeners.lock().keys().copied().collect();
+        check_handlers(&config, &ctl.shared.handlers)?;
+        let old = ctl.shared.state.load_full();
+        let metrics = ctl.shared.obs.metrics().map(|m| &**m);
+        let owned = ctl.shared.handlers.names();
+        let state = State::build(config, Some(&old), &str_refs(&owned), metrics)?;
+        let mut new_ports: BTreeSet<u16> = state.table.ports().into_iter().collect();
+        new_ports.extend(ctl.extra_ports.lock().iter().copied());
+        let old_ports: BTreeSet<u16> = ctl.listeners.lock().keys().copied().collect();
         let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
         let removed: Vec<u16> = old_ports.difference(&new_ports).copied().collect();
-        let bound = bind_ports(&state.config, &added, self.inner.runtimes.len()).map_err(|e| {
+        let bound = bind_ports(&state.config, &added, ctl.runtimes.len()).map_err(|e| {
             ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
         })?;
         let routes = state.config.routes.len();
@@ -527,10 +571,14 @@ impl Engine {
             let names: BTreeSet<&str> = state.table.routes().iter().map(|r| r.name()).collect();
             m.forget_routes(|n| names.contains(n));
         }
-        self.inner.state.store(Arc::new(state));
-        let mut ls = self.inner.listeners.lock();
+        let d = &state.config.defaults;
+        ctl.shared
+            .ip_limits
+            .set_limits(d.max_connections_per_ip, d.connection_rate_limit_per_minute);
+        ctl.shared.state.store(Arc::new(state));
+        let mut ls = ctl.listeners.lock();
         for (port, socks) in bound {
-            ls.insert(port, self.inner.spawn_listeners(port, socks, true));
+            ls.insert(port, spawn_listeners(ctl, port, socks, true));
         }
         let mut stopped = Vec::new();
         for port in &removed {
@@ -547,39 +595,25 @@ impl Engine {
         Ok((ReloadSummary { added_ports: added, removed_ports: removed, routes }, stopped))
     }
 
-    /// Stops accepting, waits up to `grace` for open connections to finish, then closes the
-    /// rest. Returns when every connection is closed (or a second after forcing them).
+    /// Stops accepting, waits up to `grace` for open connections to finish (woken by the last
+    /// close, not polled), then closes the rest. Returns when every connection is closed (or a
+    /// second after forcing them).
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
-        self.inner.draining.store(true, Ordering::Release);
-        let mut stopped = Vec::new();
-        for (_, ls) in std::mem::take(&mut *self.inner.listeners.lock()) {
-            for (addr, task) in ls {
-                tracing::debug!(%addr, "stopped listening");
-                task.abort();
-                stopped.push(task);
-            }
-        }
-        closed(stopped).await;
-        if let Some(p) = self.inner.pruner.lock().take() {
-            p.abort();
-        }
+        let ctl = &self.ctl;
+        ctl.draining.store(true, Ordering::Release);
+        closed(ctl.stop_listening()).await;
+        let obs = &ctl.shared.obs;
         let active = self.stats().active_connections;
         tracing::info!(active, ?grace, "shutting down: draining connections");
-        let end = Instant::now() + grace;
-        while self.stats().active_connections > 0 && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        obs.wait_idle(Instant::now() + grace).await;
         let forced = self.stats().active_connections;
         if forced > 0 {
             tracing::warn!(forced, "grace period over: closing remaining connections");
-            let _ = self.inner.force_close.send(true);
-            let end = Instant::now() + Duration::from_secs(1);
-            while self.stats().active_connections > 0 && Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let _ = ctl.shared.force_close.send(true);
+            obs.wait_idle(Instant::now() + Duration::from_secs(1)).await;
         }
         // A last sample, so that the final bytes are in the series and totals.
-        if let Some(m) = self.inner.obs.metrics() {
+        if let Some(m) = obs.metrics() {
             m.tick(m.now() + 1);
         }
         ShutdownSummary { forced }
@@ -587,7 +621,7 @@ impl Engine {
 
     /// Open connections from `ip` as the per-IP limit counts them.
     pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
-        self.inner.ip_limits.active(crate::net::canonical(ip))
+        self.ctl.shared.ip_limits.open(ip)
     }
 }
 
@@ -600,6 +634,10 @@ async fn closed(tasks: Vec<JoinHandle<()>>) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), all).await;
+}
+
+fn str_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn source_of(e: &StartError) -> String {

@@ -113,6 +113,13 @@ impl AsyncWrite for ClientStream {
 #[derive(Clone, Default)]
 pub(crate) struct Registry(pub(crate) std::collections::HashMap<String, Arc<dyn SocketHandler>>);
 
+impl Registry {
+    /// The registered names.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()

@@ -28,7 +28,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use smartproxy_engine::{
-//!     ClientStream, Config, Engine, Format, HandlerContext, HandlerFuture, SocketHandler,
+//!     ClientStream, Engine, Format, HandlerContext, HandlerFuture, SocketHandler,
 //! };
 //! use tokio::io::AsyncWriteExt;
 //!
@@ -45,23 +45,49 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = Config::from_str_with_handlers(r#"
-//!     [[routes]]
-//!     match = { ports = [7000] }
-//!     action = { type = "socket-handler", handler = "hello" }
-//! "#, Format::Toml, &["hello"])?;
-//! let engine = Engine::builder().handler("hello", Arc::new(Hello)).config(config).start().await?;
+//! // Registered once, by name: the builder parses the configuration knowing it.
+//! let engine = Engine::builder()
+//!     .handler("hello", Arc::new(Hello))
+//!     .config_str(r#"
+//!         [[routes]]
+//!         match = { ports = [7000] }
+//!         action = { type = "socket-handler", handler = "hello" }
+//!     "#, Format::Toml)?
+//!     .start()
+//!     .await?;
 //! # drop(engine); Ok(()) }
+//! ```
+//!
+//! # Routes in code
+//!
+//! The runtime API follows SmartProxy's: routes built in code, [`Engine::update_routes`],
+//! [`Engine::add_listening_port`] / [`Engine::remove_listening_port`], [`Engine::metrics`],
+//! [`Engine::shutdown`]. See `examples/library.rs`.
+//!
+//! ```no_run
+//! use smartproxy_engine::Engine;
+//! use smartproxy_engine::routing::{Target, helpers};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let engine = Engine::builder()
+//!     .routes(vec![helpers::forward_route(8080, Target::new("127.0.0.1", 9000))])
+//!     .start()
+//!     .await?;
+//! engine.update_routes(vec![helpers::forward_route(8081, Target::new("127.0.0.1", 9000))]).await?;
+//! # Ok(()) }
 //! ```
 //!
 //! # Pipeline
 //!
-//! accept → global / per-IP limits (on the peer, unless it is a trusted proxy) → PROXY header
-//! (required from `proxy_ips`, refused from anyone else) → per-IP limits on the real client →
-//! peek (ClientHello or HTTP head) when the port's routes need it → route lookup → route
-//! allow/block lists and limits → forward (connect with timeout, PROXY header out, replay,
-//! bidirectional copy with half-close) or socket handler. Timeouts: `proxy_protocol_timeout`,
-//! `initial_data_timeout`, `inactivity_timeout`, `max_connection_lifetime`.
+//! Each connection flows one way through typed stages (module `pipeline`, one file each):
+//! accept → admit (global and per-IP limits, on the peer unless it is a trusted proxy) →
+//! PROXY header in (required from `proxy_ips`, refused from anyone else; per-IP limits on the
+//! real client) → classify (ClientHello or HTTP head, when the port's routes need it) → route
+//! (lookup, allow/block lists, route limits) → upstream (connect with timeout and retries,
+//! PROXY header out, replay) → serve (bidirectional copy with half-close and splice, TLS
+//! termination, or a socket handler) → close (one log line; limits and metrics released by
+//! drop). Timeouts: `proxy_protocol_timeout`, `initial_data_timeout`, `inactivity_timeout`,
+//! `max_connection_lifetime`.
 //!
 //! An untrusted peer is checked for a PROXY signature: on ports that peek anyway its first
 //! bytes are inspected; on other ports the engine waits up to `proxy_protocol_detect_timeout`
@@ -72,26 +98,28 @@
 #[doc(hidden)]
 pub mod bench_api;
 mod config;
-mod conn;
 mod copy;
 mod engine;
 mod handler;
 mod http;
 mod limits;
-mod listener;
 mod net;
 pub mod observe;
-mod peek;
-mod sni;
+mod pipeline;
+mod shared;
 #[cfg(all(feature = "splice", target_os = "linux"))]
 mod splice;
-mod tls;
+mod state;
+mod tls_setup;
 
 pub use self::config::{
     AdminConfig, Config, ConfigError, ConfigErrors, Defaults, Format, MetricsConfig, PerIpSetting,
-    Runtime, StatsdConfig,
+    Runtime, StatsdConfig, StatsdStyle,
 };
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};
 pub use self::http::{HeadError, RequestHead, read_head};
 pub use smartproxy_metrics::Metrics;
+/// The route model, validation and matching ([`smartproxy_routing`]), re-exported so that
+/// routes can be built in code with this crate alone.
+pub use smartproxy_routing as routing;

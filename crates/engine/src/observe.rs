@@ -105,9 +105,28 @@ pub(crate) struct EngineObserver {
     backend_failed: AtomicU64,
     reloads: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Notified when the last open connection closes (the drain signal of shutdown).
+    idle: tokio::sync::Notify,
 }
 
 impl EngineObserver {
+    /// Waits until no connection is open, or `until`; returns whether none is open.
+    pub(crate) async fn wait_idle(&self, until: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so that a close in between is not missed.
+            notified.as_mut().enable();
+            if self.active.load(Relaxed) == 0 {
+                return true;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(until) => return self.active.load(Relaxed) == 0,
+            }
+        }
+    }
+
     /// An observer feeding `metrics` (if any).
     pub(crate) fn new(metrics: Option<Arc<Metrics>>) -> Self {
         Self { metrics, ..Self::default() }
@@ -288,7 +307,7 @@ impl ConnObserver {
         let _ = self.route.set(Arc::clone(route));
         if let (Some(m), Some(handle)) = (&self.engine.metrics, metric) {
             let ip = self.client().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.ip());
-            let rec = m.connection_opened(crate::net::canonical(ip), handle);
+            let rec = m.connection_opened(smartproxy_limits::canonical_ip(ip), handle);
             // Bytes peeked before routing belong to this connection too.
             rec.add_in(self.bytes_in.swap(0, Relaxed));
             rec.add_out(self.bytes_out.swap(0, Relaxed));
@@ -356,6 +375,8 @@ impl Drop for ConnObserver {
         let e = &self.engine;
         e.bytes_in.fetch_add(self.bytes_in(), Relaxed);
         e.bytes_out.fetch_add(self.bytes_out(), Relaxed);
-        e.active.fetch_sub(1, Relaxed);
+        if e.active.fetch_sub(1, Relaxed) == 1 {
+            e.idle.notify_waiters();
+        }
     }
 }

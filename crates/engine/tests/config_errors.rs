@@ -90,7 +90,7 @@ fn valid_files_load_with_defaults() {
         Format::Toml,
     )
     .unwrap();
-    assert_eq!(c.bind, vec!["0.0.0.0".to_owned(), "::".to_owned()]);
+    assert_eq!(c.bind, vec!["0.0.0.0".parse::<std::net::IpAddr>().unwrap(), "::".parse().unwrap()]);
     assert_eq!(c.proxy_protocol_timeout, std::time::Duration::from_secs(5));
     assert_eq!(c.defaults.max_connections_per_ip, 100);
     assert_eq!(c.defaults.connection_rate_limit_per_minute, 0, "off unless set");
@@ -148,6 +148,6 @@ action = { type = "socket-handler", handler = "redirect", location = "https://{d
 "#;
     let c = Config::from_str(text, Format::Toml).unwrap();
     assert_eq!(c.workers, Some(4));
-    assert_eq!(c.routes.len(), 3);
-    assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9900");
+    assert_eq!(c.routes().len(), 3);
+    assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9900".parse().unwrap());
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use smartproxy_engine::{
-    ClientStream, Config, Engine, Format, HandlerContext, HandlerFuture, SocketHandler,
+    ClientStream, Engine, Format, HandlerContext, HandlerFuture, SocketHandler,
 };
 use smartproxy_proxy_protocol::Header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,8 +30,14 @@ async fn whoami_engine(extra: &str, port: u16) -> Engine {
     let text = format!(
         "bind = [\"127.0.0.1\"]\n{extra}\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"whoami\" }}\n"
     );
-    let config = Config::from_str_with_handlers(&text, Format::Toml, &["whoami"]).unwrap();
-    Engine::builder().handler("whoami", Arc::new(WhoAmI)).config(config).start().await.unwrap()
+    // The handler is registered once, by name; the builder parses the text knowing it.
+    Engine::builder()
+        .handler("whoami", Arc::new(WhoAmI))
+        .config_str(&text, Format::Toml)
+        .unwrap()
+        .start()
+        .await
+        .unwrap()
 }
 
 fn encode(h: Header) -> Vec<u8> {

@@ -85,7 +85,7 @@ fn config(ports: &[u16], backend_port: u16) -> Config {
             );
         }
     }
-    Config::from_str_with_handlers(&text, Format::Toml, &["where"]).unwrap()
+    Config::parse(&text, Format::Toml, &["where"]).unwrap()
 }
 
 async fn whereis(port: u16) -> String {

@@ -438,13 +438,14 @@ async fn reload_swaps_certificates_for_new_connections_only_and_refuses_bad_ones
     // The established connection is untouched.
     assert_eq!(roundtrip(&mut established, b"after").await, b"after");
 
-    // A certificate file that went bad after validation: the reload is refused.
+    // A certificate file that went bad: the configuration is refused when it is read (the
+    // certificate material is loaded once, with the rest of the configuration), naming the
+    // key and the file, and the engine keeps the old one.
     let broken = Leaf { cert: pki.dir.path().join("broken.pem"), key: new.key.clone() };
-    std::fs::copy(&new.cert, &broken.cert).unwrap();
-    let config = reload(route(&broken)).unwrap();
     std::fs::write(&broken.cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
         .unwrap();
-    let err = e.reload(config).await.unwrap_err();
+    let err = reload(route(&broken)).unwrap_err();
+    e.reload_refused(&err);
     assert!(err.to_string().contains("routes[0].action.tls.certificate.cert"), "{err}");
     assert!(err.to_string().contains("broken.pem"), "{err}");
     let s = tls_connect(port, "a.test", c).await.unwrap();
@@ -517,17 +518,29 @@ async fn proxy_header_goes_out_in_plain_before_the_decrypted_bytes() {
     assert!(text.ends_with("\r\nGET / HTTP/1.0\r\n\r\n"), "{text}");
 }
 
+/// The certificate is read once, when the configuration is parsed: a file removed afterwards
+/// changes nothing, the engine serves what was read (and the parsed configuration can never
+/// lack its certificate).
 #[tokio::test]
-async fn engine_start_refuses_a_config_whose_certificate_vanished() {
+async fn the_certificate_is_read_once_when_the_config_is_parsed() {
     let pki = Pki::new();
     let a = pki.leaf("a", &["a.test"]);
+    let (echo, _t) = echo_backend().await;
     let port = free_port();
-    let text =
-        format!("bind = [\"127.0.0.1\"]\n{}", terminate_route("a", port, "\"a.test\"", 1, &a, ""));
+    let text = format!(
+        "bind = [\"127.0.0.1\"]\n{}",
+        terminate_route("a", port, "\"a.test\"", echo.port(), &a, "")
+    );
     let config = Config::from_str(&text, Format::Toml).unwrap();
+    let served = std::fs::read(&a.cert).unwrap();
     std::fs::remove_file(&a.cert).unwrap();
-    let err = Engine::start(config).await.unwrap_err();
-    assert!(err.to_string().contains("configuration error"), "{err}");
+    let _e = Engine::start(config).await.unwrap();
+    let c = Arc::new(client_config(pki.roots(), &both()));
+    let mut s = tls_connect(port, "a.test", c).await.unwrap();
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let pem_der = CertificateDer::pem_slice_iter(&served).next().unwrap().unwrap();
+    assert_eq!(der, pem_der, "the certificate read at parse time");
+    assert_eq!(roundtrip(&mut s, b"x").await, b"x");
 }
 
 #[tokio::test]

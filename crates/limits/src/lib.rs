@@ -335,6 +335,15 @@ impl IpGuard {
     pub fn ip(&self) -> IpAddr {
         self.ip
     }
+
+    /// Gives up the guard without releasing its place: the caller releases it later with
+    /// [`IpLimiter::remove_open`] on the returned address, exactly once (for owners that keep
+    /// the limiter elsewhere and want a smaller handle).
+    pub fn detach(self) -> IpAddr {
+        let ip = self.ip;
+        std::mem::forget(self);
+        ip
+    }
 }
 
 impl Drop for IpGuard {

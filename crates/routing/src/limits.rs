@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use smartproxy_limits::{IpGuard, IpLimiter, IpLimits, Refused};
+use smartproxy_limits::{IpLimiter, IpLimits, Refused};
 
 use crate::ip::canonical_ip;
 use crate::model::RouteSecurity;
@@ -114,7 +114,10 @@ impl RouteLimits {
         } else {
             self.open.fetch_add(1, Ordering::AcqRel);
         }
-        Ok(LimitGuard { limits: Arc::clone(self), _ip: ip_guard })
+        // The per-IP place is released by the route guard's drop: one small guard per
+        // connection instead of two.
+        let ip = ip_guard.map_or(ip, smartproxy_limits::IpGuard::detach);
+        Ok(LimitGuard { limits: Arc::clone(self), ip })
     }
 
     /// Connections currently holding a guard.
@@ -137,12 +140,15 @@ impl RouteLimits {
 #[derive(Debug)]
 pub struct LimitGuard {
     limits: Arc<RouteLimits>,
-    _ip: Option<IpGuard>,
+    ip: IpAddr,
 }
 
 impl Drop for LimitGuard {
     fn drop(&mut self) {
         self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(p) = &self.limits.per_ip {
+            p.remove_open(self.ip);
+        }
     }
 }
 

@@ -216,6 +216,22 @@ impl RouteTable {
         Self::build(routes, opts, Some(previous))
     }
 
+    /// Takes over the live state of `previous` (a reload): a route of the same name and the
+    /// same `security` keeps its limit counters and rate-limiter state, and with the same
+    /// targets its open-connection counts and round-robin position. The same as
+    /// [`RouteTable::compile_reusing`] for a table that is compiled already.
+    pub fn inherit(&mut self, previous: &RouteTable) {
+        for r in self.routes.iter_mut() {
+            let Some(prev) = previous.route_by_name(&r.name) else { continue };
+            r.targets.inherit(&prev.targets);
+            if prev.config.security.clone().unwrap_or_default()
+                == r.config.security.clone().unwrap_or_default()
+            {
+                r.limits = Arc::clone(&prev.limits);
+            }
+        }
+    }
+
     fn build(
         routes: Vec<RouteConfig>,
         opts: &ValidationOptions,

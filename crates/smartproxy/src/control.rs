@@ -79,7 +79,7 @@ pub(crate) async fn start_admin(
 ) -> anyhow::Result<Option<SocketAddr>> {
     let config = control.engine.config();
     let Some(admin) = &config.admin else { return Ok(None) };
-    let Some(addr) = admin.listen_addr() else { return Ok(None) };
+    let addr = admin.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ([admin] listen): {e}"))?;
@@ -109,8 +109,8 @@ pub(crate) fn start_statsd(engine: &Engine, stop: &watch::Receiver<bool>) -> any
     let (Some(statsd), Some(metrics)) = (&config.metrics.statsd, engine.metrics()) else {
         return Ok(());
     };
-    let style = match statsd.style.as_str() {
-        "datadog" | "dogstatsd" => StatsdStyle::DogStatsd,
+    let style = match statsd.style {
+        smartproxy_engine::StatsdStyle::Datadog => StatsdStyle::DogStatsd,
         _ => StatsdStyle::Plain,
     };
     let mut pusher = StatsdPusher::new(statsd.address.as_str(), style, export_options(&config))

@@ -1,4 +1,5 @@
-//! Listening sockets and their accept loops.
+//! Stage 0, accept: listening sockets and their accept loops; each accepted connection gets
+//! its own task running [`super::serve`] on the runtime that accepted it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::engine::Inner;
+use crate::shared::Shared;
 
 /// Opens a listening socket: `SO_REUSEADDR`, `SO_REUSEPORT` when asked, IPv6-only for IPv6.
 /// It is registered with a runtime by [`spawn`], on the runtime that will accept on it.
@@ -26,7 +27,7 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::T
     }
     socket.set_nonblocking(true)?;
     // Accepted sockets inherit TCP_NODELAY on Linux: one setsockopt here instead of one per
-    // connection (conn.rs sets it per connection elsewhere).
+    // connection (set per connection on other systems).
     #[cfg(target_os = "linux")]
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
@@ -43,7 +44,7 @@ pub(crate) fn ipv6_unavailable(e: &io::Error) -> bool {
 /// Runs the accept loop of one socket on `on` (a worker runtime) or on the current runtime;
 /// abort the task to stop listening. The connections it accepts run on the same runtime.
 pub(crate) fn spawn(
-    inner: Weak<Inner>,
+    shared: Weak<Shared>,
     listener: std::net::TcpListener,
     port: u16,
     on: Option<&Handle>,
@@ -61,10 +62,10 @@ pub(crate) fn spawn(
             match listener.accept().await {
                 Ok((tcp, peer)) => {
                     let accepted = Instant::now();
-                    let Some(inner) = inner.upgrade() else { return };
-                    // The connection's task: its future (conn::serve, about 650 bytes; see
+                    let Some(shared) = shared.upgrade() else { return };
+                    // The connection's task: its future (about 650 bytes; see
                     // tests/task_size.rs) is most of the memory of an idle connection.
-                    tokio::spawn(crate::conn::serve(inner, tcp, peer, port, accepted));
+                    tokio::spawn(super::serve(shared, tcp, peer, port, accepted));
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {

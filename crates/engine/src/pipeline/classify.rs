@@ -1,11 +1,17 @@
-//! What routing needs from the first bytes: TLS ClientHello (SNI, version) or HTTP head.
+//! Stage 3, classify: what routing needs from the first bytes, read without consuming them
+//! (the socket replays them): a TLS ClientHello (SNI, version) or an HTTP request head (Host,
+//! path, headers), bounded by `initial_data_timeout` and a byte cap. Ports whose routes need
+//! neither skip this stage.
 
 use smartproxy_routing::{PeekNeed, TlsVersion};
+use smartproxy_tls_hello::{Peek, PeekOptions, TlsVersion as WireVersion};
 use smartproxy_wrapped_socket::{PeekError, WrappedSocket};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::conn::{Closed, Conn};
 use crate::http::{self, RequestHead};
+use crate::observe::Refusal;
 
 /// Largest ClientHello buffered (bytes).
 const MAX_HELLO: usize = 16 * 1024 + 5;
@@ -49,6 +55,24 @@ impl From<PeekError> for PeekFailed {
     }
 }
 
+/// Peeks what the port's routes need; a client that closes first ends quietly (one debug
+/// line), one that sends too little, too late or too much is refused.
+pub(crate) async fn classify(
+    c: &Conn,
+    sock: &mut WrappedSocket<TcpStream>,
+) -> Result<PeekInfo, Closed> {
+    let need = c.state.table.peek_need(c.port);
+    let deadline = c.accepted + c.state.config.defaults.initial_data_timeout;
+    match peek(sock, need, deadline).await {
+        Ok(i) => Ok(i),
+        Err(PeekFailed::Eof) => {
+            tracing::debug!(client = %c.client, port = c.port, "closed before sending routing data");
+            Err(Closed)
+        }
+        Err(e) => Err(c.refuse(Refusal::InitialData, &e.to_string())),
+    }
+}
+
 /// Buffers (without consuming) what `need` asks for, before `deadline`.
 pub(crate) async fn peek(
     sock: &mut WrappedSocket<TcpStream>,
@@ -80,14 +104,14 @@ async fn peek_tls(
         return Ok(info);
     }
     loop {
-        match crate::sni::client_hello(sock.buffered()) {
-            crate::sni::Hello::Complete { sni, version } => {
+        match client_hello(sock.buffered()) {
+            Hello::Complete { sni, version } => {
                 info.domain = sni;
                 info.tls_version = version;
                 return Ok(info);
             }
-            crate::sni::Hello::Other => return Ok(info),
-            crate::sni::Hello::Incomplete => {
+            Hello::Other => return Ok(info),
+            Hello::Incomplete => {
                 if sock.peek_more(MAX_HELLO, deadline).await? == 0 {
                     return Err(PeekFailed::Eof);
                 }
@@ -113,6 +137,37 @@ async fn peek_http(
                     return Err(PeekFailed::Eof);
                 }
             }
+        }
+    }
+}
+
+/// What the buffered bytes say about a ClientHello.
+#[derive(Debug)]
+pub(crate) enum Hello {
+    /// More bytes are needed.
+    Incomplete,
+    /// Not a (valid) ClientHello: routed without SNI.
+    Other,
+    /// A complete ClientHello.
+    Complete { sni: Option<String>, version: Option<TlsVersion> },
+}
+
+/// Looks for a ClientHello at the start of `buf`.
+pub(crate) fn client_hello(buf: &[u8]) -> Hello {
+    match smartproxy_tls_hello::peek(buf, &PeekOptions::default()) {
+        Ok(Peek::Complete(hello)) => Hello::Complete {
+            sni: hello.server_name().map(str::to_ascii_lowercase),
+            version: match hello.max_version() {
+                Some(WireVersion::Tls13) => Some(TlsVersion::Tls13),
+                Some(WireVersion::Tls12) => Some(TlsVersion::Tls12),
+                _ => None,
+            },
+        },
+        Ok(Peek::Incomplete { .. }) => Hello::Incomplete,
+        Ok(_) => Hello::Other,
+        Err(e) => {
+            tracing::debug!(error = %e, "not a valid ClientHello; routing without SNI");
+            Hello::Other
         }
     }
 }

@@ -1,23 +1,24 @@
-//! Deserialisation that collects one error per route, and value checks.
-
-use std::net::{IpAddr, SocketAddr};
+//! Deserialisation into the file model that collects every error: each route is deserialised
+//! on its own so that an error in one does not hide the errors in the others, and an unknown or
+//! bad key is removed and deserialisation tried again.
 
 use serde::de::DeserializeOwned;
-use smartproxy_routing::{RouteAction, RouteConfig, TlsMode, ValidationOptions, validate_with};
+use smartproxy_routing::RouteConfig;
 
+use super::file::File;
 use super::locate::Locator;
-use super::{Config, ConfigError, Format};
-use crate::net::Cidr;
+use super::{ConfigError, Format};
 
-/// Deserialises the configuration. Every route is deserialised on its own so that an error in
-/// one does not hide the errors in the others.
+/// The routes that deserialised, and the index in the file of each.
+pub(crate) type Routes = (Vec<RouteConfig>, Vec<usize>);
+
+/// Deserialises the file: the top level (`None` if it has an error) and the routes.
 pub(crate) fn deserialize(
     text: &str,
     format: Format,
     locator: &Locator,
     errors: &mut Vec<ConfigError>,
-    custom_handlers: &[String],
-) -> Option<Config> {
+) -> (Option<File>, Routes) {
     match format {
         Format::Toml => {
             let mut top: toml::Table = match toml::from_str(text) {
@@ -28,7 +29,7 @@ pub(crate) fn deserialize(
                         line: None,
                         message: e.message().to_owned(),
                     });
-                    return None;
+                    return (None, (Vec::new(), Vec::new()));
                 }
             };
             let routes = match top.remove("routes") {
@@ -39,7 +40,7 @@ pub(crate) fn deserialize(
                 }
                 None => Vec::new(),
             };
-            split(toml::Value::Table(top), routes, locator, errors, custom_handlers)
+            split(toml::Value::Table(top), routes, locator, errors)
         }
         Format::Json => {
             let mut top: serde_json::Value = match serde_json::from_str(text) {
@@ -50,7 +51,7 @@ pub(crate) fn deserialize(
                         line: Some(e.line()),
                         message: e.to_string(),
                     });
-                    return None;
+                    return (None, (Vec::new(), Vec::new()));
                 }
             };
             let routes = match top.as_object_mut().and_then(|o| o.remove("routes")) {
@@ -63,7 +64,7 @@ pub(crate) fn deserialize(
                 }
                 None => Vec::new(),
             };
-            split(top, routes, locator, errors, custom_handlers)
+            split(top, routes, locator, errors)
         }
     }
 }
@@ -73,15 +74,13 @@ fn split<'de, V>(
     routes: Vec<V>,
     locator: &Locator,
     errors: &mut Vec<ConfigError>,
-    custom_handlers: &[String],
-) -> Option<Config>
+) -> (Option<File>, Routes)
 where
     V: serde::Deserializer<'de> + Prune,
     V::Error: std::fmt::Display,
 {
-    let top: Option<Config> = one(top, "", true, locator, errors);
+    let top: Option<File> = one(top, "", true, locator, errors);
     let total = routes.len();
-    // Original index of every route that deserialised.
     let mut kept = Vec::with_capacity(total);
     let mut parsed = Vec::with_capacity(total);
     for (i, r) in routes.into_iter().enumerate() {
@@ -90,19 +89,11 @@ where
             parsed.push(r);
         }
     }
-    // Check what did deserialise, so that one bad key does not hide the other errors.
-    let complete = top.is_some() && parsed.len() == total;
-    let mut config = top.unwrap_or_default();
-    config.routes = parsed;
-    for mut e in check(&config, custom_handlers) {
-        e.path = remap_route_index(&e.path, &kept);
-        errors.push(e);
-    }
-    complete.then_some(config)
+    (top, (parsed, kept))
 }
 
 /// `routes[j]...` of the kept routes back to `routes[i]...` of the file.
-fn remap_route_index(path: &str, kept: &[usize]) -> String {
+pub(crate) fn remap_route_index(path: &str, kept: &[usize]) -> String {
     let Some(rest) = path.strip_prefix("routes[") else { return path.to_owned() };
     let Some((num, tail)) = rest.split_once(']') else { return path.to_owned() };
     match num.parse::<usize>().ok().and_then(|j| kept.get(j)) {
@@ -222,85 +213,4 @@ where
         }
     }
     None
-}
-
-/// Checks values that serde cannot.
-pub(crate) fn check(c: &Config, custom_handlers: &[String]) -> Vec<ConfigError> {
-    let mut errs = Vec::new();
-    let mut err = |path: String, msg: String| errs.push(ConfigError::new(path, msg));
-    if c.workers == Some(0) {
-        err("workers".into(), "must be at least 1".into());
-    }
-    if c.bind.is_empty() {
-        err("bind".into(), "needs at least one address".into());
-    }
-    for (i, b) in c.bind.iter().enumerate() {
-        if b.trim().parse::<IpAddr>().is_err() {
-            err(format!("bind[{i}]"), format!("`{b}` is not an IP address"));
-        }
-    }
-    for (i, p) in c.proxy_ips.iter().enumerate() {
-        if let Err(e) = Cidr::parse(p) {
-            err(format!("proxy_ips[{i}]"), e);
-        }
-    }
-    if c.accept_proxy_protocol == Some(true) && c.proxy_ips.is_empty() {
-        err(
-            "accept_proxy_protocol".into(),
-            "is true but proxy_ips is empty: no peer is trusted to send a PROXY header".into(),
-        );
-    }
-    for (path, d) in [
-        ("proxy_protocol_timeout", c.proxy_protocol_timeout),
-        ("defaults.initial_data_timeout", c.defaults.initial_data_timeout),
-        ("defaults.inactivity_timeout", c.defaults.inactivity_timeout),
-        ("defaults.max_connection_lifetime", c.defaults.max_connection_lifetime),
-        ("defaults.connect_timeout", c.defaults.connect_timeout),
-        ("metrics.sample_interval", c.metrics.sample_interval),
-    ] {
-        if d.is_zero() {
-            err(path.into(), "must be longer than 0s".into());
-        }
-    }
-    if let Some(a) = &c.admin {
-        if a.listen.parse::<SocketAddr>().is_err() {
-            err("admin.listen".into(), format!("`{}` is not an address:port", a.listen));
-        }
-    }
-    if let Some(s) = &c.metrics.statsd {
-        let ok = s
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !ok {
-            err("metrics.statsd.address".into(), format!("`{}` is not host:port", s.address));
-        }
-        if !matches!(s.style.as_str(), "plain" | "datadog") {
-            err(
-                "metrics.statsd.style".into(),
-                format!("`{}` is not \"plain\" or \"datadog\"", s.style),
-            );
-        }
-        if s.interval.is_zero() {
-            err("metrics.statsd.interval".into(), "must be longer than 0s".into());
-        }
-    }
-    for (i, r) in c.routes.iter().enumerate() {
-        check_route(i, r, &mut err);
-    }
-    let opts = ValidationOptions::default().with_custom_handlers(custom_handlers.iter().cloned());
-    if let Err(list) = validate_with(&c.routes, &opts) {
-        for e in list {
-            err(e.path.clone(), e.message.clone());
-        }
-    }
-    errs
-}
-
-fn check_route(i: usize, r: &RouteConfig, err: &mut dyn FnMut(String, String)) {
-    if let RouteAction::Forward(f) = &r.action {
-        if f.tls.as_ref().is_some_and(|t| !matches!(t.mode, TlsMode::Passthrough)) {
-            crate::tls::check_route(i, r, err);
-        }
-    }
 }

@@ -1,69 +1,89 @@
-//! The configuration file: the model of every key, loading from TOML or JSON, and validation
-//! that reports every error with its key path and line.
+//! The configuration, parsed once ("parse, don't validate"): the file is read into its serde
+//! model ([`file`]), every value is checked and turned into a typed value (addresses, address
+//! patterns, durations, enums), the routes are validated and compiled into the route table, and
+//! the certificate material of terminating routes is read from disk. What comes out, a
+//! [`Config`], is what `run`, `validate`, reload and the library API all use: nothing reads a
+//! file or re-parses a string after this.
+//!
+//! Every error is reported at once, with its key path and line.
 
+mod check;
+mod deserialize;
+mod file;
 mod locate;
-mod validate;
+pub(crate) mod tls_files;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use smartproxy_routing::RouteConfig;
 use smartproxy_routing::duration as dur;
+use smartproxy_routing::{IpPattern, RouteConfig, RouteTable};
 
 use self::locate::Locator;
+use self::tls_files::TlsFiles;
 
-/// The whole configuration (DESIGN.md §3).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration (DESIGN.md §3), parsed and checked: build one with
+/// [`Config::load`], [`Config::from_str`], [`Config::parse`] (custom handler names) or
+/// [`Config::from_routes`] (routes written in code).
+#[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct Config {
     /// Runtime worker threads; `None`: the CPUs the process may use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
     /// How the workers are scheduled (default `"per-worker"`); read by the binary at start.
-    #[serde(default)]
     pub runtime: Runtime,
     /// Addresses every route port is bound on (default `["0.0.0.0", "::"]`; IPv6 sockets are
     /// IPv6-only).
-    #[serde(default = "default_bind")]
-    pub bind: Vec<String>,
+    pub bind: Vec<IpAddr>,
     /// Set `SO_REUSEPORT` on listening sockets (default false), so that several processes can
     /// share a port.
-    #[serde(default)]
     pub reuse_port: bool,
-    /// Peers trusted to send PROXY headers: addresses or CIDR blocks.
-    #[serde(default)]
-    pub proxy_ips: Vec<String>,
-    /// Accept PROXY headers from `proxy_ips` (default: true when `proxy_ips` is non-empty).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accept_proxy_protocol: Option<bool>,
+    /// Peers trusted to send PROXY headers: addresses, CIDR blocks, ranges or wildcards.
+    #[serde(serialize_with = "display_all")]
+    pub proxy_ips: Vec<IpPattern>,
+    /// PROXY headers are accepted from `proxy_ips` (the key `accept_proxy_protocol`; default:
+    /// true when `proxy_ips` is non-empty).
+    pub accept_proxy_protocol: bool,
     /// Absolute deadline for the whole PROXY header, from accept (default 5 s).
-    #[serde(default = "default_pp_timeout", with = "dur")]
+    #[serde(with = "dur")]
     pub proxy_protocol_timeout: Duration,
     /// A trusted peer may also connect without a header (default false).
-    #[serde(default)]
     pub proxy_protocol_optional: bool,
     /// How long the first bytes of an untrusted connection are awaited to check that they are
     /// not a PROXY header, on ports whose routes need no peek (default 200 ms). A client that
     /// stays silent that long (a server-speaks-first protocol) is forwarded anyway. `"0s"`
     /// checks only bytes that have already arrived.
-    #[serde(default = "default_detect_timeout", with = "dur")]
+    #[serde(with = "dur")]
     pub proxy_protocol_detect_timeout: Duration,
     /// Defaults for timeouts and limits.
-    #[serde(default)]
     pub defaults: Defaults,
     /// The admin HTTP listener.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
     /// Traffic metrics.
-    #[serde(default)]
     pub metrics: MetricsConfig,
-    /// The routes.
-    #[serde(default)]
-    pub routes: Vec<RouteConfig>,
+    /// The routes, as written (read them with [`Config::routes`]; they change only through
+    /// [`Config::with_routes`], which compiles them again).
+    pub(crate) routes: Vec<RouteConfig>,
+    /// What was derived from the routes: the compiled table and the TLS files.
+    #[serde(skip)]
+    compiled: Compiled,
+}
+
+/// The route table and TLS material of a configuration, built once when it is parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    pub(crate) table: Arc<RouteTable>,
+    pub(crate) tls: Arc<TlsFiles>,
+}
+
+fn display_all<S: serde::Serializer>(v: &[IpPattern], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(ToString::to_string))
 }
 
 /// How the binary runs its `workers` (top-level key `runtime`). With one worker both are a
@@ -85,21 +105,12 @@ pub enum Runtime {
 }
 
 impl Default for Config {
+    /// Every default, no route.
     fn default() -> Self {
-        Self {
-            workers: None,
-            runtime: Runtime::default(),
-            bind: default_bind(),
-            reuse_port: false,
-            proxy_ips: Vec::new(),
-            accept_proxy_protocol: None,
-            proxy_protocol_timeout: default_pp_timeout(),
-            proxy_protocol_optional: false,
-            proxy_protocol_detect_timeout: default_detect_timeout(),
-            defaults: Defaults::default(),
-            admin: None,
-            metrics: MetricsConfig::default(),
-            routes: Vec::new(),
+        match Self::from_routes(Vec::new()) {
+            Ok(c) => c,
+            // No route, no file: nothing can fail.
+            Err(e) => unreachable!("the default configuration is valid: {e}"),
         }
     }
 }
@@ -162,43 +173,31 @@ impl Default for Defaults {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct AdminConfig {
     /// Address of the admin HTTP listener, e.g. `"127.0.0.1:9900"`.
-    pub listen: String,
-}
-
-impl AdminConfig {
-    /// The listen address, parsed (validation guarantees it parses).
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
-    }
+    pub listen: SocketAddr,
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct MetricsConfig {
     /// Collect metrics (default true).
-    #[serde(default = "default_true")]
     pub enabled: bool,
     /// Sample interval (default 1 s).
-    #[serde(default = "d1s", with = "dur")]
+    #[serde(with = "dur")]
     pub sample_interval: Duration,
     /// How long 1 s samples are kept (default 1 h).
-    #[serde(default = "d1h", with = "dur")]
+    #[serde(with = "dur")]
     pub retention: Duration,
     /// Prefix of exported metric names (default `smartproxy_`).
-    #[serde(default = "default_prefix")]
     pub prefix: String,
     /// Per-IP series: `false` (default), `true` (the top 100 IPs), or a number N (the top N).
-    #[serde(default)]
     pub per_ip: PerIpSetting,
     /// Push to a StatsD server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub statsd: Option<StatsdConfig>,
 }
 
@@ -283,22 +282,32 @@ impl Serialize for PerIpSetting {
 }
 
 /// `[metrics.statsd]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct StatsdConfig {
-    /// `host:port` of the StatsD server (UDP).
+    /// `host:port` of the StatsD server (UDP); the host may be a name.
     pub address: String,
     /// Push interval (default 10 s).
-    #[serde(default = "d10s", with = "dur")]
+    #[serde(with = "dur")]
     pub interval: Duration,
     /// Line style: `"plain"` (default, Etsy StatsD) or `"datadog"` (tags).
-    #[serde(default = "default_style")]
-    pub style: String,
+    pub style: StatsdStyle,
 }
 
-fn default_bind() -> Vec<String> {
-    vec![Ipv4Addr::UNSPECIFIED.to_string(), Ipv6Addr::UNSPECIFIED.to_string()]
+/// `[metrics.statsd] style`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StatsdStyle {
+    /// Etsy StatsD lines.
+    #[default]
+    Plain,
+    /// DogStatsD lines with tags.
+    Datadog,
+}
+
+fn default_bind() -> Vec<IpAddr> {
+    vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()]
 }
 fn default_pp_timeout() -> Duration {
     Duration::from_secs(5)
@@ -311,9 +320,6 @@ fn default_true() -> bool {
 }
 fn default_prefix() -> String {
     "smartproxy_".into()
-}
-fn default_style() -> String {
-    "plain".into()
 }
 fn d1s() -> Duration {
     Duration::from_secs(1)
@@ -442,39 +448,41 @@ fn plural(n: usize) -> &'static str {
 }
 
 impl Config {
-    /// Reads and validates a file: JSON for a `.json` extension, TOML otherwise.
+    /// Reads and parses a file: JSON for a `.json` extension, TOML otherwise. Socket handlers
+    /// must be built-in ones.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
+        Self::load_with_handlers(path, &[])
+    }
+
+    /// [`Config::load`], accepting also the handler names in `handlers`.
+    pub fn load_with_handlers(
+        path: impl AsRef<Path>,
+        handlers: &[&str],
+    ) -> Result<Self, ConfigErrors> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: Some(path.to_owned()),
             errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
         })?;
-        Self::from_str(&text, Format::from_path(path)).map_err(|mut e| {
+        Self::parse(&text, Format::from_path(path), handlers).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
         })
     }
 
-    /// Parses and validates a configuration text. Socket handlers must be built-in ones.
+    /// Parses a configuration text. Socket handlers must be built-in ones.
     #[allow(clippy::should_implement_trait)] // Takes a format too.
     pub fn from_str(text: &str, format: Format) -> Result<Self, ConfigErrors> {
-        Self::from_str_with_handlers(text, format, &[])
+        Self::parse(text, format, &[])
     }
 
-    /// Like [`Config::from_str`], accepting also the socket handlers named in `handlers`
-    /// (those a library user registers with [`crate::EngineBuilder::handler`]).
-    pub fn from_str_with_handlers(
-        text: &str,
-        format: Format,
-        handlers: &[&str],
-    ) -> Result<Self, ConfigErrors> {
-        let locator = match Locator::new(text, format) {
-            Ok(l) => l,
-            Err(e) => return Err(ConfigErrors::one(e)),
-        };
+    /// Parses a configuration text, accepting also the socket handlers named in `handlers`
+    /// (an [`crate::EngineBuilder`] passes the names of those registered on it).
+    pub fn parse(text: &str, format: Format, handlers: &[&str]) -> Result<Self, ConfigErrors> {
+        let locator = Locator::new(text, format).map_err(ConfigErrors::one)?;
         let mut errors = Vec::new();
-        let custom: Vec<String> = handlers.iter().map(|h| (*h).to_owned()).collect();
-        let config = validate::deserialize(text, format, &locator, &mut errors, &custom);
+        let (file, routes) = deserialize::deserialize(text, format, &locator, &mut errors);
+        let config = check::build(file, routes, handlers, &mut errors);
         for e in &mut errors {
             if e.line.is_none() {
                 e.line = locator.line_of(&e.path);
@@ -488,20 +496,76 @@ impl Config {
         }
     }
 
-    /// Checks the values (what serde cannot): addresses, durations, routes (through
-    /// [`smartproxy_routing::validate_with`], accepting `custom_handlers` as handler names).
-    /// Lines are not filled in.
-    pub fn check(&self, custom_handlers: &[String]) -> Vec<ConfigError> {
-        validate::check(self, custom_handlers)
+    /// Every default setting with these routes (routes written in code). The routes are
+    /// validated and compiled as those of a file; errors name `routes[i]...` key paths.
+    pub fn from_routes(routes: Vec<RouteConfig>) -> Result<Self, ConfigErrors> {
+        Self::from_routes_with_handlers(routes, &[])
+    }
+
+    /// [`Config::from_routes`], accepting also the socket handlers named in `handlers`.
+    pub fn from_routes_with_handlers(
+        routes: Vec<RouteConfig>,
+        handlers: &[&str],
+    ) -> Result<Self, ConfigErrors> {
+        let file = file::File::default();
+        let mut errors = Vec::new();
+        let kept = (0..routes.len()).collect();
+        match check::build(Some(file), (routes, kept), handlers, &mut errors) {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors { file: None, errors }),
+        }
+    }
+
+    /// This configuration with other routes: every other setting is kept. The routes are
+    /// validated and compiled; `handlers` are the custom handler names to accept.
+    pub fn with_routes(
+        &self,
+        routes: Vec<RouteConfig>,
+        handlers: &[&str],
+    ) -> Result<Self, ConfigErrors> {
+        let compiled = check::compile(&routes, handlers)
+            .map_err(|errors| ConfigErrors { file: None, errors })?;
+        Ok(Self { routes, compiled, ..self.clone() })
+    }
+
+    /// The routes, as written.
+    pub fn routes(&self) -> &[RouteConfig] {
+        &self.routes
     }
 
     /// Whether PROXY headers are accepted from `proxy_ips`.
     pub fn accepts_proxy_protocol(&self) -> bool {
-        self.accept_proxy_protocol.unwrap_or(!self.proxy_ips.is_empty())
+        self.accept_proxy_protocol
     }
 
-    /// The bind addresses, parsed (unparsable ones are skipped; validation reports them).
-    pub fn bind_addrs(&self) -> Vec<IpAddr> {
-        self.bind.iter().filter_map(|b| b.trim().parse().ok()).collect()
+    /// The compiled route table.
+    pub fn table(&self) -> &RouteTable {
+        &self.compiled.table
+    }
+
+    pub(crate) fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// The route table for a new engine state, with the live counters (limits, target
+    /// connection counts, round-robin positions) of the routes `previous` has under the same
+    /// name. Compiled again (with `handlers` accepted) only when this configuration shares its
+    /// table with a clone.
+    pub(crate) fn take_table(
+        &mut self,
+        previous: Option<&RouteTable>,
+        handlers: &[&str],
+    ) -> Arc<RouteTable> {
+        if let Some(prev) = previous {
+            if Arc::get_mut(&mut self.compiled.table).is_none() {
+                if let Ok(c) = check::compile(&self.routes, handlers) {
+                    self.compiled.table = c.table;
+                }
+            }
+            if let Some(t) = Arc::get_mut(&mut self.compiled.table) {
+                t.inherit(prev);
+            }
+        }
+        Arc::clone(&self.compiled.table)
     }
 }

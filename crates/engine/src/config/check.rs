@@ -1,0 +1,194 @@
+//! From the file model to the typed [`Config`]: every value checked and converted once, the
+//! routes validated and compiled, the TLS files read. Errors carry key paths; the caller adds
+//! the lines.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smartproxy_routing::{IpPattern, IpPatternError, RouteConfig, RouteTable, ValidationOptions};
+
+use super::deserialize::{Routes, remap_route_index};
+use super::file::File;
+use super::tls_files::TlsFiles;
+use super::{
+    AdminConfig, Compiled, Config, ConfigError, MetricsConfig, StatsdConfig, StatsdStyle,
+    default_bind, default_detect_timeout, default_pp_timeout,
+};
+
+/// Builds the typed configuration, pushing every error found. `None` when the top level did
+/// not deserialise or a value is wrong (the routes are still checked, for their errors).
+pub(super) fn build(
+    file: Option<File>,
+    (routes, kept): Routes,
+    handlers: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let complete = file.is_some();
+    let f = file.unwrap_or_default();
+    let before = errors.len();
+    let mut err = |path: &str, msg: String| errors.push(ConfigError::new(path, msg));
+
+    if f.workers == Some(0) {
+        err("workers", "must be at least 1".into());
+    }
+    let bind = match &f.bind {
+        None => default_bind(),
+        Some(list) => {
+            if list.is_empty() {
+                err("bind", "needs at least one address".into());
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, b) in list.iter().enumerate() {
+                match b.trim().parse::<IpAddr>() {
+                    Ok(ip) => out.push(ip),
+                    Err(_) => err(&format!("bind[{i}]"), format!("`{b}` is not an IP address")),
+                }
+            }
+            out
+        }
+    };
+    let mut proxy_ips = Vec::with_capacity(f.proxy_ips.len());
+    for (i, p) in f.proxy_ips.iter().enumerate() {
+        match IpPattern::parse(p) {
+            Ok(pat) => proxy_ips.push(pat),
+            Err(e) => err(&format!("proxy_ips[{i}]"), proxy_ip_message(p, &e)),
+        }
+    }
+    if f.accept_proxy_protocol == Some(true) && f.proxy_ips.is_empty() {
+        err(
+            "accept_proxy_protocol",
+            "is true but proxy_ips is empty: no peer is trusted to send a PROXY header".into(),
+        );
+    }
+    let proxy_protocol_timeout = f.proxy_protocol_timeout.unwrap_or_else(default_pp_timeout);
+    let d = &f.defaults;
+    let sample_interval = f.metrics.sample_interval.unwrap_or(Duration::from_secs(1));
+    for (path, v) in [
+        ("proxy_protocol_timeout", proxy_protocol_timeout),
+        ("defaults.initial_data_timeout", d.initial_data_timeout),
+        ("defaults.inactivity_timeout", d.inactivity_timeout),
+        ("defaults.max_connection_lifetime", d.max_connection_lifetime),
+        ("defaults.connect_timeout", d.connect_timeout),
+        ("metrics.sample_interval", sample_interval),
+    ] {
+        if v.is_zero() {
+            err(path, "must be longer than 0s".into());
+        }
+    }
+    let admin = match &f.admin {
+        None => None,
+        Some(a) => match a.listen.trim().parse::<SocketAddr>() {
+            Ok(listen) => Some(AdminConfig { listen }),
+            Err(_) => {
+                err("admin.listen", format!("`{}` is not an address:port", a.listen));
+                None
+            }
+        },
+    };
+    let statsd = match &f.metrics.statsd {
+        None => None,
+        Some(s) => {
+            let ok = s
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                err("metrics.statsd.address", format!("`{}` is not host:port", s.address));
+            }
+            let style = match s.style.as_deref() {
+                None | Some("plain") => StatsdStyle::Plain,
+                Some("datadog") => StatsdStyle::Datadog,
+                Some(other) => {
+                    err(
+                        "metrics.statsd.style",
+                        format!("`{other}` is not \"plain\" or \"datadog\""),
+                    );
+                    StatsdStyle::Plain
+                }
+            };
+            let interval = s.interval.unwrap_or(Duration::from_secs(10));
+            if interval.is_zero() {
+                err("metrics.statsd.interval", "must be longer than 0s".into());
+            }
+            Some(StatsdConfig { address: s.address.clone(), interval, style })
+        }
+    };
+
+    let compiled = match compile(&routes, handlers) {
+        Ok(c) => Some(c),
+        Err(list) => {
+            for mut e in list {
+                e.path = remap_route_index(&e.path, &kept);
+                errors.push(e);
+            }
+            None
+        }
+    };
+    if !complete || errors.len() > before {
+        return None;
+    }
+    let accept_proxy_protocol = f.accept_proxy_protocol.unwrap_or(!f.proxy_ips.is_empty());
+    Some(Config {
+        workers: f.workers,
+        runtime: f.runtime,
+        bind,
+        reuse_port: f.reuse_port,
+        proxy_ips,
+        accept_proxy_protocol,
+        proxy_protocol_timeout,
+        proxy_protocol_optional: f.proxy_protocol_optional,
+        proxy_protocol_detect_timeout: f
+            .proxy_protocol_detect_timeout
+            .unwrap_or_else(default_detect_timeout),
+        defaults: f.defaults,
+        admin,
+        metrics: MetricsConfig {
+            enabled: f.metrics.enabled,
+            sample_interval,
+            retention: f.metrics.retention.unwrap_or(Duration::from_secs(3600)),
+            prefix: f.metrics.prefix.unwrap_or_else(super::default_prefix),
+            per_ip: f.metrics.per_ip,
+            statsd,
+        },
+        routes,
+        compiled: compiled?,
+    })
+}
+
+/// Validates and compiles the routes and reads their TLS files: every error, with
+/// `routes[i]...` paths (indices of `routes`).
+pub(super) fn compile(
+    routes: &[RouteConfig],
+    handlers: &[&str],
+) -> Result<Compiled, Vec<ConfigError>> {
+    let opts =
+        ValidationOptions::default().with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()));
+    let mut errors = Vec::new();
+    let table = match RouteTable::compile_with(routes.to_vec(), &opts) {
+        Ok(t) => Some(t),
+        Err(list) => {
+            errors.extend(list.into_iter().map(|e| ConfigError::new(e.path, e.message)));
+            None
+        }
+    };
+    let tls = TlsFiles::load(routes, &mut errors);
+    match table {
+        Some(table) if errors.is_empty() => {
+            Ok(Compiled { table: Arc::new(table), tls: Arc::new(tls) })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// The messages `proxy_ips` has always had for the address and CIDR forms.
+fn proxy_ip_message(p: &str, e: &IpPatternError) -> String {
+    match e {
+        IpPatternError::Syntax(_) => format!("`{p}` is not an IP address or CIDR block"),
+        IpPatternError::HostBits(..) => format!("`{p}` has host bits set after the prefix"),
+        IpPatternError::PrefixTooLong { max, .. } => {
+            format!("`{p}`: prefix length must be 0..={max}")
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,139 @@
+//! The connection pipeline: typed stages that a connection flows through one way, each a
+//! module that reads alone (DESIGN.md §2).
+//!
+//! ```text
+//! accept ─► admit ─► proxy_in ─► classify ─► route ─► upstream ─► serve ─► close
+//! listener   limits   PROXY hdr   ClientHello  table    connect,    copy /   one log line,
+//!            (global,  (real       / HTTP head  lookup,  PROXY out,  TLS /    limits and
+//!            per-IP)   client)                  guards   replay      handler  metrics by drop
+//! ```
+//!
+//! Every stage takes the per-connection context ([`conn::Conn`]) and returns
+//! `Result<_, Closed>`: a stage that ends the connection has recorded why. The setup (admit to
+//! upstream) runs in a boxed future that is freed once a plain connection's backend is
+//! connected; the copy then runs with only [`conn::Established`] and the copy state in the
+//! connection's task (about 650 bytes, `tests/task_size.rs`). TLS termination and socket
+//! handlers are served inside the setup future.
+
+pub(crate) mod accept;
+mod admit;
+mod classify;
+mod close;
+mod conn;
+mod proxy_in;
+mod route;
+mod serve_handler;
+mod serve_tls;
+mod upstream;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use smartproxy_routing::{RouteAction, TlsMode};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use self::conn::{Closed, Established};
+use crate::copy;
+use crate::shared::Shared;
+
+/// Serves one accepted connection (the future the accept loop spawns). Never panics on
+/// network input; every guard it takes is released when it returns.
+///
+/// Forced shutdown ends the setup silently (as a refusal would) and the copy with the
+/// "shutdown" outcome in the close log.
+pub(crate) fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    accepted: Instant,
+) -> impl Future<Output = ()> + Send {
+    // Boxed: the setup's state (header, peek, routing, connect) is freed once it is done;
+    // created here, so that the task does not also keep its arguments.
+    let setup = Box::pin(setup(Arc::clone(&shared), tcp, peer, port, accepted));
+    async move {
+        let mut stop = shared.force_close.subscribe();
+        let est = match tokio::select! {
+            // Forced shutdown also ends connections that are still being set up (reading a
+            // header, peeking, connecting) and the ones served inside the setup (TLS
+            // termination, socket handlers).
+            r = setup => r,
+            () = copy::wait_stop(&mut stop) => Err(Closed),
+        } {
+            Ok(Some(e)) => e,
+            Ok(None) | Err(Closed) => return,
+        };
+        let stop = std::pin::pin!(copy::wait_stop(&mut stop));
+        // Read here rather than kept from the setup: it would grow every connection's task.
+        let splice = shared.state.load().config.defaults.splice;
+        let outcome = copy::pipe_tcp(&est.conn, stop, splice).await;
+        let obs = &est.conn.obs;
+        // Known since the PROXY header stage (`peer` is not kept: it would size the task).
+        let client = obs.client().unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
+        close::log_close(obs, client, port, obs.route().unwrap_or_default(), &outcome);
+    }
+}
+
+/// The stages up to the serve stage: `Some` with a plain connection ready for the copy, or
+/// `None` when the connection was served here (TLS termination, socket handlers).
+async fn setup(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    accepted: Instant,
+) -> Result<Option<Established>, Closed> {
+    let mut c = admit::admit(shared, peer, port, accepted)?;
+    // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
+    #[cfg(not(target_os = "linux"))]
+    let _ = tcp.set_nodelay(true);
+    let mut sock = proxy_in::read_header(&mut c, tcp).await?;
+    let info = classify::classify(&c, &mut sock).await?;
+    let index = route::route(&mut c, &info)?;
+    let state = Arc::clone(&c.state);
+    let route = &state.table.routes()[index];
+    match &route.config().action {
+        RouteAction::Forward(f)
+            if f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough) =>
+        {
+            let mut stop = c.shared.force_close.subscribe();
+            // Boxed: the TLS state machine is several KiB.
+            Box::pin(serve_tls::serve(c, index, sock, &mut stop)).await?;
+            Ok(None)
+        }
+        RouteAction::Forward(f) => {
+            let dst = match sock
+                .proxy_header()
+                .and_then(smartproxy_proxy_protocol::Header::destination)
+            {
+                Some(d) => d,
+                None if f.send_proxy_protocol.is_off() => {
+                    SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)
+                }
+                None => conn::local_addr(sock.get_ref(), port),
+            };
+            let (client_tcp, replay) = sock.into_parts();
+            c.obs.add_in(replay.len() as u64);
+            let up = upstream::connect(&mut c, route, f, dst, &replay).await?;
+            Ok(Some(c.establish(client_tcp, up.stream)))
+        }
+        RouteAction::SocketHandler(h) => {
+            let mut stop = c.shared.force_close.subscribe();
+            serve_handler::serve(c, index, h, sock, info, &mut stop).await;
+            Ok(None)
+        }
+        _ => Err(c.refuse(crate::observe::Refusal::NoRoute, "unsupported action")),
+    }
+}
+
+/// The size of [`serve`]'s future, the state of every connection's task.
+pub(crate) fn task_size() -> usize {
+    fn output_size<F, R>(_: F) -> usize
+    where
+        F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Instant) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    output_size(serve)
+}

@@ -1,0 +1,32 @@
+//! What every connection reads: the configuration in force, the engine-wide limits, the
+//! observer, the registered handlers and the forced-close signal. The engine's control block
+//! ([`crate::engine`]) owns one and hands connections an `Arc` of it; nothing here reaches back
+//! into the control block.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use smartproxy_limits::IpLimiter;
+use tokio::sync::watch;
+
+use crate::handler::Registry;
+use crate::limits::Gauge;
+use crate::observe::EngineObserver;
+use crate::state::State;
+
+/// The engine-wide part of every connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The configuration in force; a connection loads it once, when accepted.
+    pub(crate) state: ArcSwap<State>,
+    /// Custom socket handlers, by name.
+    pub(crate) handlers: Registry,
+    /// Open connections and connection rate per client IP (`[defaults]` limits), counted on
+    /// the real client address; the metrics' connections per IP read it too.
+    pub(crate) ip_limits: Arc<IpLimiter>,
+    /// Open connections in total (`[defaults] max_connections`).
+    pub(crate) global: Arc<Gauge>,
+    pub(crate) obs: Arc<EngineObserver>,
+    /// Turns true when the shutdown grace is over: every connection closes.
+    pub(crate) force_close: watch::Sender<bool>,
+}
