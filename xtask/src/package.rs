@@ -58,7 +58,7 @@ pub(crate) fn check(ws: &Workspace, crates: &[&Member], mode: Mode) -> Result<Ve
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     crate::sh("cargo", &args)?;
-    let target = ws.root.join("target/package");
+    let target = ws.target.join("package");
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let licence = std::fs::read(ws.root.join("LICENSE")).context("reading LICENSE")?;
@@ -115,11 +115,49 @@ fn check_sources(ws: &Workspace, crates: &[&Member]) -> Result<()> {
         if !dir.join("CHANGELOG.md").exists() {
             errors.push(format!("{}: no CHANGELOG.md in {}", m.name, m.dir.display()));
         }
+        errors.extend(manifest_problems(m, &dir).into_iter().map(|e| format!("{}: {e}", m.name)));
     }
     if !errors.is_empty() {
         bail!("before packaging:\n  {}", errors.join("\n  "));
     }
     Ok(())
+}
+
+/// What DESIGN.md asks of every publishable crate's manifest and library root.
+fn manifest_problems(m: &Member, dir: &Path) -> Vec<String> {
+    let mut e = Vec::new();
+    for (field, value) in [("description", &m.description), ("repository", &m.repository)] {
+        if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+            e.push(format!("no `{field}` in Cargo.toml"));
+        }
+    }
+    if m.keywords.is_empty() {
+        e.push("no `keywords` in Cargo.toml".into());
+    }
+    match std::fs::read_to_string(dir.join("Cargo.toml")) {
+        Ok(text) if crate::bump::package_version(&text).is_none() => e.push(
+            "[package] has no `version = \"...\"` of its own (crates are versioned one by one, \
+             not with version.workspace)"
+                .into(),
+        ),
+        Ok(_) => {}
+        Err(err) => e.push(format!("Cargo.toml: {err}")),
+    }
+    // The README's examples are doc tests of the library.
+    if let Some(lib) = &m.lib_src {
+        let readme = m.readme.as_deref().unwrap_or("README.md");
+        let include = format!("include_str!(\"../{readme}\")");
+        match std::fs::read_to_string(lib) {
+            Ok(src) if src.contains(&include) => {}
+            Ok(_) => e.push(format!(
+                "{} does not run the README's examples as doc tests: add \
+                 `#![cfg_attr(doctest, doc = {include})]` after its `//!` docs",
+                lib.display()
+            )),
+            Err(err) => e.push(format!("{}: {err}", lib.display())),
+        }
+    }
+    e
 }
 
 /// Reads the `.crate` (a gzipped tar) with `tar` and applies the rules.
@@ -322,5 +360,47 @@ mod tests {
             parse_listing("-rw-r--r-- 0/0 1 1970-01-01 00:00 b-0.1.0/x\n", "a-0.1.0/").is_err()
         );
         assert!(parse_listing("garbage\n", "a-0.1.0/").is_err());
+    }
+
+    #[test]
+    fn manifest_and_readme_doc_test_rules() {
+        let dir = std::env::temp_dir().join(format!("xtask-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            "[package]\nname = \"a\"\nversion.workspace = true\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "//! a\n").unwrap();
+        let mut m = Member {
+            name: "a".into(),
+            version: "0.1.0".into(),
+            dir: "crates/a".into(),
+            publishable: true,
+            license: Some("Apache-2.0".into()),
+            readme: Some("README.md".into()),
+            deps: vec![],
+            has_bin: false,
+            lib_src: Some(dir.join("src/lib.rs")),
+            description: None,
+            repository: Some("https://x".into()),
+            keywords: vec![],
+        };
+        let all = manifest_problems(&m, &dir).join("\n");
+        assert!(all.contains("no `description`"), "{all}");
+        assert!(all.contains("no `keywords`"), "{all}");
+        assert!(all.contains("no `version = \"...\"` of its own"), "{all}");
+        assert!(all.contains("does not run the README's examples as doc tests"), "{all}");
+        std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"a\"\nversion = \"0.1.0\"\n")
+            .unwrap();
+        std::fs::write(
+            dir.join("src/lib.rs"),
+            "//! a\n#![cfg_attr(doctest, doc = include_str!(\"../README.md\"))]\n",
+        )
+        .unwrap();
+        m.description = Some("a".into());
+        m.keywords = vec!["k".into()];
+        assert_eq!(manifest_problems(&m, &dir), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

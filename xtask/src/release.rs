@@ -130,7 +130,7 @@ fn run(root: &Path, opts: &Options, steps: &mut Steps) -> Result<()> {
         println!("  git commit -am 'release smartproxy {version}' && git tag v{version}");
     }
     println!(
-        "  cargo publish {}    # in dependency order; needs a crates.io token",
+        "  cargo publish {}    # cargo orders them by dependency; needs a crates.io token",
         members.iter().map(|m| format!("-p {}", m.name)).collect::<Vec<_>>().join(" ")
     );
     println!("  upload {} and SHA256SUMS", dist.tarball.display());
@@ -156,7 +156,7 @@ fn crate_states(ws: &Workspace) -> Result<Vec<CrateState>> {
 fn release_binary(ws: &Workspace) -> Result<PathBuf> {
     let m = ws.binary()?;
     crate::sh("cargo", &["build", "--release", "--locked", "-p", &m.name])?;
-    let bin = ws.root.join("target/release").join(&m.name);
+    let bin = ws.target.join("release").join(&m.name);
     let out = Command::new("readelf")
         .args(["-S", "--wide"])
         .arg(&bin)
@@ -207,7 +207,7 @@ fn artifacts(ws: &Workspace, bin: &Path) -> Result<Dist> {
     let m = ws.binary()?;
     let host = host_triple()?;
     let name = format!("{}-{}-{host}", m.name, m.version);
-    let dist = ws.root.join("target/dist");
+    let dist = ws.target.join("dist");
     let dir = dist.join(&name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;

@@ -24,12 +24,20 @@ pub(crate) struct Member {
     pub(crate) deps: Vec<String>,
     /// It has a `[[bin]]` target.
     pub(crate) has_bin: bool,
+    /// The library target's root file (`src/lib.rs`), if it has one.
+    pub(crate) lib_src: Option<PathBuf>,
+    /// `description`, `repository` and `keywords` as set in the manifest.
+    pub(crate) description: Option<String>,
+    pub(crate) repository: Option<String>,
+    pub(crate) keywords: Vec<String>,
 }
 
-/// The workspace: its root and members (sorted by name).
+/// The workspace: its root, target directory (CARGO_TARGET_DIR honoured) and members (sorted
+/// by name).
 #[derive(Debug)]
 pub(crate) struct Workspace {
     pub(crate) root: PathBuf,
+    pub(crate) target: PathBuf,
     pub(crate) members: Vec<Member>,
 }
 
@@ -51,6 +59,7 @@ impl Workspace {
     pub(crate) fn parse(json: &[u8]) -> Result<Self> {
         let v: Value = serde_json::from_slice(json).context("cargo metadata output")?;
         let root = PathBuf::from(str_at(&v, "workspace_root")?);
+        let target = PathBuf::from(str_at(&v, "target_directory")?);
         let ids: Vec<&str> = v["workspace_members"]
             .as_array()
             .context("workspace_members")?
@@ -95,6 +104,16 @@ impl Workspace {
                         .is_some_and(|k| k.iter().any(|k| k.as_str() == Some("bin")))
                 })
             });
+            let lib_src = p["targets"].as_array().and_then(|t| {
+                t.iter()
+                    .find(|t| {
+                        t["kind"].as_array().is_some_and(|k| {
+                            k.iter().any(|k| matches!(k.as_str(), Some("lib" | "rlib")))
+                        })
+                    })
+                    .and_then(|t| t["src_path"].as_str())
+                    .map(PathBuf::from)
+            });
             members.push(Member {
                 name: str_at(p, "name")?.to_owned(),
                 version: str_at(p, "version")?.to_owned(),
@@ -104,10 +123,17 @@ impl Workspace {
                 readme: p["readme"].as_str().map(str::to_owned),
                 deps,
                 has_bin,
+                lib_src,
+                description: p["description"].as_str().map(str::to_owned),
+                repository: p["repository"].as_str().map(str::to_owned),
+                keywords: p["keywords"]
+                    .as_array()
+                    .map(|k| k.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default(),
             });
         }
         members.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self { root, members })
+        Ok(Self { root, target, members })
     }
 
     /// The members that are published to crates.io.
@@ -165,6 +191,7 @@ mod tests {
 
     const META: &str = r#"{
       "workspace_root": "/w",
+      "target_directory": "/w/target",
       "workspace_members": ["path+file:///w/crates/a#a@0.1.0", "path+file:///w/crates/b#b@0.2.0",
                             "path+file:///w/xtask#xtask@0.0.0", "path+file:///w/crates/c#smartproxy@1.0.0"],
       "packages": [
@@ -174,7 +201,8 @@ mod tests {
          "dependencies": [{"name": "a", "kind": null, "path": "/w/crates/a"},
                           {"name": "serde", "kind": null},
                           {"name": "xtask", "kind": "dev"}],
-         "targets": [{"kind": ["lib"]}]},
+         "description": "b things", "repository": "https://x", "keywords": ["k"],
+         "targets": [{"kind": ["lib"], "src_path": "/w/crates/b/src/lib.rs"}]},
         {"id": "path+file:///w/crates/a#a@0.1.0", "name": "a", "version": "0.1.0",
          "manifest_path": "/w/crates/a/Cargo.toml", "publish": null, "license": "Apache-2.0",
          "readme": null, "dependencies": [], "targets": [{"kind": ["lib"]}]},
@@ -197,6 +225,9 @@ mod tests {
         let b = ws.member("b").unwrap();
         assert_eq!(b.dir, Path::new("crates/b"));
         assert_eq!(b.deps, ["a"], "dev and third-party dependencies are left out");
+        assert_eq!(b.lib_src.as_deref(), Some(Path::new("/w/crates/b/src/lib.rs")));
+        assert_eq!((b.description.as_deref(), b.keywords.len()), (Some("b things"), 1));
+        assert_eq!(ws.member("smartproxy").unwrap().lib_src, None);
         assert!(!ws.member("xtask").unwrap().publishable);
         assert_eq!(ws.binary().unwrap().name, "smartproxy");
         let order: Vec<&str> =
