@@ -19,7 +19,7 @@
 //! cargo xtask release [--version X [--bump CRATE=major|minor|patch].. [--plan]]
 //!                                with --version: bump the binary to X and every crate changed
 //!                                since the last vX tag (--plan: print, change nothing); then
-//!                                cargo publish --dry-run of those crates, the stripped release
+//!                                package + verify those crates, publish --dry-run, the release
 //!                                binary, man page, completions, release notes, tarball and
 //!                                SHA256SUMS in target/dist. Uploads, commits and tags nothing.
 //! ```

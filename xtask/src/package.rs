@@ -1,7 +1,8 @@
 //! The packaging check: every publishable crate is packaged and built from its `.crate` file
-//! alone, all in one cargo run so that the workspace's unpublished crates see each other
-//! (cargo's multi-package `package`/`publish` puts the fresh `.crate` files in a local overlay
-//! registry, target/package/tmp-registry). Then the contents of each `.crate` are checked.
+//! alone, all in one `cargo package` run so that the workspace's unpublished crates see each
+//! other (cargo's multi-package packaging puts the fresh `.crate` files in a local overlay
+//! registry, target/package/tmp-registry). Then the contents of each `.crate` are checked;
+//! for a release, `cargo publish --dry-run --no-verify` follows.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -22,12 +23,14 @@ pub(crate) const CRATE_CAP: u64 = 512 * 1024;
 /// output.
 const FORBIDDEN_DIRS: &[&str] = &["fuzz", "corpus", "artifacts", "target"];
 
-/// How the packages are made.
+/// What follows the packaging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// `cargo package`: the CI check (no registry questions beyond resolving dependencies).
+    /// `cargo package` only: the CI check.
     Package,
-    /// `cargo publish --dry-run`: also cargo's pre-upload checks (the release).
+    /// Then `cargo publish --dry-run --no-verify` of the same crates: cargo's pre-upload checks
+    /// (the release). It packages into a scratch directory of its own, so the contents are
+    /// checked on the `cargo package` output.
     PublishDryRun,
 }
 
@@ -47,18 +50,20 @@ pub(crate) fn check(ws: &Workspace, crates: &[&Member], mode: Mode) -> Result<Ve
     let all: Vec<&Member> = ws.publishable().collect();
     let crates = if crates.is_empty() { &all[..] } else { crates };
     check_sources(ws, crates)?;
-    let mut args: Vec<String> = match mode {
-        Mode::Package => vec!["package".into()],
-        Mode::PublishDryRun => vec!["publish".into(), "--dry-run".into()],
-    };
-    // --allow-dirty: CI and a release in progress package the working tree as it is.
-    args.extend(["--locked".into(), "--allow-dirty".into()]);
-    for m in crates {
-        args.extend(["-p".into(), m.name.clone()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    crate::sh("cargo", &args)?;
     let target = ws.target.join("package");
+    // A `.crate` left from an earlier run must not pass for this one.
+    for m in crates {
+        let old = target.join(format!("{}-{}.crate", m.name, m.version));
+        if old.exists() {
+            std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+    }
+    // --allow-dirty: CI and a release in progress package the working tree as it is.
+    let mut args: Vec<&str> = vec!["package", "--locked", "--allow-dirty"];
+    for m in crates {
+        args.extend(["-p", m.name.as_str()]);
+    }
+    crate::sh("cargo", &args)?;
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let licence = std::fs::read(ws.root.join("LICENSE")).context("reading LICENSE")?;
@@ -72,6 +77,16 @@ pub(crate) fn check(ws: &Workspace, crates: &[&Member], mode: Mode) -> Result<Ve
     print!("{}", table(&out));
     if !errors.is_empty() {
         bail!("package contents:\n  {}", errors.join("\n  "));
+    }
+    if mode == Mode::PublishDryRun {
+        // The packages were built above; this adds the registry's view (versions already
+        // published are reported) without building them again.
+        let mut args: Vec<&str> =
+            vec!["publish", "--dry-run", "--no-verify", "--locked", "--allow-dirty"];
+        for m in crates {
+            args.extend(["-p", m.name.as_str()]);
+        }
+        crate::sh("cargo", &args)?;
     }
     Ok(out)
 }

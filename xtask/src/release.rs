@@ -1,9 +1,10 @@
 //! `cargo xtask release [--version X] [--bump NAME=LEVEL].. [--plan]`
 //!
 //! 1. With `--version X`: plan the versions (see `bump.rs`), print the plan, write it.
-//! 2. `cargo publish --dry-run` of the crates to publish, in one run (the workspace's crates
-//!    see each other through cargo's local overlay), each built from its `.crate` alone; then
-//!    the contents of every `.crate` (README, LICENSE, CHANGELOG, size caps).
+//! 2. `cargo package` of the crates to publish, in one run (the workspace's crates see each
+//!    other through cargo's local overlay), each built from its `.crate` alone; the contents of
+//!    every `.crate` (README, LICENSE, CHANGELOG, size caps); `cargo publish --dry-run
+//!    --no-verify` of the same crates.
 //! 3. The release binary: built, checked to carry no debug info and to report the version.
 //! 4. `target/dist/`: `smartproxy-X-TARGET/` (binary, man page, completions, LICENSE, README,
 //!    CHANGELOG.md with this version's section), its `.tar.gz`, and `SHA256SUMS`.
@@ -111,7 +112,7 @@ fn run(root: &Path, opts: &Options, steps: &mut Steps) -> Result<()> {
     }
     let members: Vec<&Member> =
         publish.iter().filter_map(|n| ws.member(n)).filter(|m| m.publishable).collect();
-    let packaged = steps.run("cargo publish --dry-run: package + build each .crate", || {
+    let packaged = steps.run("package + build each .crate, publish --dry-run", || {
         package::check(&ws, &members, Mode::PublishDryRun)
     })?;
     let bin = steps.run("release binary", || release_binary(&ws))?;
