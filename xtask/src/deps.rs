@@ -269,3 +269,44 @@ pub(crate) fn ensure_bench_tools() -> Result<()> {
     }
     apt_install(&missing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn a_long_command_is_logged_and_its_crates_counted() {
+        let log = scratch("progress-ok").join("install.log");
+        run_with_progress(
+            "fake install",
+            Command::new("sh").args([
+                "-c",
+                "echo '   Compiling a v1' >&2; echo out; echo '   Compiling b v1' >&2",
+            ]),
+            &log,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("Compiling a v1") && text.contains("out"), "{text}");
+        std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_failing_command_names_its_log() {
+        let log = scratch("progress-fail").join("install.log");
+        let err = run_with_progress(
+            "fake install",
+            Command::new("sh").args(["-c", "echo 'error: no such crate' >&2; exit 3"]),
+            &log,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fake install failed") && err.contains("install.log"), "{err}");
+        assert!(std::fs::read_to_string(&log).unwrap().contains("error: no such crate"));
+        std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
+    }
+}
