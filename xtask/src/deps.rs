@@ -27,6 +27,13 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // crates/nftables tests: rules in network namespaces they create.
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
+    ("setpriv", "util-linux"),
+    // The ACME CA of crates/acme's tests (also ships pebble-challtestsrv).
+    ("pebble", "pebble"),
     // `man -l` renders the generated manual page in crates/smartproxy/tests/completions.rs.
     ("man", "man-db"),
     // `tar` lists the packaged .crate files (xtask package / release).

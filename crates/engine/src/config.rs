@@ -137,6 +137,12 @@ pub struct Defaults {
     /// How long shutdown waits for open connections to finish (default 30 s).
     #[serde(default = "d30s", with = "dur")]
     pub shutdown_grace: Duration,
+    /// Bulk transfers on plain TCP forwarding move through `splice(2)` (default true; Linux
+    /// builds with the `splice` cargo feature, elsewhere ignored). A direction switches once a
+    /// read fills the whole 16 KiB buffer and back when a round moves less than that. `false`
+    /// copies everything through user space.
+    #[serde(default = "default_true")]
+    pub splice: bool,
 }
 
 impl Default for Defaults {
@@ -150,6 +156,7 @@ impl Default for Defaults {
             max_connections: d100k(),
             connect_timeout: d10s(),
             shutdown_grace: d30s(),
+            splice: true,
         }
     }
 }

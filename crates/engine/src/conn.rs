@@ -97,7 +97,9 @@ pub(crate) fn serve(
             None => return,
         };
         let stop = std::pin::pin!(copy::wait_stop(&mut stop));
-        let outcome = copy::pipe_tcp(&c.conn, stop).await;
+        // Read here rather than kept from the setup: it would grow every connection's task.
+        let splice = inner.state.load().config.defaults.splice;
+        let outcome = copy::pipe_tcp(&c.conn, stop, splice).await;
         let obs = &c.conn.obs;
         // Known since the PROXY header stage (`peer` is not kept: it would size the task).
         let client = obs.client().unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));

@@ -1,14 +1,15 @@
 //! The data path: the bidirectional copy with its timeouts.
 //!
-//! Plain TCP on both sides ([`pipe_tcp`]): one task drives both directions. Each direction
-//! waits for readability with no buffer, takes a buffer from a per-thread pool only for the
-//! time one chunk is read and written (an idle connection holds no buffer), and treats a short
-//! read as "socket drained": the readiness is cleared without the extra read that would return
-//! `EAGAIN` (nginx does the same), which saves a third of the syscalls of a small request. On
-//! Linux (cargo feature `splice`, on by default) a direction switches to `splice(2)` through a
-//! pooled pipe once a read fills the whole buffer (HAProxy's "splice-auto"). EOF on one side
-//! shuts down the write half of the other while the opposite direction keeps running
-//! (half-close), and a full writer stops the reads that feed it (backpressure).
+//! Plain TCP on both sides ([`pipe_tcp`]): one task drives both directions, a state machine
+//! polled by hand ([`duplex`]). Each direction waits for readability with no buffer, takes a
+//! buffer from a per-thread pool only for the time one chunk is read and written (an idle
+//! connection holds no buffer), and treats a short read as "socket drained" (which saves a
+//! third of the syscalls of a small request; `duplex` says why that is safe for `read(2)` and
+//! not for `splice(2)`). On Linux (cargo feature `splice`, on by default, and `[defaults]
+//! splice = true`) a direction switches to `splice(2)` through a pooled pipe once a read fills
+//! the whole buffer (HAProxy's "splice-auto") and back once a splice round moves less than a
+//! buffer. EOF on one side shuts down the write half of the other while the opposite direction
+//! keeps running (half-close), and a full writer stops the reads that feed it (backpressure).
 //!
 //! Other streams (TLS, socket handlers) go through [`pipe`], tokio's
 //! `copy_bidirectional_with_sizes` with the [`Counted`] wrapper for the client.
@@ -16,61 +17,27 @@
 //! Inactivity costs nothing per read: a coarse timer compares the byte counters, which the
 //! copy updates anyway.
 
-use std::cell::RefCell;
-use std::io::{self, IoSlice, Read};
-use std::net::Shutdown;
+mod duplex;
+#[cfg(test)]
+mod model_tests;
+
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf, Ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+pub(crate) use self::duplex::SplicePipe;
+use self::duplex::{CopySocket, Duplex};
 use crate::observe::ConnObserver;
 
 /// Buffer per direction of the generic copy ([`pipe`]).
 const BUF: usize = 32 * 1024;
-
-/// Buffer of the plain-TCP copy ([`pipe_tcp`]), taken from the pool per chunk. A read that
-/// fills it switches the direction to splice where available.
-pub(crate) const TCP_BUF: usize = 16 * 1024;
-
-/// Idle buffers kept per worker thread.
-const POOL_MAX: usize = 32;
-
-thread_local! {
-    static BUFS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A copy buffer from the per-thread pool, returned to it on drop.
-struct PooledBuf(Option<Box<[u8]>>);
-
-impl PooledBuf {
-    fn take() -> Self {
-        let b = BUFS.with(|p| p.borrow_mut().pop());
-        Self(Some(b.unwrap_or_else(|| vec![0u8; TCP_BUF].into_boxed_slice())))
-    }
-
-    fn get(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().unwrap_or_default()
-    }
-}
-
-impl Drop for PooledBuf {
-    fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            BUFS.with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < POOL_MAX {
-                    p.push(b);
-                }
-            });
-        }
-    }
-}
 
 /// A stream whose reads count as bytes from the client and whose writes count as bytes to it.
 #[derive(Debug)]
@@ -310,16 +277,18 @@ where
 /// bytes to it as out.
 ///
 /// Polled by hand, in one small future: two direction states, one timer and the caller's
-/// (pinned) shutdown waiter. It is most of an idle connection's task.
+/// (pinned) shutdown waiter. It is most of an idle connection's task. `splice`: bulk transfers
+/// may switch to `splice(2)` (`[defaults] splice`; kept in the direction states, no extra byte).
 pub(crate) fn pipe_tcp<'a, S>(
     conn: &'a PlainConn,
     stop: Pin<&'a mut S>,
+    splice: bool,
 ) -> impl Future<Output = Outcome> + Send + 'a
 where
     S: Future<Output = ()> + Send,
 {
     let clock = Clock::start(&conn.obs);
-    let mut pipe = PipeTcp { conn, both: Duplex::default(), clock, stop };
+    let mut pipe = PipeTcp { conn, both: Duplex::new(splice), clock, stop };
     // The arguments are moved into `pipe` before the `async` block, which stores only it and
     // the timer.
     async move {
@@ -341,7 +310,7 @@ pub(crate) struct PlainConn {
 /// The state of [`pipe_tcp`] but its timer (which must be pinned).
 struct PipeTcp<'a, S> {
     conn: &'a PlainConn,
-    both: Duplex<'a>,
+    both: Duplex<<TcpStream as CopySocket>::Pipe>,
     clock: Clock,
     stop: Pin<&'a mut S>,
 }
@@ -350,8 +319,8 @@ impl<S: Future<Output = ()>> PipeTcp<'_, S> {
     fn poll(&mut self, cx: &mut Context<'_>, timer: &mut Pin<&mut Sleep>) -> Poll<Outcome> {
         let c = self.conn;
         let obs = &*c.obs;
-        let (up, down) = (|n| obs.add_in(n), |n| obs.add_out(n));
-        match self.both.poll(cx, &c.client, &c.backend, up, down) {
+        let (mut up, mut down) = (|n| obs.add_in(n), |n| obs.add_out(n));
+        match self.both.poll(cx, &c.client, &c.backend, &mut up, &mut down) {
             Poll::Ready(Ok(())) => return Poll::Ready(Outcome::Done),
             Poll::Ready(Err(e)) => return Poll::Ready(Outcome::Error(e)),
             Poll::Pending => {}
@@ -366,210 +335,16 @@ impl<S: Future<Output = ()>> PipeTcp<'_, S> {
     }
 }
 
-/// Copies both ways between `a` and `b` until both directions reach EOF (no timeouts).
-/// `up(n)` counts bytes `a` -> `b`, `down(n)` bytes `b` -> `a`.
-pub(crate) async fn copy_both<U, D>(a: &TcpStream, b: &TcpStream, up: U, down: D) -> io::Result<()>
-where
-    U: FnMut(u64) + Copy + Send,
-    D: FnMut(u64) + Copy + Send,
-{
-    let mut both = Duplex::default();
-    std::future::poll_fn(|cx| both.poll(cx, a, b, up, down)).await
-}
-
-/// Both directions of a plain TCP copy. EOF on one side shuts down the write half of the
-/// other while the opposite direction keeps running (half-close); the first error ends both.
-#[derive(Default)]
-struct Duplex<'a> {
-    up: Dir<'a>,
-    down: Dir<'a>,
-}
-
-impl<'a> Duplex<'a> {
-    /// `Ready(Ok)` once both directions reached EOF, `Ready(Err)` on the first error.
-    fn poll<U, D>(
-        &mut self,
-        cx: &mut Context<'_>,
-        a: &'a TcpStream,
-        b: &'a TcpStream,
-        up: U,
-        down: D,
-    ) -> Poll<io::Result<()>>
-    where
-        U: FnMut(u64) + Copy + Send + 'a,
-        D: FnMut(u64) + Copy + Send + 'a,
-    {
-        if !self.up.is_done() {
-            if let Poll::Ready(r) = self.up.poll(cx, a, b, up) {
-                r?;
-                if !self.down.is_done() {
-                    half_close(b)?;
-                }
-            }
-        }
-        if !self.down.is_done() {
-            if let Poll::Ready(r) = self.down.poll(cx, b, a, down) {
-                r?;
-                if !self.up.is_done() {
-                    half_close(a)?;
-                }
-            }
-        }
-        if self.up.is_done() && self.down.is_done() { Poll::Ready(Ok(())) } else { Poll::Pending }
-    }
-}
-
-/// The peer of `to` sees EOF; the other direction keeps running. (When both directions have
-/// ended, closing both sockets right after sends the FIN: no shutdown then.)
-fn half_close(to: &TcpStream) -> io::Result<()> {
-    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// One direction, `from` to `to`, polled by hand.
-///
-/// It waits for readability with no buffer (through the socket's read-waker slot, which keeps
-/// nothing in the future; each socket is read by one direction only), takes a buffer from
-/// the per-thread pool only for the time one chunk is read and written (an idle connection
-/// holds none), and treats a short read as "socket drained": the readiness is cleared
-/// without the extra read that would return `EAGAIN`. A write that would block waits through
-/// the write-waker slot of `to` (the other direction only reads `to`).
-#[derive(Default)]
-enum Dir<'a> {
-    /// Waiting for `from` to be readable.
-    #[default]
-    Read,
-    /// Writing `buf[pos..end]` to `to` (u32: at most [`TCP_BUF`] bytes, a smaller state).
-    Write {
-        buf: PooledBuf,
-        pos: u32,
-        end: u32,
-        /// The peer's FIN had arrived before the read and the read drained the queue: the
-        /// next read would return 0, skip it.
-        eof: bool,
-        /// The read filled the whole buffer: bulk transfer, splice the rest (Linux).
-        bulk: bool,
-    },
-    /// Bulk transfer through a pipe. Boxed: only bulk connections pay for the splice state.
-    #[cfg_attr(not(all(feature = "splice", target_os = "linux")), allow(dead_code))]
-    Splice(Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>),
-    /// `from` reached EOF.
-    Done,
-}
-
-impl<'a> Dir<'a> {
-    fn is_done(&self) -> bool {
-        matches!(self, Self::Done)
-    }
-
-    /// Advances this direction; `Ready(Ok)` once `from` reached EOF (this direction is then
-    /// done; the caller passes the half-close on). `count(n)` runs after each chunk has been
-    /// written.
-    fn poll<C>(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &'a TcpStream,
-        to: &'a TcpStream,
-        mut count: C,
-    ) -> Poll<io::Result<()>>
-    where
-        C: FnMut(u64) + Copy + Send + 'a,
-    {
-        loop {
-            match self {
-                Self::Read => {
-                    let ready = ready!(poll_readable(from, cx))?;
-                    let mut buf = PooledBuf::take();
-                    let b = buf.get();
-                    let len = b.len();
-                    let mut short = 0usize;
-                    let r = from.try_io(Interest::READABLE, || {
-                        let n = (&*socket2::SockRef::from(from)).read(b)?;
-                        if n > 0 && n < len {
-                            // A short read means the receive queue is empty now: clear the
-                            // readiness instead of reading again for EAGAIN. Data or FIN
-                            // arriving later raises a new readiness event; a FIN seen already
-                            // stays (tokio keeps closed states).
-                            short = n;
-                            return Err(io::ErrorKind::WouldBlock.into());
-                        }
-                        Ok(n)
-                    });
-                    let n = match r {
-                        Ok(0) => {
-                            *self = Self::Done;
-                            return Poll::Ready(Ok(()));
-                        }
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if short == 0 {
-                                continue; // Spurious readiness: wait again.
-                            }
-                            short
-                        }
-                        Err(e) => return Poll::Ready(Err(e)),
-                    };
-                    let eof = short > 0 && ready.is_read_closed();
-                    // `n` <= TCP_BUF.
-                    let end = u32::try_from(n).unwrap_or(u32::MAX);
-                    *self = Self::Write { buf, pos: 0, end, eof, bulk: n == len };
-                }
-                Self::Write { buf, pos, end, eof, bulk } => {
-                    while *pos < *end {
-                        match to.try_write(&buf.get()[*pos as usize..*end as usize]) {
-                            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                            // `n` <= `end - pos`.
-                            Ok(n) => *pos += n as u32,
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                ready!(to.poll_write_ready(cx))?;
-                            }
-                            Err(e) => return Poll::Ready(Err(e)),
-                        }
-                    }
-                    let (n, eof, _bulk) = (*end, *eof, *bulk);
-                    // The buffer goes back to the pool.
-                    *self = Self::Read;
-                    count(u64::from(n));
-                    if eof {
-                        *self = Self::Done;
-                        return Poll::Ready(Ok(()));
-                    }
-                    #[cfg(all(feature = "splice", target_os = "linux"))]
-                    if _bulk {
-                        *self = Self::Splice(Box::pin(crate::splice::splice_until_eof(
-                            from, to, count,
-                        )));
-                    }
-                }
-                Self::Splice(f) => {
-                    ready!(f.as_mut().poll(cx))?;
-                    *self = Self::Done;
-                    return Poll::Ready(Ok(()));
-                }
-                Self::Done => return Poll::Ready(Ok(())),
-            }
-        }
-    }
-}
-
-/// Polls `s` for readability and returns its readiness, which tells whether the peer's FIN
-/// has arrived.
-///
-/// The wait goes through the socket's read-waker slot, which keeps nothing in the caller's
-/// state (a `ready()` future would keep its waiter, over 100 bytes, in every idle
-/// connection's task). Once the socket is readable, a `ready()` future polled once reads the
-/// readiness without waiting.
-fn poll_readable(s: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-    ready!(s.poll_read_ready(cx))?;
-    let once = std::pin::pin!(s.ready(Interest::READABLE));
-    match once.poll(cx) {
-        Poll::Ready(r) => Poll::Ready(r),
-        // Cannot happen (only this direction clears the read readiness); the read that
-        // follows sorts it out (it sees WouldBlock and waits again).
-        Poll::Pending => Poll::Ready(Ok(Ready::READABLE)),
-    }
+/// Copies both ways between `a` and `b` until both directions reach EOF (no timeouts), with
+/// splice on. `up(n)` counts bytes `a` -> `b`, `down(n)` bytes `b` -> `a`.
+pub(crate) async fn copy_both(
+    a: &TcpStream,
+    b: &TcpStream,
+    mut up: impl FnMut(u64),
+    mut down: impl FnMut(u64),
+) -> io::Result<()> {
+    let mut both = Duplex::new(true);
+    std::future::poll_fn(|cx| both.poll(cx, a, b, &mut up, &mut down)).await
 }
 
 /// Copies both ways between the client (counted) and the backend until both sides are done or
