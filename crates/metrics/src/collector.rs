@@ -10,6 +10,8 @@ use parking_lot::{Mutex, RwLock};
 use smartproxy_throughput::{KeyedSeries, Sample, Series, SeriesConfig, WindowSum};
 
 use crate::clock::{Clock, MonotonicClock};
+use smartproxy_limits::IpLimiter;
+
 use crate::config::{MetricsConfig, PerIp};
 use crate::conn::{ConnShared, ConnectionRecorder};
 use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
@@ -51,7 +53,10 @@ pub(crate) struct Inner {
     registry: Registry,
     active: Padded<AtomicU64>,
     total: AtomicU64,
-    ips_active: Mutex<HashMap<IpAddr, u64>>,
+    /// Open connections per client IP: the engine's admission limiter when it shares it
+    /// ([`Metrics::with_ip_limiter`]; then the collector does not count), else our own.
+    ips_active: Arc<IpLimiter>,
+    counts_ips: bool,
     routes: Mutex<BTreeMap<String, RouteHandle>>,
     route_cfg: SeriesConfig,
     tick_lock: Mutex<()>,
@@ -93,6 +98,23 @@ impl Metrics {
     /// times (a [`ManualClock`](crate::ManualClock) in tests).
     #[must_use]
     pub fn with_clock(cfg: MetricsConfig, now: u64, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Self::build(cfg, now, clock, None)
+    }
+
+    /// Same as [`Metrics::new`], reading open connections per client IP from `limiter`, the
+    /// admission limiter of the caller (the engine's global per-IP limiter, which counts every
+    /// admitted connection already) instead of counting them a second time.
+    #[must_use]
+    pub fn with_ip_limiter(cfg: MetricsConfig, now: u64, limiter: Arc<IpLimiter>) -> Arc<Self> {
+        Self::build(cfg, now, Arc::new(MonotonicClock::new()), Some(limiter))
+    }
+
+    fn build(
+        cfg: MetricsConfig,
+        now: u64,
+        clock: Arc<dyn Clock>,
+        ips_limiter: Option<Arc<IpLimiter>>,
+    ) -> Arc<Self> {
         let second_slots = usize::try_from(secs(cfg.retention)).unwrap_or(usize::MAX);
         let minute_slots = usize::try_from(cfg.minute_retention.as_secs() / 60).unwrap_or(0);
         let route_cfg = SeriesConfig::new(second_slots, minute_slots);
@@ -109,7 +131,8 @@ impl Metrics {
             registry: Registry::new(ips.is_some()),
             active: Padded(AtomicU64::new(0)),
             total: AtomicU64::new(0),
-            ips_active: Mutex::new(HashMap::new()),
+            ips_active: ips_limiter.clone().unwrap_or_else(IpLimiter::counter),
+            counts_ips: ips_limiter.is_none(),
             routes: Mutex::new(BTreeMap::new()),
             route_cfg,
             tick_lock: Mutex::new(()),
@@ -185,7 +208,9 @@ impl Metrics {
         inner.total.fetch_add(1, Ordering::Relaxed);
         route.0.active.fetch_add(1, Ordering::Relaxed);
         route.0.total.fetch_add(1, Ordering::Relaxed);
-        *inner.ips_active.lock().entry(client_ip).or_insert(0) += 1;
+        if inner.counts_ips {
+            inner.ips_active.add_open(client_ip);
+        }
         let conn = Arc::new(ConnShared {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -275,14 +300,19 @@ impl Metrics {
     /// Open connections per client IP.
     #[must_use]
     pub fn connections_by_ip(&self) -> HashMap<IpAddr, u64> {
-        self.inner.ips_active.lock().clone()
+        self.inner.ips_active.open_by_ip().into_iter().map(|(ip, n)| (ip, u64::from(n))).collect()
     }
 
     /// The `limit` client IPs with the most open connections, highest first (ties by address).
     #[must_use]
     pub fn top_ips(&self, limit: usize) -> Vec<(IpAddr, u64)> {
-        let mut all: Vec<(IpAddr, u64)> =
-            self.inner.ips_active.lock().iter().map(|(ip, n)| (*ip, *n)).collect();
+        let mut all: Vec<(IpAddr, u64)> = self
+            .inner
+            .ips_active
+            .open_by_ip()
+            .into_iter()
+            .map(|(ip, n)| (ip, u64::from(n)))
+            .collect();
         let order = |a: &(IpAddr, u64), b: &(IpAddr, u64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
         if limit == 0 {
             return Vec::new();
@@ -510,7 +540,7 @@ impl Metrics {
                 }
             })
             .collect();
-        let ips_active_count = inner.ips_active.lock().len() as u64;
+        let ips_active_count = inner.ips_active.open_by_ip().len() as u64;
         let mut ips = Vec::new();
         if let (Some(series), PerIp::TopN(n)) = (&inner.ips, cfg.per_ip) {
             let ret = secs(cfg.ip_retention);
@@ -541,11 +571,8 @@ impl Metrics {
             }
         }
         ips.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.ip.cmp(&b.1.ip)));
-        if !ips.is_empty() {
-            let active = inner.ips_active.lock();
-            for (_, ip) in &mut ips {
-                ip.active = active.get(&ip.ip).copied().unwrap_or(0);
-            }
+        for (_, ip) in &mut ips {
+            ip.active = u64::from(inner.ips_active.open(ip.ip));
         }
         let (percentiles, mut histograms) = {
             let h = inner.conn_hists.lock();
@@ -661,14 +688,8 @@ impl Inner {
     pub(crate) fn connection_closed(&self, conn: &ConnShared, slot: SlotId, opened_at: u64) {
         self.active.0.fetch_sub(1, Ordering::Relaxed);
         conn.route.0.active.fetch_sub(1, Ordering::Relaxed);
-        {
-            let mut ips = self.ips_active.lock();
-            if let Some(n) = ips.get_mut(&conn.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    ips.remove(&conn.ip);
-                }
-            }
+        if self.counts_ips {
+            self.ips_active.remove_open(conn.ip);
         }
         // The recorder is being dropped, so every count made through it happened before
         // this point: these loads (and the registry's) see the final values.

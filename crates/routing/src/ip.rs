@@ -48,15 +48,7 @@ pub enum IpPatternError {
 }
 
 /// Maps `::ffff:a.b.c.d` to `a.b.c.d`; other addresses are returned unchanged.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 @ IpAddr::V4(_) => v4,
-    }
-}
+pub use smartproxy_limits::canonical_ip;
 
 const MAPPED_PREFIX: u128 = 0xffff_0000_0000;
 

@@ -50,9 +50,7 @@ pub use self::domain::{DomainPattern, DomainPatternError};
 pub use self::dump::{PortGroupDump, RouteDump, TableDump, TargetDump};
 pub use self::error::{ValidationError, ValidationErrors};
 pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
-pub use self::limits::{
-    DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, PerIpCounter, RateLimiter, RouteLimits,
-};
+pub use self::limits::{DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, RouteLimits};
 pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
     CertificateConfig, ForwardAction, HandlerAction, LoadBalancing, PortRange, PortSpec,

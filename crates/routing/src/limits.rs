@@ -1,22 +1,19 @@
-//! Route limits: open connections (per route and per client IP) and a per-IP connection rate
-//! limiter (GCRA), all sans-I/O. Time is passed in as a [`Duration`] since any fixed origin.
+//! Route limits: open connections per route, and per client IP the open connections and the
+//! connection rate (one [`smartproxy_limits::IpLimiter`], the same type the engine uses for its
+//! global limits). Sans-I/O: time is passed in as a [`Duration`] since any fixed origin.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use smartproxy_limits::{IpGuard, IpLimiter, IpLimits, Refused};
 
 use crate::ip::canonical_ip;
 use crate::model::RouteSecurity;
 
-const SHARDS: usize = 16;
-
-/// Default bound on the client addresses a [`RateLimiter`] remembers.
-pub const DEFAULT_MAX_TRACKED_IPS: usize = 65_536;
+/// Default bound on the client addresses a route's rate limiter remembers.
+pub const DEFAULT_MAX_TRACKED_IPS: usize = smartproxy_limits::DEFAULT_MAX_TRACKED;
 
 /// Why a connection was refused by a route limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,51 +43,59 @@ pub enum LimitExceeded {
     },
 }
 
-/// Open-connection counters and the rate limiter of one route.
+impl From<Refused> for LimitExceeded {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::TooManyOpen { limit } => Self::MaxConnectionsPerIp { limit },
+            Refused::RateLimited { limit_per_minute, retry_after } => {
+                Self::RateLimited { limit_per_minute, retry_after }
+            }
+            // `Refused` is non-exhaustive; a new kind is a per-IP refusal too.
+            _ => Self::MaxConnectionsPerIp { limit: 0 },
+        }
+    }
+}
+
+/// Open-connection counters and the per-IP limiter of one route.
 ///
 /// Build one per route (`CompiledRoute::limits`, or [`RouteLimits::new`] for your own scope)
 /// and call [`RouteLimits::try_acquire`] when a connection is routed; keep the returned
 /// [`LimitGuard`] for the connection's lifetime. Lock-free for the route total; per-IP state
-/// sits in 16 mutex-protected shards.
+/// is an [`IpLimiter`] (sharded, bounded memory).
 #[derive(Debug)]
 pub struct RouteLimits {
     max_connections: Option<u32>,
     open: AtomicU32,
-    per_ip: Option<PerIpCounter>,
-    rate: Option<RateLimiter>,
-    origin: Instant,
+    per_ip: Option<Arc<IpLimiter>>,
 }
 
 impl RouteLimits {
     /// Limits per `security` (`max_connections_per_ip = 0` means no per-IP limit).
     pub fn new(security: &RouteSecurity) -> Self {
-        Self {
-            max_connections: security.max_connections,
-            open: AtomicU32::new(0),
-            per_ip: security.max_connections_per_ip.filter(|&n| n > 0).map(PerIpCounter::new),
-            rate: security
-                .rate_limit_per_minute
-                .filter(|&n| n > 0)
-                .map(|n| RateLimiter::per_minute(n, DEFAULT_MAX_TRACKED_IPS)),
-            origin: Instant::now(),
-        }
+        let max_open = security.max_connections_per_ip.unwrap_or(0);
+        let per_minute = security.rate_limit_per_minute.unwrap_or(0);
+        let per_ip = (max_open > 0 || per_minute > 0).then(|| {
+            IpLimiter::new(IpLimits { max_open, per_minute, max_tracked: DEFAULT_MAX_TRACKED_IPS })
+        });
+        Self { max_connections: security.max_connections, open: AtomicU32::new(0), per_ip }
     }
 
     /// Whether no limit is configured (`try_acquire` always succeeds).
     pub fn is_unlimited(&self) -> bool {
-        self.max_connections.is_none() && self.per_ip.is_none() && self.rate.is_none()
+        self.max_connections.is_none() && self.per_ip.is_none()
     }
 
-    /// Admits a new connection from `ip` now (monotonic clock of this process).
+    /// Admits a new connection from `ip` now (the monotonic clock of the per-IP limiter).
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<LimitGuard, LimitExceeded> {
-        self.try_acquire_at(ip, self.origin.elapsed())
+        let now = self.per_ip.as_ref().map_or(Duration::ZERO, |p| p.now());
+        self.try_acquire_at(ip, now)
     }
 
     /// Admits a new connection from `ip` at time `now` (any fixed origin; it must not go
     /// backwards between calls).
     ///
-    /// Order: the rate limiter first (every attempt counts, also those refused by the
-    /// connection limits after it), then `max_connections`, then `max_connections_per_ip`.
+    /// Order: the per-IP limiter (its rate first: every attempt counts, also those refused by
+    /// the connection limits after it; then `max_connections_per_ip`), then `max_connections`.
     /// On success the guard holds one route slot and one per-IP slot until dropped.
     pub fn try_acquire_at(
         self: &Arc<Self>,
@@ -98,9 +103,10 @@ impl RouteLimits {
         now: Duration,
     ) -> Result<LimitGuard, LimitExceeded> {
         let ip = canonical_ip(ip);
-        if let Some(rate) = &self.rate {
-            rate.check(ip, now)?;
-        }
+        let ip_guard = match &self.per_ip {
+            Some(l) => Some(l.try_acquire_at(ip, now)?),
+            None => None,
+        };
         if let Some(limit) = self.max_connections {
             self.open
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
@@ -108,13 +114,7 @@ impl RouteLimits {
         } else {
             self.open.fetch_add(1, Ordering::AcqRel);
         }
-        if let Some(per_ip) = &self.per_ip
-            && let Err(e) = per_ip.try_acquire(ip)
-        {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(e);
-        }
-        Ok(LimitGuard { limits: Arc::clone(self), ip })
+        Ok(LimitGuard { limits: Arc::clone(self), _ip: ip_guard })
     }
 
     /// Connections currently holding a guard.
@@ -124,14 +124,12 @@ impl RouteLimits {
 
     /// Connections from `ip` currently holding a guard (0 when no per-IP limit is set).
     pub fn open_connections_from(&self, ip: IpAddr) -> u32 {
-        self.per_ip.as_ref().map_or(0, |p| p.get(canonical_ip(ip)))
+        self.per_ip.as_ref().map_or(0, |p| p.open(ip))
     }
 
-    fn release(&self, ip: IpAddr) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        if let Some(p) = &self.per_ip {
-            p.release(ip);
-        }
+    /// Addresses the per-IP limiter remembers (0 without per-IP limits).
+    pub fn tracked_ips(&self) -> usize {
+        self.per_ip.as_ref().map_or(0, |p| p.tracked())
     }
 }
 
@@ -139,150 +137,12 @@ impl RouteLimits {
 #[derive(Debug)]
 pub struct LimitGuard {
     limits: Arc<RouteLimits>,
-    ip: IpAddr,
+    _ip: Option<IpGuard>,
 }
 
 impl Drop for LimitGuard {
     fn drop(&mut self) {
-        self.limits.release(self.ip);
-    }
-}
-
-fn shard_of<K: Hash>(hasher: &RandomState, k: &K) -> usize {
-    (hasher.hash_one(k) as usize) % SHARDS
-}
-
-/// Open connections per client address, with a limit. Entries are removed at zero, so
-/// memory is bounded by the open connections.
-#[derive(Debug)]
-pub struct PerIpCounter {
-    limit: u32,
-    hasher: RandomState,
-    shards: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
-}
-
-impl PerIpCounter {
-    /// At most `limit` open connections per address.
-    pub fn new(limit: u32) -> Self {
-        Self {
-            limit,
-            hasher: RandomState::new(),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-        }
-    }
-
-    /// Counts one more connection from `ip` unless it has `limit` already.
-    pub fn try_acquire(&self, ip: IpAddr) -> Result<(), LimitExceeded> {
-        let ip = canonical_ip(ip);
-        let mut m = self.shards[shard_of(&self.hasher, &ip)].lock();
-        let n = m.entry(ip).or_insert(0);
-        if *n >= self.limit {
-            if *n == 0 {
-                m.remove(&ip);
-            }
-            return Err(LimitExceeded::MaxConnectionsPerIp { limit: self.limit });
-        }
-        *n += 1;
-        Ok(())
-    }
-
-    /// Counts one connection from `ip` as closed.
-    pub fn release(&self, ip: IpAddr) {
-        let ip = canonical_ip(ip);
-        let mut m = self.shards[shard_of(&self.hasher, &ip)].lock();
-        if let Some(n) = m.get_mut(&ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&ip);
-            }
-        }
-    }
-
-    /// Open connections from `ip`.
-    pub fn get(&self, ip: IpAddr) -> u32 {
-        let ip = canonical_ip(ip);
-        self.shards[shard_of(&self.hasher, &ip)].lock().get(&ip).copied().unwrap_or(0)
-    }
-
-    /// Addresses with at least one open connection.
-    pub fn tracked(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
-    }
-}
-
-/// A per-address rate limiter (GCRA, the virtual-scheduling form of a token bucket):
-/// `burst` events at once, then one per `period / burst`, with bounded memory.
-///
-/// Each address costs one entry (its theoretical arrival time). An entry whose time has
-/// passed is the same as no entry and is dropped when a shard is full; if a shard is still
-/// full, an arbitrary entry is evicted (that address gets a fresh budget), so memory stays
-/// within `max_tracked` entries under an address-spraying flood.
-#[derive(Debug)]
-pub struct RateLimiter {
-    limit: u32,
-    interval: u64,
-    tolerance: u64,
-    per_shard: usize,
-    hasher: RandomState,
-    shards: [Mutex<RateShard>; SHARDS],
-}
-
-#[derive(Debug, Default)]
-struct RateShard {
-    /// Address -> theoretical arrival time (ns).
-    tat: HashMap<IpAddr, u64>,
-    /// When expired entries were last dropped (ns); a full sweep runs at most once a second.
-    last_purge: u64,
-}
-
-impl RateLimiter {
-    /// `per_minute` events per minute and address (burst of `per_minute`), remembering at
-    /// most `max_tracked` addresses. `per_minute` 0 is treated as 1.
-    pub fn per_minute(per_minute: u32, max_tracked: usize) -> Self {
-        let limit = per_minute.max(1);
-        let interval = 60_000_000_000u64 / u64::from(limit);
-        Self {
-            limit,
-            interval,
-            tolerance: interval * (u64::from(limit) - 1),
-            per_shard: max_tracked.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
-            shards: std::array::from_fn(|_| Mutex::new(RateShard::default())),
-        }
-    }
-
-    /// Counts one event from `ip` at `now` and says whether it is within the limit.
-    pub fn check(&self, ip: IpAddr, now: Duration) -> Result<(), LimitExceeded> {
-        let ip = canonical_ip(ip);
-        let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let mut shard = self.shards[shard_of(&self.hasher, &ip)].lock();
-        let tat = shard.tat.get(&ip).copied().unwrap_or(now).max(now);
-        if tat - now > self.tolerance {
-            return Err(LimitExceeded::RateLimited {
-                limit_per_minute: self.limit,
-                retry_after: Duration::from_nanos(tat - now - self.tolerance),
-            });
-        }
-        if shard.tat.len() >= self.per_shard && !shard.tat.contains_key(&ip) {
-            // An entry in the past is the same as no entry. Sweep at most once a second so
-            // that a flood of new addresses does not make every insert O(shard).
-            if now.saturating_sub(shard.last_purge) >= 1_000_000_000 || shard.last_purge > now {
-                shard.tat.retain(|_, t| *t > now);
-                shard.last_purge = now;
-            }
-            if shard.tat.len() >= self.per_shard
-                && let Some(k) = shard.tat.keys().next().copied()
-            {
-                shard.tat.remove(&k);
-            }
-        }
-        shard.tat.insert(ip, tat.saturating_add(self.interval));
-        Ok(())
-    }
-
-    /// Addresses currently remembered.
-    pub fn tracked(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().tat.len()).sum()
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -329,39 +189,40 @@ mod tests {
         assert_eq!(l.open_connections(), 2);
         drop(g);
         assert_eq!(l.open_connections_from(ip("10.0.0.1")), 0);
-        assert_eq!(l.per_ip.as_ref().unwrap().tracked(), 1);
+        assert_eq!(l.tracked_ips(), 1);
     }
 
     #[test]
     fn gcra() {
-        let r = RateLimiter::per_minute(3, 100);
+        let l = Arc::new(RouteLimits::new(&sec(None, None, Some(3))));
         let a = ip("1.2.3.4");
         let t0 = Duration::from_secs(100);
+        let mut keep = Vec::new();
         for _ in 0..3 {
-            r.check(a, t0).unwrap();
+            keep.push(l.try_acquire_at(a, t0).unwrap());
         }
-        let Err(LimitExceeded::RateLimited { retry_after, .. }) = r.check(a, t0) else {
+        let Err(LimitExceeded::RateLimited { retry_after, .. }) = l.try_acquire_at(a, t0) else {
             panic!("fourth must be refused")
         };
         assert_eq!(retry_after, Duration::from_secs(20));
-        r.check(ip("1.2.3.5"), t0).unwrap();
-        assert!(r.check(a, t0 + Duration::from_secs(19)).is_err());
-        r.check(a, t0 + Duration::from_secs(20)).unwrap();
+        keep.push(l.try_acquire_at(ip("1.2.3.5"), t0).unwrap());
+        assert!(l.try_acquire_at(a, t0 + Duration::from_secs(19)).is_err());
+        keep.push(l.try_acquire_at(a, t0 + Duration::from_secs(20)).unwrap());
         // A minute later the full burst is back.
         let t1 = t0 + Duration::from_secs(200);
         for _ in 0..3 {
-            r.check(a, t1).unwrap();
+            keep.push(l.try_acquire_at(a, t1).unwrap());
         }
     }
 
     #[test]
     fn rate_memory_is_bounded() {
-        let r = RateLimiter::per_minute(10, 32);
+        let l = Arc::new(RouteLimits::new(&sec(None, None, Some(10))));
         let t = Duration::from_secs(1);
-        for i in 0..10_000u32 {
-            let _ = r.check(IpAddr::from(i.to_be_bytes()), t);
+        for i in 0..200_000u32 {
+            let _ = l.try_acquire_at(IpAddr::from(i.to_be_bytes()), t);
         }
-        assert!(r.tracked() <= 32, "{}", r.tracked());
+        assert!(l.tracked_ips() <= DEFAULT_MAX_TRACKED_IPS, "{}", l.tracked_ips());
     }
 
     #[test]
@@ -388,7 +249,7 @@ mod tests {
             }
         });
         assert_eq!(l.open_connections(), 0, "every guard released exactly once");
-        assert_eq!(l.per_ip.as_ref().unwrap().tracked(), 0);
+        assert_eq!(l.tracked_ips(), 0);
     }
 
     #[test]
