@@ -2,16 +2,26 @@
 //!
 //! ```text
 //! cargo xtask ci                 the full gate: deps, fmt --check, clippy -D warnings (benches
-//!                                included), tests, docs, cargo-deny, fuzz targets checked
-//! cargo xtask deps               install the test peers (haproxy, nginx, curl, openssl, prometheus,
-//!                                wrk, the npm `statsd` daemon, cargo-deny) that are missing
+//!                                included), rustdoc, cargo-deny, tests (totals summed at the end),
+//!                                fuzz targets checked, packaging check; prints each step's time
+//! cargo xtask deps               install the test peers that are missing (haproxy, nginx, curl,
+//!                                openssl, prometheus, wrk, man-db, the npm `statsd` daemon) and
+//!                                the pinned cargo tools (cargo-deny, cargo-fuzz)
 //! cargo xtask fmt [--check]
 //! cargo xtask lint               clippy -D warnings, rustdoc -D warnings, cargo-deny
 //! cargo xtask test               every test of the workspace (peers installed first)
+//! cargo xtask package            package every publishable crate in one go (the workspace's
+//!                                unpublished crates see each other), build each from its .crate
+//!                                alone, check contents (README, LICENSE, CHANGELOG, size caps)
 //! cargo xtask bench [--whole] [ARGS..]   criterion benches; --whole runs ../shared/bench/run with
 //!                                the release binary (ARGS are passed to it)
 //! cargo xtask fuzz [--secs N] [TARGET..] run the fuzz targets (all by default) for N s each
-//! cargo xtask release            release build, publish dry-run per crate, checksums
+//! cargo xtask release [--version X [--bump CRATE=major|minor|patch].. [--plan]]
+//!                                with --version: bump the binary to X and every crate changed
+//!                                since the last vX tag (--plan: print, change nothing); then
+//!                                package + verify those crates, publish --dry-run, the release
+//!                                binary, man page, completions, release notes, tarball and
+//!                                SHA256SUMS in target/dist. Uploads, commits and tags nothing.
 //! ```
 //!
 //! Avoid adding dependencies here: it is built before anything else runs.
@@ -24,7 +34,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod bump;
 mod deps;
+mod package;
+mod release;
+mod steps;
+mod workspace;
+
+use crate::steps::{Steps, TestTotals};
 
 fn main() -> ExitCode {
     match run() {
@@ -51,26 +68,32 @@ fn run() -> Result<()> {
         "lint" => lint(),
         "test" => {
             deps::ensure_all()?;
-            test()
+            let (totals, r) = test();
+            println!("xtask test: {totals}");
+            r
         }
+        "package" => package_check().map(|_| ()),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
-        "release" => release(),
+        "release" => release::release(rest),
         "help" | "--help" | "-h" => {
-            println!(
-                "{}",
-                include_str!("main.rs")
-                    .lines()
-                    .skip(2)
-                    .take(14)
-                    .map(|l| l.trim_start_matches("//! ").trim_start_matches("//!"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            println!("{}", help());
             Ok(())
         }
         other => bail!("unknown command `{other}` (try `cargo xtask help`)"),
     }
+}
+
+/// The command list of the crate doc above (between the ```text fences).
+fn help() -> String {
+    include_str!("main.rs")
+        .lines()
+        .skip_while(|l| !l.starts_with("//! ```text"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"))
+        .map(|l| l.trim_start_matches("//! ").trim_start_matches("//!"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn workspace_root() -> PathBuf {
@@ -100,14 +123,32 @@ pub(crate) fn sh_env(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Res
 
 fn ci() -> Result<()> {
     let t = Instant::now();
-    deps::ensure_all()?;
-    fmt(true)?;
-    lint()?;
-    test()?;
+    let mut steps = Steps::default();
+    let mut totals = TestTotals::default();
+    let r = ci_steps(&mut steps, &mut totals);
+    println!("\nxtask ci: steps\n{}", steps.summary());
+    println!("tests: {totals}");
+    r?;
+    println!("xtask ci: all checks passed in {:.0} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn ci_steps(steps: &mut Steps, totals: &mut TestTotals) -> Result<()> {
+    steps.run("deps (test peers, pinned cargo tools)", deps::ensure_all)?;
+    steps.run("fmt --check", || fmt(true))?;
+    steps.run("clippy -D warnings", clippy)?;
+    steps.run("rustdoc -D warnings", rustdoc)?;
+    steps.run("cargo deny", deny)?;
+    steps.run("tests", || {
+        let (t, r) = test();
+        *totals = t;
+        r
+    })?;
     // Benches are type-checked by clippy --all-targets above; the fuzz crates (their own
     // workspaces) are checked here so that they cannot rot.
-    fuzz_check()?;
-    println!("xtask ci: all checks passed in {:.0} s", t.elapsed().as_secs_f64());
+    steps.run("fuzz targets (cargo fuzz check)", fuzz_check)?;
+    // Last, so that the verify builds reuse what the tests built in target/debug.
+    steps.run("packaging (cargo package, each .crate built)", || package_check().map(|_| ()))?;
     Ok(())
 }
 
@@ -120,6 +161,12 @@ fn fmt(check: bool) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    clippy()?;
+    rustdoc()?;
+    deny()
+}
+
+fn clippy() -> Result<()> {
     sh(
         "cargo",
         &[
@@ -132,24 +179,38 @@ fn lint() -> Result<()> {
             "-D",
             "warnings",
         ],
-    )?;
+    )
+}
+
+fn rustdoc() -> Result<()> {
     sh_env(
         "cargo",
         &["doc", "--workspace", "--no-deps", "--quiet"],
         &[("RUSTDOCFLAGS", "-D warnings")],
-    )?;
+    )
+}
+
+fn deny() -> Result<()> {
+    deps::ensure_cargo_tool(deps::CARGO_DENY)?;
     // Advisories need the RustSec database from the network; CI machines here reach only the
     // package registries, so the gate checks bans, licences and sources.
     sh("cargo", &["deny", "--log-level", "error", "check", "bans", "licenses", "sources"])
 }
 
-fn test() -> Result<()> {
+/// Every test of the workspace (doc tests included); the totals are summed from libtest's
+/// summary lines.
+fn test() -> (TestTotals, Result<()>) {
     // insta must not write snapshots in CI: a drift fails the run.
-    sh_env(
-        "cargo",
+    steps::cargo_test(
         &["test", "--workspace", "--all-features", "--no-fail-fast"],
         &[("INSTA_UPDATE", "no"), ("CI", "true")],
     )
+}
+
+/// `cargo package` of every publishable crate with verification, and the contents check.
+fn package_check() -> Result<Vec<package::Packaged>> {
+    let ws = workspace::Workspace::load(&env::current_dir()?)?;
+    package::check(&ws, &[], package::Mode::Package)
 }
 
 fn fuzz_dirs() -> Result<Vec<PathBuf>> {
@@ -196,7 +257,7 @@ fn fuzz_check() -> Result<()> {
 }
 
 fn fuzz(args: &[String]) -> Result<()> {
-    deps::ensure_cargo_tool("cargo-fuzz", "cargo-fuzz")?;
+    deps::ensure_cargo_tool(deps::CARGO_FUZZ)?;
     let mut secs = 60u64;
     let mut wanted = Vec::new();
     let mut it = args.iter();
@@ -248,41 +309,4 @@ fn bench(args: &[String]) -> Result<()> {
     let mut a = vec!["bench", "--workspace"];
     a.extend(args.iter().map(String::as_str));
     sh("cargo", &a)
-}
-
-/// Crates in dependency order, for `cargo publish --dry-run`.
-const PUBLISH_ORDER: &[&str] = &[
-    "smartproxy-proxy-protocol",
-    "smartproxy-tls-hello",
-    "smartproxy-routing",
-    "smartproxy-throughput",
-    "smartproxy-wrapped-socket",
-    "smartproxy-metrics",
-    "smartproxy-metrics-export",
-    "smartproxy-acme",
-    "smartproxy-engine",
-    "smartproxy-admin",
-    "smartproxy",
-];
-
-fn release() -> Result<()> {
-    sh("cargo", &["build", "--release", "--locked", "-p", "smartproxy"])?;
-    // Crates that depend on unpublished siblings can only be packaged once those are on the
-    // registry; `cargo package --no-verify` still checks the manifest and file list.
-    for (i, krate) in PUBLISH_ORDER.iter().enumerate() {
-        if i == 0
-            || ["smartproxy-tls-hello", "smartproxy-routing", "smartproxy-throughput"]
-                .contains(krate)
-        {
-            sh("cargo", &["publish", "--dry-run", "--locked", "--allow-dirty", "-p", krate])?;
-        } else {
-            sh("cargo", &["package", "--no-verify", "--locked", "--allow-dirty", "-p", krate])?;
-        }
-    }
-    let bin = Path::new("target/release/smartproxy");
-    let out = Command::new("sha256sum").arg(bin).output().context("sha256sum")?;
-    let sums = String::from_utf8_lossy(&out.stdout).into_owned();
-    std::fs::write("target/release/SHA256SUMS", &sums)?;
-    println!("{sums}target/release/SHA256SUMS written");
-    Ok(())
 }

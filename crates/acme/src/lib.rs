@@ -37,6 +37,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
 mod certs;
 mod challenge;

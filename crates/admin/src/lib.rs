@@ -37,6 +37,7 @@
 //! serve(listener, state, std::future::pending()).await
 //! # }
 //! ```
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
 use std::fmt;
 use std::future::Future;

@@ -93,6 +93,7 @@
 //! bytes are inspected; on other ports the engine waits up to `proxy_protocol_detect_timeout`
 //! (200 ms) for the first bytes, and forwards a client that stays silent (server-speaks-first
 //! protocols) after that wait.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 #[doc(hidden)]

@@ -46,6 +46,7 @@
 //! 64 shards, each behind a `parking_lot` mutex picked by a hash of the address: one short
 //! lock per admission and one per release, never per byte. IPv4-mapped IPv6 addresses
 //! (`::ffff:a.b.c.d`) count as the IPv4 address.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;

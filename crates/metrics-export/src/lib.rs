@@ -26,6 +26,7 @@
 //! let format = Format::from_accept(Some("application/openmetrics-text; version=1.0.0"));
 //! assert!(encode(&m.snapshot(), &ExportOptions::default(), format).ends_with("# EOF\n"));
 //! ```
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
 mod options;
 mod prom;

@@ -68,6 +68,7 @@
 //! connects and reloads.
 //!
 //! [`add_out`]: ConnectionRecorder::add_out
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
 mod clock;
 mod collector;

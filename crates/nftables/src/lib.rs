@@ -31,6 +31,7 @@
 //!
 //! Needs Linux 5.2 or later (NAT in `inet` tables), nft 0.9.3 or later (JSON), and
 //! `CAP_NET_ADMIN` in the network namespace. The README describes the table.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
 mod check;
 mod deltas;

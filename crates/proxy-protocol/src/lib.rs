@@ -28,6 +28,7 @@
 //!
 //! The spec forbids guessing whether a header is present: enable the protocol per listener,
 //! accept it only from trusted peers, and use [`detect`] to refuse headers from the others.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 mod crc32c;

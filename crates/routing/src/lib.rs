@@ -29,6 +29,7 @@
 //! Highest `priority` first; then the most specific match (domain, then path, then number of
 //! header criteria, then `client_ip`, then `tls_version`; see [`RouteTable`]); then
 //! configuration order. Disabled routes (`enabled = false`) never match.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 mod domain;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 invalid configuration or failure to start, 64 usage error.
 
 mod cli;
+mod completions;
 mod control;
 
 use std::io::{IsTerminal, Write};
@@ -34,6 +35,8 @@ fn main() -> ExitCode {
     };
     let (config, file) = match &cli.command {
         Some(Command::Validate { config }) => return validate(config),
+        Some(Command::Completions { shell }) => return completions::print_completions(*shell),
+        Some(Command::Man) => return completions::print_man(),
         Some(Command::Run { config }) => match Config::load(config) {
             Ok(c) => (c, Some(config.clone())),
             Err(e) => {

@@ -29,6 +29,7 @@
 //! Clock rules: a sample pushed at `t` stands for the second `(t - 1, t]`; a push stamped
 //! before the newest one is counted in the newest second (time never goes backwards inside a
 //! series); a jump forward zeroes the skipped slots at a cost bounded by the ring size.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
 mod keyed;
 mod sample;

@@ -19,6 +19,7 @@
 //!     Ok(_) => {}
 //! }
 //! ```
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 mod detect;

@@ -23,6 +23,7 @@
 //! println!("real client {} via {}", sock.client_addr(), sock.peer_addr());
 //! # Ok(()) }
 //! ```
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 mod error;
