@@ -20,6 +20,8 @@
 mod duplex;
 #[cfg(test)]
 mod model_tests;
+#[cfg(all(feature = "splice", target_os = "linux"))]
+mod splice;
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -32,7 +34,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-pub(crate) use self::duplex::SplicePipe;
 use self::duplex::{CopySocket, Duplex};
 use crate::observe::ConnObserver;
 

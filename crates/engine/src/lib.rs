@@ -108,8 +108,6 @@ mod net;
 pub mod observe;
 mod pipeline;
 mod shared;
-#[cfg(all(feature = "splice", target_os = "linux"))]
-mod splice;
 mod state;
 mod tls_setup;
 

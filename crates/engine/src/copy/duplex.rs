@@ -332,7 +332,7 @@ impl<P: SplicePipe> Dir<P> {
 
 impl CopySocket for TcpStream {
     #[cfg(all(feature = "splice", target_os = "linux"))]
-    type Pipe = crate::splice::Pipe;
+    type Pipe = super::splice::Pipe;
     #[cfg(not(all(feature = "splice", target_os = "linux")))]
     type Pipe = NoPipe;
 

@@ -5,7 +5,7 @@
 //! splice costs no `pipe2`/`close` syscalls once the pool is warm. A pipe that still holds bytes
 //! when its connection ends is closed instead of being pooled.
 //!
-//! The copy state machine ([`crate::copy`]) decides when a direction splices (it starts with
+//! The copy state machine ([`super::duplex`]) decides when a direction splices (it starts with
 //! plain reads and switches once a read fills the whole buffer, HAProxy's "splice-auto") and
 //! when a short splice may end a round; this module only owns the pipes.
 
@@ -17,7 +17,7 @@ use rustix::pipe::{
     PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice,
 };
 
-use crate::copy::SplicePipe;
+use super::duplex::SplicePipe;
 
 /// At most this many idle pipes are kept per worker thread.
 const POOL_MAX: usize = 64;
