@@ -2,4 +2,5 @@
 //! backends (hyper servers, nginx). One test binary (faster to link); modules by area.
 
 mod common;
+mod errors;
 mod routing;

@@ -620,3 +620,36 @@ pub(crate) async fn text(resp: Response<Incoming>) -> String {
     let b = resp.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8_lossy(&b).into_owned()
 }
+
+// ----- logs ----------------------------------------------------------------------------------
+
+static LOGS: Mutex<String> = Mutex::new(String::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of the process (once per test binary).
+pub(crate) fn capture_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("smartproxy_http=debug"))
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
+/// Captured log lines that contain `needle`.
+pub(crate) fn log_lines(needle: &str) -> Vec<String> {
+    LOGS.lock().lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+}
