@@ -18,6 +18,7 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
     ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
     ("node", "nodejs"),
     ("npm", "npm"),
 ];

@@ -105,14 +105,19 @@ impl Pool {
     }
 
     /// An idle HTTP/1.1 connection, the most recently used first; closed and expired ones
-    /// are dropped on the way.
+    /// are dropped on the way. This thread's shard first, then the others (tasks of a
+    /// work-stealing runtime move between threads; with one runtime per thread the own
+    /// shard nearly always has one).
     pub(crate) fn take_h1(&self) -> Option<H1Sender> {
-        let (_, shard) = self.shard();
-        let mut s = shard.lock();
+        let (own, _) = self.shard();
         let now = Instant::now();
-        while let Some(idle) = s.h1.pop() {
-            if !idle.tx.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
-                return Some(idle.tx);
+        let n = self.shards.len();
+        for k in 0..n {
+            let mut s = self.shards[(own + k) % n].lock();
+            while let Some(idle) = s.h1.pop() {
+                if !idle.tx.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
+                    return Some(idle.tx);
+                }
             }
         }
         None
@@ -138,21 +143,22 @@ impl Pool {
         }
     }
 
-    /// The shared HTTP/2 connection of this thread's shard, if open.
+    /// An open shared HTTP/2 connection (this thread's shard first).
     pub(crate) fn h2(&self) -> Option<H2Sender> {
-        let (_, shard) = self.shard();
-        let mut s = shard.lock();
-        match &mut s.h2 {
-            Some((tx, used)) if !tx.is_closed() => {
-                *used = Instant::now();
-                Some(tx.clone())
+        let (own, _) = self.shard();
+        let n = self.shards.len();
+        for k in 0..n {
+            let mut s = self.shards[(own + k) % n].lock();
+            match &mut s.h2 {
+                Some((tx, used)) if !tx.is_closed() => {
+                    *used = Instant::now();
+                    return Some(tx.clone());
+                }
+                Some(_) => s.h2 = None,
+                None => {}
             }
-            Some(_) => {
-                s.h2 = None;
-                None
-            }
-            None => None,
         }
+        None
     }
 
     /// Keeps `tx` as this shard's HTTP/2 connection.

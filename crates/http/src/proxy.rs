@@ -10,7 +10,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use smartproxy_metrics::HttpErrorReason;
-use smartproxy_routing::{CompiledRoute, SendProxyProtocol};
+use smartproxy_routing::{CompiledRoute, SendProxyProtocol, UpstreamProtocol};
 use tokio::time::Instant;
 
 use crate::body::{Progress, RequestGuard, ResponseBody, UpBody, Upstream};
@@ -136,7 +136,9 @@ pub(crate) async fn forward(
         // A pooled connection first (never for an upgrade: that one is dedicated).
         let mut pooled = if ws {
             None
-        } else if let Some(tx) = pool.h2() {
+        } else if let Some(tx) =
+            (pr.upstream != UpstreamProtocol::Http1).then(|| pool.h2()).flatten()
+        {
             Some(Sender::H2(tx))
         } else {
             pool.take_h1().map(Sender::H1)
