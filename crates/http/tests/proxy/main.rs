@@ -5,3 +5,4 @@ mod common;
 mod errors;
 mod h2;
 mod routing;
+mod websocket;
