@@ -4,5 +4,7 @@
 mod common;
 mod errors;
 mod h2;
+mod nginx;
+mod observe;
 mod routing;
 mod websocket;
