@@ -160,7 +160,8 @@ impl Drop for RequestGuard {
         {
             pool.put_h1(tx);
         }
-        let took = self.started.elapsed();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.started);
         if let (Some(m), Some(snap)) = (&self.ctx.service.metrics, &self.snap) {
             let route = self.route.and_then(|i| snap.route_metrics(i));
             m.http_request_finished(route, self.method, self.status, took);
@@ -173,7 +174,7 @@ impl Drop for RequestGuard {
             };
             entry.write(&self.ctx, route, self.status, bytes_in, self.bytes_out, took);
         }
-        self.ctx.request_finished();
+        self.ctx.request_finished(now);
     }
 }
 

@@ -204,11 +204,13 @@ impl ConnCtx {
         s.expect_head.store(false, Ordering::Relaxed);
     }
 
-    /// A response finished (or a tunnel closed).
-    pub(crate) fn request_finished(&self) {
+    /// A response finished (or a tunnel closed) at `now`.
+    pub(crate) fn request_finished(&self, now: Instant) {
         let s = &self.state;
         if s.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            s.idle_since.store(self.now(), Ordering::Relaxed);
+            let since = u64::try_from(now.saturating_duration_since(self.start).as_nanos())
+                .unwrap_or(u64::MAX);
+            s.idle_since.store(since, Ordering::Relaxed);
             s.response_done.store(true, Ordering::Relaxed);
             if s.closing.load(Ordering::Acquire) {
                 self.drained.notify_one();

@@ -145,6 +145,9 @@ pub(crate) async fn forward(
         };
         let outcome = loop {
             let reused = pooled.is_some();
+            // The response timeout counts from here (a pooled connection) or from the
+            // end of the connect.
+            let mut sent_from = guard.started;
             let sender = match pooled.take() {
                 Some(s) => s,
                 None => {
@@ -160,8 +163,12 @@ pub(crate) async fn forward(
                     };
                     match connect(params).await {
                         Ok(s) => {
+                            sent_from = Instant::now();
                             if let (Some(m), Some(r)) = (metrics, route_metrics) {
-                                m.backend_connected(r, started.elapsed());
+                                m.backend_connected(
+                                    r,
+                                    sent_from.saturating_duration_since(started),
+                                );
                             }
                             if let Sender::H2(tx) = &s {
                                 pool.set_h2(tx.clone());
@@ -181,7 +188,7 @@ pub(crate) async fn forward(
             let h2 = sender.is_h2();
             finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
             let req = std::mem::replace(&mut prep.req, Request::new(UpBody::Empty));
-            match send(sender, req, pr.response_timeout, progress.as_deref()).await {
+            match send(sender, req, pr.response_timeout, progress.as_deref(), sent_from).await {
                 Sent::Retry(req) if reused => {
                     // A stale keep-alive connection: the same target, a new connection.
                     prep.req = req;
@@ -318,6 +325,8 @@ async fn send(
     req: Request<UpBody>,
     timeout: Duration,
     progress: Option<&Progress>,
+    // When the request starts going out (the caller's clock read, saved here).
+    started: Instant,
 ) -> Sent {
     let exchange = async move {
         match sender {
@@ -348,7 +357,6 @@ async fn send(
         }
     };
     let mut exchange = std::pin::pin!(exchange);
-    let started = Instant::now();
     let mut deadline = started + timeout;
     loop {
         tokio::select! {

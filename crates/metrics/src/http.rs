@@ -242,10 +242,11 @@ impl HttpStats {
 
     #[inline]
     pub(crate) fn finished(&self, method: HttpMethod, status: u16, took: Duration) {
-        // Saturating: a `finished` without its `started` must not wrap the gauge.
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+        // A `finished` without its `started` must not leave the gauge wrapped: undo it (one
+        // atomic in the normal case, unlike a compare-and-swap loop).
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 0 {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         self.requests[class_index(status) * METHODS + method.index()]
             .fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
