@@ -69,7 +69,9 @@ struct AbortTunnels(Arc<ConnCtx>);
 
 impl Drop for AbortTunnels {
     fn drop(&mut self) {
-        self.0.tunnels.lock().abort_all();
+        if let Some(set) = self.0.tunnels.lock().as_mut() {
+            set.abort_all();
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! What one client connection shares between its serve loop, its requests and its IO.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
@@ -133,8 +133,6 @@ pub(crate) struct ConnCtx {
     pub(crate) client: SocketAddr,
     /// The client address as an `X-Forwarded-For` element.
     pub(crate) xff: HeaderValue,
-    /// The client address as an RFC 7239 `for=` element.
-    pub(crate) forwarded_for: HeaderValue,
     pub(crate) peer_trusted: bool,
     pub(crate) port: u16,
     pub(crate) local: Option<SocketAddr>,
@@ -149,20 +147,16 @@ pub(crate) struct ConnCtx {
     /// client, dropped with the connection.
     pub(crate) private_pools: Mutex<Vec<(usize, Arc<Pool>)>>,
     /// Upgraded connections (WebSocket) being relayed; aborted if the connection is dropped.
-    pub(crate) tunnels: Mutex<JoinSet<()>>,
+    /// Created with the first one.
+    pub(crate) tunnels: Mutex<Option<JoinSet<()>>>,
 }
 
 impl ConnCtx {
     pub(crate) fn new(service: Arc<Inner>, info: ConnInfo) -> Self {
         let ip = smartproxy_routing::canonical_ip(info.client.ip());
-        let (xff, forwarded_for) = match ip {
-            IpAddr::V4(v4) => (v4.to_string(), format!("for={v4}")),
-            IpAddr::V6(v6) => (v6.to_string(), format!("for=\"[{v6}]\"")),
-        };
-        // Addresses are ASCII: these conversions cannot fail.
-        let xff = HeaderValue::from_str(&xff).unwrap_or(HeaderValue::from_static("unknown"));
-        let forwarded_for = HeaderValue::from_str(&forwarded_for)
-            .unwrap_or(HeaderValue::from_static("for=unknown"));
+        // An address is ASCII: the conversion cannot fail.
+        let xff = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+            .unwrap_or(HeaderValue::from_static("unknown"));
         let state = ConnState::default();
         // The first head counts from accept.
         state.head_started.store(1, Ordering::Relaxed);
@@ -171,7 +165,6 @@ impl ConnCtx {
             service,
             client: SocketAddr::new(ip, info.client.port()),
             xff,
-            forwarded_for,
             peer_trusted: info.peer_trusted,
             port: info.port,
             local: info.local,
@@ -182,7 +175,7 @@ impl ConnCtx {
             drained: Notify::new(),
             h2: AtomicBool::new(false),
             private_pools: Mutex::new(Vec::new()),
-            tunnels: Mutex::new(JoinSet::new()),
+            tunnels: Mutex::new(None),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Header work on the way through: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers
 //! from the real client, `Via`, cookies of HTTP/2 clients joined for HTTP/1.1 targets.
 
+use std::fmt::Write as _;
+
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
@@ -119,7 +121,14 @@ pub(crate) fn forwarded(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<&HeaderVa
             v.extend_from_slice(b", ");
         }
     }
-    v.extend_from_slice(ctx.forwarded_for.as_bytes());
+    match ctx.client.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let _ = write!(Writer(&mut v), "for={v4}");
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(Writer(&mut v), "for=\"[{v6}]\"");
+        }
+    }
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         v.extend_from_slice(b";host=");
         if host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
@@ -186,6 +195,16 @@ pub(crate) fn via_index(v: Version) -> usize {
         Version::HTTP_2 => 2,
         Version::HTTP_3 => 3,
         _ => 1,
+    }
+}
+
+/// `fmt::Write` into a `BytesMut`.
+struct Writer<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 

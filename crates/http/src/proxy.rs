@@ -430,6 +430,7 @@ fn respond(
         let name = route.name().to_owned();
         let client = ctx.client;
         let mut tunnels = ctx.tunnels.lock();
+        let tunnels = tunnels.get_or_insert_with(tokio::task::JoinSet::new);
         while tunnels.try_join_next().is_some() {}
         tunnels.spawn(async move {
             crate::websocket::tunnel(client_upgrade, backend_upgrade, idle, guard, &name, client)

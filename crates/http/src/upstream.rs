@@ -162,7 +162,9 @@ async fn tcp(p: &ConnectParams<'_>) -> io::Result<TcpStream> {
         Some(ip) => TcpStream::connect(SocketAddr::new(ip, p.port)).await?,
         None => TcpStream::connect((&*p.target.host, p.port)).await?,
     };
-    s.set_nodelay(true)?;
+    // Best effort: on a connection the target already reset this fails, and the reset is
+    // then reported by the exchange (502 backend_error), not as a failed connect.
+    let _ = s.set_nodelay(true);
     Ok(s)
 }
 

@@ -92,14 +92,24 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {pa} }}, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_that_resets_is_502() {
-    // Accepts, then closes with a reset.
+    // Reads the request head, then closes with a reset.
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bp = l.local_addr().unwrap().port();
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let s = s.into_std().unwrap();
-            socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
-            drop(s);
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&b[..n]),
+                        _ => return,
+                    }
+                }
+                let s = s.into_std().unwrap();
+                socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+                drop(s);
+            });
         }
     });
     let proxy = Proxy::start(|p| route(p, bp, ""), Opts::default()).await;
