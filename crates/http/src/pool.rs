@@ -108,15 +108,17 @@ impl Pool {
     /// are dropped on the way. This thread's shard first, then the others (tasks of a
     /// work-stealing runtime move between threads; with one runtime per thread the own
     /// shard nearly always has one).
-    pub(crate) fn take_h1(&self) -> Option<H1Sender> {
+    /// Also returns how long the connection was idle.
+    pub(crate) fn take_h1(&self) -> Option<(H1Sender, Duration)> {
         let (own, _) = self.shard();
         let now = Instant::now();
         let n = self.shards.len();
         for k in 0..n {
             let mut s = self.shards[(own + k) % n].lock();
             while let Some(idle) = s.h1.pop() {
-                if !idle.tx.is_closed() && now.duration_since(idle.since) < self.idle_timeout {
-                    return Some(idle.tx);
+                let idle_for = now.duration_since(idle.since);
+                if !idle.tx.is_closed() && idle_for < self.idle_timeout {
+                    return Some((idle.tx, idle_for));
                 }
             }
         }

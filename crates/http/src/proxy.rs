@@ -134,6 +134,7 @@ pub(crate) async fn forward(
             snap.pool(&ctx.service.pools, route, pr, t, port, sni)
         };
         // A pooled connection first (never for an upgrade: that one is dedicated).
+        let mut idle_for = Duration::ZERO;
         let mut pooled = if ws {
             None
         } else if let Some(tx) =
@@ -141,10 +142,18 @@ pub(crate) async fn forward(
         {
             Some(Sender::H2(tx))
         } else {
-            pool.take_h1().map(Sender::H1)
+            pool.take_h1().map(|(tx, idle)| {
+                idle_for = idle;
+                Sender::H1(tx)
+            })
         };
         let outcome = loop {
             let reused = pooled.is_some();
+            // A connection idle for a while may be closed by the target just as the request
+            // goes out (the keep-alive race): keep a copy of a replayable request to send
+            // again on a new connection. Hot connections are not worth the copy.
+            let spare =
+                (reused && idle_for >= STALE_AFTER).then(|| replayable(&prep.req)).flatten();
             // The response timeout counts from here (a pooled connection) or from the
             // end of the connect.
             let mut sent_from = guard.started;
@@ -200,6 +209,12 @@ pub(crate) async fn forward(
                     )));
                 }
                 Sent::Failed(e) => {
+                    if let Some(req) = spare {
+                        tracing::debug!(client = %ctx.client, route = route.name(), "idle backend connection failed ({e}); sending again on a new one");
+                        prep.req = req;
+                        idle_for = Duration::ZERO;
+                        continue;
+                    }
                     break Ok(Err((HttpErrorReason::BackendError, format!("backend failed: {e}"))));
                 }
                 Sent::Timeout => {
@@ -251,6 +266,32 @@ pub(crate) async fn forward(
         None => (HttpErrorReason::BackendUnavailable, "the route has no target".to_owned()),
     };
     error_response(guard, reason, &detail)
+}
+
+/// Idle time after which a pooled connection's first request is kept for a resend.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// A copy of `req` if it can be sent again: no body and an idempotent method.
+fn replayable(req: &Request<UpBody>) -> Option<Request<UpBody>> {
+    if !matches!(req.body(), UpBody::Empty)
+        || !matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+    {
+        return None;
+    }
+    let mut copy = Request::new(UpBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// The pool of connections that carry this client's PROXY header.

@@ -292,3 +292,62 @@ async fn read_response(s: &mut TcpStream) -> String {
         }
     }
 }
+
+/// The keep-alive race: a target closes an idle connection just as a request goes out on
+/// it. A replayable request (idempotent, no body) is sent again on a new connection; a POST
+/// is not (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connection_is_retried_for_idempotent_requests() {
+    // Answers the first request of each connection, then closes on the next one unanswered.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bp = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acc = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            acc.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let n = match s.read(&mut b).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    buf.extend_from_slice(&b[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let body_len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + body_len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + body_len);
+                        if answered {
+                            return; // closes without an answer
+                        }
+                        answered = true;
+                        let _ =
+                            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(|p| route(p, bp, ""), Opts::default()).await;
+    let (code, body) = status_and_body(&proxy, "/1").await;
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ok"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (code, body) = status_and_body(&proxy, "/2").await;
+    assert_eq!((code.as_str(), body.as_str()), ("200", "ok"), "the GET was sent again");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let out = curl(&["-w", "\n%{http_code}", "--data-binary", "x", &proxy.url("/3")]).await;
+    assert!(stdout(&out).ends_with("\n502"), "a POST is not sent twice: {}", stdout(&out));
+}
