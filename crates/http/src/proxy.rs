@@ -170,7 +170,9 @@ pub(crate) async fn forward(
                         tls: snap.tls.as_deref(),
                         upgrade: ws,
                     };
-                    match connect(params).await {
+                    // Boxed: rare (pooled connections), and its state would make every
+                    // request's future (moved and polled per request) larger.
+                    match Box::pin(connect(params)).await {
                         Ok(s) => {
                             sent_from = Instant::now();
                             if let (Some(m), Some(r)) = (metrics, route_metrics) {

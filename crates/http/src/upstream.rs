@@ -198,7 +198,11 @@ pub(crate) async fn connect(p: ConnectParams<'_>) -> Result<Sender, ConnectError
             });
             Ok::<_, hyper::Error>(Sender::H2(tx))
         } else {
-            let (tx, conn) = http1::Builder::new().handshake::<_, UpBody>(io).await?;
+            let (tx, conn) = http1::Builder::new()
+                // As towards clients: one buffer, one `send` (see conn.rs).
+                .writev(false)
+                .handshake::<_, UpBody>(io)
+                .await?;
             if p.upgrade {
                 tokio::spawn(async move {
                     if let Err(e) = conn.with_upgrades().await {
