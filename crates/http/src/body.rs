@@ -154,13 +154,13 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        let now = Instant::now();
         if let Some(up) = self.upstream.take()
             && self.complete
             && let (Some(Sender::H1(tx)), Some(pool)) = (up.sender, &up.pool)
         {
-            pool.put_h1(tx);
+            pool.put_h1(tx, now);
         }
-        let now = Instant::now();
         let took = now.saturating_duration_since(self.started);
         if let (Some(m), Some(snap)) = (&self.ctx.service.metrics, &self.snap) {
             let route = self.route.and_then(|i| snap.route_metrics(i));

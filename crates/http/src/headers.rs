@@ -21,9 +21,21 @@ const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `TE` (but `te: trailers` stays for an HTTP/2 target), `Transfer-Encoding`,
-/// and `Upgrade` unless `keep_upgrade`. Does nothing more than the checks when none is there.
+/// and `Upgrade` unless `keep_upgrade`. One pass over the (few) names first: most messages
+/// have none of them, and that costs no hash lookup.
 pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
-    if let Some(conn) = h.get(header::CONNECTION) {
+    let any = h.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !any {
+        return;
+    }
+    if h.contains_key(header::CONNECTION) {
         // Names listed in Connection are hop-by-hop too. Collected first: the map is
         // borrowed. Rare (most clients send `keep-alive` or `close`), so a small Vec is fine.
         let mut named: Vec<HeaderName> = Vec::new();
@@ -43,31 +55,23 @@ pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_t
                 }
             }
         }
-        let _ = conn;
         for n in named {
             h.remove(n);
         }
         h.remove(header::CONNECTION);
     }
-    if h.contains_key(&KEEP_ALIVE) {
-        h.remove(&KEEP_ALIVE);
-    }
-    if h.contains_key(&PROXY_CONNECTION) {
-        h.remove(&PROXY_CONNECTION);
-    }
-    if let Some(te) = h.get(header::TE) {
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    if let Some(te) = h.remove(header::TE) {
         let trailers = te
             .to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-        h.remove(header::TE);
         if keep_te_trailers && trailers {
             h.insert(header::TE, TRAILERS);
         }
     }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        h.remove(header::TRANSFER_ENCODING);
-    }
-    if !keep_upgrade && h.contains_key(header::UPGRADE) {
+    h.remove(header::TRANSFER_ENCODING);
+    if !keep_upgrade {
         h.remove(header::UPGRADE);
     }
 }

@@ -109,14 +109,14 @@ impl Pool {
     /// work-stealing runtime move between threads; with one runtime per thread the own
     /// shard nearly always has one).
     /// Also returns how long the connection was idle.
-    pub(crate) fn take_h1(&self) -> Option<(H1Sender, Duration)> {
+    /// `now` is the caller's clock read (the request's start).
+    pub(crate) fn take_h1(&self, now: Instant) -> Option<(H1Sender, Duration)> {
         let (own, _) = self.shard();
-        let now = Instant::now();
         let n = self.shards.len();
         for k in 0..n {
             let mut s = self.shards[(own + k) % n].lock();
             while let Some(idle) = s.h1.pop() {
-                let idle_for = now.duration_since(idle.since);
+                let idle_for = now.saturating_duration_since(idle.since);
                 if !idle.tx.is_closed() && idle_for < self.idle_timeout {
                     return Some((idle.tx, idle_for));
                 }
@@ -125,8 +125,8 @@ impl Pool {
         None
     }
 
-    /// Gives a connection back after a complete exchange.
-    pub(crate) fn put_h1(&self, tx: H1Sender) {
+    /// Gives a connection back after a complete exchange (`now`: the caller's clock read).
+    pub(crate) fn put_h1(&self, tx: H1Sender, now: Instant) {
         if tx.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -137,7 +137,7 @@ impl Pool {
                 // Full: the oldest goes.
                 s.h1.remove(0);
             }
-            s.h1.push(Idle { tx, since: Instant::now() });
+            s.h1.push(Idle { tx, since: now });
             !std::mem::replace(&mut s.reaper, true)
         };
         if start_reaper {

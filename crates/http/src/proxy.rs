@@ -142,7 +142,7 @@ pub(crate) async fn forward(
         {
             Some(Sender::H2(tx))
         } else {
-            pool.take_h1().map(|(tx, idle)| {
+            pool.take_h1(guard.started).map(|(tx, idle)| {
                 idle_for = idle;
                 Sender::H1(tx)
             })

@@ -396,3 +396,24 @@ mod tests {
         assert_eq!(strip_port("::1"), "::1");
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn ret_size<F, Fut>(_: F) -> usize
+    where
+        F: Fn(Arc<ConnCtx>, Request<Incoming>) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// hyper moves every request's future into its slot once: its size is copied per
+    /// request. Rare paths (connect) are boxed to keep it down; this bounds it.
+    #[test]
+    fn request_future_size() {
+        let n = ret_size(handle);
+        eprintln!("request future: {n} bytes");
+        assert!(n <= 4096, "the request future grew to {n} bytes");
+    }
+}
