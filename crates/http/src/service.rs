@@ -169,10 +169,16 @@ impl HttpService {
 }
 
 fn build(config: HttpConfig, metrics: Option<&Metrics>, pools: &Pools) -> Snapshot {
+    use crate::snapshot::cap;
+    let mut http = config.settings;
+    http.request_header_timeout = cap(http.request_header_timeout);
+    http.http_keepalive_timeout = cap(http.http_keepalive_timeout);
+    http.http_response_timeout = cap(http.http_response_timeout);
+    http.http_pool_idle_timeout = cap(http.http_pool_idle_timeout);
     let settings = Settings {
-        http: config.settings,
-        connect_timeout: config.connect_timeout,
-        tunnel_idle: config.tunnel_inactivity_timeout,
+        http,
+        connect_timeout: cap(config.connect_timeout),
+        tunnel_idle: cap(config.tunnel_inactivity_timeout),
     };
     Snapshot::build(config.table, settings, config.upstream_tls, metrics, pools)
 }

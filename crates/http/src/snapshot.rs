@@ -158,6 +158,12 @@ impl std::fmt::Debug for Snapshot {
 
 static NEXT_TARGET_ID: AtomicUsize = AtomicUsize::new(0);
 
+/// Timeouts are added to instants: a configured "1000000d" must not overflow one. Ten years
+/// is "never" for a connection.
+pub(crate) fn cap(d: Duration) -> Duration {
+    d.min(Duration::from_secs(10 * 365 * 86_400))
+}
+
 impl Snapshot {
     pub(crate) fn build(
         table: Arc<RouteTable>,
@@ -257,8 +263,8 @@ fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools) -> RouteKind {
                 preserve_host: h.preserve_host,
                 websocket: h.websocket,
                 via: h.via.pseudonym().and_then(via_values),
-                response_timeout: h.response_timeout.unwrap_or(s.http.http_response_timeout),
-                connect_timeout: f.connect_timeout.unwrap_or(s.connect_timeout),
+                response_timeout: cap(h.response_timeout.unwrap_or(s.http.http_response_timeout)),
+                connect_timeout: cap(f.connect_timeout.unwrap_or(s.connect_timeout)),
                 proxy_protocol: f.send_proxy_protocol,
                 tls,
                 targets: Box::new([]),

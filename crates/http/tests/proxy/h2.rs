@@ -246,3 +246,30 @@ async fn reencrypts_to_a_tls_backend() {
     let out = curl(&["-w", "\n%{http_code}", &proxy.url("/enc")]).await;
     assert!(stdout(&out).ends_with("\n502"));
 }
+
+/// HTTP/2: a header list over `max_request_header_bytes` is refused (431) and the
+/// connection goes on serving other streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_oversized_header_list_is_431() {
+    let b = Backend::h1("b").await;
+    let bp = b.port();
+    let mut s = smartproxy_http::HttpSettings::default();
+    s.max_request_header_bytes = 4096;
+    let proxy =
+        Proxy::start(|p| route(p, bp, "", ""), Opts { settings: Some(s), ..Opts::default() }).await;
+    let mut tx = h2_client(proxy.addr).await;
+    // A first request, so that the proxy's SETTINGS (the header list size) are known.
+    let r = tx.send_request(Request::get(proxy.url("/ok")).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = text(r).await;
+    let big =
+        Request::get(proxy.url("/big")).header("x-big", "a".repeat(8000)).body(empty()).unwrap();
+    let outcome = tx.send_request(big).await;
+    match &outcome {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => panic!("expected a 431, got {e}"),
+    }
+    let r =
+        tx.send_request(Request::get(proxy.url("/after")).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
