@@ -149,3 +149,40 @@ action = {{ type = "socket-handler", handler = "redirect", location = "/api/x", 
     assert_eq!(s.http.unrouted.requests_total, 1);
     assert_eq!(s.http.errors["no_route"], 1);
 }
+
+/// Idle upstream connections are closed after `http_pool_idle_timeout`; the pool keeps at
+/// most `http_pool_max_idle` of them (per worker thread: one thread here).
+#[tokio::test(flavor = "current_thread")]
+async fn pool_is_bounded_and_reaped() {
+    let b = Backend::h1("pool").await;
+    let bp = b.port();
+    let mut s = smartproxy_http::HttpSettings::default();
+    s.http_pool_idle_timeout = Duration::from_millis(400);
+    s.http_pool_max_idle = 2;
+    let proxy = Proxy::start(
+        |p| {
+            format!(
+                r#"[[routes]]
+name = "pool"
+match = {{ ports = [{p}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {bp} }}], http = {{ }} }}
+"#
+            )
+        },
+        Opts { settings: Some(s), ..Opts::default() },
+    )
+    .await;
+    // Five requests at once need five backend connections; two stay pooled.
+    let mut all = Vec::new();
+    for i in 0..5 {
+        let url = proxy.url(&format!("/delay/{}", 300 + i));
+        all.push(tokio::spawn(async move { curl(&[&url]).await }));
+    }
+    for h in all {
+        assert!(h.await.unwrap().status.success());
+    }
+    assert_eq!(b.accepted(), 5, "five requests at once, five connections");
+    assert_eq!(proxy.service.pooled_connections(), 2, "two of them kept");
+    eventually("the idle connections to be reaped", || proxy.service.pooled_connections() == 0)
+        .await;
+}

@@ -304,7 +304,7 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
 /// `body_len`, `conn`: the connection's number on this backend, `proxy`: the PROXY line it
 /// started with); `/bytes/N` -> N bytes streamed in 64 KiB chunks; `/upload` -> the body
 /// length, read as it streams; `/sleep` -> never answers; `/trailers` -> a body and trailers;
-/// `/ws` -> a WebSocket echo; `/status/N` -> status N.
+/// `/ws` -> a WebSocket echo; `/status/N` -> status N; `/delay/MS` -> the JSON after MS ms.
 pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
     pub(crate) name: String,
@@ -446,6 +446,9 @@ async fn backend_handle(
     }
     if path == "/sleep" {
         std::future::pending::<()>().await;
+    }
+    if let Some(ms) = path.strip_prefix("/delay/").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let mut resp = Response::new(full(format!("status {code}\n")));
