@@ -17,7 +17,7 @@ use crate::body::{Progress, RequestGuard, ResponseBody, UpBody, Upstream};
 use crate::ctx::ConnCtx;
 use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookies};
 use crate::pool::{Pool, Sender};
-use crate::service::{TEXT_PLAIN, error_response};
+use crate::service::{Expanded, TEXT_PLAIN, error_response};
 use crate::snapshot::{ProxyRoute, RouteKind, Snapshot, TargetState};
 use crate::upstream::{ConnectError, ConnectParams, connect, is_timeout};
 
@@ -53,6 +53,7 @@ pub(crate) async fn forward(
     index: usize,
     req: Request<Incoming>,
     mut guard: RequestGuard,
+    expanded: Option<Box<Expanded>>,
 ) -> Response<ResponseBody> {
     let Some((route, state)) = snap.route(index) else {
         return error_response(guard, HttpErrorReason::NoRoute, &"route vanished");
@@ -85,6 +86,9 @@ pub(crate) async fn forward(
     if let Some(via) = &pr.via {
         append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
     }
+    if let Some(ops) = &pr.request_ops {
+        ops.apply(&mut parts.headers, expanded.as_ref().map_or(&[][..], |e| &e.request[..]));
+    }
     if ws {
         // The target gets an HTTP/1.1 upgrade, whatever the client spoke.
         parts.headers.insert(header::CONNECTION, UPGRADE);
@@ -98,7 +102,26 @@ pub(crate) async fn forward(
             parts.extensions.remove::<hyper::ext::Protocol>();
         }
     }
-    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut pq =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some((re, to)) = &pr.rewrite
+        && let std::borrow::Cow::Owned(path) = re.replace(pq.path(), to.as_str())
+    {
+        let rewritten = match pq.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        match PathAndQuery::try_from(rewritten) {
+            Ok(p) => pq = p,
+            Err(e) => {
+                return error_response(
+                    guard,
+                    HttpErrorReason::BadRequest,
+                    &format_args!("rewritten path is not valid: {e}"),
+                );
+            }
+        }
+    }
     let body = if ws || body.is_end_stream() {
         UpBody::Empty
     } else {
@@ -245,6 +268,7 @@ pub(crate) async fn forward(
                     pool: Some(pool),
                     _target: sel.into_guard(),
                 };
+                let response_values = expanded.as_ref().map_or(&[][..], |e| &e.response[..]);
                 return respond(
                     ctx,
                     snap,
@@ -256,6 +280,7 @@ pub(crate) async fn forward(
                     ws,
                     client_upgrade,
                     ext_connect,
+                    response_values,
                 );
             }
         }
@@ -429,6 +454,7 @@ fn respond(
     ws: bool,
     client_upgrade: Option<OnUpgrade>,
     ext_connect: bool,
+    response_values: &[HeaderValue],
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && !ws {
@@ -485,6 +511,9 @@ fn respond(
     headers::remove_hop_by_hop(&mut parts.headers, false, false);
     if let Some(via) = &pr.via {
         append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
+    }
+    if let Some(ops) = &pr.response_ops {
+        ops.apply(&mut parts.headers, response_values);
     }
     let status = parts.status.as_u16();
     guard.upstream = Some(upstream);

@@ -201,13 +201,21 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// Template values of a route's header operations for one request.
+#[derive(Debug, Default)]
+pub(crate) struct Expanded {
+    pub(crate) request: Vec<HeaderValue>,
+    pub(crate) response: Vec<HeaderValue>,
+}
+
 /// What routing decided for a request.
 enum Decision {
     NoRoute,
     /// A route that the HTTP layer does not serve matched (a layer-4 route).
     NotHttp(usize),
     Forbidden(usize),
-    Proxy(usize),
+    /// With the template values of its header operations (request, response), if any.
+    Proxy(usize, Option<Box<Expanded>>),
     Respond(usize, Box<Response<ResponseBody>>),
 }
 
@@ -228,7 +236,30 @@ fn decide(snap: &Snapshot, ctx: &ConnCtx, req: &Request<Incoming>) -> Decision {
         return Decision::Forbidden(m.index);
     }
     match &state.kind {
-        RouteKind::Proxy(_) => Decision::Proxy(m.index),
+        RouteKind::Proxy(pr) => {
+            let templated =
+                |o: &Option<crate::snapshot::HeaderOps>| o.as_ref().is_some_and(|o| o.templated());
+            let expanded = (templated(&pr.request_ops) || templated(&pr.response_ops)).then(|| {
+                let fallback = ctx.local.map(|a| a.ip().to_string()).unwrap_or_default();
+                let mut vars = TemplateVars::new(ctx.client.ip(), ctx.port)
+                    .with_path(req.uri().path())
+                    .with_route_name(route.name())
+                    .with_headers(&headers)
+                    .with_params(&m.params)
+                    .with_fallback_domain(&fallback);
+                if let Some(d) = host.map(strip_port) {
+                    vars = vars.with_domain(d);
+                }
+                if let Some(q) = req.uri().query() {
+                    vars = vars.with_query(q);
+                }
+                let ex = |o: &Option<crate::snapshot::HeaderOps>| {
+                    o.as_ref().map(|o| o.expand(&vars)).unwrap_or_default()
+                };
+                Box::new(Expanded { request: ex(&pr.request_ops), response: ex(&pr.response_ops) })
+            });
+            Decision::Proxy(m.index, expanded)
+        }
         RouteKind::Other => Decision::NotHttp(m.index),
         RouteKind::Handler(HandlerRoute::Respond { status, headers, body }) => {
             let mut resp = Response::new(ResponseBody::full(body.clone()));
@@ -374,7 +405,7 @@ pub(crate) async fn handle(
             let (parts, body) = (*resp).into_parts();
             Response::from_parts(parts, body.with_guard(guard, status))
         }
-        Decision::Proxy(i) => {
+        Decision::Proxy(i, expanded) => {
             guard.routed(Arc::clone(&snap), Some(i));
             if req.method() == Method::CONNECT
                 && req.extensions().get::<hyper::ext::Protocol>().is_none()
@@ -385,7 +416,7 @@ pub(crate) async fn handle(
                     &"CONNECT is not forwarded",
                 ));
             }
-            crate::proxy::forward(&ctx, &snap, i, req, guard).await
+            crate::proxy::forward(&ctx, &snap, i, req, guard, expanded).await
         }
     })
 }

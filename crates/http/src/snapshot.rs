@@ -119,6 +119,99 @@ pub(crate) struct ProxyRoute {
     pub(crate) targets: Box<[TargetState]>,
     /// `Host` / `:authority` per target when `preserve_host = false` (fixed ports).
     pub(crate) target_hosts: Box<[Option<(HeaderValue, Authority)>]>,
+    /// `request_headers`, `response_headers`.
+    pub(crate) request_ops: Option<HeaderOps>,
+    pub(crate) response_ops: Option<HeaderOps>,
+    /// `rewrite_path`: the pattern and the replacement.
+    pub(crate) rewrite: Option<(regex::Regex, String)>,
+}
+
+/// A header value of `set` / `add`: fixed, or expanded per request.
+#[derive(Debug)]
+pub(crate) enum OpValue {
+    Fixed(HeaderValue),
+    Template(Template),
+}
+
+/// Compiled `request_headers` / `response_headers`.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderOps {
+    pub(crate) remove: Vec<HeaderName>,
+    pub(crate) set: Vec<(HeaderName, OpValue)>,
+    pub(crate) add: Vec<(HeaderName, OpValue)>,
+}
+
+impl HeaderOps {
+    fn compile(a: &smartproxy_routing::HeaderActions, route: &str) -> Option<Self> {
+        let name = |n: &str| match HeaderName::from_bytes(n.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                tracing::warn!(route, header = n, "not a valid header name; left out");
+                None
+            }
+        };
+        let value = |v: &str| {
+            let t = Template::parse(v);
+            if t.is_literal() {
+                HeaderValue::from_str(v).ok().map(OpValue::Fixed)
+            } else {
+                Some(OpValue::Template(t))
+            }
+        };
+        let ops = Self {
+            remove: a.remove.iter().filter_map(|n| name(n)).collect(),
+            set: a.set.iter().filter_map(|(n, v)| Some((name(n)?, value(v)?))).collect(),
+            add: a.add.iter().filter_map(|(n, v)| Some((name(n)?, value(v)?))).collect(),
+        };
+        (!(ops.remove.is_empty() && ops.set.is_empty() && ops.add.is_empty())).then_some(ops)
+    }
+
+    /// Whether a value is a template (expanded per request).
+    pub(crate) fn templated(&self) -> bool {
+        self.set.iter().chain(&self.add).any(|(_, v)| matches!(v, OpValue::Template(_)))
+    }
+
+    /// Applies the operations; `expanded` holds the template values in `set`, `add` order.
+    pub(crate) fn apply(&self, h: &mut HeaderMap, expanded: &[HeaderValue]) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        let mut e = expanded.iter();
+        for (n, v) in &self.set {
+            let v = match v {
+                OpValue::Fixed(v) => Some(v.clone()),
+                OpValue::Template(_) => e.next().cloned(),
+            };
+            if let Some(v) = v {
+                h.insert(n, v);
+            }
+        }
+        for (n, v) in &self.add {
+            let v = match v {
+                OpValue::Fixed(v) => Some(v.clone()),
+                OpValue::Template(_) => e.next().cloned(),
+            };
+            if let Some(v) = v {
+                h.append(n, v);
+            }
+        }
+    }
+
+    /// Expands the template values for one request, in `set`, `add` order (a value that
+    /// expands to something not allowed in a header is sent empty).
+    pub(crate) fn expand(&self, vars: &smartproxy_routing::TemplateVars<'_>) -> Vec<HeaderValue> {
+        self.set
+            .iter()
+            .chain(&self.add)
+            .filter_map(|(_, v)| match v {
+                OpValue::Template(t) => Some(
+                    HeaderValue::from_str(&t.expand_to_string(vars))
+                        .unwrap_or(HeaderValue::from_static("")),
+                ),
+                OpValue::Fixed(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// A route answered by a built-in handler, request by request.
@@ -130,7 +223,7 @@ pub(crate) enum HandlerRoute {
 
 #[derive(Debug)]
 pub(crate) enum RouteKind {
-    Proxy(ProxyRoute),
+    Proxy(Box<ProxyRoute>),
     Handler(HandlerRoute),
     /// Not served by the HTTP layer (a layer-4 route, or a connection-level handler).
     Other,
@@ -269,6 +362,26 @@ fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools) -> RouteKind {
                 tls,
                 targets: Box::new([]),
                 target_hosts: Box::new([]),
+                request_ops: h
+                    .request_headers
+                    .as_ref()
+                    .and_then(|a| HeaderOps::compile(a, r.name())),
+                response_ops: h
+                    .response_headers
+                    .as_ref()
+                    .and_then(|a| HeaderOps::compile(a, r.name())),
+                rewrite: h.rewrite_path.as_ref().and_then(|rw| {
+                    match regex::RegexBuilder::new(&rw.from).size_limit(1 << 20).build() {
+                        Ok(re) => Some((re, rw.to.clone())),
+                        Err(e) => {
+                            tracing::warn!(
+                                route = r.name(),
+                                "rewrite_path.from does not compile: {e}"
+                            );
+                            None
+                        }
+                    }
+                }),
             };
             let targets: Vec<TargetState> = f
                 .targets
@@ -303,7 +416,7 @@ fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools) -> RouteKind {
                 })
                 .collect();
             pr.targets = targets.into_boxed_slice();
-            RouteKind::Proxy(pr)
+            RouteKind::Proxy(Box::new(pr))
         }
         RouteAction::SocketHandler(h) => {
             let status = |default: u16| {

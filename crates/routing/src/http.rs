@@ -52,6 +52,45 @@ pub struct HttpOptions {
     /// `[defaults] http_response_timeout`. On expiry the client gets a 504.
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub response_timeout: Option<Duration>,
+    /// Headers changed on the request before it goes to the target (after the forwarding
+    /// headers): `remove`, then `set`, then `add`. Values are templates (`{clientIp}`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<Box<HeaderActions>>,
+    /// Headers changed on the target's response, the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<Box<HeaderActions>>,
+    /// Rewrites the request path (not the query) with a regular expression before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_path: Option<Box<RewritePath>>,
+}
+
+/// `request_headers` / `response_headers`: `{ set = { NAME = "template" }, add = { … },
+/// remove = ["NAME"] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HeaderActions {
+    /// Replace (or create) these headers.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Append these values (existing values stay).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub add: std::collections::BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// `rewrite_path = { from = "^/v1/(.*)$", to = "/api/$1" }`: the first match of `from` in the
+/// path is replaced by `to` (`$1`, `${name}` refer to groups).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RewritePath {
+    /// Regular expression matched against the path.
+    pub from: String,
+    /// Replacement.
+    pub to: String,
 }
 
 impl Default for HttpOptions {
@@ -64,6 +103,9 @@ impl Default for HttpOptions {
             websocket: true,
             via: Via::Off,
             response_timeout: None,
+            request_headers: None,
+            response_headers: None,
+            rewrite_path: None,
         }
     }
 }

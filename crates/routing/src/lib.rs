@@ -51,7 +51,9 @@ mod validate_http;
 pub use self::domain::{DomainPattern, DomainPatternError};
 pub use self::dump::{PortGroupDump, RouteDump, TableDump, TargetDump};
 pub use self::error::{ValidationError, ValidationErrors};
-pub use self::http::{HttpOptions, HttpSettings, UpstreamProtocol, Via};
+pub use self::http::{
+    HeaderActions, HttpOptions, HttpSettings, RewritePath, UpstreamProtocol, Via,
+};
 pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
 pub use self::limits::{
     DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, PerIpCounter, RateLimiter, RouteLimits,

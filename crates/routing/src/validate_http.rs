@@ -11,6 +11,25 @@ fn is_http(r: &RouteConfig) -> bool {
     matches!(&r.action, RouteAction::Forward(f) if f.http.is_some())
 }
 
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn hop_by_hop(n: &str) -> bool {
+    ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(n))
+}
+
+/// A header name as a key path segment: bare when plain, quoted otherwise.
+fn header_key(n: &str) -> String {
+    if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        n.to_owned()
+    } else {
+        format!("{n:?}")
+    }
+}
+
 /// Route-level checks of the `http` table, then the port rule: on a port with an enabled
 /// HTTP route, every enabled route is an HTTP route or a per-request handler.
 pub(crate) fn check_http(routes: &[RouteConfig], out: &mut Vec<ValidationError>) {
@@ -32,6 +51,61 @@ pub(crate) fn check_http(routes: &[RouteConfig], out: &mut Vec<ValidationError>)
                 key("http.response_timeout"),
                 "response timeout must be longer than zero",
             ));
+        }
+        for (table, actions) in
+            [("request_headers", &h.request_headers), ("response_headers", &h.response_headers)]
+        {
+            let Some(a) = actions else { continue };
+            for (op, map) in [("set", &a.set), ("add", &a.add)] {
+                for (name, value) in map {
+                    let k = key(&format!("http.{table}.{op}.{}", header_key(name)));
+                    if !valid_name(name) {
+                        out.push(ValidationError::new(
+                            &k,
+                            format!("`{name}` is not a valid HTTP header name"),
+                        ));
+                    } else if hop_by_hop(name) {
+                        out.push(ValidationError::new(
+                            &k,
+                            format!("`{name}` is a hop-by-hop header: the proxy manages it per connection"),
+                        ));
+                    }
+                    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        out.push(ValidationError::new(
+                            &k,
+                            "a header value cannot contain CR, LF or NUL",
+                        ));
+                    }
+                }
+            }
+            for (j, name) in a.remove.iter().enumerate() {
+                if !valid_name(name) {
+                    out.push(ValidationError::new(
+                        key(&format!("http.{table}.remove[{j}]")),
+                        format!("`{name}` is not a valid HTTP header name"),
+                    ));
+                }
+            }
+        }
+        if let Some(rw) = &h.rewrite_path {
+            if let Err(e) = regex::RegexBuilder::new(&rw.from).size_limit(1 << 20).build() {
+                let msg = e.to_string();
+                let line = msg.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or(&msg);
+                out.push(ValidationError::new(
+                    key("http.rewrite_path.from"),
+                    format!(
+                        "bad regular expression `{}`: {}",
+                        rw.from,
+                        line.trim_start_matches("error: ")
+                    ),
+                ));
+            }
+            if !rw.to.starts_with('/') && !rw.to.starts_with('$') {
+                out.push(ValidationError::new(
+                    key("http.rewrite_path.to"),
+                    format!("the rewritten path `{}` must start with `/`", rw.to),
+                ));
+            }
         }
         if let Some(p) = h.via.pseudonym()
             && (p.trim().is_empty() || !p.bytes().all(|b| b.is_ascii_graphic()))

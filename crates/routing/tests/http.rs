@@ -137,3 +137,54 @@ fn template_with_request_values() {
         .with_headers(&headers);
     assert_eq!(t.expand_to_string(&vars), "https://a.example:8443/x?y=1&ip=10.1.2.3&r=old");
 }
+
+/// The `action` of DESIGN.md §3.1's HTTP route (the `security` keys there belong to other
+/// features).
+#[test]
+fn design_http_action_reads() {
+    let rs = routes(
+        r#"
+[[routes]]
+name = "api"
+match = { ports = [8080], domains = ["api.example.com"], path = "/v1/*", headers = { "x-env" = "prod" } }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9000 }], http = {
+  upstream = "http1",
+  forwarded_headers = true, forwarded = false, preserve_host = true, websocket = true,
+  request_headers  = { set = { "X-Route" = "{routeName} {clientIp}" }, add = { }, remove = ["X-Debug"] },
+  response_headers = { set = { "Strict-Transport-Security" = "max-age=63072000" }, remove = ["Server"] },
+  rewrite_path = { from = "^/v1/(.*)$", to = "/api/$1" } } }
+"#,
+    );
+    assert_eq!(errors_of(&rs), Vec::<String>::new());
+    let RouteAction::Forward(f) = &rs[0].action else { panic!("forward") };
+    let h = f.http.as_ref().unwrap_or_else(|| panic!("http"));
+    let req = h.request_headers.as_ref().unwrap_or_else(|| panic!("request_headers"));
+    assert_eq!(req.set["X-Route"], "{routeName} {clientIp}");
+    assert_eq!(req.remove, ["X-Debug"]);
+    assert_eq!(
+        h.response_headers.as_ref().map(|r| r.remove.clone()),
+        Some(vec!["Server".to_owned()])
+    );
+    assert_eq!(h.rewrite_path.as_ref().map(|r| r.to.as_str()), Some("/api/$1"));
+}
+
+fn errors_of(rs: &[RouteConfig]) -> Vec<String> {
+    match validate(rs) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn header_action_and_rewrite_errors() {
+    insta::assert_debug_snapshot!(errors(
+        r#"
+[[routes]]
+match = { ports = [80] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], http = {
+  request_headers = { set = { "bad name" = "v", "Connection" = "close" }, add = { "x-ok" = "a\nb" }, remove = ["", "x-fine"] },
+  response_headers = { remove = ["(bad)"] },
+  rewrite_path = { from = "^/(unclosed", to = "api" } } }
+"#
+    ));
+}

@@ -297,3 +297,50 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {target} 
     assert!(r1.contains("\"backend\":\"one\""), "{r1}");
     assert!(r2.contains("\"backend\":\"two\""), "{r2}");
 }
+
+/// `request_headers`, `response_headers` (templates) and `rewrite_path` (DESIGN.md §3.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_operations_and_path_rewrite() {
+    let b = Backend::h1("ops").await;
+    let bp = b.port();
+    let proxy = Proxy::start(
+        |p| {
+            format!(
+                r#"[[routes]]
+name = "api"
+match = {{ ports = [{p}], path = "/v1/:item/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {bp} }}], http = {{
+  request_headers = {{ set = {{ "X-Route" = "{{routeName}} {{clientIp}}", "X-Item" = "{{pathParams.item}}", "X-Static" = "s" }}, add = {{ "X-Forwarded-For" = "10.9.9.9" }}, remove = ["X-Debug"] }},
+  response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=63072000", "X-Host" = "{{domain}}" }}, remove = ["X-Backend"] }},
+  rewrite_path = {{ from = "^/v1/(.*)$", to = "/api/$1" }} }} }}
+"#
+            )
+        },
+        Opts::default(),
+    )
+    .await;
+    let out = curl(&[
+        "-D",
+        "-",
+        "-H",
+        "Host: ops.test",
+        "-H",
+        "X-Debug: 1",
+        &proxy.url("/v1/books/42?x=1"),
+    ])
+    .await;
+    let text = stdout(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+    let doc = &json_docs(body)[0];
+    assert_eq!(doc["uri"], "/api/books/42?x=1", "{doc}");
+    let h = &doc["headers"];
+    assert_eq!(h["x-route"][0], "api 127.0.0.1");
+    assert_eq!(h["x-item"][0], "books");
+    assert_eq!(h["x-static"][0], "s");
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1", "10.9.9.9"]));
+    assert!(h.get("x-debug").is_none());
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("strict-transport-security: max-age=63072000"), "{head}");
+    assert!(head.contains("x-host: ops.test"), "{head}");
+    assert!(!head.contains("x-backend"), "{head}");
+}
