@@ -60,6 +60,12 @@ fn fixed_names_and_units() {
         "smartproxy_throughput_bytes_per_second{direction=\"in\",window=\"1s\"} ",
         "smartproxy_route_bytes_total{route=\"web\",direction=\"in\"} ",
         "route=\"api \\\"v2\\\"\"",
+        "# TYPE smartproxy_http_requests_total counter",
+        "smartproxy_http_requests_total{route=\"web\",code_class=\"2xx\",method=\"GET\"} 2",
+        "# TYPE smartproxy_http_request_duration_seconds histogram",
+        "smartproxy_http_request_duration_seconds_count{route=\"web\"} 3",
+        "# TYPE smartproxy_http_requests_in_flight gauge",
+        "smartproxy_http_errors_total{reason=\"no_route\"} 1",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

@@ -37,6 +37,7 @@ mod dump;
 pub mod duration;
 mod error;
 pub mod helpers;
+mod http;
 mod ip;
 mod limits;
 mod matchers;
@@ -44,11 +45,16 @@ mod model;
 mod path;
 mod table;
 mod target;
+mod template;
 mod validate;
+mod validate_http;
 
 pub use self::domain::{DomainPattern, DomainPatternError};
 pub use self::dump::{PortGroupDump, RouteDump, TableDump, TargetDump};
 pub use self::error::{ValidationError, ValidationErrors};
+pub use self::http::{
+    HeaderActions, HttpOptions, HttpSettings, RewritePath, UpstreamProtocol, Via,
+};
 pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
 pub use self::limits::{DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, RouteLimits};
 pub use self::matchers::{HeaderSource, MatchInput};
@@ -60,6 +66,8 @@ pub use self::model::{
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
+pub use self::template::{Template, TemplateVars};
 pub use self::validate::{
     BUILTIN_HANDLERS, REDIRECT_STATUSES, ValidationOptions, validate, validate_with,
 };
+pub use self::validate_http::HTTP_HANDLERS;

@@ -347,6 +347,9 @@ pub struct ForwardAction {
     /// Deadline for the TCP connect to a target (default 10 s).
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// Serve the route with the HTTP layer: every request is routed on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::HttpOptions>,
 }
 
 impl ForwardAction {
@@ -358,7 +361,14 @@ impl ForwardAction {
             send_proxy_protocol: SendProxyProtocol::Off,
             load_balancing: LoadBalancing::default(),
             connect_timeout: None,
+            http: None,
         }
+    }
+
+    /// Serves the route with the HTTP layer (request by request).
+    pub fn with_http(mut self, http: crate::http::HttpOptions) -> Self {
+        self.http = Some(http);
+        self
     }
 
     /// Sets the TLS block.

@@ -78,6 +78,7 @@ pub(crate) fn check(
     }
     check_names(routes, &mut out);
     check_tls_conflicts(routes, &compiled, &mut out);
+    crate::validate_http::check_http(routes, &mut out);
     // Route by route, in key order within a route as found.
     out.sort_by_key(|e| route_of(&e.path));
     (compiled, out)
@@ -438,7 +439,7 @@ fn check_tls_conflicts(
     }
 }
 
-fn common_port(a: &RouteConfig, b: &RouteConfig) -> Option<u16> {
+pub(crate) fn common_port(a: &RouteConfig, b: &RouteConfig) -> Option<u16> {
     for ra in &a.matcher.ports.0 {
         for rb in &b.matcher.ports.0 {
             let lo = ra.start.max(rb.start);
