@@ -171,14 +171,24 @@ impl EngineBuilder {
             })
         });
         let state = State::build(config, None, &names, metrics.as_deref())?;
+        let access_log: Option<Arc<dyn smartproxy_http::AccessLog>> =
+            state.config.access_log.then(|| Arc::new(smartproxy_http::TracingAccessLog) as _);
+        let http = smartproxy_http::HttpService::with_access_log(
+            state.http_config(),
+            metrics.clone(),
+            access_log,
+        );
         let (force_close, _) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             handlers: self.handlers,
             ip_limits,
             global: Gauge::new(),
             obs: Arc::new(EngineObserver::new(metrics.clone())),
+            draining,
             force_close,
+            http,
         });
         let ctl = Arc::new(Control {
             shared,
@@ -575,6 +585,7 @@ impl Engine {
         ctl.shared
             .ip_limits
             .set_limits(d.max_connections_per_ip, d.connection_rate_limit_per_minute);
+        ctl.shared.http.reload(state.http_config());
         ctl.shared.state.store(Arc::new(state));
         let mut ls = ctl.listeners.lock();
         for (port, socks) in bound {
@@ -602,6 +613,8 @@ impl Engine {
         let ctl = &self.ctl;
         ctl.draining.store(true, Ordering::Release);
         closed(ctl.stop_listening()).await;
+        // HTTP connections close after the request they serve (HTTP/2: GOAWAY).
+        let _ = ctl.shared.draining.send(true);
         let obs = &ctl.shared.obs;
         let active = self.stats().active_connections;
         tracing::info!(active, ?grace, "shutting down: draining connections");

@@ -315,6 +315,19 @@ impl ConnObserver {
         }
     }
 
+    /// [`Self::routed`] for a connection served by the HTTP layer: the connection is not a
+    /// request itself (the layer counts each request).
+    pub(crate) fn routed_http(&self, route: &Arc<str>, metric: Option<&RouteHandle>) {
+        let _ = self.route.set(Arc::clone(route));
+        if let (Some(m), Some(handle)) = (&self.engine.metrics, metric) {
+            let ip = self.client().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.ip());
+            let rec = m.connection_opened_http(smartproxy_limits::canonical_ip(ip), handle);
+            rec.add_in(self.bytes_in.swap(0, Relaxed));
+            rec.add_out(self.bytes_out.swap(0, Relaxed));
+            let _ = self.recorder.set(rec);
+        }
+    }
+
     /// Counts one more request on a kept-alive connection (the first is the connection).
     pub fn add_request(&self) {
         if let Some(r) = self.recorder.get() {

@@ -18,7 +18,7 @@ pub(crate) struct State {
     /// The collector's handle of each route, by route index (empty with metrics off).
     pub(crate) route_metrics: Vec<RouteHandle>,
     /// Rustls acceptors and connectors of the terminating routes.
-    pub(crate) tls: TlsState,
+    pub(crate) tls: Arc<TlsState>,
 }
 
 impl fmt::Debug for State {
@@ -38,13 +38,25 @@ impl State {
         metrics: Option<&Metrics>,
     ) -> Result<Self, ConfigErrors> {
         let table = config.take_table(old.map(|o| &*o.table), handlers);
-        let tls = TlsState::build(&config, old.map(|o| &o.tls))
+        let tls = TlsState::build(&config, old.map(|o| &*o.tls))
             .map_err(|errors| ConfigErrors { file: None, errors })?;
+        let tls = Arc::new(tls);
         let route_metrics = match metrics {
             Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
             None => Vec::new(),
         };
         Ok(Self { config: Arc::new(config), table, route_metrics, tls })
+    }
+
+    /// The HTTP layer's configuration of this state: the same table, the `[defaults]` HTTP
+    /// settings and timeouts, TLS towards re-encrypting targets.
+    pub(crate) fn http_config(&self) -> smartproxy_http::HttpConfig {
+        let d = &self.config.defaults;
+        smartproxy_http::HttpConfig::new(Arc::clone(&self.table))
+            .with_settings(d.http_settings())
+            .with_connect_timeout(d.connect_timeout)
+            .with_tunnel_inactivity_timeout(d.inactivity_timeout)
+            .with_upstream_tls(Arc::new(crate::tls_setup::UpstreamConnector(Arc::clone(&self.tls))))
     }
 
     /// The collector's handle of the route at `index` of the table.

@@ -21,7 +21,9 @@ use rustls::{
     SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use smartproxy_routing::{DomainPattern, PortSpec, RouteConfig, TlsConfig, TlsMode, TlsVersion};
+use smartproxy_routing::{
+    DomainPattern, PortSpec, RouteAction, RouteConfig, TlsConfig, TlsMode, TlsVersion,
+};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::tls_files::{LoadedCert, provider, terminating};
@@ -134,7 +136,8 @@ impl TlsState {
             } else {
                 None
             };
-            let server = match server_config(&provider, tls, resolver, kept) {
+            let http = matches!(&r.action, RouteAction::Forward(f) if f.http.is_some());
+            let server = match server_config(&provider, tls, resolver, kept, http) {
                 Ok(s) => s,
                 Err(e) => {
                     errors.push(ConfigError::new(format!("routes[{i}].action.tls"), e));
@@ -163,6 +166,48 @@ impl TlsState {
     }
 }
 
+impl Upstream {
+    /// The name the target's certificate is checked against: `upstream_server_name` when
+    /// set, else the client's SNI, else the target's host.
+    pub(crate) fn server_name(
+        &self,
+        client_sni: Option<&str>,
+        host: &str,
+    ) -> Result<ServerName<'static>, String> {
+        if let Some(n) = &self.server_name {
+            return Ok(n.clone());
+        }
+        let n = client_sni.unwrap_or(host).trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(n.to_owned()).map_err(|e| format!("upstream server name `{n}`: {e}"))
+    }
+}
+
+/// TLS towards the targets of re-encrypting HTTP routes, for the HTTP layer: the route's
+/// client configuration with the ALPN protocols the layer offers.
+pub(crate) struct UpstreamConnector(pub(crate) Arc<TlsState>);
+
+impl smartproxy_http::UpstreamTls for UpstreamConnector {
+    fn connect<'a>(
+        &'a self,
+        tcp: tokio::net::TcpStream,
+        req: smartproxy_http::TlsConnectRequest<'a>,
+    ) -> smartproxy_http::TlsConnectFuture<'a> {
+        Box::pin(async move {
+            let other = |m: String| std::io::Error::other(m);
+            let up =
+                self.0.route(req.route.index()).and_then(|r| r.upstream.as_ref()).ok_or_else(
+                    || other(format!("route {} does not re-encrypt", req.route.name())),
+                )?;
+            let name = up.server_name(req.client_sni, req.host).map_err(other)?;
+            let mut config = (*up.plain).clone();
+            config.alpn_protocols = req.alpn.iter().map(|a| a.to_vec()).collect();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+            Ok(smartproxy_http::TlsStream::new(Box::new(tls), alpn))
+        })
+    }
+}
+
 fn overlaps(a: &PortSpec, b: &PortSpec) -> bool {
     a.0.iter().any(|x| b.0.iter().any(|y| x.start <= y.end && y.start <= x.end))
 }
@@ -172,6 +217,7 @@ fn server_config(
     tls: &TlsConfig,
     resolver: Resolver,
     resumption: Option<Resumption>,
+    http: bool,
 ) -> Result<ServerConfig, String> {
     let builder: ConfigBuilder<ServerConfig, WantsServerCert> =
         ServerConfig::builder_with_provider(Arc::clone(provider))
@@ -183,6 +229,10 @@ fn server_config(
             .with_no_client_auth();
     let mut sc = builder.with_cert_resolver(Arc::new(resolver));
     sc.alpn_protocols = tls.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    if http && sc.alpn_protocols.is_empty() {
+        // The HTTP layer speaks both; h2 first, as browsers and curl prefer it.
+        sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     match resumption {
         Some(r) => {
             sc.session_storage = r.cache;

@@ -472,6 +472,7 @@ fn respond(
     if ws && switching {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
+        parts.version = client_version;
         let Some(client_upgrade) = client_upgrade else {
             return error_response(
                 guard,
@@ -508,6 +509,9 @@ fn respond(
         return Response::from_parts(parts, ResponseBody::empty());
     }
     let (mut parts, body) = resp.into_parts();
+    // The client gets our version, not the target's: an HTTP/1.0 target's answer must not
+    // turn the client's kept-alive HTTP/1.1 connection into a one-shot HTTP/1.0 one.
+    parts.version = client_version;
     headers::remove_hop_by_hop(&mut parts.headers, false, false);
     if let Some(via) = &pr.via {
         append_via(&mut parts.headers, &via[headers::via_index(client_version)]);

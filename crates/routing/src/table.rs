@@ -169,6 +169,8 @@ pub(crate) struct PortGroup {
     pub(crate) peek: PeekNeed,
     /// Some enabled route on these ports has an `http` table.
     pub(crate) http: bool,
+    /// Some enabled route on these ports has a `tls` block.
+    pub(crate) tls: bool,
 }
 
 type DomainIndex = HashMap<Box<str>, Vec<u32>>;
@@ -396,6 +398,7 @@ impl RouteTable {
             scan_path: freeze(scan_path),
             peek,
             http: order.iter().any(|&i| routes[i as usize].http().is_some()),
+            tls: order.iter().any(|&i| routes[i as usize].has_tls_block),
         }
     }
 
@@ -463,6 +466,12 @@ impl RouteTable {
     /// per-request handler, see [`crate::HTTP_HANDLERS`]).
     pub fn is_http_port(&self, port: u16) -> bool {
         self.group_for(port).is_some_and(|g| g.http)
+    }
+
+    /// Whether some enabled route on `port` has a `tls` block (passthrough or terminating):
+    /// connections there may start with a ClientHello.
+    pub fn has_tls_routes(&self, port: u16) -> bool {
+        self.group_for(port).is_some_and(|g| g.tls)
     }
 
     /// Whether some enabled route on `port` terminates TLS and has `path` or `headers`

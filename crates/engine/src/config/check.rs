@@ -76,6 +76,9 @@ pub(super) fn build(
             err(path, "must be longer than 0s".into());
         }
     }
+    for (key, msg) in d.http_settings().check() {
+        err(&format!("defaults.{key}"), msg);
+    }
     let admin = match &f.admin {
         None => None,
         Some(a) => match a.listen.trim().parse::<SocketAddr>() {
@@ -142,6 +145,7 @@ pub(super) fn build(
             .proxy_protocol_detect_timeout
             .unwrap_or_else(default_detect_timeout),
         defaults: f.defaults,
+        access_log: f.access_log,
         admin,
         metrics: MetricsConfig {
             enabled: f.metrics.enabled,

@@ -34,6 +34,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) defaults: Defaults,
     #[serde(default)]
+    pub(crate) access_log: bool,
+    #[serde(default)]
     pub(crate) admin: Option<AdminFile>,
     #[serde(default)]
     pub(crate) metrics: MetricsFile,

@@ -62,6 +62,9 @@ pub struct Config {
     pub proxy_protocol_detect_timeout: Duration,
     /// Defaults for timeouts and limits.
     pub defaults: Defaults,
+    /// One JSON line per HTTP request (target `smartproxy::access`), default false; read at
+    /// start.
+    pub access_log: bool,
     /// The admin HTTP listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
@@ -154,6 +157,44 @@ pub struct Defaults {
     /// copies everything through user space.
     #[serde(default = "default_true")]
     pub splice: bool,
+    /// HTTP routes: time a client has to send a whole request head, from its first byte
+    /// (slowloris is cut here; 408). Default 10 s.
+    #[serde(default = "http_d10s", with = "dur")]
+    pub request_header_timeout: Duration,
+    /// HTTP routes: idle client connection between requests (never an open WebSocket).
+    /// Default 60 s.
+    #[serde(default = "d60s", with = "dur")]
+    pub http_keepalive_timeout: Duration,
+    /// HTTP routes: the target's response head, once the request was sent (504). Default 60 s.
+    #[serde(default = "d60s", with = "dur")]
+    pub http_response_timeout: Duration,
+    /// HTTP routes: largest request head (431). Default 65 536.
+    #[serde(default = "d64k")]
+    pub max_request_header_bytes: usize,
+    /// HTTP routes: idle HTTP/1.1 connections kept per target and worker. Default 256.
+    #[serde(default = "d256")]
+    pub http_pool_max_idle: usize,
+    /// HTTP routes: how long an idle upstream connection is kept. Default 60 s.
+    #[serde(default = "d60s", with = "dur")]
+    pub http_pool_idle_timeout: Duration,
+    /// HTTP routes: streams a client may open at once on an HTTP/2 connection. Default 256.
+    #[serde(default = "d256u32")]
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Defaults {
+    /// The HTTP layer's settings from these defaults.
+    pub fn http_settings(&self) -> smartproxy_routing::HttpSettings {
+        let mut s = smartproxy_routing::HttpSettings::default();
+        s.request_header_timeout = self.request_header_timeout;
+        s.http_keepalive_timeout = self.http_keepalive_timeout;
+        s.http_response_timeout = self.http_response_timeout;
+        s.max_request_header_bytes = self.max_request_header_bytes;
+        s.http_pool_max_idle = self.http_pool_max_idle;
+        s.http_pool_idle_timeout = self.http_pool_idle_timeout;
+        s.http2_max_concurrent_streams = self.http2_max_concurrent_streams;
+        s
+    }
 }
 
 impl Default for Defaults {
@@ -168,6 +209,13 @@ impl Default for Defaults {
             connect_timeout: d10s(),
             shutdown_grace: d30s(),
             splice: true,
+            request_header_timeout: http_d10s(),
+            http_keepalive_timeout: d60s(),
+            http_response_timeout: d60s(),
+            max_request_header_bytes: d64k(),
+            http_pool_max_idle: d256(),
+            http_pool_idle_timeout: d60s(),
+            http2_max_concurrent_streams: d256u32(),
         }
     }
 }
@@ -341,6 +389,18 @@ fn d4h() -> Duration {
 }
 fn d24h() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn http_d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d64k() -> usize {
+    65_536
+}
+fn d256() -> usize {
+    256
+}
+fn d256u32() -> u32 {
+    256
 }
 fn d100() -> u32 {
     100

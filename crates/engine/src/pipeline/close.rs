@@ -25,3 +25,23 @@ pub(crate) fn log_close(
         }
     }
 }
+
+/// Logs how an HTTP connection ended: its requests and the reason (`None`: its lifetime
+/// limit ended it).
+pub(crate) fn log_close_http(
+    obs: &ConnObserver,
+    client: SocketAddr,
+    port: u16,
+    outcome: Option<smartproxy_http::ServeOutcome>,
+) {
+    let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
+    match outcome {
+        Some(o) => tracing::debug!(
+            %client, port, bytes_in, bytes_out, requests = o.requests, reason = ?o.reason,
+            "connection closed"
+        ),
+        None => {
+            tracing::debug!(%client, port, bytes_in, bytes_out, reason = "max_lifetime", "connection closed")
+        }
+    }
+}

@@ -23,6 +23,7 @@ mod conn;
 mod proxy_in;
 mod route;
 mod serve_handler;
+mod serve_http;
 mod serve_tls;
 mod upstream;
 
@@ -89,6 +90,15 @@ async fn setup(
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
     let mut sock = proxy_in::read_header(&mut c, tcp).await?;
+    let table = &c.state.table;
+    let http_port = table.is_http_port(port);
+    if http_port && !table.has_tls_routes(port) {
+        // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here.
+        let local = conn::local_addr(sock.get_ref(), port);
+        let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
+        serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
+        return Ok(None);
+    }
     let info = classify::classify(&c, &mut sock).await?;
     let index = route::route(&mut c, &info)?;
     let state = Arc::clone(&c.state);
@@ -100,6 +110,13 @@ async fn setup(
             let mut stop = c.shared.force_close.subscribe();
             // Boxed: the TLS state machine is several KiB.
             Box::pin(serve_tls::serve(c, index, sock, &mut stop)).await?;
+            Ok(None)
+        }
+        // An HTTP port that mixes TLS and plain connections, this one plain.
+        _ if http_port => {
+            let local = conn::local_addr(sock.get_ref(), port);
+            let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
+            serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
             Ok(None)
         }
         RouteAction::Forward(f) => {

@@ -344,3 +344,41 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {bp} }}],
     assert!(head.contains("x-host: ops.test"), "{head}");
     assert!(!head.contains("x-backend"), "{head}");
 }
+
+/// A target that answers in HTTP/1.0 and closes (python's http.server, old appliances): the
+/// client still gets HTTP/1.1 answers on one kept-alive connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_target_keeps_the_client_connection_alive() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold").await;
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        |p| {
+            format!(
+                "[[routes]]\nname = \"r\"\nmatch = {{ ports = [{p}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {target} }}], http = {{ }} }}\n"
+            )
+        },
+        Opts::default(),
+    )
+    .await;
+    let w = "\n%{http_code} %{http_version} %{num_connects}\n";
+    let out = curl(&["-w", w, &proxy.url("/a"), "--next", "-w", w, &proxy.url("/b")]).await;
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("200 ")).collect();
+    assert_eq!(lines, vec!["200 1.1 1", "200 1.1 0"], "{text}");
+}
