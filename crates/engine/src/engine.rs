@@ -57,6 +57,8 @@ struct Control {
     /// Ports listened on besides the routes' ports ([`Engine::add_listening_port`]).
     extra_ports: parking_lot::Mutex<BTreeSet<u16>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Ends the drain of [`Engine::shutdown`] before its grace period ([`Engine::end_drain_now`]).
+    cut_drain: tokio::sync::Notify,
     /// Worker runtimes, each with its own listener per address (empty: the current runtime).
     runtimes: Vec<Handle>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
@@ -196,6 +198,7 @@ impl EngineBuilder {
             listeners: parking_lot::Mutex::new(BTreeMap::new()),
             extra_ports: parking_lot::Mutex::new(BTreeSet::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            cut_drain: tokio::sync::Notify::new(),
             runtimes: self.runtimes,
             sampler: parking_lot::Mutex::new(None),
         });
@@ -366,6 +369,28 @@ pub struct ReloadSummary {
     pub removed_ports: Vec<u16>,
     /// Routes in the new configuration.
     pub routes: usize,
+    /// Keys that changed but are read only when the process starts (`workers`, `runtime`,
+    /// `bind`, `reuse_port`, `access_log`, `[admin]`, `[metrics]`): the new values take effect
+    /// after a restart. (`bind` and `reuse_port` apply to ports added by this reload.)
+    pub restart_required: Vec<&'static str>,
+}
+
+/// The keys of `new` that differ from `old` and are read only at start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |key, changed: bool| {
+        if changed {
+            out.push(key);
+        }
+    };
+    check("workers", old.workers != new.workers);
+    check("runtime", old.runtime != new.runtime);
+    check("bind", old.bind != new.bind);
+    check("reuse_port", old.reuse_port != new.reuse_port);
+    check("access_log", old.access_log != new.access_log);
+    check("admin", old.admin != new.admin);
+    check("metrics", old.metrics != new.metrics);
+    out
 }
 
 /// What shutdown did.
@@ -491,8 +516,11 @@ impl Engine {
         };
         self.ctl.shared.obs.config_reloaded(result.is_ok());
         match &result {
-            Ok(s) => {
+            Ok(s) if s.restart_required.is_empty() => {
                 tracing::info!(added = ?s.added_ports, removed = ?s.removed_ports, routes = s.routes, "configuration reloaded")
+            }
+            Ok(s) => {
+                tracing::warn!(added = ?s.added_ports, removed = ?s.removed_ports, routes = s.routes, restart_required = ?s.restart_required, "configuration reloaded; changes to these keys apply after a restart")
             }
             Err(e) => tracing::warn!(errors = %e, "configuration refused, keeping the old one"),
         }
@@ -577,6 +605,7 @@ impl Engine {
             ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
         })?;
         let routes = state.config.routes.len();
+        let restart_required = restart_only_changes(&old.config, &state.config);
         if let Some(m) = metrics {
             let names: BTreeSet<&str> = state.table.routes().iter().map(|r| r.name()).collect();
             m.forget_routes(|n| names.contains(n));
@@ -603,7 +632,9 @@ impl Engine {
                 stopped.push(task);
             }
         }
-        Ok((ReloadSummary { added_ports: added, removed_ports: removed, routes }, stopped))
+        let summary =
+            ReloadSummary { added_ports: added, removed_ports: removed, routes, restart_required };
+        Ok((summary, stopped))
     }
 
     /// Stops accepting, waits up to `grace` for open connections to finish (woken by the last
@@ -618,7 +649,10 @@ impl Engine {
         let obs = &ctl.shared.obs;
         let active = self.stats().active_connections;
         tracing::info!(active, ?grace, "shutting down: draining connections");
-        obs.wait_idle(Instant::now() + grace).await;
+        tokio::select! {
+            _ = obs.wait_idle(Instant::now() + grace) => {}
+            () = ctl.cut_drain.notified() => {}
+        }
         let forced = self.stats().active_connections;
         if forced > 0 {
             tracing::warn!(forced, "grace period over: closing remaining connections");
@@ -630,6 +664,12 @@ impl Engine {
             m.tick(m.now() + 1);
         }
         ShutdownSummary { forced }
+    }
+
+    /// Ends the drain of a [`Engine::shutdown`] in progress (or the next one) at once: the
+    /// remaining connections are closed as when the grace period is over (a second SIGTERM).
+    pub fn end_drain_now(&self) {
+        self.ctl.cut_drain.notify_one();
     }
 
     /// Open connections from `ip` as the per-IP limit counts them.

@@ -41,9 +41,16 @@ impl Control {
             }
         };
         match self.engine.reload(config).await {
-            Ok(s) => Ok(format!(
+            Ok(s) if s.restart_required.is_empty() => Ok(format!(
                 "reloaded: {} routes, ports added {:?}, removed {:?}",
                 s.routes, s.added_ports, s.removed_ports
+            )),
+            Ok(s) => Ok(format!(
+                "reloaded: {} routes, ports added {:?}, removed {:?}; restart required for: {}",
+                s.routes,
+                s.added_ports,
+                s.removed_ports,
+                s.restart_required.join(", ")
             )),
             Err(e) => Err(e.to_string()),
         }
