@@ -87,8 +87,8 @@ pub use self::conn::ConnectionRecorder;
 pub use self::reason::{ProxyVersion, RefuseReason};
 pub use self::route::RouteHandle;
 pub use self::snapshot::{
-    Backend, Bucket, Connections, HistogramSnapshot, Histograms, IpCount, IpSnapshot, Meta, Pct,
-    Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot,
-    Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
+    Backend, Bucket, CertificateExpiry, Connections, HistogramSnapshot, Histograms, IpCount,
+    IpSnapshot, Meta, Pct, Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests,
+    RouteSnapshot, Snapshot, Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 pub use smartproxy_throughput;
