@@ -61,5 +61,5 @@ pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
 pub use self::validate::{
-    BUILTIN_HANDLERS, REDIRECT_STATUSES, ValidationOptions, validate, validate_with,
+    BUILTIN_HANDLERS, REDIRECT_STATUSES, UPSTREAM_SNI, ValidationOptions, validate, validate_with,
 };

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::ServerName;
 use smartproxy_limits::canonical_ip;
 use smartproxy_proxy_protocol::Header;
 use smartproxy_routing::{MatchInput, TlsVersion};
@@ -95,18 +94,9 @@ pub(crate) async fn serve(
             copy::pipe(&mut client_side, &mut tcp, timeouts, stop).await
         }
         Some(u) => {
-            let name = match u.server_name.clone() {
-                Some(n) => n,
-                None => {
-                    let n = sni.unwrap_or(up.host);
-                    match ServerName::try_from(n.clone()) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let detail = format!("upstream server name `{n}`: {e}");
-                            return Err(c.refuse(Refusal::BackendUnavailable, &detail));
-                        }
-                    }
-                }
+            let name = match u.server_name.resolve(&up.host, sni.as_deref()) {
+                Ok(n) => n,
+                Err(detail) => return Err(c.refuse(Refusal::BackendUnavailable, &detail)),
             };
             let connector = TlsConnector::from(u.config(alpn.as_deref()));
             let connect_timeout =
