@@ -411,7 +411,7 @@ fn tls_alpn01_issuance_then_renewal_under_an_open_connection_then_the_ca_goes_do
 }
 
 #[test]
-fn http01_on_a_plain_tcp_port_that_reads_nothing_otherwise() {
+fn http01_on_a_plain_tcp_port_that_reads_nothing_otherwise_and_reloads() {
     let site = HttpBackend::start("site plain");
     let echo = Backend::echo();
     let [admin, plain_port, https_port] = free_ports::<3>();
@@ -421,19 +421,27 @@ fn http01_on_a_plain_tcp_port_that_reads_nothing_otherwise() {
         validity_secs: None,
     });
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"{}{}{}
+    let storage = dir.path().join("acme");
+    let config = |domains: &[&str], acme_extra: &str| {
+        format!(
+            r#"{}{}{}
 [[routes]]
 name = "plain"
 match = {{ ports = [{plain_port}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}] }}
 "#,
-        head(admin),
-        acme_section(&pebble, &dir.path().join("acme"), "http-01", ""),
-        auto_route("web", https_port, &["plain.example.test"], site.port()),
-        echo.port(),
+            head(admin),
+            acme_section(&pebble, &storage, "http-01", acme_extra),
+            auto_route("web", https_port, domains, site.port()),
+            echo.port(),
+        )
+    };
+    let mut proxy = Proxy::start_with(
+        &config(&["plain.example.test"], ""),
+        "toml",
+        &[plain_port, https_port],
+        LOG,
     );
-    let mut proxy = Proxy::start_with(&config, "toml", &[plain_port, https_port], LOG);
     issued(admin, "web", &pebble, &proxy);
     proxy.wait_for_log("ACME http-01 validation answered");
     let root = pebble.issuing_root();
@@ -444,6 +452,39 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}] }}
     let req = b"GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(echo_roundtrip(&mut s, req).unwrap(), req);
     assert_eq!(echo_roundtrip(&mut s, b"more\n").unwrap(), b"more\n");
+
+    // Reload with another domain on the route: the same manager orders a certificate for
+    // both names (validated on the plain port again), the open connection is untouched.
+    let reloads = |n: usize| move |o: &str| o.matches("configuration reloaded").count() >= n;
+    proxy.reload(&config(&["plain.example.test", "second.example.test"], ""));
+    proxy.wait_for_output("the first reload", reloads(1));
+    wait_for("a certificate for both names", ACME_WAIT, || {
+        let s = cert_status(admin, "web");
+        s["names"] == serde_json::json!(["plain.example.test", "second.example.test"])
+            && s["in_progress"] == false
+    });
+    let st = cert_status(admin, "web");
+    let serial = st["serial"].as_str().unwrap().to_owned();
+    let renew_at_30d = st["renew_at"].as_str().unwrap().to_owned();
+    let (code, _, err) = https(&root, "second.example.test", https_port, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(echo_roundtrip(&mut s, b"still\n").unwrap(), b"still\n");
+
+    // Reload with a changed [acme] table: a new manager reads the store, orders nothing.
+    let orders = pebble.orders();
+    let checks = |o: &str| o.matches("certificate renewal check done").count();
+    let before = checks(&proxy.output());
+    proxy.reload(&config(&["plain.example.test", "second.example.test"], "renew_before = \"20d\""));
+    proxy.wait_for_output("the second reload", reloads(2));
+    proxy.wait_for_output("the new manager's first check", |o| checks(o) > before);
+    assert_eq!(pebble.orders(), orders, "{}", pebble.logs());
+    let st = cert_status(admin, "web");
+    assert_eq!(
+        (st["state"].as_str(), st["serial"].as_str()),
+        (Some("valid"), Some(serial.as_str()))
+    );
+    // RFC 3339 times in UTC compare as strings: 20 days before expiry is later than 30.
+    assert!(st["renew_at"].as_str().unwrap() > renew_at_30d.as_str(), "{st:#}");
 }
 
 #[test]
