@@ -560,7 +560,7 @@ fn default_certificate_answers_handshakes_that_no_route_names() {
     let a = pki.leaf("a", &["a.test"]);
     let fallback = pki.leaf("default", &["default.test"]);
     let site = HttpBackend::start("catch-all");
-    let [with_default, without] = free_ports::<2>();
+    let [with_default, without, admin] = free_ports::<3>();
     let route = |port: u16| {
         format!(
             r#"
@@ -575,7 +575,8 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], t
         )
     };
     let config = format!(
-        "bind = [\"127.0.0.1\"]\n[tls]\ndefault_certificate = {{ cert = \"{}\", key = \"{}\" }}\n{}",
+        "{}[tls]\ndefault_certificate = {{ cert = \"{}\", key = \"{}\" }}\n{}",
+        head(admin),
         fallback.cert.display(),
         fallback.key.display(),
         route(with_default)
@@ -600,6 +601,16 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], t
         &format!("https://default.test:{with_default}/"),
     ]);
     assert_eq!((code, body.as_str()), (0, "catch-all"), "{err}");
+    // The default certificate is in the status and the expiry metric like a route's.
+    let d = cert_status(admin, "tls.default_certificate");
+    assert_eq!((d["source"].as_str(), d["state"].as_str()), (Some("manual"), Some("valid")));
+    assert_eq!(d["domains"], serde_json::json!(["default.test"]));
+    let metrics = get(admin, "/metrics").body;
+    assert!(
+        metrics.contains("{route=\"tls.default_certificate\",domain=\"default.test\"} "),
+        "{metrics}"
+    );
+    assert!(metrics.contains("{route=\"catch-all-"), "{metrics}");
 }
 
 #[test]

@@ -43,9 +43,13 @@ pub(crate) fn sync(m: &CertManager, config: &Config) -> Result<(), Vec<ConfigErr
         .map_err(|errors| errors.into_iter().map(|e| error(config, e)).collect())
 }
 
+/// The name under which `[tls] default_certificate` appears in the status and the expiry
+/// metric (a route may not be called so while it is set).
+pub(crate) const DEFAULT_CERT_NAME: &str = "tls.default_certificate";
+
 /// What the manager holds for each enabled terminating route: an ACME certificate for its
 /// domains, or its PEM certificate for the domains of the route (the certificate's own names
-/// when the route has no `domains`).
+/// when the route has no `domains`); and `[tls] default_certificate` for its own names.
 fn route_certs(config: &Config) -> Vec<RouteCert> {
     let files = &config.compiled().tls;
     let table = config.table();
@@ -70,6 +74,9 @@ fn route_certs(config: &Config) -> Vec<RouteCert> {
                 out.push(RouteCert::manual(name, domains, Arc::clone(&loaded.key)));
             }
         }
+    }
+    if let Some(d) = config.default_cert() {
+        out.push(RouteCert::manual(DEFAULT_CERT_NAME, d.names.clone(), Arc::clone(&d.key)));
     }
     out
 }

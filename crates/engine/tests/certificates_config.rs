@@ -115,4 +115,15 @@ fn default_certificate_is_loaded_once_and_kept_with_new_routes() {
     assert!(e.contains("does not fit the certificate"), "{e}");
     let e = errors("[tls]\ndefault_certificate = { cert = \"a.pem\" }\n");
     assert!(e.contains("tls.default_certificate: missing field `key`"), "{e}");
+    // Its name in the certificate status is taken.
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    let e = errors(&format!(
+        "{text}[[routes]]\nname = \"tls.default_certificate\"\nmatch = {{ ports = [1] }}\naction = {{ type = \"socket-handler\", handler = \"echo\" }}\n"
+    ));
+    assert!(
+        e.contains(
+            "line 4: routes[0].name: `tls.default_certificate` names [tls] default_certificate"
+        ),
+        "{e}"
+    );
 }

@@ -122,6 +122,9 @@ pub(super) fn build(
         errors.extend(acme.validate().into_iter().map(|e| ConfigError::new(e.path, e.message)));
     }
     errors.extend(auto_routes(&routes, f.acme.as_ref(), &kept));
+    if f.tls.default_certificate.is_some() {
+        errors.extend(default_cert_name(&routes, &kept));
+    }
     let default_cert = match &f.tls.default_certificate {
         Some(c) => match tls_files::load_default(c) {
             Ok(l) => Some(l),
@@ -237,6 +240,24 @@ pub(super) fn auto_routes(
         }
     }
     errors
+}
+
+/// `[tls] default_certificate` is listed in the certificate status under its key, which no
+/// route may then be named.
+pub(super) fn default_cert_name(routes: &[RouteConfig], kept: &[usize]) -> Vec<ConfigError> {
+    let name = crate::certs::DEFAULT_CERT_NAME;
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.name.as_deref() == Some(name))
+        .map(|(j, _)| {
+            let i = kept.get(j).copied().unwrap_or(j);
+            ConfigError::new(
+                format!("routes[{i}].name"),
+                format!("`{name}` names [tls] default_certificate in the certificate status; rename the route"),
+            )
+        })
+        .collect()
 }
 
 /// The messages `proxy_ips` has always had for the address and CIDR forms.

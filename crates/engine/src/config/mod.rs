@@ -556,6 +556,9 @@ impl Config {
         handlers: &[&str],
     ) -> Result<Self, ConfigErrors> {
         let mut errors = check::auto_routes(&routes, self.acme.as_ref(), &[]);
+        if self.compiled.default_cert.is_some() {
+            errors.extend(check::default_cert_name(&routes, &[]));
+        }
         let compiled = match check::compile(&routes, handlers, self.compiled.default_cert.clone()) {
             Ok(c) if errors.is_empty() => c,
             Ok(_) => return Err(ConfigErrors { file: None, errors }),
