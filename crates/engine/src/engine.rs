@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::certs::{self, CertTasks};
 use crate::config::{Config, ConfigError, ConfigErrors, Format};
 use crate::handler::{Registry, SocketHandler};
 use crate::limits::Gauge;
@@ -62,6 +63,8 @@ struct Control {
     /// Worker runtimes, each with its own listener per address (empty: the current runtime).
     runtimes: Vec<Handle>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// The renewal loop (and expiry metric task) of the certificate manager in force.
+    certs: parking_lot::Mutex<Option<CertTasks>>,
 }
 
 impl Control {
@@ -201,8 +204,10 @@ impl EngineBuilder {
             cut_drain: tokio::sync::Notify::new(),
             runtimes: self.runtimes,
             sampler: parking_lot::Mutex::new(None),
+            certs: parking_lot::Mutex::new(None),
         });
         let st = ctl.shared.state.load_full();
+        *ctl.certs.lock() = Some(CertTasks::start(&st.certs, metrics.clone()));
         let bound = bind_ports(&st.config, &st.table.ports(), ctl.runtimes.len())?;
         {
             let mut ls = ctl.listeners.lock();
@@ -467,6 +472,16 @@ impl Engine {
         self.ctl.shared.obs.metrics().cloned()
     }
 
+    /// The certificates of the terminating routes: ACME (`certificate = "auto"`) and PEM
+    /// files, with their status ([`CertManager::status`]), forced renewal
+    /// ([`CertManager::renew_now`]) and expiries. The manager of the configuration in force.
+    ///
+    /// [`CertManager::status`]: smartproxy_acme::CertManager::status
+    /// [`CertManager::renew_now`]: smartproxy_acme::CertManager::renew_now
+    pub fn certificates(&self) -> smartproxy_acme::CertManager {
+        self.ctl.shared.state.load().certs.clone()
+    }
+
     /// Whether [`Engine::shutdown`] has begun (readiness probes answer 503 from then on).
     pub fn is_draining(&self) -> bool {
         self.ctl.draining.load(Ordering::Acquire)
@@ -602,8 +617,13 @@ impl Engine {
         let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
         let removed: Vec<u16> = old_ports.difference(&new_ports).copied().collect();
         let bound = bind_ports(&state.config, &added, ctl.runtimes.len()).map_err(|e| {
+            if certs::reusable(&old.certs, &state.config) {
+                old.restore_certs();
+            }
             ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
         })?;
+        // A new `[acme]` table came with a new manager: its renewal loop replaces the old one.
+        let new_certs = !certs::reusable(&old.certs, &state.config);
         let routes = state.config.routes.len();
         let restart_required = restart_only_changes(&old.config, &state.config);
         if let Some(m) = metrics {
@@ -615,6 +635,11 @@ impl Engine {
             .ip_limits
             .set_limits(d.max_connections_per_ip, d.connection_rate_limit_per_minute);
         ctl.shared.http.reload(state.http_config());
+        if new_certs {
+            let mut tasks = ctl.certs.lock();
+            drop(tasks.take());
+            *tasks = Some(CertTasks::start(&state.certs, ctl.shared.obs.metrics().cloned()));
+        }
         ctl.shared.state.store(Arc::new(state));
         let mut ls = ctl.listeners.lock();
         for (port, socks) in bound {
@@ -643,6 +668,8 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
         let ctl = &self.ctl;
         ctl.draining.store(true, Ordering::Release);
+        // No new certificate order while draining (one in flight is abandoned).
+        drop(ctl.certs.lock().take());
         closed(ctl.stop_listening()).await;
         // HTTP connections close after the request they serve (HTTP/2: GOAWAY).
         let _ = ctl.shared.draining.send(true);

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use smartproxy_metrics::{Metrics, RouteHandle};
 use smartproxy_routing::RouteTable;
 
+use smartproxy_acme::CertManager;
+
+use crate::certs;
 use crate::config::{Config, ConfigErrors};
 use crate::tls_setup::TlsState;
 
@@ -19,6 +22,9 @@ pub(crate) struct State {
     pub(crate) route_metrics: Vec<RouteHandle>,
     /// Rustls acceptors and connectors of the terminating routes.
     pub(crate) tls: Arc<TlsState>,
+    /// The certificates: ACME handles of `certificate = "auto"` routes, the challenge answers
+    /// the classify stage looks up, the status the admin API shows.
+    pub(crate) certs: CertManager,
 }
 
 impl fmt::Debug for State {
@@ -38,14 +44,32 @@ impl State {
         metrics: Option<&Metrics>,
     ) -> Result<Self, ConfigErrors> {
         let table = config.take_table(old.map(|o| &*o.table), handlers);
-        let tls = TlsState::build(&config, old.map(|o| &*o.tls))
+        let (certs, fresh) = certs::manager(&config, old.map(|o| &o.certs))
             .map_err(|errors| ConfigErrors { file: None, errors })?;
-        let tls = Arc::new(tls);
+        let tls = match TlsState::build(&config, old.map(|o| &*o.tls), &certs) {
+            Ok(t) => Arc::new(t),
+            Err(errors) => {
+                if let Some(o) = old.filter(|_| !fresh) {
+                    o.restore_certs();
+                }
+                return Err(ConfigErrors { file: None, errors });
+            }
+        };
         let route_metrics = match metrics {
             Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
             None => Vec::new(),
         };
-        Ok(Self { config: Arc::new(config), table, route_metrics, tls })
+        Ok(Self { config: Arc::new(config), table, route_metrics, tls, certs })
+    }
+
+    /// Puts this state's routes back into its certificate manager, after a new state that
+    /// shares the manager was built but not installed (a reload refused late).
+    pub(crate) fn restore_certs(&self) {
+        if let Err(errors) = certs::sync(&self.certs, &self.config) {
+            for e in errors {
+                tracing::warn!(error = %e, "cannot restore the certificate routes");
+            }
+        }
     }
 
     /// The HTTP layer's configuration of this state: the same table, the `[defaults]` HTTP

@@ -298,6 +298,20 @@ impl Collector for SnapshotCollector {
             "Configuration reloads, by result.",
             vec![(l1("result", "ok"), s.reloads.ok), (l1("result", "failed"), s.reloads.failed)],
         )?;
+        w.family(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Expiry (not_after) of the TLS certificate served for a route's domain, UNIX time.",
+            None,
+            MetricType::Gauge,
+            s.certificates
+                .iter()
+                .map(|c| {
+                    let labels = vec![("route", c.route.clone()), ("domain", c.domain.clone())];
+                    (labels, c.expiry_timestamp_seconds)
+                })
+                .collect(),
+            |e, v| ConstGauge::new(*v).encode(e),
+        )?;
 
         // HTTP requests: bounded labels (route, status class, method), always written.
         let http_routes: Vec<(&str, &smartproxy_metrics::HttpRouteSnapshot)> =

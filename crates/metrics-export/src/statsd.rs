@@ -255,6 +255,14 @@ pub fn statsd_lines(
             p.and_then(|p| p.http.errors.get(reason).copied()),
         );
     }
+    for c in &s.certificates {
+        let tags = [("route", c.route.as_str()), ("domain", c.domain.as_str())];
+        l.gauge(
+            "tls_certificate_expiry_timestamp_seconds",
+            &tags,
+            c.expiry_timestamp_seconds as f64,
+        );
+    }
     if o.per_route {
         for r in &s.routes {
             let pr = p.and_then(|p| p.routes.iter().find(|x| x.name == r.name));

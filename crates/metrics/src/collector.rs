@@ -20,9 +20,9 @@ use crate::reason::{ProxyVersion, RefuseReason};
 use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
 use crate::snapshot::{
-    Backend, Connections, Histograms, HttpSnapshot, IpCount, IpSnapshot, Meta, Pct, Percentiles,
-    ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput,
-    ThroughputPoint, ThroughputRate, Totals, WindowRate,
+    Backend, CertificateExpiry, Connections, Histograms, HttpSnapshot, IpCount, IpSnapshot, Meta,
+    Pct, Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot,
+    Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 
 /// Keeps a value on its own cache line (128 bytes covers adjacent-line prefetch on x86 and
@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     /// HTTP requests that no route took.
     http_unrouted: HttpStats,
     http_errors: Box<[AtomicU64]>,
+    /// Set by the owner of the certificates; copied into every snapshot.
+    certificates: RwLock<Vec<CertificateExpiry>>,
 }
 
 fn secs(d: Duration) -> u64 {
@@ -157,6 +159,7 @@ impl Metrics {
             reloads_failed: AtomicU64::new(0),
             http_unrouted: HttpStats::default(),
             http_errors: HttpErrorReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            certificates: RwLock::new(Vec::new()),
             cfg,
         };
         Arc::new(Self { inner: Arc::new(inner) })
@@ -755,7 +758,22 @@ impl Metrics {
             },
             reloads: Reloads { ok, failed },
             http,
+            certificates: inner.certificates.read().clone(),
         }
+    }
+
+    /// Replaces the certificate expiries that snapshots report (the series of
+    /// `tls_certificate_expiry_timestamp_seconds{route,domain}`), sorted by route and domain.
+    /// Called by the owner of the certificates whenever one changes; not on any data path.
+    pub fn set_certificate_expiries(&self, mut expiries: Vec<CertificateExpiry>) {
+        expiries.sort_by(|a, b| (&a.route, &a.domain).cmp(&(&b.route, &b.domain)));
+        *self.inner.certificates.write() = expiries;
+    }
+
+    /// The certificate expiries last set.
+    #[must_use]
+    pub fn certificate_expiries(&self) -> Vec<CertificateExpiry> {
+        self.inner.certificates.read().clone()
     }
 }
 

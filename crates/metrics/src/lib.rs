@@ -89,9 +89,9 @@ pub use self::http::{HttpErrorReason, HttpMethod};
 pub use self::reason::{ProxyVersion, RefuseReason};
 pub use self::route::RouteHandle;
 pub use self::snapshot::{
-    Backend, Bucket, Connections, HistogramSnapshot, Histograms, HttpRequestCount,
-    HttpRouteSnapshot, HttpSnapshot, IpCount, IpSnapshot, Meta, Pct, Percentiles, ProxyHeaders,
-    ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput, ThroughputPoint,
-    ThroughputRate, Totals, WindowRate,
+    Backend, Bucket, CertificateExpiry, Connections, HistogramSnapshot, Histograms,
+    HttpRequestCount, HttpRouteSnapshot, HttpSnapshot, IpCount, IpSnapshot, Meta, Pct, Percentiles,
+    ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput,
+    ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 pub use smartproxy_throughput;

@@ -45,6 +45,12 @@ pub struct Snapshot {
     /// HTTP requests served by the HTTP layer.
     #[serde(default)]
     pub http: HttpSnapshot,
+    /// Expiry of the TLS certificates served, per route and domain (set by the engine with
+    /// [`Metrics::set_certificate_expiries`]; left out of JSON when there is none).
+    ///
+    /// [`Metrics::set_certificate_expiries`]: crate::Metrics::set_certificate_expiries
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateExpiry>,
 }
 
 /// Snapshot metadata.
@@ -364,4 +370,28 @@ pub struct HttpRequestCount {
     pub method: String,
     /// Count.
     pub count: u64,
+}
+
+/// When one domain's certificate on one route expires (the served certificate's
+/// `not_after`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CertificateExpiry {
+    /// Route name.
+    pub route: String,
+    /// One of the route's domains that the certificate covers.
+    pub domain: String,
+    /// `not_after`, seconds since the UNIX epoch.
+    pub expiry_timestamp_seconds: i64,
+}
+
+impl CertificateExpiry {
+    /// One route domain's certificate expiry.
+    pub fn new(route: impl Into<String>, domain: impl Into<String>, not_after_unix: i64) -> Self {
+        Self {
+            route: route.into(),
+            domain: domain.into(),
+            expiry_timestamp_seconds: not_after_unix,
+        }
+    }
 }

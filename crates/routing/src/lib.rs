@@ -68,6 +68,6 @@ pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
 pub use self::template::{Template, TemplateVars};
 pub use self::validate::{
-    BUILTIN_HANDLERS, REDIRECT_STATUSES, ValidationOptions, validate, validate_with,
+    BUILTIN_HANDLERS, REDIRECT_STATUSES, UPSTREAM_SNI, ValidationOptions, validate, validate_with,
 };
 pub use self::validate_http::HTTP_HANDLERS;

@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use smartproxy_routing::duration as dur;
 use smartproxy_routing::{IpPattern, RouteConfig, RouteTable};
 
+use smartproxy_acme::AcmeConfig;
+
 use self::locate::Locator;
-use self::tls_files::TlsFiles;
+use self::tls_files::{LoadedCert, TlsFiles};
 
 /// The whole configuration (DESIGN.md §3), parsed and checked: build one with
 /// [`Config::load`], [`Config::from_str`], [`Config::parse`] (custom handler names) or
@@ -70,6 +72,12 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Traffic metrics.
     pub metrics: MetricsConfig,
+    /// `[acme]`: the ACME CA that routes with `certificate = "auto"` get their certificates
+    /// from (`None`: no such route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+    /// `[tls]`: TLS settings of every terminating route.
+    pub tls: TlsSettings,
     /// The routes, as written (read them with [`Config::routes`]; they change only through
     /// [`Config::with_routes`], which compiles them again).
     pub(crate) routes: Vec<RouteConfig>,
@@ -83,6 +91,30 @@ pub struct Config {
 pub(crate) struct Compiled {
     pub(crate) table: Arc<RouteTable>,
     pub(crate) tls: Arc<TlsFiles>,
+    /// `[tls] default_certificate`, loaded (kept when the routes change).
+    pub(crate) default_cert: Option<LoadedCert>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// The certificate of TLS handshakes on a terminating route whose SNI (or its absence)
+    /// none of the port's terminating routes names in its `domains` or certificate: without
+    /// it, the route's own certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_certificate: Option<CertificateFiles>,
+}
+
+/// PEM files of a certificate chain (leaf first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CertificateFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 fn display_all<S: serde::Serializer>(v: &[IpPattern], s: S) -> Result<S::Ok, S::Error> {
@@ -583,8 +615,18 @@ impl Config {
         routes: Vec<RouteConfig>,
         handlers: &[&str],
     ) -> Result<Self, ConfigErrors> {
-        let compiled = check::compile(&routes, handlers)
-            .map_err(|errors| ConfigErrors { file: None, errors })?;
+        let mut errors = check::auto_routes(&routes, self.acme.as_ref(), &[]);
+        if self.compiled.default_cert.is_some() {
+            errors.extend(check::default_cert_name(&routes, &[]));
+        }
+        let compiled = match check::compile(&routes, handlers, self.compiled.default_cert.clone()) {
+            Ok(c) if errors.is_empty() => c,
+            Ok(_) => return Err(ConfigErrors { file: None, errors }),
+            Err(mut list) => {
+                list.append(&mut errors);
+                return Err(ConfigErrors { file: None, errors: list });
+            }
+        };
         Ok(Self { routes, compiled, ..self.clone() })
     }
 
@@ -607,6 +649,11 @@ impl Config {
         &self.compiled
     }
 
+    /// The rustls key of `[tls] default_certificate`.
+    pub(crate) fn default_cert(&self) -> Option<&LoadedCert> {
+        self.compiled.default_cert.as_ref()
+    }
+
     /// The route table for a new engine state, with the live counters (limits, target
     /// connection counts, round-robin positions) of the routes `previous` has under the same
     /// name. Compiled again (with `handlers` accepted) only when this configuration shares its
@@ -618,7 +665,8 @@ impl Config {
     ) -> Arc<RouteTable> {
         if let Some(prev) = previous {
             if Arc::get_mut(&mut self.compiled.table).is_none() {
-                if let Ok(c) = check::compile(&self.routes, handlers) {
+                let default = self.compiled.default_cert.clone();
+                if let Ok(c) = check::compile(&self.routes, handlers, default) {
                     self.compiled.table = c.table;
                 }
             }

@@ -8,6 +8,9 @@
 //!            per-IP)   client)                  guards   replay      handler  metrics by drop
 //! ```
 //!
+//! Between classify and route, `challenge` answers the ACME validation requests of our own
+//! certificate orders (HTTP-01, TLS-ALPN-01) and ends those connections.
+//!
 //! Every stage takes the per-connection context ([`conn::Conn`]) and returns
 //! `Result<_, Closed>`: a stage that ends the connection has recorded why. The setup (admit to
 //! upstream) runs in a boxed future that is freed once a plain connection's backend is
@@ -17,6 +20,7 @@
 
 pub(crate) mod accept;
 mod admit;
+mod challenge;
 mod classify;
 mod close;
 mod conn;
@@ -100,6 +104,7 @@ async fn setup(
         return Ok(None);
     }
     let info = classify::classify(&c, &mut sock).await?;
+    let Some(sock) = challenge::answer(&c, sock, &info).await? else { return Ok(None) };
     let index = route::route(&mut c, &info)?;
     let state = Arc::clone(&c.state);
     let route = &state.table.routes()[index];
