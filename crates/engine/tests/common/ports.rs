@@ -237,6 +237,22 @@ pub fn listened_by(pid: u32, port: u16) -> bool {
     !inodes.is_empty() && inodes.is_subset(&socket_inodes(pid))
 }
 
+/// Whether UDP `port` is bound, and only by sockets that process `pid` holds.
+pub fn udp_bound_by(pid: u32, port: u16) -> bool {
+    let mut inodes = BTreeSet::new();
+    for f in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local = cols.get(1).and_then(|c| c.rsplit(':').next());
+            if local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) {
+                inodes.extend(cols.get(9).and_then(|i| i.parse::<u64>().ok()));
+            }
+        }
+    }
+    !inodes.is_empty() && inodes.is_subset(&socket_inodes(pid))
+}
+
 /// The inodes of the sockets process `pid` holds.
 pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return BTreeSet::new() };
