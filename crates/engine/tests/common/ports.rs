@@ -121,13 +121,11 @@ fn try_lock(port: u16) -> Option<File> {
     }
 }
 
-/// Nothing listens on `port`, and a socket can be bound to it on 127.0.0.1, 0.0.0.0 and ::1
-/// (when the host has IPv6). The probes bind without listening, so no connection can reach
-/// them, and closing them leaves nothing behind.
+/// A socket can be bound to `port` on 0.0.0.0, 127.0.0.1 and ::1 (when the host has IPv6)
+/// without `SO_REUSEADDR` or `SO_REUSEPORT`, so no other socket holds it (listening, with
+/// `SO_REUSEPORT`, connected, or in TIME_WAIT). The probes bind without listening, so no
+/// connection can reach them, and closing them leaves nothing behind.
 fn bindable_now(port: u16) -> bool {
-    if port_listening(port) {
-        return false;
-    }
     let v4 = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED]
         .into_iter()
         .all(|ip| probe_bind(SocketAddr::from((ip, port))).is_ok());
@@ -264,13 +262,80 @@ pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The bytes that arrived on the server's end of the connection between ports `server` and
-/// `client` and that the server has not read yet; `None` when there is no such connection.
-/// A test waits for 0 to know that the server has consumed what was sent, so that what it
-/// sends next arrives in a read of its own.
+/// The bytes that arrived on the server's end of the connection 127.0.0.1:`client` ->
+/// 127.0.0.1:`server` and that the server has not read yet; `None` when there is no such
+/// connection. A test waits for 0 to know that the server has consumed what was sent, so
+/// that what it sends next arrives in a read of its own.
+///
+/// Asked of the kernel by the socket's addresses (`sock_diag` netlink, one hash lookup):
+/// reading `/proc/net/tcp` walks the whole connection table and takes milliseconds, too slow
+/// to poll between single bytes. Falls back to `/proc/net/tcp` where `sock_diag` answers
+/// nothing.
 pub fn unread_by_server(server: u16, client: u16) -> Option<u32> {
-    tcp_table()
-        .into_iter()
-        .find(|e| e.state != LISTEN && e.local_port == server && e.remote_port == client)
-        .map(|e| e.rx_queue)
+    match sock_diag_rqueue(server, client) {
+        Ok(Some(n)) => Some(n),
+        _ => tcp_table()
+            .into_iter()
+            .find(|e| e.state != LISTEN && e.local_port == server && e.remote_port == client)
+            .map(|e| e.rx_queue),
+    }
+}
+
+/// The receive queue of the IPv4 TCP socket 127.0.0.1:`local` <-> 127.0.0.1:`remote`, from
+/// an exact `SOCK_DIAG_BY_FAMILY` lookup; `Ok(None)` when the kernel has no such socket.
+fn sock_diag_rqueue(local: u16, remote: u16) -> std::io::Result<Option<u32>> {
+    use std::io::{Read, Write};
+    const AF_NETLINK: i32 = 16;
+    const NETLINK_SOCK_DIAG: i32 = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    const AF_INET: u8 = 2;
+    const IPPROTO_TCP: u8 = 6;
+    let mut sock = socket2::Socket::new(
+        socket2::Domain::from(AF_NETLINK),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::from(NETLINK_SOCK_DIAG)),
+    )?;
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid:
+    // sport and dport (big endian), src and dst (4 x u32 each), interface, cookie.
+    let mut req = vec![AF_INET, IPPROTO_TCP, 0, 0];
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    req.extend_from_slice(&local.to_be_bytes());
+    req.extend_from_slice(&remote.to_be_bytes());
+    for _ in 0..2 {
+        req.extend_from_slice(&[127, 0, 0, 1]);
+        req.extend_from_slice(&[0; 12]);
+    }
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+    let mut msg = Vec::with_capacity(16 + req.len());
+    msg.extend_from_slice(&(16 + req.len() as u32).to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
+    msg.extend_from_slice(&req);
+    // Without an address the message goes to the kernel.
+    sock.write_all(&msg)?;
+    let mut buf = [0u8; 1024];
+    let n = sock.read(&mut buf)?;
+    let u16_at = |i: usize| buf.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let u32_at = |i: usize| buf.get(i..i + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match u16_at(4) {
+        // An error reply (ENOENT: no such socket).
+        Some(NLMSG_ERROR) => Ok(None),
+        // struct inet_diag_msg after the 16-byte header: family, state, timer, retransmits,
+        // the 48-byte socket id (ports first, big endian), expires, then the receive queue.
+        // The lookup falls back to the listener of the port: that is not the connection.
+        Some(SOCK_DIAG_BY_FAMILY) if n >= 16 + 60 => {
+            let ports = (u16_at(20).map(u16::from_be), u16_at(22).map(u16::from_be));
+            let listening = buf[17] == LISTEN;
+            if listening || ports != (Some(local), Some(remote)) {
+                return Ok(None);
+            }
+            Ok(u32_at(16 + 56))
+        }
+        other => Err(std::io::Error::other(format!("unexpected sock_diag reply type {other:?}"))),
+    }
 }
