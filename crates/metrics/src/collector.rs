@@ -227,6 +227,28 @@ impl Metrics {
         }
     }
 
+    /// Traffic of `route` that no [`ConnectionRecorder`] saw: a route forwarded outside the
+    /// process (by kernel NAT rules) whose counters the caller reads once per interval.
+    /// `bytes_in` came from clients, `bytes_out` went to them, `new_connections` were opened
+    /// (each also counts as one request, as a layer-4 connection does). The next
+    /// [`tick`](Self::tick) puts them into the route's series and the totals like the
+    /// bytes of proxied connections; the route's and the global connection totals grow at
+    /// once. No connection is open in the metrics for them (`active` does not change), and
+    /// the per-IP series and histograms do not see them.
+    pub fn add_route_traffic(
+        &self,
+        route: &RouteHandle,
+        bytes_in: u64,
+        bytes_out: u64,
+        new_connections: u64,
+    ) {
+        if new_connections > 0 {
+            self.inner.total.fetch_add(new_connections, Ordering::Relaxed);
+            route.0.total.fetch_add(new_connections, Ordering::Relaxed);
+        }
+        *route.0.external.lock() += Sample::new(bytes_in, bytes_out, new_connections);
+    }
+
     /// A connection was refused.
     pub fn refused(&self, reason: RefuseReason) {
         self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
@@ -706,13 +728,22 @@ impl Inner {
         let last = self.last_tick.load(Ordering::Acquire);
         let gap = now.saturating_sub(last);
         let limit = 2 * self.cfg.interval_secs();
-        let d = self.registry.collect();
+        let mut d = self.registry.collect();
+        let routes: Vec<RouteHandle> = self.routes.lock().values().cloned().collect();
+        for h in &routes {
+            let external = std::mem::take(&mut *h.0.external.lock());
+            if external.is_zero() {
+                continue;
+            }
+            d.global += external;
+            let key = Arc::as_ptr(&h.0) as usize;
+            d.by_route.entry(key).or_insert_with(|| (h.clone(), Sample::default())).1 += external;
+        }
         {
             let mut g = self.global.write();
             spread(now, gap, limit, d.global, |t, s| g.push(t, s));
         }
         let mut by_route = d.by_route;
-        let routes: Vec<RouteHandle> = self.routes.lock().values().cloned().collect();
         for h in &routes {
             let key = Arc::as_ptr(&h.0) as usize;
             let d = by_route.remove(&key).map(|(_, d)| d).unwrap_or_default();
