@@ -182,10 +182,32 @@ impl Proxy {
 
     /// Same, with the config file extension (`toml` / `json`) and extra environment.
     pub fn start_with(config: &str, ext: &str, ports: &[u16], env: &[(&str, &str)]) -> Proxy {
+        Self::start_wrapped(&[], config, ext, ports, env)
+    }
+
+    /// Same, started through `wrapper`, a command that ends by exec'ing the binary with its
+    /// arguments (so that the process, its PID and its signals are the binary's):
+    /// `["ip", "netns", "exec", NS]` runs it inside a network namespace, `["env", "PATH=..."]`
+    /// changes what it finds. An empty wrapper starts the binary itself.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &str,
+        ext: &str,
+        ports: &[u16],
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join(format!("smartproxy.{ext}"));
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(smartproxy_bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(smartproxy_bin()),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(smartproxy_bin());
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", std::env::var("SMARTPROXY_TEST_LOG").unwrap_or_else(|_| "info".into()))

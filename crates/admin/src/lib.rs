@@ -11,6 +11,7 @@
 //! | `GET /healthz` | `200 ok` while the process serves |
 //! | `GET /ready` | `200 ready`, or `503 not ready` while starting or draining ([`AdminHooks::ready`]) |
 //! | `POST /reload` | calls [`AdminHooks::reload`]: `200` and its message, or `422` and the error |
+//! | `GET /api/nftables` | the kernel forwarding table as applied ([`AdminHooks::nftables`]), JSON; `404` without |
 //!
 //! Mutations are POST only: `GET /reload` answers `405`. The router does not count reloads in
 //! the metrics (`Metrics::config_reloaded`): the reload path of the binary does, so that a
@@ -66,6 +67,13 @@ pub trait AdminHooks: Send + Sync + fmt::Debug + 'static {
     /// Reloads the configuration. `Ok` carries a message for the operator; `Err` the reason the
     /// new configuration was refused (the old one stays).
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+    /// The nftables table of the kernel-forwarded routes as applied, for `GET /api/nftables`
+    /// (the engine's `nftables_status`). `None` (the default) answers `404`: the process has
+    /// no kernel forwarding.
+    fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
+        Box::pin(async { None })
+    }
 }
 
 /// State shared by the handlers.
@@ -97,6 +105,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/ready", get(ready))
         .route("/reload", post(reload))
+        .route("/api/nftables", get(nftables))
         .with_state(state)
 }
 
@@ -153,6 +162,20 @@ async fn history(State(st): State<AdminState>, Query(p): Query<HistoryParams>) -
     match serde_json::to_string(&points) {
         Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
         Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+    }
+}
+
+async fn nftables(State(st): State<AdminState>) -> Response {
+    match st.hooks.nftables().await {
+        Some(v) => match serde_json::to_string_pretty(&v) {
+            Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+        },
+        None => respond(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "kernel forwarding (nftables) is not part of this process\n".to_owned(),
+        ),
     }
 }
 

@@ -41,10 +41,17 @@ impl Control {
             }
         };
         match self.engine.reload(config).await {
-            Ok(s) => Ok(format!(
-                "reloaded: {} routes, ports added {:?}, removed {:?}",
-                s.routes, s.added_ports, s.removed_ports
-            )),
+            Ok(s) => {
+                let mut msg = format!(
+                    "reloaded: {} routes, ports added {:?}, removed {:?}",
+                    s.routes, s.added_ports, s.removed_ports
+                );
+                if let Some(e) = &s.kernel_error {
+                    msg.push_str("; ");
+                    msg.push_str(e);
+                }
+                Ok(msg)
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -58,6 +65,11 @@ impl AdminHooks for Control {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
         let this = self.clone();
         Box::pin(async move { this.reload().await })
+    }
+
+    fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
+        let engine = self.engine.clone();
+        Box::pin(async move { Some(engine.nftables_status().await) })
     }
 }
 

@@ -115,7 +115,7 @@ pub(super) fn build(
         }
     };
 
-    let compiled = match compile(&routes, handlers) {
+    let compiled = match compile(&routes, handlers, &bind) {
         Ok(c) => Some(c),
         Err(list) => {
             for mut e in list {
@@ -161,6 +161,7 @@ pub(super) fn build(
 pub(super) fn compile(
     routes: &[RouteConfig],
     handlers: &[&str],
+    bind: &[IpAddr],
 ) -> Result<Compiled, Vec<ConfigError>> {
     let opts =
         ValidationOptions::default().with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()));
@@ -172,6 +173,8 @@ pub(super) fn compile(
             None
         }
     };
+    // What nftables cannot honour in the kernel-forwarded routes (`bind`: their addresses).
+    errors.extend(crate::kernel::check(routes, bind));
     let tls = TlsFiles::load(routes, &mut errors);
     match table {
         Some(table) if errors.is_empty() => {

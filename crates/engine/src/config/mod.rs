@@ -523,7 +523,7 @@ impl Config {
         routes: Vec<RouteConfig>,
         handlers: &[&str],
     ) -> Result<Self, ConfigErrors> {
-        let compiled = check::compile(&routes, handlers)
+        let compiled = check::compile(&routes, handlers, &self.bind)
             .map_err(|errors| ConfigErrors { file: None, errors })?;
         Ok(Self { routes, compiled, ..self.clone() })
     }
@@ -558,7 +558,7 @@ impl Config {
     ) -> Arc<RouteTable> {
         if let Some(prev) = previous {
             if Arc::get_mut(&mut self.compiled.table).is_none() {
-                if let Ok(c) = check::compile(&self.routes, handlers) {
+                if let Ok(c) = check::compile(&self.routes, handlers, &self.bind) {
                     self.compiled.table = c.table;
                 }
             }
