@@ -305,6 +305,20 @@ impl Proxy {
         }
     }
 
+    /// Waits (bounded) for the process to exit on its own; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                panic!("smartproxy did not exit within {WAIT:?}:\n{}", self.output());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Resident set size in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status =

@@ -345,6 +345,21 @@ fn after_sigkill_the_table_stays_and_the_next_start_cleans_it_up() {
     assert!(!table_exists(&topo));
 }
 
+#[test]
+fn a_start_that_fails_after_the_rules_were_written_removes_them() {
+    let topo = Topology::new();
+    // The admin address does not exist in the namespace: the start fails after the engine
+    // (and its rules) started.
+    let text = config(&kernel_route("db", 5432, BACKEND, "")).replace(ADMIN, "10.9.9.9:9900");
+    let netns = ["ip", "netns", "exec", topo.proxy.name()];
+    let mut proxy = Proxy::start_wrapped(&netns, &text, "toml", &[], &[]);
+    assert_eq!(proxy.wait_exit(), Some(1), "{}", proxy.output());
+    let out = proxy.output();
+    assert!(out.contains(APPLIED) && out.contains("cannot listen on 10.9.9.9:9900"), "{out}");
+    assert!(out.contains("kernel forwarding rules removed"), "{out}");
+    assert!(!table_exists(&topo), "no rules are left behind");
+}
+
 /// A missing `nft` (or capability) is an error for the kernel routes only.
 fn proxied_routes_run_without_kernel_forwarding(wrapper: &[&str], expected: &str) {
     let topo = Topology::new();

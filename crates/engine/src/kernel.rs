@@ -283,10 +283,16 @@ impl Kernel {
                 return;
             }
         };
-        self.status.lock().counters_error = None;
+        let configured = {
+            let mut st = self.status.lock();
+            st.counters_error = None;
+            st.configured.clone()
+        };
         let increases = self.deltas.lock().update(&counters);
         for c in increases {
-            if c.bytes_in == 0 && c.bytes_out == 0 && c.connections == 0 {
+            // A route that a reload removed meanwhile is not brought back into the metrics.
+            let idle = c.bytes_in == 0 && c.bytes_out == 0 && c.connections == 0;
+            if idle || !configured.contains(&c.route) {
                 continue;
             }
             let route = metrics.route(&c.route);

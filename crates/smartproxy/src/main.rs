@@ -193,11 +193,22 @@ async fn run(
     let engine = Engine::builder().config(config).runtimes(workers).start().await?;
     let control = Control { engine: engine.clone(), file };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let admin = control::start_admin(&control, &stop).await?;
-    control::start_statsd(&engine, &stop)?;
-    // Handlers first, so that a signal sent as soon as the listeners are printed is not lost
-    // (the default action of SIGTERM would kill the process without draining).
-    let signals = Signals::install()?;
+    let started = async {
+        let admin = control::start_admin(&control, &stop).await?;
+        control::start_statsd(&engine, &stop)?;
+        // Handlers first, so that a signal sent as soon as the listeners are printed is not
+        // lost (the default action of SIGTERM would kill the process without draining).
+        let signals = Signals::install()?;
+        anyhow::Ok((admin, signals))
+    };
+    let (admin, signals) = match started.await {
+        Ok(s) => s,
+        Err(e) => {
+            // Stop what did start, the kernel forwarding rules included, before failing.
+            engine.shutdown(std::time::Duration::ZERO).await;
+            return Err(e);
+        }
+    };
     {
         #[allow(clippy::print_stdout)] // The listeners are the command's output.
         let mut out = std::io::stdout().lock();
