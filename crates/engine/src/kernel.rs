@@ -180,6 +180,9 @@ pub(crate) struct Kernel {
     manager: Arc<Manager>,
     status: Arc<Mutex<Status>>,
     deltas: Arc<Mutex<CounterDeltas>>,
+    /// Held while the rules are written or removed, so that a reload racing with shutdown
+    /// cannot write them again after they were removed: `true` once shut down.
+    writes: tokio::sync::Mutex<bool>,
 }
 
 /// Runs `f` on the blocking pool (every `nft` run waits for a process).
@@ -195,6 +198,7 @@ impl Kernel {
             manager: Arc::new(Manager::new(Nft::new())),
             status: Arc::new(Mutex::new(Status::default())),
             deltas: Arc::new(Mutex::new(CounterDeltas::new())),
+            writes: tokio::sync::Mutex::new(false),
         }
     }
 
@@ -203,6 +207,10 @@ impl Kernel {
     /// counters start from zero. `Err` says why the routes are not forwarded (logged here);
     /// the rules in force before, if any, stay.
     pub(crate) async fn apply(&self, routes: Vec<NftRoute>) -> Result<(), String> {
+        let shut_down = self.writes.lock().await;
+        if *shut_down {
+            return Err("the engine has shut down".to_owned());
+        }
         let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
         let owned = {
             let mut st = self.status.lock();
@@ -211,7 +219,7 @@ impl Kernel {
         };
         if routes.is_empty() {
             if owned {
-                self.remove().await;
+                self.remove_table().await;
             }
             let mut st = self.status.lock();
             st.error = None;
@@ -300,9 +308,16 @@ impl Kernel {
         }
     }
 
-    /// Deletes the table this process wrote (shutdown). Established flows keep their NAT
-    /// binding until conntrack forgets them.
+    /// Deletes the table this process wrote, for good (shutdown: a later [`Kernel::apply`]
+    /// writes nothing). Established flows keep their NAT binding until conntrack forgets them.
     pub(crate) async fn remove(&self) {
+        let mut shut_down = self.writes.lock().await;
+        *shut_down = true;
+        self.remove_table().await;
+    }
+
+    /// Deletes the table this process wrote (the caller holds `writes`).
+    async fn remove_table(&self) {
         if !self.status.lock().owned {
             return;
         }
