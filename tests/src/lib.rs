@@ -252,7 +252,7 @@ impl Proxy {
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
             let ports = reserve_ports::<N>();
-            match Self::try_start(&config(ports), ext, &ports, env) {
+            match Self::try_start(&[], &config(ports), ext, &ports, env) {
                 Ok(p) => return (p, ports),
                 Err(out) if out.contains("cannot listen on") => {
                     eprintln!(
@@ -279,15 +279,32 @@ impl Proxy {
 
     /// [`Proxy::start`] with the config file extension and extra environment.
     pub fn start_with(config: &str, ext: &str, ports: &[u16], env: &[(&str, &str)]) -> Proxy {
-        match Self::try_start(config, ext, ports, env) {
+        Self::start_wrapped(&[], config, ext, ports, env)
+    }
+
+    /// Same, started through `wrapper`, a command that ends by exec'ing the binary with its
+    /// arguments (so that the process, its PID and its signals are the binary's):
+    /// `["ip", "netns", "exec", NS]` runs it inside a network namespace, `["env", "PATH=..."]`
+    /// changes what it finds. An empty wrapper starts the binary itself.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &str,
+        ext: &str,
+        ports: &[u16],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        match Self::try_start(wrapper, config, ext, ports, env) {
             Ok(p) => p,
             Err(out) => panic!("smartproxy exited while starting:\n{out}"),
         }
     }
 
     /// Starts the process and waits until it listens on every port of `ports`; its output
-    /// when it exits first.
+    /// when it exits first. (Started through a wrapper, it may live in another network
+    /// namespace, where this one's socket table does not see its sockets: then only its own
+    /// report of the ports is checked.)
     fn try_start(
+        wrapper: &[&str],
         config: &str,
         ext: &str,
         ports: &[u16],
@@ -296,7 +313,15 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join(format!("smartproxy.{ext}"));
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(smartproxy_bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(smartproxy_bin()),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(smartproxy_bin());
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", std::env::var("SMARTPROXY_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -345,7 +370,7 @@ impl Proxy {
             );
             thread::sleep(Duration::from_millis(20));
         }
-        for &port in ports {
+        for &port in ports.iter().filter(|_| wrapper.is_empty()) {
             assert!(
                 listened_by(p.pid(), port),
                 "port {port} is listened on by another process too: {:?}\n{}",
@@ -455,6 +480,20 @@ impl Proxy {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!("smartproxy did not exit within {WAIT:?} of SIGTERM:\n{}", self.output());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                panic!("smartproxy did not exit within {WAIT:?}:\n{}", self.output());
             }
             thread::sleep(Duration::from_millis(20));
         }

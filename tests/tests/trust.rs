@@ -47,7 +47,7 @@ fn untrusted_peer_sending_proxy_header_is_refused_and_nothing_reaches_the_backen
         &[
             ("client", "127.0.0.1:*"),
             ("port", &port.to_string()),
-            ("reason", "untrusted_proxy_header"),
+            ("reason", "proxy_header_untrusted"),
         ],
     );
     assert!(backend.seen().is_empty(), "nothing reached the backend: {:?}", backend.seen());
@@ -69,7 +69,7 @@ fn trusted_peer_without_header_is_refused() {
         "connection refused",
         &[
             ("port", &port_s),
-            ("reason", "proxy_header"),
+            ("reason", "proxy_header_required"),
             ("detail", "connection does not start with a PROXY header"),
         ],
     );
@@ -89,7 +89,7 @@ fn trusted_peer_without_header_is_refused() {
         "connection refused",
         &[
             ("port", &port_s),
-            ("reason", "proxy_header"),
+            ("reason", "proxy_header_timeout"),
             ("detail", "no complete PROXY header within 2s"),
         ],
     );

@@ -104,6 +104,7 @@ mod copy;
 mod engine;
 mod handler;
 mod http;
+mod kernel;
 mod limits;
 mod net;
 pub mod observe;

@@ -252,6 +252,28 @@ impl Metrics {
         }
     }
 
+    /// Traffic of `route` that no [`ConnectionRecorder`] saw: a route forwarded outside the
+    /// process (by kernel NAT rules) whose counters the caller reads once per interval.
+    /// `bytes_in` came from clients, `bytes_out` went to them, `new_connections` were opened
+    /// (each also counts as one request, as a layer-4 connection does). The next
+    /// [`tick`](Self::tick) puts them into the route's series and the totals like the
+    /// bytes of proxied connections; the route's and the global connection totals grow at
+    /// once. No connection is open in the metrics for them (`active` does not change), and
+    /// the per-IP series and histograms do not see them.
+    pub fn add_route_traffic(
+        &self,
+        route: &RouteHandle,
+        bytes_in: u64,
+        bytes_out: u64,
+        new_connections: u64,
+    ) {
+        if new_connections > 0 {
+            self.inner.total.fetch_add(new_connections, Ordering::Relaxed);
+            route.0.total.fetch_add(new_connections, Ordering::Relaxed);
+        }
+        *route.0.external.lock() += Sample::new(bytes_in, bytes_out, new_connections);
+    }
+
     /// A connection was refused.
     pub fn refused(&self, reason: RefuseReason) {
         self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
@@ -835,6 +857,16 @@ impl Inner {
         // and in the global series.
         let http: Vec<u64> = routes.iter().map(|h| h.0.http.take_delta()).collect();
         d.global.events += http.iter().sum::<u64>() + self.http_unrouted.take_delta();
+        // Traffic counted outside the connection recorders (kernel-forwarded routes).
+        for h in &routes {
+            let external = std::mem::take(&mut *h.0.external.lock());
+            if external.is_zero() {
+                continue;
+            }
+            d.global += external;
+            let key = Arc::as_ptr(&h.0) as usize;
+            d.by_route.entry(key).or_insert_with(|| (h.clone(), Sample::default())).1 += external;
+        }
         {
             let mut g = self.global.write();
             spread(now, gap, limit, d.global, |t, s| g.push(t, s));

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{LoadBalancing, RouteAction, SendProxyProtocol, TlsMode};
+use crate::model::{ForwardingEngine, LoadBalancing, RouteAction, SendProxyProtocol, TlsMode};
 use crate::table::{PeekNeed, RouteTable};
 
 /// The compiled table as data: port groups in port order, then every route.
@@ -75,6 +75,9 @@ pub struct RouteDump {
     /// PROXY header towards the targets.
     #[serde(skip_serializing_if = "SendProxyProtocol::is_off")]
     pub send_proxy_protocol: SendProxyProtocol,
+    /// `"nftables"` for a route the kernel forwards (absent for the proxy).
+    #[serde(skip_serializing_if = "ForwardingEngine::is_proxy")]
+    pub forwarding_engine: ForwardingEngine,
     /// Targets with their open connections.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetDump>,
@@ -175,6 +178,10 @@ impl RouteTable {
                     handler,
                     load_balancing: lb,
                     send_proxy_protocol: spp,
+                    forwarding_engine: match &c.action {
+                        RouteAction::Forward(f) => f.forwarding_engine,
+                        RouteAction::SocketHandler(_) => ForwardingEngine::Proxy,
+                    },
                     targets: r
                         .targets
                         .list

@@ -59,9 +59,9 @@ pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
 pub use self::limits::{DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, RouteLimits};
 pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
-    CertificateConfig, ForwardAction, HandlerAction, LoadBalancing, PortRange, PortSpec,
-    RouteAction, RouteConfig, RouteMatch, RouteSecurity, SendProxyProtocol, Target, TargetPort,
-    TlsConfig, TlsMode, TlsVersion,
+    CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, LoadBalancing,
+    NftablesOptions, NftablesProtocol, PortRange, PortSpec, RouteAction, RouteConfig, RouteMatch,
+    RouteSecurity, SendProxyProtocol, Target, TargetPort, TlsConfig, TlsMode, TlsVersion,
 };
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};

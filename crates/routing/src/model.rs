@@ -78,6 +78,12 @@ impl RouteConfig {
         self.security = Some(security);
         self
     }
+
+    /// Whether the kernel forwards this route (`forwarding_engine = "nftables"`): the proxy
+    /// does not listen on its ports.
+    pub fn is_kernel_forwarded(&self) -> bool {
+        matches!(&self.action, RouteAction::Forward(f) if f.is_kernel_forwarded())
+    }
 }
 
 fn default_true() -> bool {
@@ -350,6 +356,12 @@ pub struct ForwardAction {
     /// Serve the route with the HTTP layer: every request is routed on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<crate::http::HttpOptions>,
+    /// Who forwards: the proxy process (default) or the kernel's NAT rules (`"nftables"`).
+    #[serde(default, skip_serializing_if = "ForwardingEngine::is_proxy")]
+    pub forwarding_engine: ForwardingEngine,
+    /// Options of kernel forwarding; only with `forwarding_engine = "nftables"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nftables: Option<NftablesOptions>,
 }
 
 impl ForwardAction {
@@ -362,6 +374,8 @@ impl ForwardAction {
             load_balancing: LoadBalancing::default(),
             connect_timeout: None,
             http: None,
+            forwarding_engine: ForwardingEngine::Proxy,
+            nftables: None,
         }
     }
 
@@ -369,6 +383,19 @@ impl ForwardAction {
     pub fn with_http(mut self, http: crate::http::HttpOptions) -> Self {
         self.http = Some(http);
         self
+    }
+
+    /// Forwarded by the kernel's nftables NAT rules with these options instead of the proxy
+    /// process (`forwarding_engine = "nftables"`).
+    pub fn with_nftables(mut self, options: NftablesOptions) -> Self {
+        self.forwarding_engine = ForwardingEngine::Nftables;
+        self.nftables = Some(options);
+        self
+    }
+
+    /// Whether the kernel forwards this route (`forwarding_engine = "nftables"`).
+    pub const fn is_kernel_forwarded(&self) -> bool {
+        matches!(self.forwarding_engine, ForwardingEngine::Nftables)
     }
 
     /// Sets the TLS block.
@@ -387,6 +414,88 @@ impl ForwardAction {
     pub fn with_load_balancing(mut self, lb: LoadBalancing) -> Self {
         self.load_balancing = lb;
         self
+    }
+}
+
+/// Who forwards a route's connections: `forwarding_engine = "proxy" | "nftables"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ForwardingEngine {
+    /// The proxy process accepts, routes and copies (default).
+    #[default]
+    Proxy,
+    /// Kernel NAT rules (nftables) forward the port: layer 4 only, no user-space work.
+    Nftables,
+}
+
+impl ForwardingEngine {
+    /// Whether this is the default, the proxy process.
+    pub const fn is_proxy(&self) -> bool {
+        matches!(self, Self::Proxy)
+    }
+}
+
+/// `nftables = { preserve_source_ip, protocol }` of a kernel-forwarded route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NftablesOptions {
+    /// `true`: the target sees the client's address (its replies must route back through
+    /// this host). `false` (default): the source is masqueraded to this host's address.
+    #[serde(default)]
+    pub preserve_source_ip: bool,
+    /// `"tcp"` (default), `"udp"` or `"all"` (both).
+    #[serde(default)]
+    pub protocol: NftablesProtocol,
+}
+
+impl NftablesOptions {
+    /// Masqueraded TCP, the defaults.
+    pub const fn new() -> Self {
+        Self { preserve_source_ip: false, protocol: NftablesProtocol::Tcp }
+    }
+
+    /// Sets `preserve_source_ip`.
+    pub const fn with_preserve_source_ip(mut self, preserve: bool) -> Self {
+        self.preserve_source_ip = preserve;
+        self
+    }
+
+    /// Sets the protocol.
+    pub const fn with_protocol(mut self, protocol: NftablesProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
+/// The transport protocols a kernel-forwarded route forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NftablesProtocol {
+    /// TCP only (default).
+    #[default]
+    Tcp,
+    /// UDP only.
+    Udp,
+    /// TCP and UDP.
+    All,
+}
+
+impl NftablesProtocol {
+    /// Whether TCP is forwarded.
+    pub const fn tcp(self) -> bool {
+        matches!(self, Self::Tcp | Self::All)
+    }
+
+    /// `"tcp"`, `"udp"` or `"all"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::All => "all",
+        }
     }
 }
 

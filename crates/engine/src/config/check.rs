@@ -138,7 +138,7 @@ pub(super) fn build(
         },
         None => None,
     };
-    let compiled = match compile(&routes, handlers, default_cert) {
+    let compiled = match compile(&routes, handlers, default_cert, &bind) {
         Ok(c) => Some(c),
         Err(list) => {
             for mut e in list {
@@ -188,6 +188,7 @@ pub(super) fn compile(
     routes: &[RouteConfig],
     handlers: &[&str],
     default_cert: Option<LoadedCert>,
+    bind: &[IpAddr],
 ) -> Result<Compiled, Vec<ConfigError>> {
     let opts =
         ValidationOptions::default().with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()));
@@ -199,6 +200,8 @@ pub(super) fn compile(
             None
         }
     };
+    // What nftables cannot honour in the kernel-forwarded routes (`bind`: their addresses).
+    errors.extend(crate::kernel::check(routes, bind));
     let tls = TlsFiles::load(routes, &mut errors);
     match table {
         Some(table) if errors.is_empty() => {

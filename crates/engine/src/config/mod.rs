@@ -619,7 +619,8 @@ impl Config {
         if self.compiled.default_cert.is_some() {
             errors.extend(check::default_cert_name(&routes, &[]));
         }
-        let compiled = match check::compile(&routes, handlers, self.compiled.default_cert.clone()) {
+        let default = self.compiled.default_cert.clone();
+        let compiled = match check::compile(&routes, handlers, default, &self.bind) {
             Ok(c) if errors.is_empty() => c,
             Ok(_) => return Err(ConfigErrors { file: None, errors }),
             Err(mut list) => {
@@ -666,7 +667,7 @@ impl Config {
         if let Some(prev) = previous {
             if Arc::get_mut(&mut self.compiled.table).is_none() {
                 let default = self.compiled.default_cert.clone();
-                if let Ok(c) = check::compile(&self.routes, handlers, default) {
+                if let Ok(c) = check::compile(&self.routes, handlers, default, &self.bind) {
                     self.compiled.table = c.table;
                 }
             }
