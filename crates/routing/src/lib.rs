@@ -44,6 +44,7 @@ mod model;
 mod path;
 mod table;
 mod target;
+mod timeouts;
 mod validate;
 
 pub use self::domain::{DomainPattern, DomainPatternError};
@@ -60,6 +61,10 @@ pub use self::model::{
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
+pub use self::timeouts::{
+    KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
+    RouteTimeouts, TcpKeepalive, multiplier_problem,
+};
 pub use self::validate::{
     BUILTIN_HANDLERS, REDIRECT_STATUSES, ValidationOptions, validate, validate_with,
 };
