@@ -15,7 +15,7 @@ use smartproxy_limits::IpLimiter;
 use crate::config::{MetricsConfig, PerIp};
 use crate::conn::{ConnShared, ConnectionRecorder};
 use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
-use crate::reason::{ProxyVersion, RefuseReason};
+use crate::reason::{CloseReason, ProxyVersion, RefuseReason};
 use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
 use crate::snapshot::{
@@ -71,6 +71,8 @@ pub(crate) struct Inner {
     proxy_rejected: Mutex<BTreeMap<(Option<ProxyVersion>, &'static str), u64>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Served connections closed, by [`CloseReason`] (indexed by `CloseReason::index`).
+    closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
 fn secs(d: Duration) -> u64 {
@@ -151,6 +153,7 @@ impl Metrics {
             proxy_rejected: Mutex::new(BTreeMap::new()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            closed: std::array::from_fn(|_| AtomicU64::new(0)),
             cfg,
         };
         Arc::new(Self { inner: Arc::new(inner) })
@@ -230,6 +233,11 @@ impl Metrics {
     /// A connection was refused.
     pub fn refused(&self, reason: RefuseReason) {
         self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A served connection was closed for `reason` (once per connection).
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.inner.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A PROXY header was accepted.
@@ -463,6 +471,12 @@ impl Metrics {
         self.inner.refused[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Served connections closed for `reason`.
+    #[must_use]
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.inner.closed[reason.index()].load(Ordering::Relaxed)
+    }
+
     /// Configuration reloads: (applied, refused).
     #[must_use]
     pub fn config_reloads(&self) -> (u64, u64) {
@@ -599,6 +613,10 @@ impl Metrics {
             .iter()
             .map(|r| (r.as_str().to_owned(), self.refused_count(*r)))
             .collect();
+        let closed = CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.closed_count(*r)))
+            .collect();
         let accepted = [ProxyVersion::V1, ProxyVersion::V2]
             .iter()
             .zip(&inner.proxy_accepted)
@@ -650,6 +668,7 @@ impl Metrics {
                 connect_failures: inner.backend_failures.load(Ordering::Relaxed),
             },
             reloads: Reloads { ok, failed },
+            closed,
         }
     }
 }

@@ -84,7 +84,7 @@ pub use self::clock::{Clock, ManualClock, MonotonicClock};
 pub use self::collector::Metrics;
 pub use self::config::{MetricsConfig, PerIp};
 pub use self::conn::ConnectionRecorder;
-pub use self::reason::{ProxyVersion, RefuseReason};
+pub use self::reason::{CloseReason, ProxyVersion, RefuseReason};
 pub use self::route::RouteHandle;
 pub use self::snapshot::{
     Backend, Bucket, Connections, HistogramSnapshot, Histograms, IpCount, IpSnapshot, Meta, Pct,

@@ -42,6 +42,10 @@ pub struct Snapshot {
     pub backend: Backend,
     /// Configuration reloads.
     pub reloads: Reloads,
+    /// Served connections closed, by reason: `peer`, `inactivity`, `lifetime`, `keepalive`,
+    /// `shutdown`, `error` (every reason listed, zeros included).
+    #[serde(default)]
+    pub closed: BTreeMap<String, u64>,
 }
 
 /// Snapshot metadata.
