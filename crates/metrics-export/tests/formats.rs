@@ -60,6 +60,9 @@ fn fixed_names_and_units() {
         "smartproxy_throughput_bytes_per_second{direction=\"in\",window=\"1s\"} ",
         "smartproxy_route_bytes_total{route=\"web\",direction=\"in\"} ",
         "route=\"api \\\"v2\\\"\"",
+        "# TYPE smartproxy_connections_closed_total counter",
+        "smartproxy_connections_closed_total{reason=\"inactivity\"} 1",
+        "smartproxy_connections_closed_total{reason=\"keepalive\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartproxy_metrics::{
-    ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion, RefuseReason, Snapshot,
+    CloseReason, ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion, RefuseReason, Snapshot,
 };
 
 pub(crate) const T0: u64 = 1_700_000_000;
@@ -43,7 +43,9 @@ pub(crate) fn metrics() -> (Arc<Metrics>, Arc<ManualClock>) {
     c.add_in(300);
     clock.advance(Duration::from_millis(250));
     drop(c);
+    m.connection_closed(CloseReason::Peer);
     drop(b);
+    m.connection_closed(CloseReason::Inactivity);
     m.tick(T0 + 4);
     m.refused(RefuseReason::IpLimit);
     m.refused(RefuseReason::NoRoute);
@@ -72,6 +74,7 @@ pub(crate) fn two_snapshots() -> (Snapshot, Snapshot) {
     d.add_out(6);
     clock.advance(Duration::from_secs(2));
     drop(d);
+    m.connection_closed(CloseReason::Keepalive);
     m.refused(RefuseReason::NoRoute);
     m.tick(T0 + 5);
     (first, m.snapshot())
