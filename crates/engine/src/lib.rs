@@ -109,6 +109,7 @@ pub mod observe;
 mod pipeline;
 mod shared;
 mod state;
+mod timeouts;
 mod tls_setup;
 
 pub use self::config::{
@@ -118,6 +119,7 @@ pub use self::config::{
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};
 pub use self::http::{HeadError, RequestHead, read_head};
+pub use self::timeouts::{EffectiveTimeouts, JITTER};
 pub use smartproxy_metrics::Metrics;
 /// The route model, validation and matching ([`smartproxy_routing`]), re-exported so that
 /// routes can be built in code with this crate alone.

@@ -315,6 +315,13 @@ impl ConnObserver {
         }
     }
 
+    /// The served connection closed for `reason` (once, at its close).
+    pub(crate) fn closed(&self, reason: smartproxy_metrics::CloseReason) {
+        if let Some(m) = &self.engine.metrics {
+            m.connection_closed(reason);
+        }
+    }
+
     /// Counts one more request on a kept-alive connection (the first is the connection).
     pub fn add_request(&self) {
         if let Some(r) = self.recorder.get() {

@@ -8,6 +8,7 @@ use smartproxy_metrics::{Metrics, RouteHandle};
 use smartproxy_routing::RouteTable;
 
 use crate::config::{Config, ConfigErrors};
+use crate::timeouts::EffectiveTimeouts;
 use crate::tls_setup::TlsState;
 
 /// A parsed configuration with what serving needs on top: the route table (with the live
@@ -19,6 +20,9 @@ pub(crate) struct State {
     pub(crate) route_metrics: Vec<RouteHandle>,
     /// Rustls acceptors and connectors of the terminating routes.
     pub(crate) tls: TlsState,
+    /// The timeouts of each route's connections, by route index (the route's `timeouts`
+    /// over `[defaults]`, resolved once here).
+    pub(crate) timeouts: Box<[EffectiveTimeouts]>,
 }
 
 impl fmt::Debug for State {
@@ -44,7 +48,12 @@ impl State {
             Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
             None => Vec::new(),
         };
-        Ok(Self { config: Arc::new(config), table, route_metrics, tls })
+        let timeouts = table
+            .routes()
+            .iter()
+            .map(|r| EffectiveTimeouts::resolve(&config.defaults, r.config()))
+            .collect();
+        Ok(Self { config: Arc::new(config), table, route_metrics, tls, timeouts })
     }
 
     /// The collector's handle of the route at `index` of the table.

@@ -1,5 +1,5 @@
 //! Stage 7, close: the one log line of a connection that was served (a refused one logged its
-//! refusal instead). The books close when the connection's observer is dropped, after its
+//! refusal instead), and its close reason counted (metrics: `connections_closed{reason}`). The books close when the connection's observer is dropped, after its
 //! guards: metrics and limits are released exactly once, by drop.
 
 use std::net::SocketAddr;
@@ -16,12 +16,15 @@ pub(crate) fn log_close(
     outcome: &Outcome,
 ) {
     let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
+    let close = outcome.close_reason();
+    obs.closed(close);
+    let close = close.as_str();
     match outcome {
         Outcome::Error(e) => {
-            tracing::debug!(%client, port, route, bytes_in, bytes_out, error = %e, "connection closed on error");
+            tracing::debug!(%client, port, route, bytes_in, bytes_out, close, error = %e, "connection closed on error");
         }
         o => {
-            tracing::debug!(%client, port, route, bytes_in, bytes_out, reason = o.as_str(), "connection closed")
+            tracing::debug!(%client, port, route, bytes_in, bytes_out, close, reason = o.as_str(), "connection closed")
         }
     }
 }

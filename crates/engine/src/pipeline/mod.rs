@@ -91,6 +91,9 @@ async fn setup(
     let mut sock = proxy_in::read_header(&mut c, tcp).await?;
     let info = classify::classify(&c, &mut sock).await?;
     let index = route::route(&mut c, &info)?;
+    // TCP keepalive probes on the client socket, as the route says (its backend socket gets
+    // them when it is made, in `upstream`).
+    crate::net::set_stream_keepalive(sock.get_ref(), &c.effective().tcp_keepalive);
     let state = Arc::clone(&c.state);
     let route = &state.table.routes()[index];
     match &route.config().action {
