@@ -55,6 +55,9 @@ pub(crate) fn serve(
     async move {
         let mut stop = shared.force_close.subscribe();
         let est = match tokio::select! {
+            // The setup first: TLS termination and socket handlers, served inside it, watch
+            // the same signal and end with the "shutdown" outcome (logged and counted).
+            biased;
             // Forced shutdown also ends connections that are still being set up (reading a
             // header, peeking, connecting) and the ones served inside the setup (TLS
             // termination, socket handlers).
