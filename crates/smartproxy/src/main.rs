@@ -5,6 +5,7 @@
 mod cli;
 mod completions;
 mod control;
+mod report;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -158,9 +159,12 @@ impl Workers {
 
 fn validate(path: &Path) -> ExitCode {
     match Config::load(path) {
-        Ok(_) => {
-            #[allow(clippy::print_stdout)] // The command's output.
+        Ok(config) => {
+            #[allow(clippy::print_stdout)] // The command's output: the timeouts, then OK.
             {
+                if !config.routes().is_empty() {
+                    print!("{}", report::timeouts_table(&config));
+                }
                 println!("OK");
             }
             ExitCode::SUCCESS
