@@ -19,6 +19,8 @@ use parking_lot::Mutex;
 
 pub use tempfile::TempDir;
 
+pub mod pebble;
+
 /// How long any single wait in these helpers may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 

@@ -512,6 +512,11 @@ timeouts = { keepalive_treatment = "extended", tcp_keepalive = false, randomize 
 name = "web"
 match = { ports = [8081] }
 action = { type = "socket-handler", handler = "echo" }
+[[routes]]
+name = "api"
+match = { ports = [8082] }
+action = { type = "forward", targets = [{ host = "127.0.0.1", port = 9001 }], http = { upstream = "http1" } }
+timeouts = { http_keepalive = "2m", keepalive_treatment = "extended", keepalive_inactivity_multiplier = 2 }
 "#,
     )
     .unwrap();
@@ -520,10 +525,11 @@ action = { type = "socket-handler", handler = "echo" }
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         stdout,
-        "route   treatment  inactivity  max_lifetime  connect  initial_data  tcp_keepalive  randomize\n\
-         db      immortal   off         7d            3s       1m            1m+10s*6       no\n\
-         events  extended   1d          7d            5s       1m            off            ±5%\n\
-         web     standard   4h          1d            10s      1m            1m+10s*6       no\n\
+        "route   treatment  inactivity  max_lifetime  connect  initial_data  http_keepalive  tcp_keepalive  randomize\n\
+         db      immortal   off         7d            3s       1m            -               1m+10s*6       no\n\
+         events  extended   1d          7d            5s       1m            -               off            ±5%\n\
+         web     standard   4h          1d            10s      1m            -               1m+10s*6       no\n\
+         api     extended   8h          7d            10s      1m            4m              1m+10s*6       no\n\
          OK\n"
     );
     // A bad value names its key and line.

@@ -235,9 +235,9 @@ security = {{ rate_limit_per_minute = 3 }}
     assert!(!served(&mut from(20, hp_rate)), "4th connection in a minute refused");
     assert!(served(&mut from(21, hp_rate)), "127.0.0.21 has its own budget");
 
-    proxy.wait_for_log("not_allowed");
+    proxy.wait_for_log("reason=\"blocked\"");
     let out = proxy.output();
-    for reason in ["route_ip_limit", "not_allowed"] {
+    for reason in ["route_ip_limit", "blocked"] {
         assert!(out.contains(reason), "{reason} logged:\n{out}");
     }
     // Every refused client is the real one, not haproxy's address.

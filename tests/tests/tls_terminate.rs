@@ -118,9 +118,8 @@ fn reencrypts_to_a_tls_backend_and_refuses_an_upstream_mismatch() {
             &front,
             &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test""#)
         ),
-        // Without upstream_server_name the client's SNI is not the backend's name; the target
-        // host (127.0.0.1, in the leaf's SANs) is used when the client sends no SNI: here the
-        // client's SNI front.test is sent and refused, so name the IP explicitly.
+        // The target host (127.0.0.1, in the leaf's SANs) named explicitly; it is also what
+        // is verified without upstream_server_name (tests/acme.rs covers the default).
         reencrypt(
             "by-ip",
             by_ip,

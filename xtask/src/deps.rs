@@ -25,6 +25,7 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
     ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
     ("node", "nodejs"),
     ("npm", "npm"),
     // crates/nftables tests: rules in network namespaces they create.

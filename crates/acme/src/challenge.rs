@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -55,6 +56,8 @@ pub fn http01_token(target: &str) -> Option<&str> {
 pub(crate) struct Challenges {
     /// HTTP-01 token -> key authorization.
     http01: RwLock<HashMap<String, String>>,
+    /// Entries in `http01`, read without the lock ([`Challenges::http01_pending`]).
+    http01_count: AtomicUsize,
     /// TLS-ALPN-01 domain (lower-case) -> challenge certificate.
     tls_alpn01: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
@@ -74,7 +77,9 @@ impl Drop for ChallengeGuard {
     fn drop(&mut self) {
         match &self.entry {
             Entry::Http01(token) => {
-                self.challenges.http01.write().remove(token);
+                let mut map = self.challenges.http01.write();
+                map.remove(token);
+                self.challenges.http01_count.store(map.len(), Ordering::Release);
             }
             Entry::TlsAlpn01(domain) => {
                 self.challenges.tls_alpn01.write().remove(domain);
@@ -85,7 +90,10 @@ impl Drop for ChallengeGuard {
 
 impl Challenges {
     pub(crate) fn add_http01(self: &Arc<Self>, token: String, key_auth: String) -> ChallengeGuard {
-        self.http01.write().insert(token.clone(), key_auth);
+        let mut map = self.http01.write();
+        map.insert(token.clone(), key_auth);
+        self.http01_count.store(map.len(), Ordering::Release);
+        drop(map);
         ChallengeGuard { challenges: Arc::clone(self), entry: Entry::Http01(token) }
     }
 
@@ -97,6 +105,12 @@ impl Challenges {
         let domain = domain.to_ascii_lowercase();
         self.tls_alpn01.write().insert(domain.clone(), key);
         ChallengeGuard { challenges: Arc::clone(self), entry: Entry::TlsAlpn01(domain) }
+    }
+
+    /// Whether an HTTP-01 answer is published (an order with the http-01 challenge runs):
+    /// one atomic load, for connection paths that only look for validation requests then.
+    pub(crate) fn http01_pending(&self) -> bool {
+        self.http01_count.load(Ordering::Acquire) != 0
     }
 
     pub(crate) fn http01(&self, token: &str) -> Option<String> {
@@ -208,6 +222,7 @@ mod tests {
     #[test]
     fn http01_answers_only_known_tokens_and_forgets_them() {
         let c = Arc::new(Challenges::default());
+        assert!(!c.http01_pending());
         let g = c.add_http01("tok".into(), "tok.thumb".into());
         let rsp =
             String::from_utf8(c.http01_response("GET", "/.well-known/acme-challenge/tok").unwrap())
@@ -222,7 +237,9 @@ mod tests {
         assert!(head.ends_with("\r\n\r\n"), "{head}");
         assert_eq!(c.http01_response("POST", "/.well-known/acme-challenge/tok"), None);
         assert_eq!(c.http01_response("GET", "/.well-known/acme-challenge/other"), None);
+        assert!(c.http01_pending());
         drop(g);
+        assert!(!c.http01_pending());
         assert_eq!(c.http01_response("GET", "/.well-known/acme-challenge/tok"), None);
     }
 }

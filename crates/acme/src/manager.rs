@@ -546,6 +546,13 @@ impl CertManager {
         RenewalTask(tokio::spawn(async move { inner.run().await }))
     }
 
+    /// HTTP-01: whether an order is waiting for validation requests now (one atomic load).
+    /// A listener that does not read HTTP request heads anyway can look at its first bytes
+    /// only while this is true.
+    pub fn http01_pending(&self) -> bool {
+        self.inner.challenges.http01_pending()
+    }
+
     /// HTTP-01: the key authorization for a token of a running order.
     pub fn http01_key_authorization(&self, token: &str) -> Option<String> {
         self.inner.challenges.http01(token)
@@ -644,7 +651,8 @@ impl Inner {
                 next_check = now + jitter(interval);
             }
             self.check(rt, periodic).await;
-            self.checks.fetch_add(1, Ordering::Relaxed);
+            let checks = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(checks, periodic, "certificate renewal check done");
             self.bump();
             let mut wake_at = next_check;
             if let Some(t) = self.earliest_retry(rt) {

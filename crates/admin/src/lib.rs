@@ -1,4 +1,4 @@
-//! Admin HTTP API for smartproxy: metrics, health, readiness, reload.
+//! Admin HTTP API for smartproxy: metrics, health, readiness, reload, certificates.
 //!
 //! [`router`] builds an axum [`Router`] over an [`AdminState`]; [`serve`] runs it on a
 //! listener until a shutdown future resolves.
@@ -11,6 +11,8 @@
 //! | `GET /healthz` | `200 ok` while the process serves |
 //! | `GET /ready` | `200 ready`, or `503 not ready` while starting or draining ([`AdminHooks::ready`]) |
 //! | `POST /reload` | calls [`AdminHooks::reload`]: `200` and its message, or `422` and the error |
+//! | `GET /api/certificates` | [`AdminHooks::certificates`]: every route's certificate status (JSON array) |
+//! | `POST /api/certificates/{route}/renew` | [`AdminHooks::renew_certificate`]: `200` and the new status, or `404` / `409` / `429` / `502` / `500` ([`RenewError`]) and `{"route", "error"}` |
 //!
 //! Mutations are POST only: `GET /reload` answers `405`. The router does not count reloads in
 //! the metrics (`Metrics::config_reloaded`): the reload path of the binary does, so that a
@@ -39,6 +41,8 @@
 //! ```
 #![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
+mod certs;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +57,8 @@ use serde::Deserialize;
 use smartproxy_metrics::Metrics;
 use smartproxy_metrics_export::{ExportOptions, Format, JSON_CONTENT_TYPE};
 
+pub use self::certs::RenewError;
+
 /// The longest history served, seconds (the minute retention).
 pub const MAX_HISTORY_SECONDS: u64 = 86_400;
 
@@ -66,6 +72,25 @@ pub trait AdminHooks: Send + Sync + fmt::Debug + 'static {
     /// Reloads the configuration. `Ok` carries a message for the operator; `Err` the reason the
     /// new configuration was refused (the old one stays).
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+    /// `GET /api/certificates`: the status of every route's certificate, as a JSON array
+    /// (route, source `manual` | `acme`, domains, validity, issuer, last renewal attempt and
+    /// error, ...). Default: an empty array.
+    fn certificates(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
+
+    /// `POST /api/certificates/{route}/renew`: orders a new certificate for the route now and
+    /// waits for the outcome: the route's new status, or why not. Default: no route has a
+    /// certificate ([`RenewError::UnknownRoute`]).
+    fn renew_certificate(
+        &self,
+        route: String,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, RenewError>> + Send>> {
+        Box::pin(async move {
+            Err(RenewError::UnknownRoute(format!("no certificate is managed for route `{route}`")))
+        })
+    }
 }
 
 /// State shared by the handlers.
@@ -97,6 +122,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/ready", get(ready))
         .route("/reload", post(reload))
+        .route("/api/certificates", get(certs::list))
+        .route("/api/certificates/{route}/renew", post(certs::renew))
         .with_state(state)
 }
 

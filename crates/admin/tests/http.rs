@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use smartproxy_admin::{AdminHooks, AdminState, serve};
+use smartproxy_admin::{AdminHooks, AdminState, RenewError, serve};
 use smartproxy_metrics::{Metrics, MetricsConfig, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,6 +17,45 @@ use tokio::sync::oneshot;
 struct Hooks {
     ready: AtomicBool,
     reload_fails: AtomicBool,
+}
+
+/// Hooks with certificates: route `web` (ACME) renews, `api` is manual, `slow` is rate
+/// limited, `down` fails at the CA; the default methods are used by [`Hooks`].
+#[derive(Debug)]
+struct CertHooks;
+
+impl AdminHooks for CertHooks {
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+        Box::pin(async { Ok(String::new()) })
+    }
+
+    fn certificates(&self) -> serde_json::Value {
+        serde_json::json!([{ "route": "web", "source": "acme", "not_after": "2026-07-30T10:00:00Z" }])
+    }
+
+    fn renew_certificate(
+        &self,
+        route: String,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, RenewError>> + Send>> {
+        Box::pin(async move {
+            match route.as_str() {
+                "web" => Ok(serde_json::json!({ "route": "web", "serial": "02" })),
+                "api" => {
+                    Err(RenewError::NotRenewable("route `api` has a manual certificate".into()))
+                }
+                "slow" => Err(RenewError::RateLimited {
+                    retry_after_secs: 120,
+                    message: "the CA asked to wait".into(),
+                }),
+                "down" => Err(RenewError::Upstream("ACME new order: connection refused".into())),
+                _ => Err(RenewError::UnknownRoute(format!("no certificate for `{route}`"))),
+            }
+        })
+    }
 }
 
 impl AdminHooks for Hooks {
@@ -46,12 +85,18 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server whose hooks are `custom` when given (then `hooks` is unused).
+    async fn start_with(custom: Option<Arc<dyn AdminHooks>>) -> Self {
         let metrics = Metrics::new(MetricsConfig::default(), 1_000);
         let hooks = Arc::new(Hooks::default());
         let listener =
             TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let state = AdminState::new(metrics.clone(), Default::default(), hooks.clone());
+        let used: Arc<dyn AdminHooks> = custom.unwrap_or_else(|| hooks.clone());
+        let state = AdminState::new(metrics.clone(), Default::default(), used);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, state, async move {
             let _ = rx.await;
@@ -221,4 +266,41 @@ async fn serve_returns_after_shutdown() {
     // The listener is gone.
     let refused = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
     assert!(matches!(refused, Ok(Err(_))), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn certificates_and_renewal() {
+    // Hooks without certificates: an empty list, every route unknown.
+    let srv = Server::start().await;
+    let (status, head, body) = srv.request("GET", "/api/certificates", &[]).await;
+    assert_eq!((status, body.trim()), (200, "[]"));
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let (status, _, _) = srv.request("POST", "/api/certificates/web/renew", &[]).await;
+    assert_eq!(status, 404);
+    srv.stop().await;
+
+    let srv = Server::start_with(Some(Arc::new(CertHooks))).await;
+    let (status, _, body) = srv.request("GET", "/api/certificates", &[]).await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(list[0]["route"], "web");
+    assert_eq!(list[0]["source"], "acme");
+    let (status, _, body) = srv.request("POST", "/api/certificates/web/renew", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["serial"], "02");
+    // Mutations are POST only.
+    let (status, head, _) = srv.request("GET", "/api/certificates/web/renew", &[]).await;
+    assert_eq!(status, 405);
+    assert!(head.contains("allow: post"), "{head}");
+    for (route, want) in [("api", 409), ("slow", 429), ("down", 502), ("nope", 404)] {
+        let (status, head, body) =
+            srv.request("POST", &format!("/api/certificates/{route}/renew"), &[]).await;
+        assert_eq!(status, want, "{route}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v["route"], route);
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert_eq!(head.contains("retry-after: 120"), route == "slow", "{head}");
+    }
+    srv.stop().await;
 }

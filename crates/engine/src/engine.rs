@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::certs::{self, CertTasks};
 use crate::config::{Config, ConfigError, ConfigErrors, Format};
 use crate::handler::{Registry, SocketHandler};
 use crate::limits::Gauge;
@@ -57,9 +58,13 @@ struct Control {
     /// Ports listened on besides the routes' ports ([`Engine::add_listening_port`]).
     extra_ports: parking_lot::Mutex<BTreeSet<u16>>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Ends the drain of [`Engine::shutdown`] before its grace period ([`Engine::end_drain_now`]).
+    cut_drain: tokio::sync::Notify,
     /// Worker runtimes, each with its own listener per address (empty: the current runtime).
     runtimes: Vec<Handle>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// The renewal loop (and expiry metric task) of the certificate manager in force.
+    certs: parking_lot::Mutex<Option<CertTasks>>,
 }
 
 impl Control {
@@ -171,14 +176,24 @@ impl EngineBuilder {
             })
         });
         let state = State::build(config, None, &names, metrics.as_deref())?;
+        let access_log: Option<Arc<dyn smartproxy_http::AccessLog>> =
+            state.config.access_log.then(|| Arc::new(smartproxy_http::TracingAccessLog) as _);
+        let http = smartproxy_http::HttpService::with_access_log(
+            state.http_config(),
+            metrics.clone(),
+            access_log,
+        );
         let (force_close, _) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             handlers: self.handlers,
             ip_limits,
             global: Gauge::new(),
             obs: Arc::new(EngineObserver::new(metrics.clone())),
+            draining,
             force_close,
+            http,
         });
         let ctl = Arc::new(Control {
             shared,
@@ -186,10 +201,13 @@ impl EngineBuilder {
             listeners: parking_lot::Mutex::new(BTreeMap::new()),
             extra_ports: parking_lot::Mutex::new(BTreeSet::new()),
             reload_lock: tokio::sync::Mutex::new(()),
+            cut_drain: tokio::sync::Notify::new(),
             runtimes: self.runtimes,
             sampler: parking_lot::Mutex::new(None),
+            certs: parking_lot::Mutex::new(None),
         });
         let st = ctl.shared.state.load_full();
+        *ctl.certs.lock() = Some(CertTasks::start(&st.certs, metrics.clone()));
         let bound = bind_ports(&st.config, &st.table.ports(), ctl.runtimes.len())?;
         {
             let mut ls = ctl.listeners.lock();
@@ -356,6 +374,28 @@ pub struct ReloadSummary {
     pub removed_ports: Vec<u16>,
     /// Routes in the new configuration.
     pub routes: usize,
+    /// Keys that changed but are read only when the process starts (`workers`, `runtime`,
+    /// `bind`, `reuse_port`, `access_log`, `[admin]`, `[metrics]`): the new values take effect
+    /// after a restart. (`bind` and `reuse_port` apply to ports added by this reload.)
+    pub restart_required: Vec<&'static str>,
+}
+
+/// The keys of `new` that differ from `old` and are read only at start.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |key, changed: bool| {
+        if changed {
+            out.push(key);
+        }
+    };
+    check("workers", old.workers != new.workers);
+    check("runtime", old.runtime != new.runtime);
+    check("bind", old.bind != new.bind);
+    check("reuse_port", old.reuse_port != new.reuse_port);
+    check("access_log", old.access_log != new.access_log);
+    check("admin", old.admin != new.admin);
+    check("metrics", old.metrics != new.metrics);
+    out
 }
 
 /// What shutdown did.
@@ -432,6 +472,16 @@ impl Engine {
         self.ctl.shared.obs.metrics().cloned()
     }
 
+    /// The certificates of the terminating routes: ACME (`certificate = "auto"`) and PEM
+    /// files, with their status ([`CertManager::status`]), forced renewal
+    /// ([`CertManager::renew_now`]) and expiries. The manager of the configuration in force.
+    ///
+    /// [`CertManager::status`]: smartproxy_acme::CertManager::status
+    /// [`CertManager::renew_now`]: smartproxy_acme::CertManager::renew_now
+    pub fn certificates(&self) -> smartproxy_acme::CertManager {
+        self.ctl.shared.state.load().certs.clone()
+    }
+
     /// Whether [`Engine::shutdown`] has begun (readiness probes answer 503 from then on).
     pub fn is_draining(&self) -> bool {
         self.ctl.draining.load(Ordering::Acquire)
@@ -481,8 +531,11 @@ impl Engine {
         };
         self.ctl.shared.obs.config_reloaded(result.is_ok());
         match &result {
-            Ok(s) => {
+            Ok(s) if s.restart_required.is_empty() => {
                 tracing::info!(added = ?s.added_ports, removed = ?s.removed_ports, routes = s.routes, "configuration reloaded")
+            }
+            Ok(s) => {
+                tracing::warn!(added = ?s.added_ports, removed = ?s.removed_ports, routes = s.routes, restart_required = ?s.restart_required, "configuration reloaded; changes to these keys apply after a restart")
             }
             Err(e) => tracing::warn!(errors = %e, "configuration refused, keeping the old one"),
         }
@@ -564,9 +617,15 @@ impl Engine {
         let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
         let removed: Vec<u16> = old_ports.difference(&new_ports).copied().collect();
         let bound = bind_ports(&state.config, &added, ctl.runtimes.len()).map_err(|e| {
+            if certs::reusable(&old.certs, &state.config) {
+                old.restore_certs();
+            }
             ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
         })?;
+        // A new `[acme]` table came with a new manager: its renewal loop replaces the old one.
+        let new_certs = !certs::reusable(&old.certs, &state.config);
         let routes = state.config.routes.len();
+        let restart_required = restart_only_changes(&old.config, &state.config);
         if let Some(m) = metrics {
             let names: BTreeSet<&str> = state.table.routes().iter().map(|r| r.name()).collect();
             m.forget_routes(|n| names.contains(n));
@@ -575,6 +634,12 @@ impl Engine {
         ctl.shared
             .ip_limits
             .set_limits(d.max_connections_per_ip, d.connection_rate_limit_per_minute);
+        ctl.shared.http.reload(state.http_config());
+        if new_certs {
+            let mut tasks = ctl.certs.lock();
+            drop(tasks.take());
+            *tasks = Some(CertTasks::start(&state.certs, ctl.shared.obs.metrics().cloned()));
+        }
         ctl.shared.state.store(Arc::new(state));
         let mut ls = ctl.listeners.lock();
         for (port, socks) in bound {
@@ -592,7 +657,9 @@ impl Engine {
                 stopped.push(task);
             }
         }
-        Ok((ReloadSummary { added_ports: added, removed_ports: removed, routes }, stopped))
+        let summary =
+            ReloadSummary { added_ports: added, removed_ports: removed, routes, restart_required };
+        Ok((summary, stopped))
     }
 
     /// Stops accepting, waits up to `grace` for open connections to finish (woken by the last
@@ -601,11 +668,18 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
         let ctl = &self.ctl;
         ctl.draining.store(true, Ordering::Release);
+        // No new certificate order while draining (one in flight is abandoned).
+        drop(ctl.certs.lock().take());
         closed(ctl.stop_listening()).await;
+        // HTTP connections close after the request they serve (HTTP/2: GOAWAY).
+        let _ = ctl.shared.draining.send(true);
         let obs = &ctl.shared.obs;
         let active = self.stats().active_connections;
         tracing::info!(active, ?grace, "shutting down: draining connections");
-        obs.wait_idle(Instant::now() + grace).await;
+        tokio::select! {
+            _ = obs.wait_idle(Instant::now() + grace) => {}
+            () = ctl.cut_drain.notified() => {}
+        }
         let forced = self.stats().active_connections;
         if forced > 0 {
             tracing::warn!(forced, "grace period over: closing remaining connections");
@@ -617,6 +691,12 @@ impl Engine {
             m.tick(m.now() + 1);
         }
         ShutdownSummary { forced }
+    }
+
+    /// Ends the drain of a [`Engine::shutdown`] in progress (or the next one) at once: the
+    /// remaining connections are closed as when the grace period is over (a second SIGTERM).
+    pub fn end_drain_now(&self) {
+        self.ctl.cut_drain.notify_one();
     }
 
     /// Open connections from `ip` as the per-IP limit counts them.

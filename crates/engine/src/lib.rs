@@ -99,6 +99,7 @@
 
 #[doc(hidden)]
 pub mod bench_api;
+mod certs;
 mod config;
 mod copy;
 mod engine;
@@ -114,13 +115,16 @@ mod timeouts;
 mod tls_setup;
 
 pub use self::config::{
-    AdminConfig, Config, ConfigError, ConfigErrors, Defaults, Format, MetricsConfig, PerIpSetting,
-    Runtime, StatsdConfig, StatsdStyle,
+    AdminConfig, CertificateFiles, Config, ConfigError, ConfigErrors, Defaults, Format,
+    MetricsConfig, PerIpSetting, Runtime, StatsdConfig, StatsdStyle, TlsSettings,
 };
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};
 pub use self::http::{HeadError, RequestHead, read_head};
 pub use self::timeouts::{EffectiveTimeouts, JITTER};
+/// Certificates ([`smartproxy_acme`]): the manager behind [`Engine::certificates`], its
+/// status and errors, and `[acme]`'s [`AcmeConfig`](smartproxy_acme::AcmeConfig).
+pub use smartproxy_acme as acme;
 pub use smartproxy_metrics::Metrics;
 /// The route model, validation and matching ([`smartproxy_routing`]), re-exported so that
 /// routes can be built in code with this crate alone.

@@ -47,23 +47,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A stable label for logs and metrics.
+    /// The refusal's name in logs and metrics (one list, README "Refusal reasons"); a PROXY
+    /// header failure is named by its kind in [`Refusal::label`].
     pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::GlobalLimit => "global_limit",
-            Self::IpLimit => "ip_limit",
-            Self::RateLimit => "rate_limit",
-            Self::RouteLimit => "route_limit",
-            Self::RouteIpLimit => "route_ip_limit",
-            Self::NotAllowed => "not_allowed",
-            Self::NoRoute => "no_route",
-            Self::ProxyHeader => "proxy_header",
-            Self::UntrustedProxyHeader => "untrusted_proxy_header",
-            Self::InitialData => "initial_data",
-            Self::BackendUnavailable => "backend_unavailable",
-            Self::ShuttingDown => "shutting_down",
-            Self::TlsHandshake => "tls_handshake",
-        }
+        self.metric(None).as_str()
+    }
+
+    /// The name of this refusal with the kind of PROXY-header failure (`timeout`, `missing`,
+    /// anything else = invalid): the `reason` of the log line and the metric label.
+    pub fn label(self, detail_kind: Option<&str>) -> &'static str {
+        self.metric(detail_kind).as_str()
     }
 
     /// The collector's label for this refusal.
@@ -72,7 +65,8 @@ impl Refusal {
             Self::GlobalLimit => RefuseReason::GlobalLimit,
             Self::IpLimit => RefuseReason::IpLimit,
             Self::RateLimit => RefuseReason::RateLimit,
-            Self::RouteLimit | Self::RouteIpLimit => RefuseReason::RouteLimit,
+            Self::RouteLimit => RefuseReason::RouteLimit,
+            Self::RouteIpLimit => RefuseReason::RouteIpLimit,
             Self::NotAllowed => RefuseReason::Blocked,
             Self::NoRoute => RefuseReason::NoRoute,
             Self::ProxyHeader => match detail_kind {
@@ -81,7 +75,7 @@ impl Refusal {
                 _ => RefuseReason::ProxyHeaderInvalid,
             },
             Self::UntrustedProxyHeader => RefuseReason::ProxyHeaderUntrusted,
-            Self::InitialData => RefuseReason::InitialDataTimeout,
+            Self::InitialData => RefuseReason::InitialData,
             Self::BackendUnavailable => RefuseReason::BackendUnavailable,
             Self::ShuttingDown => RefuseReason::ShuttingDown,
             Self::TlsHandshake => RefuseReason::TlsHandshake,
@@ -167,13 +161,15 @@ impl EngineObserver {
         detail: &str,
     ) {
         self.refused.fetch_add(1, Relaxed);
+        let label = reason.metric(kind);
         if let Some(m) = &self.metrics {
-            m.refused(reason.metric(kind));
+            m.refused(label);
         }
+        let reason = label.as_str();
         if detail.is_empty() {
-            tracing::info!(%client, port, reason = reason.as_str(), "connection refused");
+            tracing::info!(%client, port, reason, "connection refused");
         } else {
-            tracing::info!(%client, port, reason = reason.as_str(), detail, "connection refused");
+            tracing::info!(%client, port, reason, detail, "connection refused");
         }
     }
 
@@ -319,6 +315,19 @@ impl ConnObserver {
     pub(crate) fn closed(&self, reason: smartproxy_metrics::CloseReason) {
         if let Some(m) = &self.engine.metrics {
             m.connection_closed(reason);
+        }
+    }
+
+    /// [`Self::routed`] for a connection served by the HTTP layer: the connection is not a
+    /// request itself (the layer counts each request).
+    pub(crate) fn routed_http(&self, route: &Arc<str>, metric: Option<&RouteHandle>) {
+        let _ = self.route.set(Arc::clone(route));
+        if let (Some(m), Some(handle)) = (&self.engine.metrics, metric) {
+            let ip = self.client().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.ip());
+            let rec = m.connection_opened_http(smartproxy_limits::canonical_ip(ip), handle);
+            rec.add_in(self.bytes_in.swap(0, Relaxed));
+            rec.add_out(self.bytes_out.swap(0, Relaxed));
+            let _ = self.recorder.set(rec);
         }
     }
 

@@ -27,6 +27,10 @@ pub(crate) struct Shared {
     /// Open connections in total (`[defaults] max_connections`).
     pub(crate) global: Arc<Gauge>,
     pub(crate) obs: Arc<EngineObserver>,
+    /// Turns true when shutdown begins: HTTP connections close after their current request.
+    pub(crate) draining: watch::Sender<bool>,
     /// Turns true when the shutdown grace is over: every connection closes.
     pub(crate) force_close: watch::Sender<bool>,
+    /// The HTTP layer (pools, per-request routing on the state's table) for HTTP ports.
+    pub(crate) http: smartproxy_http::HttpService,
 }

@@ -3,11 +3,14 @@
 //! clock runs on ([`EffectiveTimeouts::for_connection`]: the treatment applied, and the jitter
 //! of `randomize_timeouts`).
 //!
-//! | treatment | inactivity timer | lifetime timer |
+//! | treatment | inactivity timer (and HTTP keep-alive idle) | lifetime timer |
 //! |---|---|---|
-//! | `standard` | `inactivity` | `max_lifetime`, else `[defaults] max_connection_lifetime` |
-//! | `extended` | `inactivity` × `keepalive_inactivity_multiplier` | `max_lifetime`, else `[defaults] extended_keepalive_lifetime` |
+//! | `standard` | `inactivity` (`http_keepalive`) | `max_lifetime`, else `[defaults] max_connection_lifetime` |
+//! | `extended` | both × `keepalive_inactivity_multiplier` | `max_lifetime`, else `[defaults] extended_keepalive_lifetime` |
 //! | `immortal` | none | `max_lifetime`, else `[defaults] max_connection_lifetime` if written, else none |
+//!
+//! The inactivity timer covers plain, TLS and handler connections and WebSocket tunnels of
+//! HTTP routes; HTTP connections between requests have their keep-alive idle timer.
 //!
 //! Shutdown ends every connection whatever its treatment; TCP keepalive probes run under all
 //! three.
@@ -49,6 +52,10 @@ pub struct EffectiveTimeouts {
     /// Deadline of what is read once the route is known (TLS handshake, request head).
     #[serde(with = "dur")]
     pub initial_data: Duration,
+    /// HTTP connections of the route: idle time between requests; `None`: never
+    /// (`immortal`). Already multiplied for `extended`.
+    #[serde(with = "dur::option")]
+    pub http_keepalive: Option<Duration>,
     /// Probes on the client and backend sockets.
     pub tcp_keepalive: TcpKeepalive,
     /// ±5 % jitter on inactivity and lifetime, per connection.
@@ -63,19 +70,26 @@ impl EffectiveTimeouts {
         let multiplier =
             rt.keepalive_inactivity_multiplier.unwrap_or(defaults.keepalive_inactivity_multiplier);
         let base = rt.inactivity.unwrap_or(defaults.inactivity_timeout);
-        let (inactivity, max_lifetime) = match treatment {
+        let http_base = rt.http_keepalive.unwrap_or(defaults.http_keepalive_timeout);
+        let (inactivity, http_keepalive, max_lifetime) = match treatment {
             KeepaliveTreatment::Extended => (
                 Some(base.saturating_mul(multiplier)),
+                Some(http_base.saturating_mul(multiplier)),
                 Some(rt.max_lifetime.unwrap_or(defaults.extended_keepalive_lifetime)),
             ),
             KeepaliveTreatment::Immortal => (
+                None,
                 None,
                 rt.max_lifetime.or(defaults
                     .max_connection_lifetime_is_explicit()
                     .then_some(defaults.max_connection_lifetime)),
             ),
             // Standard, and any treatment added later.
-            _ => (Some(base), Some(rt.max_lifetime.unwrap_or(defaults.max_connection_lifetime))),
+            _ => (
+                Some(base),
+                Some(http_base),
+                Some(rt.max_lifetime.unwrap_or(defaults.max_connection_lifetime)),
+            ),
         };
         let action_connect = match &route.action {
             RouteAction::Forward(f) => f.connect_timeout,
@@ -87,6 +101,7 @@ impl EffectiveTimeouts {
             max_lifetime,
             connect: rt.connect.or(action_connect).unwrap_or(defaults.connect_timeout),
             initial_data: rt.initial_data.unwrap_or(defaults.initial_data_timeout),
+            http_keepalive,
             tcp_keepalive: rt.tcp_keepalive.unwrap_or(defaults.tcp_keepalive),
             randomize: rt.randomize.unwrap_or(defaults.randomize_timeouts),
         }
@@ -100,6 +115,7 @@ impl EffectiveTimeouts {
             max_lifetime: Some(defaults.max_connection_lifetime),
             connect: defaults.connect_timeout,
             initial_data: defaults.initial_data_timeout,
+            http_keepalive: Some(defaults.http_keepalive_timeout),
             tcp_keepalive: defaults.tcp_keepalive,
             randomize: defaults.randomize_timeouts,
         }

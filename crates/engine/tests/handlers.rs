@@ -99,3 +99,20 @@ async fn redirect_fills_the_template() {
     assert_eq!(settle(&engine).await, 0);
     assert_eq!(settle(&engine2).await, 0);
 }
+
+/// `{uri}` is the path plus `?query` when there is one: a redirect keeps the query, and adds
+/// no stray `?` without one.
+#[tokio::test]
+async fn redirect_with_uri_keeps_the_query_and_only_it() {
+    let port = free_port();
+    let engine = engine(&handler_route(
+        port,
+        "handler = \"redirect\", location = \"https://{domain}:8444{uri}\"",
+    ))
+    .await;
+    let resp = request(port, b"GET /a/b?x=1&y=2 HTTP/1.1\r\nHost: h.test:8000\r\n\r\n").await;
+    assert!(resp.contains("\r\nLocation: https://h.test:8444/a/b?x=1&y=2\r\n"), "{resp}");
+    let resp = request(port, b"GET /a/b HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
+    assert!(resp.contains("\r\nLocation: https://h.test:8444/a/b\r\n"), "{resp}");
+    assert_eq!(settle(&engine).await, 0);
+}

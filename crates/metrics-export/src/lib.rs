@@ -38,7 +38,9 @@ pub use self::prom::{
     Format, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, encode, openmetrics_text,
     prometheus_text,
 };
-pub use self::statsd::{MAX_DATAGRAM, StatsdPusher, StatsdStyle, batch_datagrams, statsd_lines};
+pub use self::statsd::{
+    MAX_DATAGRAM, StatsdPusher, StatsdStyle, UNROUTED, batch_datagrams, statsd_lines,
+};
 pub use smartproxy_metrics::Snapshot;
 
 /// `Content-Type` of [`json`].

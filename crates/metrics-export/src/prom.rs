@@ -237,12 +237,12 @@ impl Collector for SnapshotCollector {
         )?;
         w.counter(
             "requests",
-            "Requests: one per connection, plus further requests on HTTP keep-alive connections.",
+            "Requests: HTTP requests one by one, and one per layer-4 connection.",
             vec![(vec![], s.requests.total)],
         )?;
         w.gauge_f(
             "requests_per_second",
-            "Requests (connections, for layer-4 routes) during the last second.",
+            "Requests (HTTP requests, and layer-4 connections) during the last second.",
             None,
             vec![(vec![], s.requests.per_second)],
         )?;
@@ -302,6 +302,66 @@ impl Collector for SnapshotCollector {
             "config_reloads",
             "Configuration reloads, by result.",
             vec![(l1("result", "ok"), s.reloads.ok), (l1("result", "failed"), s.reloads.failed)],
+        )?;
+        w.family(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Expiry (not_after) of the TLS certificate served for a route's domain, UNIX time.",
+            None,
+            MetricType::Gauge,
+            s.certificates
+                .iter()
+                .map(|c| {
+                    let labels = vec![("route", c.route.clone()), ("domain", c.domain.clone())];
+                    (labels, c.expiry_timestamp_seconds)
+                })
+                .collect(),
+            |e, v| ConstGauge::new(*v).encode(e),
+        )?;
+
+        // HTTP requests: bounded labels (route, status class, method), always written.
+        let http_routes: Vec<(&str, &smartproxy_metrics::HttpRouteSnapshot)> =
+            std::iter::once(("", &s.http.unrouted))
+                .chain(s.routes.iter().map(|r| (r.name.as_str(), &r.http)))
+                .filter(|(_, h)| h.requests_total > 0 || h.in_flight > 0)
+                .collect();
+        w.counter(
+            "http_requests",
+            "HTTP requests finished, by route (empty: no route took it), status class and method.",
+            http_routes
+                .iter()
+                .flat_map(|(route, h)| {
+                    h.requests.iter().map(move |c| {
+                        (
+                            vec![
+                                ("route", (*route).to_owned()),
+                                ("code_class", c.code_class.clone()),
+                                ("method", c.method.clone()),
+                            ],
+                            c.count,
+                        )
+                    })
+                })
+                .collect(),
+        )?;
+        w.histogram(
+            "http_request_duration",
+            "Time from the request head to the end of the response (WebSocket: to its close).",
+            Unit::Seconds,
+            http_routes
+                .iter()
+                .filter(|(_, h)| h.request_duration_seconds.count > 0)
+                .map(|(route, h)| (l1("route", route), &h.request_duration_seconds))
+                .collect(),
+        )?;
+        w.gauge_u(
+            "http_requests_in_flight",
+            "HTTP requests being served now (open WebSockets included).",
+            vec![(vec![], s.http.in_flight)],
+        )?;
+        w.counter(
+            "http_errors",
+            "Answers of the HTTP layer itself (400, 431, 404, 502, 504, ...), by reason.",
+            s.http.errors.iter().map(|(r, c)| (l1("reason", r), *c)).collect(),
         )?;
 
         if self.o.per_route {

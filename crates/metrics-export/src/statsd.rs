@@ -11,6 +11,9 @@ use crate::options::ExportOptions;
 /// and some tunnel overhead (the DogStatsD recommendation).
 pub const MAX_DATAGRAM: usize = 1432;
 
+/// The `route` label of HTTP requests that no route took (Prometheus writes `route=""`).
+pub const UNROUTED: &str = "_none";
+
 /// How labels are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,6 +108,7 @@ impl Lines<'_> {
     fn timer(
         &mut self,
         base: &str,
+        tags: &[(&str, &str)],
         cur: &HistogramSnapshot,
         prev: Option<&HistogramSnapshot>,
         unit_to_ms: f64,
@@ -118,7 +122,7 @@ impl Lines<'_> {
             return;
         }
         let mean_ms = (cur.sum - ps).max(0.0) / count as f64 * unit_to_ms;
-        let (n, t) = self.name(base, &[]);
+        let (n, t) = self.name(base, tags);
         if count == 1 {
             self.out.push(format!("{n}:{}|ms{t}", fmt_f64(mean_ms)));
         } else {
@@ -155,6 +159,7 @@ pub fn statsd_lines(
     l.gauge("requests_per_second", &[], s.requests.per_second);
     l.timer(
         "connection_duration",
+        &[],
         &s.histograms.connection_duration_seconds,
         p.map(|p| &p.histograms.connection_duration_seconds),
         1000.0,
@@ -165,6 +170,7 @@ pub fn statsd_lines(
     }
     l.timer(
         "backend_connect_time",
+        &[],
         &s.histograms.backend_connect_seconds,
         p.map(|p| &p.histograms.backend_connect_seconds),
         1000.0,
@@ -217,6 +223,54 @@ pub fn statsd_lines(
         s.reloads.failed,
         p.map(|p| p.reloads.failed),
     );
+    // HTTP requests (bounded labels: route, status class, method).
+    let http_routes = std::iter::once((UNROUTED, &s.http.unrouted, p.map(|p| &p.http.unrouted)))
+        .chain(s.routes.iter().map(|r| {
+            let before = p.and_then(|p| p.routes.iter().find(|x| x.name == r.name));
+            (r.name.as_str(), &r.http, before.map(|x| &x.http))
+        }));
+    for (route, h, before) in http_routes {
+        for c in &h.requests {
+            let prev = before.and_then(|b| {
+                b.requests
+                    .iter()
+                    .find(|x| x.code_class == c.code_class && x.method == c.method)
+                    .map(|x| x.count)
+            });
+            // Before this route had requests, its counters were zero.
+            let prev = prev.or(before.map(|_| 0));
+            l.counter(
+                "http.requests",
+                &[("route", route), ("code_class", &c.code_class), ("method", &c.method)],
+                c.count,
+                prev,
+            );
+        }
+        l.timer(
+            "http.request_duration",
+            &[("route", route)],
+            &h.request_duration_seconds,
+            before.map(|b| &b.request_duration_seconds),
+            1000.0,
+        );
+    }
+    l.gauge("http.requests_in_flight", &[], s.http.in_flight as f64);
+    for (reason, c) in &s.http.errors {
+        l.counter(
+            "http.errors",
+            &[("reason", reason)],
+            *c,
+            p.and_then(|p| p.http.errors.get(reason).copied()),
+        );
+    }
+    for c in &s.certificates {
+        let tags = [("route", c.route.as_str()), ("domain", c.domain.as_str())];
+        l.gauge(
+            "tls_certificate_expiry_timestamp_seconds",
+            &tags,
+            c.expiry_timestamp_seconds as f64,
+        );
+    }
     if o.per_route {
         for r in &s.routes {
             let pr = p.and_then(|p| p.routes.iter().find(|x| x.name == r.name));

@@ -15,13 +15,14 @@ use smartproxy_limits::IpLimiter;
 use crate::config::{MetricsConfig, PerIp};
 use crate::conn::{ConnShared, ConnectionRecorder};
 use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
+use crate::http::{EMPTY_ACC, HttpErrorReason, HttpMethod, HttpStats, histogram_of};
 use crate::reason::{CloseReason, ProxyVersion, RefuseReason};
 use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
 use crate::snapshot::{
-    Backend, Connections, Histograms, IpCount, IpSnapshot, Meta, Pct, Percentiles, ProxyHeaders,
-    ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput, ThroughputPoint,
-    ThroughputRate, Totals, WindowRate,
+    Backend, CertificateExpiry, Connections, Histograms, HttpSnapshot, IpCount, IpSnapshot, Meta,
+    Pct, Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot,
+    Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 
 /// Keeps a value on its own cache line (128 bytes covers adjacent-line prefetch on x86 and
@@ -71,6 +72,11 @@ pub(crate) struct Inner {
     proxy_rejected: Mutex<BTreeMap<(Option<ProxyVersion>, &'static str), u64>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// HTTP requests that no route took.
+    http_unrouted: HttpStats,
+    http_errors: Box<[AtomicU64]>,
+    /// Set by the owner of the certificates; copied into every snapshot.
+    certificates: RwLock<Vec<CertificateExpiry>>,
     /// Served connections closed, by [`CloseReason`] (indexed by `CloseReason::index`).
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
@@ -153,6 +159,9 @@ impl Metrics {
             proxy_rejected: Mutex::new(BTreeMap::new()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            http_unrouted: HttpStats::default(),
+            http_errors: HttpErrorReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            certificates: RwLock::new(Vec::new()),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             cfg,
         };
@@ -206,6 +215,22 @@ impl Metrics {
     /// A connection from `client_ip` was accepted on `route`. Keep the returned recorder for
     /// the life of the connection; dropping it closes the connection in the metrics.
     pub fn connection_opened(&self, client_ip: IpAddr, route: &RouteHandle) -> ConnectionRecorder {
+        self.open(client_ip, route, false)
+    }
+
+    /// Like [`Metrics::connection_opened`], for a connection served by the HTTP layer: the
+    /// connection itself is not counted as a request, its requests are, one by one, with
+    /// [`Metrics::http_request_finished`]. `route` carries the connection's bytes (the route
+    /// of the port, or of the first request: the engine decides).
+    pub fn connection_opened_http(
+        &self,
+        client_ip: IpAddr,
+        route: &RouteHandle,
+    ) -> ConnectionRecorder {
+        self.open(client_ip, route, true)
+    }
+
+    fn open(&self, client_ip: IpAddr, route: &RouteHandle, http: bool) -> ConnectionRecorder {
         let inner = &self.inner;
         inner.active.0.fetch_add(1, Ordering::Relaxed);
         inner.total.fetch_add(1, Ordering::Relaxed);
@@ -221,7 +246,7 @@ impl Metrics {
             ip: client_ip,
             route: route.clone(),
         });
-        let slot = inner.registry.insert(Arc::clone(&conn));
+        let slot = inner.registry.insert(Arc::clone(&conn), http);
         ConnectionRecorder {
             conn,
             inner: Arc::clone(inner),
@@ -268,6 +293,63 @@ impl Metrics {
     pub fn backend_connect_failed(&self, route: &RouteHandle) {
         route.0.backend_failures.fetch_add(1, Ordering::Relaxed);
         self.inner.backend_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An HTTP request was routed to `route` (`None`: no route took it) and is being served.
+    /// Pair every call with one [`Metrics::http_request_finished`] for the same route.
+    /// One relaxed atomic add.
+    #[inline]
+    pub fn http_request_started(&self, route: Option<&RouteHandle>) {
+        self.http_stats(route).started();
+    }
+
+    /// An HTTP request finished (its response was sent, or the client went away: pass the
+    /// status that was or would have been sent, e.g. 499). Counts it by status class and
+    /// method, records its duration, and releases its in-flight count. A few relaxed atomic
+    /// adds; the request rates of the series are folded in by [`Metrics::tick`].
+    #[inline]
+    pub fn http_request_finished(
+        &self,
+        route: Option<&RouteHandle>,
+        method: HttpMethod,
+        status: u16,
+        took: Duration,
+    ) {
+        self.http_stats(route).finished(method, status, took);
+    }
+
+    /// The HTTP layer answered (or closed) on its own for `reason`.
+    #[inline]
+    pub fn http_error(&self, reason: HttpErrorReason) {
+        self.inner.http_errors[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn http_stats<'a>(&'a self, route: Option<&'a RouteHandle>) -> &'a HttpStats {
+        match route {
+            Some(r) => &r.0.http,
+            None => &self.inner.http_unrouted,
+        }
+    }
+
+    /// HTTP requests being served now, all routes.
+    #[must_use]
+    pub fn http_requests_in_flight(&self) -> u64 {
+        let routes = self.inner.routes.lock();
+        self.inner.http_unrouted.in_flight()
+            + routes.values().map(|h| h.0.http.in_flight()).sum::<u64>()
+    }
+
+    /// HTTP requests finished since the start (live), all routes and unrouted ones.
+    #[must_use]
+    pub fn http_requests_total(&self) -> u64 {
+        let routes = self.inner.routes.lock();
+        self.inner.http_unrouted.total() + routes.values().map(|h| h.0.http.total()).sum::<u64>()
+    }
+
+    /// Answers of the HTTP layer itself for `reason`.
+    #[must_use]
+    pub fn http_error_count(&self, reason: HttpErrorReason) -> u64 {
+        self.inner.http_errors[reason.index()].load(Ordering::Relaxed)
     }
 
     /// A configuration reload was applied (`ok`) or refused.
@@ -551,6 +633,7 @@ impl Metrics {
                     backend_connect_failures: h.0.backend_failures.load(Ordering::Relaxed),
                     backend_connect_seconds_sum: h.0.backend_micros.load(Ordering::Relaxed) as f64
                         / 1e6,
+                    http: h.0.http.snapshot(),
                 }
             })
             .collect();
@@ -638,6 +721,30 @@ impl Metrics {
             .map(|(ip, count)| IpCount { ip, count })
             .collect();
         let (ok, failed) = self.config_reloads();
+        let http = {
+            let mut acc = EMPTY_ACC;
+            inner.http_unrouted.add_histogram(&mut acc);
+            let mut in_flight = inner.http_unrouted.in_flight();
+            let mut total = inner.http_unrouted.total();
+            for r in &routes {
+                let r: &RouteSnapshot = r;
+                in_flight += r.http.in_flight;
+                total += r.http.requests_total;
+            }
+            for h in inner.routes.lock().values() {
+                h.0.http.add_histogram(&mut acc);
+            }
+            HttpSnapshot {
+                in_flight,
+                requests_total: total,
+                unrouted: inner.http_unrouted.snapshot(),
+                errors: HttpErrorReason::ALL
+                    .iter()
+                    .map(|r| (r.as_str().to_owned(), self.http_error_count(*r)))
+                    .collect(),
+                request_duration_seconds: histogram_of(&acc),
+            }
+        };
         Snapshot {
             meta: Meta {
                 version: cfg.version.clone(),
@@ -668,8 +775,24 @@ impl Metrics {
                 connect_failures: inner.backend_failures.load(Ordering::Relaxed),
             },
             reloads: Reloads { ok, failed },
+            http,
+            certificates: inner.certificates.read().clone(),
             closed,
         }
+    }
+
+    /// Replaces the certificate expiries that snapshots report (the series of
+    /// `tls_certificate_expiry_timestamp_seconds{route,domain}`), sorted by route and domain.
+    /// Called by the owner of the certificates whenever one changes; not on any data path.
+    pub fn set_certificate_expiries(&self, mut expiries: Vec<CertificateExpiry>) {
+        expiries.sort_by(|a, b| (&a.route, &a.domain).cmp(&(&b.route, &b.domain)));
+        *self.inner.certificates.write() = expiries;
+    }
+
+    /// The certificate expiries last set.
+    #[must_use]
+    pub fn certificate_expiries(&self) -> Vec<CertificateExpiry> {
+        self.inner.certificates.read().clone()
     }
 }
 
@@ -725,16 +848,21 @@ impl Inner {
         let last = self.last_tick.load(Ordering::Acquire);
         let gap = now.saturating_sub(last);
         let limit = 2 * self.cfg.interval_secs();
-        let d = self.registry.collect();
+        let mut d = self.registry.collect();
+        let routes: Vec<RouteHandle> = self.routes.lock().values().cloned().collect();
+        // HTTP requests finished since the last tick count as requests (events), per route
+        // and in the global series.
+        let http: Vec<u64> = routes.iter().map(|h| h.0.http.take_delta()).collect();
+        d.global.events += http.iter().sum::<u64>() + self.http_unrouted.take_delta();
         {
             let mut g = self.global.write();
             spread(now, gap, limit, d.global, |t, s| g.push(t, s));
         }
         let mut by_route = d.by_route;
-        let routes: Vec<RouteHandle> = self.routes.lock().values().cloned().collect();
-        for h in &routes {
+        for (h, requests) in routes.iter().zip(http) {
             let key = Arc::as_ptr(&h.0) as usize;
-            let d = by_route.remove(&key).map(|(_, d)| d).unwrap_or_default();
+            let mut d = by_route.remove(&key).map(|(_, d)| d).unwrap_or_default();
+            d.events += requests;
             let mut s = h.0.series.write();
             spread(now, gap, limit, d, |t, x| s.push(t, x));
         }

@@ -75,6 +75,7 @@ mod collector;
 mod config;
 mod conn;
 mod hist;
+mod http;
 mod reason;
 mod registry;
 mod route;
@@ -84,11 +85,13 @@ pub use self::clock::{Clock, ManualClock, MonotonicClock};
 pub use self::collector::Metrics;
 pub use self::config::{MetricsConfig, PerIp};
 pub use self::conn::ConnectionRecorder;
+pub use self::http::{HttpErrorReason, HttpMethod};
 pub use self::reason::{CloseReason, ProxyVersion, RefuseReason};
 pub use self::route::RouteHandle;
 pub use self::snapshot::{
-    Backend, Bucket, Connections, HistogramSnapshot, Histograms, IpCount, IpSnapshot, Meta, Pct,
-    Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot,
-    Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
+    Backend, Bucket, CertificateExpiry, Connections, HistogramSnapshot, Histograms,
+    HttpRequestCount, HttpRouteSnapshot, HttpSnapshot, IpCount, IpSnapshot, Meta, Pct, Percentiles,
+    ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput,
+    ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 pub use smartproxy_throughput;

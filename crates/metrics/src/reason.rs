@@ -12,6 +12,8 @@ pub enum RefuseReason {
     GlobalLimit,
     /// The route's connection limit was reached.
     RouteLimit,
+    /// The route's per-IP limit or connection rate was reached for the client.
+    RouteIpLimit,
     /// The client IP is blocked (block list, or not in the allow list).
     Blocked,
     /// A trusted peer sent no PROXY header where one is required.
@@ -24,8 +26,9 @@ pub enum RefuseReason {
     ProxyHeaderTimeout,
     /// No route matched.
     NoRoute,
-    /// The client sent nothing routable in time (TLS ClientHello, HTTP head).
-    InitialDataTimeout,
+    /// The data needed for routing (TLS ClientHello, HTTP head) did not arrive in time, was
+    /// too large or could not be read.
+    InitialData,
     /// The TLS handshake with the client failed.
     TlsHandshake,
     /// No target of the route could be reached.
@@ -43,13 +46,14 @@ impl RefuseReason {
         Self::RateLimit,
         Self::GlobalLimit,
         Self::RouteLimit,
+        Self::RouteIpLimit,
         Self::Blocked,
         Self::ProxyHeaderRequired,
         Self::ProxyHeaderUntrusted,
         Self::ProxyHeaderInvalid,
         Self::ProxyHeaderTimeout,
         Self::NoRoute,
-        Self::InitialDataTimeout,
+        Self::InitialData,
         Self::TlsHandshake,
         Self::BackendUnavailable,
         Self::ShuttingDown,
@@ -64,13 +68,14 @@ impl RefuseReason {
             Self::RateLimit => "rate_limit",
             Self::GlobalLimit => "global_limit",
             Self::RouteLimit => "route_limit",
+            Self::RouteIpLimit => "route_ip_limit",
             Self::Blocked => "blocked",
             Self::ProxyHeaderRequired => "proxy_header_required",
             Self::ProxyHeaderUntrusted => "proxy_header_untrusted",
             Self::ProxyHeaderInvalid => "proxy_header_invalid",
             Self::ProxyHeaderTimeout => "proxy_header_timeout",
             Self::NoRoute => "no_route",
-            Self::InitialDataTimeout => "initial_data_timeout",
+            Self::InitialData => "initial_data",
             Self::TlsHandshake => "tls_handshake",
             Self::BackendUnavailable => "backend_unavailable",
             Self::ShuttingDown => "shutting_down",

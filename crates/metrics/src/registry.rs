@@ -234,11 +234,11 @@ impl Registry {
         }
     }
 
-    /// Registers an open connection (one shard lock).
-    pub(crate) fn insert(&self, conn: Arc<ConnShared>) -> SlotId {
+    /// Registers an open connection (one shard lock). `http`: the connection is not counted
+    /// as a request of its own (the HTTP layer counts its requests).
+    pub(crate) fn insert(&self, conn: Arc<ConnShared>, http: bool) -> SlotId {
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        let slot =
-            Slot { conn, sampled_in: 0, sampled_out: 0, sampled_requests: 0, counted: false };
+        let slot = Slot { conn, sampled_in: 0, sampled_out: 0, sampled_requests: 0, counted: http };
         let index = self.shards[shard].lock().insert(slot);
         SlotId::new(shard, index)
     }

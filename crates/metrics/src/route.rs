@@ -22,6 +22,7 @@ pub(crate) struct RouteStats {
     pub(crate) backend_failures: AtomicU64,
     pub(crate) backend_micros: AtomicU64,
     pub(crate) series: RwLock<Series>,
+    pub(crate) http: crate::http::HttpStats,
 }
 
 impl RouteHandle {
@@ -34,6 +35,7 @@ impl RouteHandle {
             backend_failures: AtomicU64::new(0),
             backend_micros: AtomicU64::new(0),
             series: RwLock::new(Series::new(cfg, start)),
+            http: crate::http::HttpStats::default(),
         }))
     }
 

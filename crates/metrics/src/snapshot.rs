@@ -42,6 +42,15 @@ pub struct Snapshot {
     pub backend: Backend,
     /// Configuration reloads.
     pub reloads: Reloads,
+    /// HTTP requests served by the HTTP layer.
+    #[serde(default)]
+    pub http: HttpSnapshot,
+    /// Expiry of the TLS certificates served, per route and domain (set by the engine with
+    /// [`Metrics::set_certificate_expiries`]; left out of JSON when there is none).
+    ///
+    /// [`Metrics::set_certificate_expiries`]: crate::Metrics::set_certificate_expiries
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateExpiry>,
     /// Served connections closed, by reason: `peer`, `inactivity`, `lifetime`, `keepalive`,
     /// `shutdown`, `error` (every reason listed, zeros included).
     #[serde(default)]
@@ -210,7 +219,7 @@ pub struct Bucket {
 }
 
 /// A histogram in base units (seconds or bytes). The `+Inf` bucket is `count`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct HistogramSnapshot {
     /// Cumulative buckets, increasing `le`.
@@ -259,6 +268,9 @@ pub struct RouteSnapshot {
     pub backend_connect_failures: u64,
     /// Sum of successful connect times, seconds.
     pub backend_connect_seconds_sum: f64,
+    /// HTTP requests of the route (all zero for a layer-4 route).
+    #[serde(default)]
+    pub http: HttpRouteSnapshot,
 }
 
 /// One client IP.
@@ -317,4 +329,73 @@ pub struct Reloads {
     pub ok: u64,
     /// Reloads refused (bad configuration).
     pub failed: u64,
+}
+
+/// HTTP requests of the whole proxy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HttpSnapshot {
+    /// Requests being served now (open WebSockets included), all routes.
+    pub in_flight: u64,
+    /// Requests finished since the start, all routes and unrouted ones (live, not as of the
+    /// last tick).
+    pub requests_total: u64,
+    /// Requests that no route took (404) or that were refused before routing, by status class
+    /// and method.
+    pub unrouted: HttpRouteSnapshot,
+    /// Answers (or closes) of the HTTP layer itself, by reason (every reason listed).
+    pub errors: BTreeMap<String, u64>,
+    /// Request duration, all routes and unrouted requests, seconds.
+    pub request_duration_seconds: HistogramSnapshot,
+}
+
+/// HTTP requests of one route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HttpRouteSnapshot {
+    /// Requests being served now.
+    pub in_flight: u64,
+    /// Requests finished.
+    pub requests_total: u64,
+    /// Finished requests by status class and method (only the non-zero ones).
+    pub requests: Vec<HttpRequestCount>,
+    /// Time from the request head to the end of the response (for a WebSocket, to its
+    /// close), seconds.
+    pub request_duration_seconds: HistogramSnapshot,
+}
+
+/// Finished requests of one status class and method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HttpRequestCount {
+    /// `1xx` .. `5xx`.
+    pub code_class: String,
+    /// `GET`, `POST`, …, or `other`.
+    pub method: String,
+    /// Count.
+    pub count: u64,
+}
+
+/// When one domain's certificate on one route expires (the served certificate's
+/// `not_after`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CertificateExpiry {
+    /// Route name.
+    pub route: String,
+    /// One of the route's domains that the certificate covers.
+    pub domain: String,
+    /// `not_after`, seconds since the UNIX epoch.
+    pub expiry_timestamp_seconds: i64,
+}
+
+impl CertificateExpiry {
+    /// One route domain's certificate expiry.
+    pub fn new(route: impl Into<String>, domain: impl Into<String>, not_after_unix: i64) -> Self {
+        Self {
+            route: route.into(),
+            domain: domain.into(),
+            expiry_timestamp_seconds: not_after_unix,
+        }
+    }
 }

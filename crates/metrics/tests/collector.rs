@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartproxy_metrics::{
-    CloseReason, ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion, RefuseReason, Snapshot,
+    CertificateExpiry, CloseReason, ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion,
+    RefuseReason, Snapshot,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -326,4 +327,36 @@ fn keep_alive_requests_and_ip_history() {
     assert_eq!(h.last().map(|p| p.rate.bytes_out), Some(300.0));
     assert!(m.ip_history(ip("10.9.9.9"), 2).is_empty());
     drop(c);
+}
+
+#[test]
+fn certificate_expiries_reach_the_snapshot_sorted_and_json_omits_none() {
+    let m = Metrics::new(MetricsConfig::default(), T0);
+    let json = serde_json::to_string(&m.snapshot()).unwrap_or_default();
+    assert!(!json.contains("certificates"), "no certificate, no key: {json}");
+    m.set_certificate_expiries(vec![
+        CertificateExpiry::new("web", "b.example.com", 1_800_000_000),
+        CertificateExpiry::new("api", "api.example.com", 1_790_000_000),
+        CertificateExpiry::new("web", "a.example.com", 1_800_000_000),
+    ]);
+    let s = m.snapshot();
+    let got: Vec<(&str, &str, i64)> = s
+        .certificates
+        .iter()
+        .map(|c| (c.route.as_str(), c.domain.as_str(), c.expiry_timestamp_seconds))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("api", "api.example.com", 1_790_000_000),
+            ("web", "a.example.com", 1_800_000_000),
+            ("web", "b.example.com", 1_800_000_000)
+        ]
+    );
+    let back: Snapshot =
+        serde_json::from_str(&serde_json::to_string(&s).unwrap_or_default()).unwrap();
+    assert_eq!(back, s);
+    m.set_certificate_expiries(Vec::new());
+    assert!(m.snapshot().certificates.is_empty());
+    assert!(m.certificate_expiries().is_empty());
 }

@@ -27,6 +27,9 @@ pub struct PortGroupDump {
     pub peek: PeekNeed,
     /// Route names in the order they are tried (priority, then configuration order).
     pub routes: Vec<String>,
+    /// Whether the ports are served by the HTTP layer (request by request).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub http: bool,
 }
 
 /// One compiled route.
@@ -75,6 +78,9 @@ pub struct RouteDump {
     /// Targets with their open connections.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetDump>,
+    /// The `http` table of a route served by the HTTP layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::HttpOptions>,
     /// Allow list, normalised.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ip_allow_list: Vec<String>,
@@ -124,6 +130,7 @@ impl RouteTable {
                     ports: range.to_string(),
                     peek: group.peek,
                     routes: names(&group.order),
+                    http: group.http,
                 }
             })
             .collect();
@@ -182,6 +189,7 @@ impl RouteTable {
                             active: r.target_active(i),
                         })
                         .collect(),
+                    http: r.http().cloned(),
                     ip_allow_list: m.allow.patterns().iter().map(ToString::to_string).collect(),
                     ip_block_list: m.block.patterns().iter().map(ToString::to_string).collect(),
                     max_connections: sec.max_connections,

@@ -37,6 +37,7 @@ mod dump;
 pub mod duration;
 mod error;
 pub mod helpers;
+mod http;
 mod ip;
 mod limits;
 mod matchers;
@@ -44,12 +45,17 @@ mod model;
 mod path;
 mod table;
 mod target;
+mod template;
 mod timeouts;
 mod validate;
+mod validate_http;
 
 pub use self::domain::{DomainPattern, DomainPatternError};
 pub use self::dump::{PortGroupDump, RouteDump, TableDump, TargetDump};
 pub use self::error::{ValidationError, ValidationErrors};
+pub use self::http::{
+    HeaderActions, HttpOptions, HttpSettings, RewritePath, UpstreamProtocol, Via,
+};
 pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
 pub use self::limits::{DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, RouteLimits};
 pub use self::matchers::{HeaderSource, MatchInput};
@@ -61,10 +67,12 @@ pub use self::model::{
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
+pub use self::template::{Template, TemplateVars};
 pub use self::timeouts::{
     KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
     RouteTimeouts, TcpKeepalive, multiplier_problem,
 };
 pub use self::validate::{
-    BUILTIN_HANDLERS, REDIRECT_STATUSES, ValidationOptions, validate, validate_with,
+    BUILTIN_HANDLERS, REDIRECT_STATUSES, UPSTREAM_SNI, ValidationOptions, validate, validate_with,
 };
+pub use self::validate_http::HTTP_HANDLERS;

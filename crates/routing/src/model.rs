@@ -360,6 +360,9 @@ pub struct ForwardAction {
     /// The route's `timeouts.connect` wins over it.
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
+    /// Serve the route with the HTTP layer: every request is routed on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::http::HttpOptions>,
 }
 
 impl ForwardAction {
@@ -371,7 +374,14 @@ impl ForwardAction {
             send_proxy_protocol: SendProxyProtocol::Off,
             load_balancing: LoadBalancing::default(),
             connect_timeout: None,
+            http: None,
         }
+    }
+
+    /// Serves the route with the HTTP layer (request by request).
+    pub fn with_http(mut self, http: crate::http::HttpOptions) -> Self {
+        self.http = Some(http);
+        self
     }
 
     /// Sets the TLS block.
@@ -552,7 +562,7 @@ pub enum LoadBalancing {
 pub struct TlsConfig {
     /// Passthrough, terminate, or terminate and re-encrypt.
     pub mode: TlsMode,
-    /// Certificate and key (PEM files) for terminating modes.
+    /// Certificate for terminating modes: PEM files, or `"auto"` (ACME).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateConfig>,
     /// CA file (PEM) that upstream certificates are verified against (re-encrypt).
@@ -563,8 +573,11 @@ pub struct TlsConfig {
     /// internal targets.
     #[serde(default = "default_true")]
     pub upstream_verify: bool,
-    /// Server name sent to and verified against the upstream (re-encrypt); default: the
-    /// client's SNI, else the target host.
+    /// Server name sent to and verified against the upstream (re-encrypt). Default: the
+    /// target's host (an IP address is verified against the certificate's IP addresses and
+    /// sends no SNI), as nginx's `proxy_ssl_name` and HTTP clients do. A name (`"backend.local"`)
+    /// overrides it; `"{sni}"` sends and verifies the client's SNI (the target's host when
+    /// the client sent none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_server_name: Option<String>,
     /// Lowest TLS version accepted from clients when terminating: `"1.2"` (default) or `"1.3"`.
@@ -593,9 +606,21 @@ impl TlsConfig {
         }
     }
 
-    /// Sets the certificate.
+    /// Sets the certificate (PEM files).
     pub fn with_certificate(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.certificate = Some(CertificateConfig { cert: cert.into(), key: key.into() });
+        self.certificate = Some(CertificateConfig::files(cert, key));
+        self
+    }
+
+    /// Sets `certificate = "auto"`: a certificate from the `[acme]` CA for the route's domains.
+    pub fn with_auto_certificate(mut self) -> Self {
+        self.certificate = Some(CertificateConfig::Auto);
+        self
+    }
+
+    /// Sets `upstream_server_name` (`"{sni}"`: the client's SNI).
+    pub fn with_upstream_server_name(mut self, name: impl Into<String>) -> Self {
+        self.upstream_server_name = Some(name.into());
         self
     }
 }
@@ -613,15 +638,88 @@ pub enum TlsMode {
     TerminateAndReencrypt,
 }
 
-/// PEM files of a certificate chain and its private key.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// Where a terminating route's certificate comes from: PEM files
+/// (`certificate = { cert = "a.pem", key = "a.key" }`) or an ACME CA
+/// (`certificate = "auto"`, which needs the route's `domains` and an `[acme]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct CertificateConfig {
-    /// Certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// Private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+pub enum CertificateConfig {
+    /// PEM files of a certificate chain and its private key.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// `"auto"`: one certificate for the route's domains, obtained and renewed from the ACME
+    /// CA of the `[acme]` section.
+    Auto,
+}
+
+impl CertificateConfig {
+    /// PEM files.
+    pub fn files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self::Files { cert: cert.into(), key: key.into() }
+    }
+
+    /// Whether the certificate comes from ACME (`"auto"`).
+    pub const fn is_auto(&self) -> bool {
+        matches!(self, Self::Auto)
+    }
+}
+
+impl<'de> Deserialize<'de> for CertificateConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CertificateConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or a table { cert = \"FILE\", key = \"FILE\" }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<CertificateConfig, E> {
+                match s {
+                    "auto" => Ok(CertificateConfig::Auto),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(s), &self)),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<CertificateConfig, A::Error> {
+                let (mut cert, mut key) = (None, None);
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "cert" if cert.is_none() => cert = Some(m.next_value::<PathBuf>()?),
+                        "key" if key.is_none() => key = Some(m.next_value::<PathBuf>()?),
+                        "cert" | "key" => {
+                            return Err(de::Error::custom(format_args!("duplicate field `{k}`")));
+                        }
+                        other => return Err(de::Error::unknown_field(other, &["cert", "key"])),
+                    }
+                }
+                Ok(CertificateConfig::Files {
+                    cert: cert.ok_or_else(|| de::Error::missing_field("cert"))?,
+                    key: key.ok_or_else(|| de::Error::missing_field("key"))?,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for CertificateConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Files { cert, key } => {
+                let mut st = s.serialize_struct("CertificateConfig", 2)?;
+                st.serialize_field("cert", cert)?;
+                st.serialize_field("key", key)?;
+                st.end()
+            }
+        }
+    }
 }
 
 /// A TLS protocol version.

@@ -131,6 +131,14 @@ impl CompiledRoute {
     pub fn priority(&self) -> i32 {
         self.config.priority
     }
+
+    /// The `http` table of a forward route served by the HTTP layer.
+    pub fn http(&self) -> Option<&crate::http::HttpOptions> {
+        match &self.config.action {
+            RouteAction::Forward(f) => f.http.as_ref(),
+            RouteAction::SocketHandler(_) => None,
+        }
+    }
 }
 
 /// A lookup result: the route, its position, and the path parameters.
@@ -159,6 +167,10 @@ pub(crate) struct PortGroup {
     /// First literal path segment -> routes of the scan set with that path prefix.
     scan_path: HashMap<Box<str>, Box<[u32]>>,
     pub(crate) peek: PeekNeed,
+    /// Some enabled route on these ports has an `http` table.
+    pub(crate) http: bool,
+    /// Some enabled route on these ports has a `tls` block.
+    pub(crate) tls: bool,
 }
 
 type DomainIndex = HashMap<Box<str>, Vec<u32>>;
@@ -385,6 +397,8 @@ impl RouteTable {
             scan: scan.into_boxed_slice(),
             scan_path: freeze(scan_path),
             peek,
+            http: order.iter().any(|&i| routes[i as usize].http().is_some()),
+            tls: order.iter().any(|&i| routes[i as usize].has_tls_block),
         }
     }
 
@@ -445,6 +459,19 @@ impl RouteTable {
     /// a port no route listens on).
     pub fn peek_need(&self, port: u16) -> PeekNeed {
         self.group_for(port).map_or(PeekNeed::None, |g| g.peek)
+    }
+
+    /// Whether `port` is served by the HTTP layer: some enabled route on it has an `http`
+    /// table (validation then guarantees that every route on it is an HTTP route or a
+    /// per-request handler, see [`crate::HTTP_HANDLERS`]).
+    pub fn is_http_port(&self, port: u16) -> bool {
+        self.group_for(port).is_some_and(|g| g.http)
+    }
+
+    /// Whether some enabled route on `port` has a `tls` block (passthrough or terminating):
+    /// connections there may start with a ClientHello.
+    pub fn has_tls_routes(&self, port: u16) -> bool {
+        self.group_for(port).is_some_and(|g| g.tls)
     }
 
     /// Whether some enabled route on `port` terminates TLS and has `path` or `headers`

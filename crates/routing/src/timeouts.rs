@@ -217,6 +217,11 @@ pub struct RouteTimeouts {
     /// initial_data_timeout`; the peek that chooses the route always uses the default).
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub initial_data: Option<Duration>,
+    /// HTTP routes: idle client connection between requests (`[defaults]
+    /// http_keepalive_timeout`), for connections whose route this is (the first HTTP route
+    /// of the port, or the terminating route); the treatment applies to it as to inactivity.
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    pub http_keepalive: Option<Duration>,
     /// `standard`, `extended` or `immortal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_treatment: Option<KeepaliveTreatment>,
@@ -243,6 +248,7 @@ impl RouteTimeouts {
             ("max_lifetime", self.max_lifetime),
             ("connect", self.connect),
             ("initial_data", self.initial_data),
+            ("http_keepalive", self.http_keepalive),
         ] {
             if d.is_some_and(|d| d.is_zero()) {
                 out.push((key.to_owned(), "must be longer than 0s".to_owned()));

@@ -6,11 +6,16 @@ use crate::domain::{DomainPattern, may_overlap};
 use crate::error::ValidationError;
 use crate::ip::IpList;
 use crate::matchers::{HeaderMatcher, Matchers};
-use crate::model::{HandlerAction, RouteAction, RouteConfig, TargetPort, TlsMode, TlsVersion};
+use crate::model::{
+    CertificateConfig, HandlerAction, RouteAction, RouteConfig, TargetPort, TlsMode, TlsVersion,
+};
 use crate::path::PathPattern;
 
 /// Built-in socket handler names.
 pub const BUILTIN_HANDLERS: &[&str] = &["redirect", "block", "echo", "static"];
+
+/// `upstream_server_name = "{sni}"`: send and verify the client's SNI towards the upstream.
+pub const UPSTREAM_SNI: &str = "{sni}";
 
 /// Redirect statuses accepted by the `redirect` handler.
 pub const REDIRECT_STATUSES: &[u16] = &[301, 302, 307, 308];
@@ -78,6 +83,7 @@ pub(crate) fn check(
     }
     check_names(routes, &mut out);
     check_tls_conflicts(routes, &compiled, &mut out);
+    crate::validate_http::check_http(routes, &mut out);
     // Route by route, in key order within a route as found.
     out.sort_by_key(|e| route_of(&e.path));
     (compiled, out)
@@ -214,16 +220,34 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
                         );
                     }
                 }
-                if let Some(c) = &tls.certificate {
-                    if c.cert.as_os_str().is_empty() {
-                        e.push("action.tls.certificate.cert", "certificate path is empty");
+                match &tls.certificate {
+                    Some(CertificateConfig::Files { cert, key }) => {
+                        if cert.as_os_str().is_empty() {
+                            e.push("action.tls.certificate.cert", "certificate path is empty");
+                        }
+                        if key.as_os_str().is_empty() {
+                            e.push("action.tls.certificate.key", "key path is empty");
+                        }
                     }
-                    if c.key.as_os_str().is_empty() {
-                        e.push("action.tls.certificate.key", "key path is empty");
+                    Some(CertificateConfig::Auto) if tls.mode != TlsMode::Passthrough => {
+                        check_auto_domains(&m.domains, e);
                     }
+                    _ => {}
                 }
-                if tls.upstream_server_name.as_deref().is_some_and(|s| s.trim().is_empty()) {
-                    e.push("action.tls.upstream_server_name", "upstream server name is empty");
+                match tls.upstream_server_name.as_deref().map(str::trim) {
+                    Some("") => {
+                        e.push("action.tls.upstream_server_name", "upstream server name is empty");
+                    }
+                    Some(n) if n != UPSTREAM_SNI && (n.contains('{') || n.contains('}')) => {
+                        e.push(
+                            "action.tls.upstream_server_name",
+                            format!(
+                                "`{n}`: the only placeholder is \"{UPSTREAM_SNI}\" (the client's SNI); \
+                                 otherwise give a DNS name or IP address"
+                            ),
+                        );
+                    }
+                    _ => {}
                 }
                 for (j, a) in tls.alpn.iter().enumerate() {
                     if a.is_empty() || a.len() > 255 {
@@ -280,6 +304,29 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
         allow: allow?,
         block: block?,
     })
+}
+
+/// `certificate = "auto"`: one ACME certificate for the route's domains, which must be
+/// names (wildcards need the DNS-01 challenge, which is not answered).
+fn check_auto_domains(domains: &[String], e: &mut Errs<'_>) {
+    if domains.is_empty() {
+        e.push(
+            "match.domains",
+            "certificate = \"auto\" needs the route's domains: the ACME certificate is issued for them",
+        );
+    }
+    for (j, d) in domains.iter().enumerate() {
+        if d.contains('*') {
+            e.push(
+                format!("match.domains[{j}]"),
+                format!(
+                    "`{d}`: certificate = \"auto\" cannot cover a wildcard (it needs the DNS-01 \
+                     challenge, which smartproxy does not answer); list the names, or give the \
+                     route certificate files"
+                ),
+            );
+        }
+    }
 }
 
 fn check_handler(h: &HandlerAction, opts: &ValidationOptions, e: &mut Errs<'_>) {
@@ -445,7 +492,7 @@ fn check_tls_conflicts(
     }
 }
 
-fn common_port(a: &RouteConfig, b: &RouteConfig) -> Option<u16> {
+pub(crate) fn common_port(a: &RouteConfig, b: &RouteConfig) -> Option<u16> {
     for ra in &a.matcher.ports.0 {
         for rb in &b.matcher.ports.0 {
             let lo = ra.start.max(rb.start);

@@ -61,3 +61,43 @@ fn json_reads_too() {
     assert_eq!(f.routes[0].matcher.ports.ports(), vec![80, 81, 443]);
     assert_eq!(f.routes[0].matcher.domains, vec!["a.com"]);
 }
+
+#[test]
+fn certificate_is_files_or_auto_and_round_trips() {
+    let doc = r#"
+[[routes]]
+match = { ports = 443, domains = ["a.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = "auto" } }
+
+[[routes]]
+match = { ports = 443, domains = ["b.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate-and-reencrypt", certificate = { cert = "b.pem", key = "b.key" }, upstream_server_name = "{sni}" } }
+"#;
+    let f: File = toml::from_str(doc).unwrap();
+    let cert = |i: usize| match &f.routes[i].action {
+        RouteAction::Forward(fwd) => fwd.tls.as_ref().unwrap().certificate.clone().unwrap(),
+        _ => panic!("forward"),
+    };
+    assert_eq!(cert(0), CertificateConfig::Auto);
+    assert!(cert(0).is_auto());
+    assert_eq!(cert(1), CertificateConfig::files("b.pem", "b.key"));
+    // Serialised back as written: the string "auto", the table of files.
+    let json = serde_json::to_value(&f.routes).unwrap();
+    assert_eq!(json[0]["action"]["tls"]["certificate"], "auto");
+    assert_eq!(json[1]["action"]["tls"]["certificate"]["cert"], "b.pem");
+    let back: Vec<RouteConfig> = serde_json::from_value(json).unwrap();
+    assert_eq!(back, f.routes);
+
+    for (bad, want) in [
+        (r#""manual""#, "invalid value: string \"manual\", expected \"auto\" or a table"),
+        (r#"{ cert = "c" }"#, "missing field `key`"),
+        (r#"{ cert = "c", key = "k", chain = "x" }"#, "unknown field `chain`"),
+        ("true", "expected \"auto\" or a table"),
+    ] {
+        let doc = format!(
+            "[[routes]]\nmatch = {{ ports = 1 }}\naction = {{ type = \"forward\", target = {{ host = \"h\", port = 1 }}, tls = {{ mode = \"terminate\", certificate = {bad} }} }}"
+        );
+        let e = toml::from_str::<File>(&doc).unwrap_err().to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+}

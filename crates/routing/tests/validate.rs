@@ -296,3 +296,48 @@ mod props {
         }
     }
 }
+
+#[test]
+fn auto_certificates_need_named_domains_and_sni_is_the_only_placeholder() {
+    let doc = r#"
+[[routes]]
+name = "ok"
+match = { ports = 443, domains = ["a.example.com", "b.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = "auto" } }
+
+[[routes]]
+name = "sni"
+match = { ports = 8443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate-and-reencrypt", certificate = { cert = "c", key = "k" }, upstream_server_name = "{sni}" } }
+"#;
+    assert_eq!(errors(doc), Vec::<String>::new());
+    let doc = r#"
+[[routes]]
+name = "no-domains"
+match = { ports = 443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = "auto" } }
+
+[[routes]]
+name = "wildcard"
+match = { ports = 444, domains = ["a.example.com", "*.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate-and-reencrypt", certificate = "auto" } }
+
+[[routes]]
+name = "passthrough"
+match = { ports = 445, domains = ["*.example.com"] }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough", certificate = "auto" } }
+
+[[routes]]
+name = "placeholder"
+match = { ports = 446 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate-and-reencrypt", certificate = { cert = "c", key = "k" }, upstream_server_name = "{host}" } }
+"#;
+    insta::assert_debug_snapshot!(errors(doc), @r#"
+    [
+        "routes[0].match.domains: certificate = \"auto\" needs the route's domains: the ACME certificate is issued for them",
+        "routes[1].match.domains[1]: `*.example.com`: certificate = \"auto\" cannot cover a wildcard (it needs the DNS-01 challenge, which smartproxy does not answer); list the names, or give the route certificate files",
+        "routes[2].action.tls.certificate: a passthrough route does not use a certificate: the backend terminates TLS",
+        "routes[3].action.tls.upstream_server_name: `{host}`: the only placeholder is \"{sni}\" (the client's SNI); otherwise give a DNS name or IP address",
+    ]
+    "#);
+}

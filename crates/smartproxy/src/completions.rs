@@ -31,7 +31,7 @@ pub(crate) fn print_man() -> ExitCode {
     match render_man(&mut out) {
         Ok(()) => write_stdout(&out),
         Err(e) => {
-            eprintln!("smartproxy: cannot render the manual page: {e}");
+            crate::logs::say(format_args!("smartproxy: cannot render the manual page: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -43,7 +43,7 @@ fn write_stdout(bytes: &[u8]) -> ExitCode {
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("smartproxy: cannot write to stdout: {e}");
+            crate::logs::say(format_args!("smartproxy: cannot write to stdout: {e}"));
             ExitCode::FAILURE
         }
     }

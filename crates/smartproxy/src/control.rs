@@ -1,5 +1,5 @@
-//! What the binary runs beside the engine: the admin API and the StatsD pusher, and the one
-//! reload path that SIGHUP and `POST /reload` share.
+//! What the binary runs beside the engine: the admin API (certificates included) and the
+//! StatsD pusher, and the one reload path that SIGHUP and `POST /reload` share.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use smartproxy_admin::{AdminHooks, AdminState};
-use smartproxy_engine::{Config, Engine, Metrics};
+use smartproxy_admin::{AdminHooks, AdminState, RenewError};
+use smartproxy_engine::{Config, Engine, Metrics, acme};
 use smartproxy_metrics_export::{ExportOptions, PerIp, StatsdPusher, StatsdStyle};
 use tokio::sync::watch;
 
@@ -41,9 +41,16 @@ impl Control {
             }
         };
         match self.engine.reload(config).await {
-            Ok(s) => Ok(format!(
+            Ok(s) if s.restart_required.is_empty() => Ok(format!(
                 "reloaded: {} routes, ports added {:?}, removed {:?}",
                 s.routes, s.added_ports, s.removed_ports
+            )),
+            Ok(s) => Ok(format!(
+                "reloaded: {} routes, ports added {:?}, removed {:?}; restart required for: {}",
+                s.routes,
+                s.added_ports,
+                s.removed_ports,
+                s.restart_required.join(", ")
             )),
             Err(e) => Err(e.to_string()),
         }
@@ -58,6 +65,38 @@ impl AdminHooks for Control {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
         let this = self.clone();
         Box::pin(async move { this.reload().await })
+    }
+
+    fn certificates(&self) -> serde_json::Value {
+        serde_json::to_value(self.engine.certificates().status())
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+    }
+
+    fn renew_certificate(
+        &self,
+        route: String,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, RenewError>> + Send>> {
+        let certs = self.engine.certificates();
+        Box::pin(async move {
+            let status = certs.renew_now(&route).await.map_err(renew_error)?;
+            serde_json::to_value(status).map_err(|e| RenewError::Internal(e.to_string()))
+        })
+    }
+}
+
+/// The admin API's answer to a failed renewal (the acme crate's error kinds).
+fn renew_error(e: acme::Error) -> RenewError {
+    let message = e.to_string();
+    match e {
+        acme::Error::UnknownRoute(_) => RenewError::UnknownRoute(message),
+        acme::Error::NotAcme(_) => RenewError::NotRenewable(message),
+        acme::Error::RateLimited { until } => {
+            let now = acme::Timestamp::now().unix_seconds();
+            let retry_after_secs = u64::try_from(until.unix_seconds() - now).unwrap_or(0).max(1);
+            RenewError::RateLimited { retry_after_secs, message }
+        }
+        acme::Error::Acme { .. } | acme::Error::Timeout(_) => RenewError::Upstream(message),
+        _ => RenewError::Internal(message),
     }
 }
 

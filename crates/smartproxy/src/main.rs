@@ -1,22 +1,26 @@
 //! The smartproxy binary: command line, configuration file, logs, signals.
 //!
 //! Exit codes: 0 success, 1 invalid configuration or failure to start, 64 usage error.
+//!
+//! Nothing the process writes may stop it: messages go through [`logs`], which drops (and
+//! counts) what stdout or stderr cannot take; `print!`-style macros, which panic on a write
+//! error, are denied.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
 mod completions;
 mod control;
+mod logs;
 mod report;
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
 use smartproxy_engine::{Config, Engine, Format, Runtime};
-use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, DEMO, LogFormat};
+use crate::cli::{Cli, Command, DEMO};
 use crate::control::Control;
 
 /// Usage error (sysexits.h EX_USAGE).
@@ -41,19 +45,25 @@ fn main() -> ExitCode {
         Some(Command::Run { config }) => match Config::load(config) {
             Ok(c) => (c, Some(config.clone())),
             Err(e) => {
-                eprintln!("{e}");
+                logs::say(format_args!("{e}"));
                 return ExitCode::FAILURE;
             }
         },
         None => match Config::from_str(DEMO, Format::Toml) {
             Ok(c) => (c, None),
             Err(e) => {
-                eprintln!("embedded demo configuration: {e}");
+                logs::say(format_args!("embedded demo configuration: {e}"));
                 return ExitCode::FAILURE;
             }
         },
     };
-    init_logs(cli.log_format, cli.log_level.as_deref());
+    if let Err(e) = logs::init(cli.log_format, cli.log_level.as_deref()) {
+        logs::say(format_args!("smartproxy: {e}"));
+        return ExitCode::from(EX_USAGE);
+    }
+    if config.routes().is_empty() {
+        tracing::warn!("the configuration has no routes: nothing will listen but the admin API");
+    }
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
@@ -65,7 +75,7 @@ fn main() -> ExitCode {
         match Workers::start(workers) {
             Ok(p) => Some(p),
             Err(e) => {
-                eprintln!("cannot start the worker runtimes: {e}");
+                logs::say(format_args!("cannot start the worker runtimes: {e}"));
                 return ExitCode::FAILURE;
             }
         }
@@ -84,7 +94,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            logs::say(format_args!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -96,8 +106,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("smartproxy: {e:#}");
+            // Once, on stderr (the log subscriber writes there too: not both).
+            logs::say(format_args!("smartproxy: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -159,33 +169,23 @@ impl Workers {
 
 fn validate(path: &Path) -> ExitCode {
     match Config::load(path) {
-        Ok(config) => {
-            #[allow(clippy::print_stdout)] // The command's output: the timeouts, then OK.
-            {
-                if !config.routes().is_empty() {
-                    print!("{}", report::timeouts_table(&config));
-                }
-                println!("OK");
+        Ok(c) => {
+            if c.routes().is_empty() {
+                logs::say(format_args!(
+                    "warning: {}: no routes: `run` would listen on nothing but the admin API",
+                    path.display()
+                ));
+            } else {
+                // The timeouts each route's connections get, then OK.
+                logs::out(format_args!("{}", report::timeouts_table(&c).trim_end()));
             }
+            logs::out(format_args!("OK"));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            logs::say(format_args!("{e}"));
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logs(format: LogFormat, level: Option<&str>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
     }
 }
 
@@ -201,26 +201,33 @@ async fn run(
     control::start_statsd(&engine, &stop)?;
     // Handlers first, so that a signal sent as soon as the listeners are printed is not lost
     // (the default action of SIGTERM would kill the process without draining).
-    let signals = Signals::install()?;
-    {
-        #[allow(clippy::print_stdout)] // The listeners are the command's output.
-        let mut out = std::io::stdout().lock();
-        for addr in engine.local_addrs() {
-            writeln!(out, "listening on {addr}")?;
-        }
-        if let Some(addr) = admin {
-            writeln!(
-                out,
-                "admin API listening on http://{addr}/ (metrics: /metrics, /metrics/json)"
-            )?;
-        }
-        out.flush()?;
+    let mut signals = Signals::install()?;
+    // The command's output; a closed stdout does not stop the proxy (counted, see `logs`).
+    for addr in engine.local_addrs() {
+        logs::out(format_args!("listening on {addr}"));
+    }
+    if let Some(addr) = admin {
+        logs::out(format_args!(
+            "admin API listening on http://{addr}/ (metrics: /metrics, /metrics/json)"
+        ));
     }
     signals.wait(&control).await;
     let grace = engine.config().defaults.shutdown_grace;
-    let summary = engine.shutdown(grace).await;
+    let summary = {
+        let drain = engine.shutdown(grace);
+        tokio::pin!(drain);
+        tokio::select! {
+            s = &mut drain => s,
+            sig = signals.stop() => {
+                // A second SIGTERM / SIGINT ends the drain at once (as nginx's and Envoy's do).
+                tracing::warn!(signal = sig, "second signal during the drain: closing every connection now");
+                engine.end_drain_now();
+                drain.await
+            }
+        }
+    };
     let _ = stop_tx.send(true);
-    tracing::info!(forced = summary.forced, "stopped");
+    tracing::info!(forced = summary.forced, log_lines_dropped = logs::dropped(), "stopped");
     Ok(())
 }
 
@@ -244,7 +251,7 @@ impl Signals {
     }
 
     /// Waits for SIGTERM or SIGINT; reloads on SIGHUP meanwhile.
-    async fn wait(mut self, control: &Control) {
+    async fn wait(&mut self, control: &Control) {
         loop {
             tokio::select! {
                 _ = self.term.recv() => {
@@ -263,6 +270,17 @@ impl Signals {
             }
         }
     }
+
+    /// The next SIGTERM or SIGINT (SIGHUP is ignored while shutting down); its name.
+    async fn stop(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => tracing::info!("SIGHUP ignored: shutting down"),
+            }
+        }
+    }
 }
 
 #[cfg(not(unix))]
@@ -274,7 +292,12 @@ impl Signals {
         Ok(Self)
     }
 
-    async fn wait(self, _control: &Control) {
+    async fn wait(&mut self, _control: &Control) {
         let _ = tokio::signal::ctrl_c().await;
+    }
+
+    async fn stop(&mut self) -> &'static str {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
     }
 }

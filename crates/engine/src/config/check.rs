@@ -6,14 +6,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use smartproxy_routing::{IpPattern, IpPatternError, RouteConfig, RouteTable, ValidationOptions};
+use smartproxy_acme::AcmeConfig;
+use smartproxy_routing::{
+    CertificateConfig, IpPattern, IpPatternError, RouteConfig, RouteTable, ValidationOptions,
+};
 
 use super::deserialize::{Routes, remap_route_index};
 use super::file::File;
-use super::tls_files::TlsFiles;
+use super::tls_files::{self, LoadedCert, TlsFiles};
 use super::{
     AdminConfig, Compiled, Config, ConfigError, MetricsConfig, StatsdConfig, StatsdStyle,
-    default_bind, default_detect_timeout, default_pp_timeout,
+    TlsSettings, default_bind, default_detect_timeout, default_pp_timeout,
 };
 
 /// Builds the typed configuration, pushing every error found. `None` when the top level did
@@ -85,6 +88,9 @@ pub(super) fn build(
     for (key, msg) in d.tcp_keepalive.problems() {
         err(&format!("defaults.tcp_keepalive.{key}"), msg);
     }
+    for (key, msg) in d.http_settings().check() {
+        err(&format!("defaults.{key}"), msg);
+    }
     let admin = match &f.admin {
         None => None,
         Some(a) => match a.listen.trim().parse::<SocketAddr>() {
@@ -124,7 +130,24 @@ pub(super) fn build(
         }
     };
 
-    let compiled = match compile(&routes, handlers) {
+    if let Some(acme) = &f.acme {
+        errors.extend(acme.validate().into_iter().map(|e| ConfigError::new(e.path, e.message)));
+    }
+    errors.extend(auto_routes(&routes, f.acme.as_ref(), &kept));
+    if f.tls.default_certificate.is_some() {
+        errors.extend(default_cert_name(&routes, &kept));
+    }
+    let default_cert = match &f.tls.default_certificate {
+        Some(c) => match tls_files::load_default(c) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        None => None,
+    };
+    let compiled = match compile(&routes, handlers, default_cert) {
         Ok(c) => Some(c),
         Err(list) => {
             for mut e in list {
@@ -151,6 +174,7 @@ pub(super) fn build(
             .proxy_protocol_detect_timeout
             .unwrap_or_else(default_detect_timeout),
         defaults: f.defaults,
+        access_log: f.access_log,
         admin,
         metrics: MetricsConfig {
             enabled: f.metrics.enabled,
@@ -160,6 +184,8 @@ pub(super) fn build(
             per_ip: f.metrics.per_ip,
             statsd,
         },
+        acme: f.acme,
+        tls: TlsSettings { default_certificate: f.tls.default_certificate },
         routes,
         compiled: compiled?,
     })
@@ -170,6 +196,7 @@ pub(super) fn build(
 pub(super) fn compile(
     routes: &[RouteConfig],
     handlers: &[&str],
+    default_cert: Option<LoadedCert>,
 ) -> Result<Compiled, Vec<ConfigError>> {
     let opts =
         ValidationOptions::default().with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()));
@@ -184,10 +211,66 @@ pub(super) fn compile(
     let tls = TlsFiles::load(routes, &mut errors);
     match table {
         Some(table) if errors.is_empty() => {
-            Ok(Compiled { table: Arc::new(table), tls: Arc::new(tls) })
+            Ok(Compiled { table: Arc::new(table), tls: Arc::new(tls), default_cert })
         }
         _ => Err(errors),
     }
+}
+
+/// What `certificate = "auto"` needs beyond the route itself (which routing validates): an
+/// `[acme]` section, and domains an ACME CA can issue for with the challenges we answer (no
+/// IP address, no single label; wildcards are reported by the route validation). `kept` maps
+/// the indices of `routes` to those of the file (empty: the same).
+pub(super) fn auto_routes(
+    routes: &[RouteConfig],
+    acme: Option<&AcmeConfig>,
+    kept: &[usize],
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (j, r) in routes.iter().enumerate() {
+        let auto = tls_files::terminating(r)
+            .is_some_and(|(_, t)| t.certificate.as_ref().is_some_and(CertificateConfig::is_auto));
+        if !auto {
+            continue;
+        }
+        let i = kept.get(j).copied().unwrap_or(j);
+        if acme.is_none() {
+            errors.push(ConfigError::new(
+                format!("routes[{i}].action.tls.certificate"),
+                "certificate = \"auto\" needs an [acme] section (the CA, the certificate store)",
+            ));
+        }
+        for (k, d) in r.matcher.domains.iter().enumerate() {
+            if d.contains('*') {
+                continue;
+            }
+            if let Err(reason) = smartproxy_acme::check_domain(d) {
+                errors.push(ConfigError::new(
+                    format!("routes[{i}].match.domains[{k}]"),
+                    format!("`{d}`: certificate = \"auto\": {reason}"),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// `[tls] default_certificate` is listed in the certificate status under its key, which no
+/// route may then be named.
+pub(super) fn default_cert_name(routes: &[RouteConfig], kept: &[usize]) -> Vec<ConfigError> {
+    let name = crate::certs::DEFAULT_CERT_NAME;
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.name.as_deref() == Some(name))
+        .map(|(j, _)| {
+            let i = kept.get(j).copied().unwrap_or(j);
+            ConfigError::new(
+                format!("routes[{i}].name"),
+                format!("`{name}` names [tls] default_certificate in the certificate status; rename the route"),
+            )
+        })
+        .collect()
 }
 
 /// The messages `proxy_ips` has always had for the address and CIDR forms.

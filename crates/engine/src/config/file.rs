@@ -34,9 +34,15 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) defaults: Defaults,
     #[serde(default)]
+    pub(crate) access_log: bool,
+    #[serde(default)]
     pub(crate) admin: Option<AdminFile>,
     #[serde(default)]
     pub(crate) metrics: MetricsFile,
+    #[serde(default)]
+    pub(crate) acme: Option<smartproxy_acme::AcmeConfig>,
+    #[serde(default)]
+    pub(crate) tls: TlsFile,
     /// Only there so that the key is known (the routes are taken out before this struct is
     /// deserialised; a `routes` that is not an array stays and is reported here).
     #[serde(default)]
@@ -49,6 +55,14 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminFile {
     pub(crate) listen: String,
+}
+
+/// `[tls]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    #[serde(default)]
+    pub(crate) default_certificate: Option<super::CertificateFiles>,
 }
 
 /// `[metrics]` as written.

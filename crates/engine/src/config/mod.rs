@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use smartproxy_routing::duration as dur;
 use smartproxy_routing::{IpPattern, KeepaliveTreatment, RouteConfig, RouteTable, TcpKeepalive};
 
+use smartproxy_acme::AcmeConfig;
+
 use self::locate::Locator;
-use self::tls_files::TlsFiles;
+use self::tls_files::{LoadedCert, TlsFiles};
 
 /// The whole configuration (DESIGN.md §3), parsed and checked: build one with
 /// [`Config::load`], [`Config::from_str`], [`Config::parse`] (custom handler names) or
@@ -62,11 +64,20 @@ pub struct Config {
     pub proxy_protocol_detect_timeout: Duration,
     /// Defaults for timeouts and limits.
     pub defaults: Defaults,
+    /// One JSON line per HTTP request (target `smartproxy::access`), default false; read at
+    /// start.
+    pub access_log: bool,
     /// The admin HTTP listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
     /// Traffic metrics.
     pub metrics: MetricsConfig,
+    /// `[acme]`: the ACME CA that routes with `certificate = "auto"` get their certificates
+    /// from (`None`: no such route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+    /// `[tls]`: TLS settings of every terminating route.
+    pub tls: TlsSettings,
     /// The routes, as written (read them with [`Config::routes`]; they change only through
     /// [`Config::with_routes`], which compiles them again).
     pub(crate) routes: Vec<RouteConfig>,
@@ -80,6 +91,30 @@ pub struct Config {
 pub(crate) struct Compiled {
     pub(crate) table: Arc<RouteTable>,
     pub(crate) tls: Arc<TlsFiles>,
+    /// `[tls] default_certificate`, loaded (kept when the routes change).
+    pub(crate) default_cert: Option<LoadedCert>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TlsSettings {
+    /// The certificate of TLS handshakes on a terminating route whose SNI (or its absence)
+    /// none of the port's terminating routes names in its `domains` or certificate: without
+    /// it, the route's own certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_certificate: Option<CertificateFiles>,
+}
+
+/// PEM files of a certificate chain (leaf first) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CertificateFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 fn display_all<S: serde::Serializer>(v: &[IpPattern], s: S) -> Result<S::Ok, S::Error> {
@@ -179,6 +214,29 @@ pub struct Defaults {
     /// `max_connection_lifetime` was set explicitly (it then bounds `immortal` connections).
     #[serde(skip)]
     pub(crate) max_connection_lifetime_explicit: bool,
+    /// HTTP routes: time a client has to send a whole request head, from its first byte
+    /// (slowloris is cut here; 408). Default 10 s.
+    #[serde(default = "http_d10s", with = "dur")]
+    pub request_header_timeout: Duration,
+    /// HTTP routes: idle client connection between requests (never an open WebSocket).
+    /// Default 60 s.
+    #[serde(default = "d60s", with = "dur")]
+    pub http_keepalive_timeout: Duration,
+    /// HTTP routes: the target's response head, once the request was sent (504). Default 60 s.
+    #[serde(default = "d60s", with = "dur")]
+    pub http_response_timeout: Duration,
+    /// HTTP routes: largest request head (431). Default 65 536.
+    #[serde(default = "d64k")]
+    pub max_request_header_bytes: usize,
+    /// HTTP routes: idle HTTP/1.1 connections kept per target and worker. Default 256.
+    #[serde(default = "d256")]
+    pub http_pool_max_idle: usize,
+    /// HTTP routes: how long an idle upstream connection is kept. Default 60 s.
+    #[serde(default = "d60s", with = "dur")]
+    pub http_pool_idle_timeout: Duration,
+    /// HTTP routes: streams a client may open at once on an HTTP/2 connection. Default 256.
+    #[serde(default = "d256u32")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Defaults {
@@ -192,6 +250,19 @@ impl Defaults {
     /// Whether `max_connection_lifetime` was set explicitly.
     pub fn max_connection_lifetime_is_explicit(&self) -> bool {
         self.max_connection_lifetime_explicit
+    }
+
+    /// The HTTP layer's settings from these defaults.
+    pub fn http_settings(&self) -> smartproxy_routing::HttpSettings {
+        let mut s = smartproxy_routing::HttpSettings::default();
+        s.request_header_timeout = self.request_header_timeout;
+        s.http_keepalive_timeout = self.http_keepalive_timeout;
+        s.http_response_timeout = self.http_response_timeout;
+        s.max_request_header_bytes = self.max_request_header_bytes;
+        s.http_pool_max_idle = self.http_pool_max_idle;
+        s.http_pool_idle_timeout = self.http_pool_idle_timeout;
+        s.http2_max_concurrent_streams = self.http2_max_concurrent_streams;
+        s
     }
 }
 
@@ -213,6 +284,13 @@ impl Default for Defaults {
             tcp_keepalive: TcpKeepalive::default(),
             randomize_timeouts: false,
             max_connection_lifetime_explicit: false,
+            request_header_timeout: http_d10s(),
+            http_keepalive_timeout: d60s(),
+            http_response_timeout: d60s(),
+            max_request_header_bytes: d64k(),
+            http_pool_max_idle: d256(),
+            http_pool_idle_timeout: d60s(),
+            http2_max_concurrent_streams: d256u32(),
         }
     }
 }
@@ -392,6 +470,18 @@ fn d7d() -> Duration {
 }
 fn d6() -> u32 {
     6
+}
+fn http_d10s() -> Duration {
+    Duration::from_secs(10)
+}
+fn d64k() -> usize {
+    65_536
+}
+fn d256() -> usize {
+    256
+}
+fn d256u32() -> u32 {
+    256
 }
 fn d100() -> u32 {
     100
@@ -574,8 +664,18 @@ impl Config {
         routes: Vec<RouteConfig>,
         handlers: &[&str],
     ) -> Result<Self, ConfigErrors> {
-        let compiled = check::compile(&routes, handlers)
-            .map_err(|errors| ConfigErrors { file: None, errors })?;
+        let mut errors = check::auto_routes(&routes, self.acme.as_ref(), &[]);
+        if self.compiled.default_cert.is_some() {
+            errors.extend(check::default_cert_name(&routes, &[]));
+        }
+        let compiled = match check::compile(&routes, handlers, self.compiled.default_cert.clone()) {
+            Ok(c) if errors.is_empty() => c,
+            Ok(_) => return Err(ConfigErrors { file: None, errors }),
+            Err(mut list) => {
+                list.append(&mut errors);
+                return Err(ConfigErrors { file: None, errors: list });
+            }
+        };
         Ok(Self { routes, compiled, ..self.clone() })
     }
 
@@ -610,6 +710,11 @@ impl Config {
         &self.compiled
     }
 
+    /// The rustls key of `[tls] default_certificate`.
+    pub(crate) fn default_cert(&self) -> Option<&LoadedCert> {
+        self.compiled.default_cert.as_ref()
+    }
+
     /// The route table for a new engine state, with the live counters (limits, target
     /// connection counts, round-robin positions) of the routes `previous` has under the same
     /// name. Compiled again (with `handlers` accepted) only when this configuration shares its
@@ -621,7 +726,8 @@ impl Config {
     ) -> Arc<RouteTable> {
         if let Some(prev) = previous {
             if Arc::get_mut(&mut self.compiled.table).is_none() {
-                if let Ok(c) = check::compile(&self.routes, handlers) {
+                let default = self.compiled.default_cert.clone();
+                if let Ok(c) = check::compile(&self.routes, handlers, default) {
                     self.compiled.table = c.table;
                 }
             }

@@ -12,9 +12,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use smartproxy_routing::{ForwardAction, RouteAction, RouteConfig, TlsConfig, TlsMode};
+use smartproxy_routing::{
+    CertificateConfig, ForwardAction, RouteAction, RouteConfig, TlsConfig, TlsMode,
+};
 
-use super::ConfigError;
+use super::{CertificateFiles, ConfigError};
 
 /// The crypto provider of every TLS configuration (ring).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -69,12 +71,18 @@ impl TlsFiles {
                 continue;
             };
             let mut files = RouteFiles::default();
-            if let Some(c) = &tls.certificate {
-                if !c.cert.as_os_str().is_empty() && !c.key.as_os_str().is_empty() {
-                    let id = (c.cert.clone(), c.key.clone());
+            // `certificate = "auto"`: the certificate comes from the ACME manager at run time.
+            if let Some(CertificateConfig::Files { cert, key }) = &tls.certificate {
+                if !cert.as_os_str().is_empty() && !key.as_os_str().is_empty() {
+                    let id = (cert.clone(), key.clone());
                     match seen.get(&id) {
                         Some(l) => files.cert = Some(l.clone()),
-                        None => match load_cert(i, &c.cert, &c.key, &provider) {
+                        None => match load_cert(
+                            &format!("routes[{i}].action.tls.certificate"),
+                            cert,
+                            key,
+                            &provider,
+                        ) {
                             Ok(l) => {
                                 seen.insert(id, l.clone());
                                 files.cert = Some(l);
@@ -103,15 +111,27 @@ impl TlsFiles {
     }
 }
 
-/// Loads a certificate chain and its private key; errors name the key path and the file.
+/// Loads `[tls] default_certificate`; errors name `tls.default_certificate.cert` / `.key`.
+pub(crate) fn load_default(files: &CertificateFiles) -> Result<LoadedCert, ConfigError> {
+    let at = "tls.default_certificate";
+    for (k, p) in [("cert", &files.cert), ("key", &files.key)] {
+        if p.as_os_str().is_empty() {
+            return Err(ConfigError::new(format!("{at}.{k}"), "path is empty"));
+        }
+    }
+    load_cert(at, &files.cert, &files.key, &provider())
+}
+
+/// Loads a certificate chain and its private key; errors name the key path (`at.cert`,
+/// `at.key`) and the file.
 fn load_cert(
-    i: usize,
+    at: &str,
     cert: &Path,
     key: &Path,
     provider: &CryptoProvider,
 ) -> Result<LoadedCert, ConfigError> {
-    let cert_key = format!("routes[{i}].action.tls.certificate.cert");
-    let key_key = format!("routes[{i}].action.tls.certificate.key");
+    let cert_key = format!("{at}.cert");
+    let key_key = format!("{at}.key");
     let chain = read_certs(cert).map_err(|m| ConfigError::new(&cert_key, m))?;
     let der = read_key(key).map_err(|m| ConfigError::new(&key_key, m))?;
     let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| {

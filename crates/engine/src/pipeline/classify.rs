@@ -23,6 +23,8 @@ pub(crate) struct PeekInfo {
     pub(crate) domain: Option<String>,
     pub(crate) tls_version: Option<TlsVersion>,
     pub(crate) head: Option<RequestHead>,
+    /// The ClientHello offers ALPN `acme-tls/1` alone: a TLS-ALPN-01 validation handshake.
+    pub(crate) acme_tls_alpn: bool,
 }
 
 impl PeekInfo {
@@ -105,9 +107,10 @@ async fn peek_tls(
     }
     loop {
         match client_hello(sock.buffered()) {
-            Hello::Complete { sni, version } => {
+            Hello::Complete { sni, version, acme_tls_alpn } => {
                 info.domain = sni;
                 info.tls_version = version;
+                info.acme_tls_alpn = acme_tls_alpn;
                 return Ok(info);
             }
             Hello::Other => return Ok(info),
@@ -149,7 +152,7 @@ pub(crate) enum Hello {
     /// Not a (valid) ClientHello: routed without SNI.
     Other,
     /// A complete ClientHello.
-    Complete { sni: Option<String>, version: Option<TlsVersion> },
+    Complete { sni: Option<String>, version: Option<TlsVersion>, acme_tls_alpn: bool },
 }
 
 /// Looks for a ClientHello at the start of `buf`.
@@ -162,6 +165,7 @@ pub(crate) fn client_hello(buf: &[u8]) -> Hello {
                 Some(WireVersion::Tls12) => Some(TlsVersion::Tls12),
                 _ => None,
             },
+            acme_tls_alpn: smartproxy_acme::is_tls_alpn01(hello.alpn.iter().map(Vec::as_slice)),
         },
         Ok(Peek::Incomplete { .. }) => Hello::Incomplete,
         Ok(_) => Hello::Other,

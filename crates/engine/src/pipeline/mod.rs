@@ -8,6 +8,9 @@
 //!            per-IP)   client)                  guards   replay      handler  metrics by drop
 //! ```
 //!
+//! Between classify and route, `challenge` answers the ACME validation requests of our own
+//! certificate orders (HTTP-01, TLS-ALPN-01) and ends those connections.
+//!
 //! Every stage takes the per-connection context ([`conn::Conn`]) and returns
 //! `Result<_, Closed>`: a stage that ends the connection has recorded why. The setup (admit to
 //! upstream) runs in a boxed future that is freed once a plain connection's backend is
@@ -17,12 +20,14 @@
 
 pub(crate) mod accept;
 mod admit;
+mod challenge;
 mod classify;
 mod close;
 mod conn;
 mod proxy_in;
 mod route;
 mod serve_handler;
+mod serve_http;
 mod serve_tls;
 mod upstream;
 
@@ -92,7 +97,22 @@ async fn setup(
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
     let mut sock = proxy_in::read_header(&mut c, tcp).await?;
+    let table = &c.state.table;
+    let http_port = table.is_http_port(port);
+    if http_port && !table.has_tls_routes(port) {
+        // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here. TCP
+        // keepalive as the first HTTP route of the port says (the route of the connection).
+        let probes = serve_http::first_http_route(&c)
+            .and_then(|i| c.state.timeouts.get(i))
+            .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
+        crate::net::set_stream_keepalive(sock.get_ref(), &probes);
+        let local = conn::local_addr(sock.get_ref(), port);
+        let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
+        serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
+        return Ok(None);
+    }
     let info = classify::classify(&c, &mut sock).await?;
+    let Some(sock) = challenge::answer(&c, sock, &info).await? else { return Ok(None) };
     let index = route::route(&mut c, &info)?;
     // TCP keepalive probes on the client socket, as the route says (its backend socket gets
     // them when it is made, in `upstream`).
@@ -106,6 +126,13 @@ async fn setup(
             let mut stop = c.shared.force_close.subscribe();
             // Boxed: the TLS state machine is several KiB.
             Box::pin(serve_tls::serve(c, index, sock, &mut stop)).await?;
+            Ok(None)
+        }
+        // An HTTP port that mixes TLS and plain connections, this one plain.
+        _ if http_port => {
+            let local = conn::local_addr(sock.get_ref(), port);
+            let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
+            serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
             Ok(None)
         }
         RouteAction::Forward(f) => {

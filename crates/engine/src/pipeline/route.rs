@@ -48,7 +48,10 @@ pub(crate) fn route(c: &mut Conn, info: &PeekInfo) -> Result<usize, Closed> {
     };
     enter(c, index)?;
     let route = &c.state.table.routes()[index];
-    c.obs.routed(route.name_arc(), c.state.route_metric(index));
+    if !c.state.table.is_http_port(c.port) {
+        // (On HTTP ports the serve stage opens the metrics record: requests count one by one.)
+        c.obs.routed(route.name_arc(), c.state.route_metric(index));
+    }
     tracing::debug!(client = %c.client, port = c.port, route = route.name(), "routed");
     Ok(index)
 }

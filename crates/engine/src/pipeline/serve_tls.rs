@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::ServerName;
 use smartproxy_limits::canonical_ip;
 use smartproxy_proxy_protocol::Header;
 use smartproxy_routing::{MatchInput, TlsVersion};
@@ -67,6 +66,14 @@ pub(crate) async fn serve(
     // The plaintext side replays what the second routing step reads.
     let mut tls = WrappedSocket::new(tls, PeerAddr(client));
 
+    // An HTTP port: the HTTP layer routes every request on its own.
+    if state.table.is_http_port(port) {
+        let mut info = smartproxy_http::TlsInfo::new(sni, alpn);
+        info.version = version;
+        super::serve_http::serve(c, tls, Some(info), proxy_dst, local).await;
+        return Ok(());
+    }
+
     // Routes with `path` or `headers` criteria on this port: the lookup before the handshake
     // skipped those criteria; route again on the decrypted request head.
     let index = if state.table.http_after_termination(port) {
@@ -95,18 +102,9 @@ pub(crate) async fn serve(
             copy::pipe(&mut client_side, &mut tcp, timeouts, stop).await
         }
         Some(u) => {
-            let name = match u.server_name.clone() {
-                Some(n) => n,
-                None => {
-                    let n = sni.unwrap_or(up.host);
-                    match ServerName::try_from(n.clone()) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            let detail = format!("upstream server name `{n}`: {e}");
-                            return Err(c.refuse(Refusal::BackendUnavailable, &detail));
-                        }
-                    }
-                }
+            let name = match u.server_name.resolve(&up.host, sni.as_deref()) {
+                Ok(n) => n,
+                Err(detail) => return Err(c.refuse(Refusal::BackendUnavailable, &detail)),
             };
             let connector = TlsConnector::from(u.config(alpn.as_deref()));
             let connect_timeout = c.effective().connect;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartproxy_metrics::{
-    CloseReason, ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion, RefuseReason, Snapshot,
+    CloseReason, HttpErrorReason, HttpMethod, ManualClock, Metrics, MetricsConfig, PerIp,
+    ProxyVersion, RefuseReason, Snapshot,
 };
 
 pub(crate) const T0: u64 = 1_700_000_000;
@@ -56,6 +57,20 @@ pub(crate) fn metrics() -> (Arc<Metrics>, Arc<ManualClock>) {
     m.proxy_header_rejected(None, "timeout");
     m.config_reloaded(true);
     m.config_reloaded(false);
+    // HTTP requests: two routes, one unrouted 404, one request still in flight.
+    for (route, method, status, ms) in [
+        (Some(&web), HttpMethod::Get, 200, 3),
+        (Some(&web), HttpMethod::Get, 200, 40),
+        (Some(&web), HttpMethod::Post, 502, 1_200),
+        (Some(&api), HttpMethod::Other, 101, 90_000),
+        (None, HttpMethod::Get, 404, 0),
+    ] {
+        m.http_request_started(route);
+        m.http_request_finished(route, method, status, Duration::from_millis(ms));
+    }
+    m.http_request_started(Some(&web));
+    m.http_error(HttpErrorReason::NoRoute);
+    m.http_error(HttpErrorReason::BackendError);
     std::mem::forget(a); // stays open (leaked on purpose: the story ends with it active)
     (m, clock)
 }
@@ -76,6 +91,10 @@ pub(crate) fn two_snapshots() -> (Snapshot, Snapshot) {
     drop(d);
     m.connection_closed(CloseReason::Keepalive);
     m.refused(RefuseReason::NoRoute);
+    m.http_request_finished(Some(&web), HttpMethod::Get, 304, Duration::from_millis(7));
+    m.http_request_started(Some(&web));
+    m.http_request_finished(Some(&web), HttpMethod::Get, 200, Duration::from_millis(1));
+    m.http_error(HttpErrorReason::HeaderTooLarge);
     m.tick(T0 + 5);
     (first, m.snapshot())
 }

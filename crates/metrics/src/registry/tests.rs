@@ -115,8 +115,8 @@ fn a_connection_opened_and_closed_between_ticks_is_in_the_next_deltas_once() {
     let (web, db) = (route("web"), route("db"));
     let a = conn(ip(1), &web);
     let b = conn(ip(2), &db);
-    let ida = reg.insert(Arc::clone(&a));
-    let idb = reg.insert(Arc::clone(&b));
+    let ida = reg.insert(Arc::clone(&a), false);
+    let idb = reg.insert(Arc::clone(&b), false);
     a.bytes_in.fetch_add(100, std::sync::atomic::Ordering::Relaxed);
     a.bytes_out.fetch_add(200, std::sync::atomic::Ordering::Relaxed);
     a.extra_requests.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
@@ -139,7 +139,7 @@ fn deltas_of_a_connection_sampled_then_closed_are_split_exactly() {
     let reg = Registry::new(false);
     let web = route("web");
     let a = conn(ip(1), &web);
-    let id = reg.insert(Arc::clone(&a));
+    let id = reg.insert(Arc::clone(&a), false);
     a.bytes_in.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(reg.collect().global, Sample::new(10, 0, 1));
     a.bytes_in.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
@@ -150,7 +150,7 @@ fn deltas_of_a_connection_sampled_then_closed_are_split_exactly() {
     assert!(d.by_ip.is_empty(), "IPs are not tracked");
     // Sampled, then closed with nothing new: no pending entry at all.
     let b = conn(ip(1), &web);
-    let id = reg.insert(Arc::clone(&b));
+    let id = reg.insert(Arc::clone(&b), false);
     assert_eq!(reg.collect().global, Sample::new(0, 0, 1));
     reg.remove(id);
     let d = reg.collect();

@@ -1,0 +1,305 @@
+//! Header work on the way through: hop-by-hop removal (RFC 9110 §7.6.1), forwarding headers
+//! from the real client, `Via`, cookies of HTTP/2 clients joined for HTTP/1.1 targets.
+
+use std::fmt::Write as _;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+
+use crate::ctx::ConnCtx;
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
+/// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// `Proxy-Connection`, `TE` (but `te: trailers` stays for an HTTP/2 target), `Transfer-Encoding`,
+/// and `Upgrade` unless `keep_upgrade`. One pass over the (few) names first: most messages
+/// have none of them, and that costs no hash lookup.
+pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    let any = h.keys().any(|k| {
+        k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+    });
+    if !any {
+        return;
+    }
+    if h.contains_key(header::CONNECTION) {
+        // Names listed in Connection are hop-by-hop too. Collected first: the map is
+        // borrowed. Rare (most clients send `keep-alive` or `close`), so a small Vec is fine.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            let Ok(s) = v.to_str() else { continue };
+            for token in s.split(',') {
+                let t = token.trim();
+                if t.is_empty()
+                    || t.eq_ignore_ascii_case("close")
+                    || t.eq_ignore_ascii_case("keep-alive")
+                    || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    if let Some(te) = h.remove(header::TE) {
+        let trailers = te
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        if keep_te_trailers && trailers {
+            h.insert(header::TE, TRAILERS);
+        }
+    }
+    h.remove(header::TRANSFER_ENCODING);
+    if !keep_upgrade {
+        h.remove(header::UPGRADE);
+    }
+}
+
+/// `X-Forwarded-For/-Proto/-Host` from the real client: appended to (For) or kept
+/// (Proto, Host) when the peer is trusted, replaced otherwise.
+pub(crate) fn forwarded_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<&HeaderValue>) {
+    let trusted = ctx.peer_trusted;
+    match (trusted, h.contains_key(&X_FORWARDED_FOR)) {
+        (true, true) => {
+            let mut v = BytesMut::with_capacity(64);
+            for (i, prev) in h.get_all(&X_FORWARDED_FOR).iter().enumerate() {
+                if i > 0 {
+                    v.extend_from_slice(b", ");
+                }
+                v.extend_from_slice(prev.as_bytes());
+            }
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ctx.xff.as_bytes());
+            // Built from valid values and an address.
+            if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
+                h.insert(&X_FORWARDED_FOR, v);
+            }
+        }
+        _ => {
+            h.insert(&X_FORWARDED_FOR, ctx.xff.clone());
+        }
+    }
+    if !(trusted && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(&X_FORWARDED_PROTO, if ctx.is_tls() { HTTPS } else { HTTP });
+    }
+    if !(trusted && h.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(v) => {
+                h.insert(&X_FORWARDED_HOST, v.clone());
+            }
+            None => {
+                h.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// RFC 7239 `Forwarded: for=...;host=...;proto=...`, appended to when the peer is trusted,
+/// replaced otherwise.
+pub(crate) fn forwarded(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<&HeaderValue>) {
+    let mut v = BytesMut::with_capacity(96);
+    if ctx.peer_trusted {
+        for prev in h.get_all(header::FORWARDED) {
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+        }
+    }
+    match ctx.client.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let _ = write!(Writer(&mut v), "for={v4}");
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(Writer(&mut v), "for=\"[{v6}]\"");
+        }
+    }
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        v.extend_from_slice(b";host=");
+        if host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            v.extend_from_slice(host.as_bytes());
+        } else {
+            // quoted-string: host with a port or an IPv6 literal.
+            v.extend_from_slice(b"\"");
+            for b in host.bytes() {
+                if b == b'"' || b == b'\\' {
+                    v.extend_from_slice(b"\\");
+                }
+                v.extend_from_slice(&[b]);
+            }
+            v.extend_from_slice(b"\"");
+        }
+    }
+    v.extend_from_slice(if ctx.is_tls() { b";proto=https" } else { b";proto=http" });
+    if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+/// Appends `ours` (e.g. `1.1 smartproxy`) to `Via`.
+pub(crate) fn append_via(h: &mut HeaderMap, ours: &HeaderValue) {
+    match h.get(header::VIA) {
+        None => {
+            h.insert(header::VIA, ours.clone());
+        }
+        Some(prev) => {
+            let mut v = BytesMut::with_capacity(prev.len() + 2 + ours.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ours.as_bytes());
+            if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
+                h.insert(header::VIA, v);
+            }
+        }
+    }
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; HTTP/1.1 wants one, joined by `; `
+/// (RFC 9113 §8.2.3).
+pub(crate) fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let mut v = BytesMut::new();
+    for (i, c) in h.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            v.extend_from_slice(b"; ");
+        }
+        v.extend_from_slice(c.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// The `Via` protocol token of a request version.
+pub(crate) fn via_index(v: Version) -> usize {
+    match v {
+        Version::HTTP_10 | Version::HTTP_09 => 0,
+        Version::HTTP_2 => 2,
+        Version::HTTP_3 => 3,
+        _ => 1,
+    }
+}
+
+/// `fmt::Write` into a `BytesMut`.
+struct Writer<'a>(&'a mut BytesMut);
+
+impl std::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// `Via` values per protocol version (1.0, 1.1, 2, 3) for a pseudonym.
+pub(crate) fn via_values(pseudonym: &str) -> Option<[HeaderValue; 4]> {
+    let v = |p: &str| HeaderValue::from_str(&format!("{p} {pseudonym}")).ok();
+    Some([v("1.0")?, v("1.1")?, v("2")?, v("3")?])
+}
+
+/// Whether `req` asks for a WebSocket: HTTP/1.1 `GET` with `Upgrade: websocket` and
+/// `Connection: upgrade`, or an RFC 8441 extended CONNECT with `:protocol = websocket`.
+pub(crate) fn is_websocket(method: &Method, h: &HeaderMap, ext: &http::Extensions) -> bool {
+    if method == Method::CONNECT {
+        return ext
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
+    method == Method::GET
+        && h.get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")))
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::WARNING),
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("?")),
+            );
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret, upgrade"),
+            ("connection", "close"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false, false);
+        assert_eq!(names(&h), ["x-kept"]);
+        let mut h = map(&[("connection", "upgrade"), ("upgrade", "websocket"), ("te", "trailers")]);
+        remove_hop_by_hop(&mut h, true, true);
+        assert_eq!(names(&h), ["te", "upgrade"]);
+        assert_eq!(h.get("te").map(HeaderValue::as_bytes), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn cookies_and_via() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h.get("cookie").map(HeaderValue::as_bytes), Some(&b"a=1; b=2"[..]));
+        let vias = via_values("edge").unwrap_or_else(|| panic!("via"));
+        let mut h = map(&[("via", "1.1 front")]);
+        append_via(&mut h, &vias[via_index(Version::HTTP_2)]);
+        assert_eq!(h.get("via").map(HeaderValue::as_bytes), Some(&b"1.1 front, 2 edge"[..]));
+        assert!(via_values("bad\nname").is_none());
+    }
+
+    #[test]
+    fn websocket_detection() {
+        let ext = http::Extensions::new();
+        let h = map(&[("upgrade", "websocket"), ("connection", "keep-alive, Upgrade")]);
+        assert!(is_websocket(&Method::GET, &h, &ext));
+        assert!(!is_websocket(&Method::POST, &h, &ext));
+        let h = map(&[("upgrade", "h2c"), ("connection", "upgrade")]);
+        assert!(!is_websocket(&Method::GET, &h, &ext));
+        let mut ext = http::Extensions::new();
+        ext.insert(hyper::ext::Protocol::from_static("websocket"));
+        assert!(is_websocket(&Method::CONNECT, &HeaderMap::new(), &ext));
+    }
+}

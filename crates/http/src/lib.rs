@@ -1,0 +1,46 @@
+//! The HTTP layer of smartproxy: an HTTP/1.1 and HTTP/2 reverse proxy on hyper that routes
+//! every request on its own.
+//!
+//! The engine accepts a connection, reads the PROXY header, terminates TLS, and hands the
+//! stream to [`HttpService::serve`] with a [`ConnInfo`] (real client address, whether the
+//! peer is trusted, port, TLS session). From there each request is matched with
+//! [`smartproxy_routing::RouteTable::lookup`] on Host (or `:authority`), path, headers, client
+//! IP and port, and is forwarded to its route's targets over pooled HTTP/1.1 or HTTP/2
+//! connections, answered by a `redirect` / `block` / `static` handler, or refused with a short
+//! error (404, 403, 502, 504, ...). WebSocket upgrades (HTTP/1.1 and RFC 8441) become tunnels
+//! outside the HTTP timers. Request metrics go to [`smartproxy_metrics::Metrics`]; an access
+//! log ([`AccessLog`]) is optional.
+//!
+//! ```no_run
+//! # async fn demo(table: std::sync::Arc<smartproxy_routing::RouteTable>, tcp: tokio::net::TcpStream) {
+//! use smartproxy_http::{ConnInfo, HttpConfig, HttpService};
+//!
+//! let http = HttpService::new(HttpConfig::new(table), None);
+//! let client = tcp.peer_addr().unwrap();
+//! let outcome = http.serve(tcp, ConnInfo::new(client, 8080), std::future::pending()).await;
+//! println!("{} requests, {:?}", outcome.requests, outcome.reason);
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod access;
+mod body;
+mod conn;
+mod ctx;
+mod headers;
+mod io;
+mod pool;
+mod proxy;
+mod service;
+mod snapshot;
+mod upstream;
+mod websocket;
+
+pub use self::access::{AccessLog, TracingAccessLog};
+pub use self::conn::{CloseReason, Protocol, ServeOutcome};
+pub use self::ctx::{ConnInfo, ProxyHeaderFn, TlsInfo};
+pub use self::service::{HttpConfig, HttpService, RouteConnSettings};
+pub use self::upstream::{
+    TlsConnectFuture, TlsConnectRequest, TlsStream, UpstreamStream, UpstreamTls,
+};
+pub use smartproxy_routing::HttpSettings;

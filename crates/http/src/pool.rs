@@ -1,0 +1,232 @@
+//! Upstream connection pools: one per target (and upstream protocol / TLS), sharded by worker
+//! thread so that a thread takes its own connections back without contending for a lock.
+//!
+//! HTTP/1.1 connections are idle in a stack (the most recently used first: its socket is the
+//! warmest) of at most `max_idle` per shard; HTTP/2 connections are shared, one per shard,
+//! and multiplexed. A reaper task per shard drops connections idle longer than the idle
+//! timeout and stops when the shard is empty. Pools for connections that carry a client's
+//! PROXY header are private to that client connection (see `ConnCtx::private_pools`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::body::UpBody;
+
+pub(crate) type H1Sender = http1::SendRequest<UpBody>;
+pub(crate) type H2Sender = http2::SendRequest<UpBody>;
+
+/// A request sender on a backend connection.
+#[derive(Debug)]
+pub(crate) enum Sender {
+    H1(H1Sender),
+    H2(H2Sender),
+}
+
+impl Sender {
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, Self::H2(_))
+    }
+}
+
+struct Idle {
+    tx: H1Sender,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Shard {
+    h1: Vec<Idle>,
+    h2: Option<(H2Sender, Instant)>,
+    reaper: bool,
+}
+
+/// The pool of one target.
+pub(crate) struct Pool {
+    shards: Box<[Mutex<Shard>]>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Private pools live with their client connection: no reaper, one shard.
+    private: bool,
+    weak: Weak<Pool>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("shards", &self.shards.len())
+            .field("max_idle", &self.max_idle)
+            .field("idle", &self.idle())
+            .finish()
+    }
+}
+
+fn shard_count() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(1, 64))
+}
+
+fn thread_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
+impl Pool {
+    /// A shared pool: one shard per CPU, reaped.
+    pub(crate) fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        Self::build(shard_count(), max_idle, idle_timeout, false)
+    }
+
+    /// A pool private to one client connection.
+    pub(crate) fn private(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        Self::build(1, max_idle, idle_timeout, true)
+    }
+
+    fn build(shards: usize, max_idle: usize, idle_timeout: Duration, private: bool) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Self {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            max_idle,
+            idle_timeout,
+            private,
+            weak: weak.clone(),
+        })
+    }
+
+    fn shard(&self) -> (usize, &Mutex<Shard>) {
+        let i = thread_index() % self.shards.len();
+        (i, &self.shards[i])
+    }
+
+    /// An idle HTTP/1.1 connection, the most recently used first; closed and expired ones
+    /// are dropped on the way. This thread's shard first, then the others (tasks of a
+    /// work-stealing runtime move between threads; with one runtime per thread the own
+    /// shard nearly always has one).
+    /// Also returns how long the connection was idle.
+    /// `now` is the caller's clock read (the request's start).
+    pub(crate) fn take_h1(&self, now: Instant) -> Option<(H1Sender, Duration)> {
+        let (own, _) = self.shard();
+        let n = self.shards.len();
+        for k in 0..n {
+            let mut s = self.shards[(own + k) % n].lock();
+            while let Some(idle) = s.h1.pop() {
+                let idle_for = now.saturating_duration_since(idle.since);
+                if !idle.tx.is_closed() && idle_for < self.idle_timeout {
+                    return Some((idle.tx, idle_for));
+                }
+            }
+        }
+        None
+    }
+
+    /// Gives a connection back after a complete exchange (`now`: the caller's clock read).
+    pub(crate) fn put_h1(&self, tx: H1Sender, now: Instant) {
+        if tx.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let (i, shard) = self.shard();
+        let start_reaper = {
+            let mut s = shard.lock();
+            if s.h1.len() >= self.max_idle {
+                // Full: the oldest goes.
+                s.h1.remove(0);
+            }
+            s.h1.push(Idle { tx, since: now });
+            !std::mem::replace(&mut s.reaper, true)
+        };
+        if start_reaper {
+            self.spawn_reaper(i);
+        }
+    }
+
+    /// An open shared HTTP/2 connection (this thread's shard first).
+    pub(crate) fn h2(&self) -> Option<H2Sender> {
+        let (own, _) = self.shard();
+        let n = self.shards.len();
+        for k in 0..n {
+            let mut s = self.shards[(own + k) % n].lock();
+            match &mut s.h2 {
+                Some((tx, used)) if !tx.is_closed() => {
+                    *used = Instant::now();
+                    return Some(tx.clone());
+                }
+                Some(_) => s.h2 = None,
+                None => {}
+            }
+        }
+        None
+    }
+
+    /// Keeps `tx` as this shard's HTTP/2 connection.
+    pub(crate) fn set_h2(&self, tx: H2Sender) {
+        let (i, shard) = self.shard();
+        let start_reaper = {
+            let mut s = shard.lock();
+            s.h2 = Some((tx, Instant::now()));
+            !std::mem::replace(&mut s.reaper, true)
+        };
+        if start_reaper {
+            self.spawn_reaper(i);
+        }
+    }
+
+    /// Idle HTTP/1.1 connections and open HTTP/2 connections, all shards.
+    pub(crate) fn idle(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock();
+                s.h1.len() + usize::from(s.h2.is_some())
+            })
+            .sum()
+    }
+
+    /// Drops expired and closed connections of shard `i`; whether it is now empty.
+    fn reap(&self, i: usize) -> bool {
+        let Some(shard) = self.shards.get(i) else { return true };
+        let mut s = shard.lock();
+        let now = Instant::now();
+        let timeout = self.idle_timeout;
+        s.h1.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+        if let Some((tx, used)) = &s.h2
+            && (tx.is_closed() || now.duration_since(*used) >= timeout)
+        {
+            s.h2 = None;
+        }
+        let empty = s.h1.is_empty() && s.h2.is_none();
+        if empty {
+            s.reaper = false;
+        }
+        empty
+    }
+
+    fn spawn_reaper(&self, i: usize) {
+        if self.private {
+            return;
+        }
+        let weak = self.weak.clone();
+        let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        // Outside a runtime (tests of the pool alone) nothing is reaped lazily.
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Some(shard) = self.shards.get(i) {
+                shard.lock().reaper = false;
+            }
+            return;
+        }
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(pool) = weak.upgrade() else { return };
+                if pool.reap(i) {
+                    return;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,569 @@
+//! Forwarding one request to a target of its route and streaming the response back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use smartproxy_metrics::HttpErrorReason;
+use smartproxy_routing::{CompiledRoute, SendProxyProtocol, UpstreamProtocol};
+use tokio::time::Instant;
+
+use crate::body::{Progress, RequestGuard, ResponseBody, UpBody, Upstream};
+use crate::ctx::ConnCtx;
+use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookies};
+use crate::pool::{Pool, Sender};
+use crate::service::{Expanded, TEXT_PLAIN, error_response};
+use crate::snapshot::{ProxyRoute, RouteKind, Snapshot, TargetState};
+use crate::upstream::{ConnectError, ConnectParams, connect, is_timeout};
+
+const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
+const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
+const SEC_WEBSOCKET_ACCEPT: &str = "sec-websocket-accept";
+const UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+const WEBSOCKET: HeaderValue = HeaderValue::from_static("websocket");
+const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
+
+/// The outcome of one exchange on one backend connection.
+enum Sent {
+    Response(Response<Incoming>, Sender),
+    /// The pooled connection was gone before the request went out: here it is back.
+    Retry(Request<UpBody>),
+    Failed(hyper::Error),
+    Timeout,
+}
+
+/// What the request looks like before the per-connection details (URI form, Host, version).
+struct Prepared {
+    req: Request<UpBody>,
+    pq: PathAndQuery,
+    /// The client's Host / `:authority`.
+    host: Option<HeaderValue>,
+    te_trailers: bool,
+    client_h2: bool,
+}
+
+pub(crate) async fn forward(
+    ctx: &Arc<ConnCtx>,
+    snap: &Arc<Snapshot>,
+    index: usize,
+    req: Request<Incoming>,
+    mut guard: RequestGuard,
+    expanded: Option<Box<Expanded>>,
+) -> Response<ResponseBody> {
+    let Some((route, state)) = snap.route(index) else {
+        return error_response(guard, HttpErrorReason::NoRoute, &"route vanished");
+    };
+    let RouteKind::Proxy(pr) = &state.kind else {
+        return error_response(guard, HttpErrorReason::NoRoute, &"not an HTTP route");
+    };
+    let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    let ws =
+        pr.websocket && headers::is_websocket(&parts.method, &parts.headers, &parts.extensions);
+    let client_upgrade = if ws { parts.extensions.remove::<OnUpgrade>() } else { None };
+    let ext_connect = ws && parts.method == Method::CONNECT;
+
+    // The client's host, then the generic header work.
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
+    headers::remove_hop_by_hop(&mut parts.headers, ws && !ext_connect, false);
+    if pr.forwarded_headers {
+        forwarded_headers(&mut parts.headers, ctx, host.as_ref());
+    }
+    if pr.forwarded {
+        forwarded(&mut parts.headers, ctx, host.as_ref());
+    }
+    if let Some(via) = &pr.via {
+        append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
+    }
+    if let Some(ops) = &pr.request_ops {
+        ops.apply(&mut parts.headers, expanded.as_ref().map_or(&[][..], |e| &e.request[..]));
+    }
+    if ws {
+        // The target gets an HTTP/1.1 upgrade, whatever the client spoke.
+        parts.headers.insert(header::CONNECTION, UPGRADE);
+        parts.headers.insert(header::UPGRADE, WEBSOCKET);
+        if ext_connect {
+            parts.method = Method::GET;
+            parts.headers.insert(SEC_WEBSOCKET_KEY, websocket_key());
+            if !parts.headers.contains_key(SEC_WEBSOCKET_VERSION) {
+                parts.headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            parts.extensions.remove::<hyper::ext::Protocol>();
+        }
+    }
+    let mut pq =
+        parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some((re, to)) = &pr.rewrite
+        && let std::borrow::Cow::Owned(path) = re.replace(pq.path(), to.as_str())
+    {
+        let rewritten = match pq.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        match PathAndQuery::try_from(rewritten) {
+            Ok(p) => pq = p,
+            Err(e) => {
+                return error_response(
+                    guard,
+                    HttpErrorReason::BadRequest,
+                    &format_args!("rewritten path is not valid: {e}"),
+                );
+            }
+        }
+    }
+    let body = if ws || body.is_end_stream() {
+        UpBody::Empty
+    } else {
+        let progress = Arc::new(Progress::new());
+        guard.bytes_in = Some(Arc::clone(&progress));
+        UpBody::Stream { inner: body, progress }
+    };
+    let progress = guard.bytes_in.clone();
+    let mut prep = Prepared {
+        req: Request::from_parts(parts, body),
+        pq,
+        host,
+        te_trailers,
+        client_h2: client_version == Version::HTTP_2,
+    };
+
+    // Targets: the route's choice, then the next ones after a failed connect (at most 3).
+    let client_ip = ctx.client.ip();
+    let max_attempts = pr.targets.len().clamp(1, 3);
+    let mut attempts = 0usize;
+    let mut next = route.select_target(client_ip, ctx.port, 0);
+    let mut last_err: Option<ConnectError> = None;
+    let metrics = ctx.service.metrics.as_deref();
+    let route_metrics = snap.route_metrics(index);
+    while let Some(sel) = next.take() {
+        attempts += 1;
+        let Some(t) = pr.targets.get(sel.index()) else { break };
+        let port = sel.port();
+        let pool = if pr.proxy_protocol != SendProxyProtocol::Off {
+            private_pool(ctx, snap, t, port)
+        } else {
+            let sni = ctx.tls.as_ref().and_then(|t| t.sni.as_deref());
+            snap.pool(&ctx.service.pools, route, pr, t, port, sni)
+        };
+        // A pooled connection first (never for an upgrade: that one is dedicated).
+        let mut idle_for = Duration::ZERO;
+        let mut pooled = if ws {
+            None
+        } else if let Some(tx) =
+            (pr.upstream != UpstreamProtocol::Http1).then(|| pool.h2()).flatten()
+        {
+            Some(Sender::H2(tx))
+        } else {
+            pool.take_h1(guard.started).map(|(tx, idle)| {
+                idle_for = idle;
+                Sender::H1(tx)
+            })
+        };
+        let outcome = loop {
+            let reused = pooled.is_some();
+            // A connection idle for a while may be closed by the target just as the request
+            // goes out (the keep-alive race): keep a copy of a replayable request to send
+            // again on a new connection. Hot connections are not worth the copy.
+            let spare =
+                (reused && idle_for >= STALE_AFTER).then(|| replayable(&prep.req)).flatten();
+            // The response timeout counts from here (a pooled connection) or from the
+            // end of the connect.
+            let mut sent_from = guard.started;
+            let sender = match pooled.take() {
+                Some(s) => s,
+                None => {
+                    let started = Instant::now();
+                    let params = ConnectParams {
+                        ctx,
+                        route,
+                        pr,
+                        target: t,
+                        port,
+                        tls: snap.tls.as_deref(),
+                        upgrade: ws,
+                    };
+                    // Boxed: rare (pooled connections), and its state would make every
+                    // request's future (moved and polled per request) larger.
+                    match Box::pin(connect(params)).await {
+                        Ok(s) => {
+                            sent_from = Instant::now();
+                            if let (Some(m), Some(r)) = (metrics, route_metrics) {
+                                m.backend_connected(
+                                    r,
+                                    sent_from.saturating_duration_since(started),
+                                );
+                            }
+                            if let Sender::H2(tx) = &s {
+                                pool.set_h2(tx.clone());
+                            }
+                            s
+                        }
+                        Err(e) => {
+                            if let (Some(m), Some(r)) = (metrics, route_metrics) {
+                                m.backend_connect_failed(r);
+                            }
+                            tracing::debug!(client = %ctx.client, route = route.name(), target = %t.authority(port), "connect failed: {e}");
+                            break Err(e);
+                        }
+                    }
+                }
+            };
+            let h2 = sender.is_h2();
+            finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
+            let req = std::mem::replace(&mut prep.req, Request::new(UpBody::Empty));
+            match send(sender, req, pr.response_timeout, progress.as_deref(), sent_from).await {
+                Sent::Retry(req) if reused => {
+                    // A stale keep-alive connection: the same target, a new connection.
+                    prep.req = req;
+                }
+                Sent::Retry(_) => {
+                    break Ok(Err((
+                        HttpErrorReason::BackendError,
+                        "the new backend connection closed at once".to_owned(),
+                    )));
+                }
+                Sent::Failed(e) => {
+                    if let Some(req) = spare {
+                        tracing::debug!(client = %ctx.client, route = route.name(), "idle backend connection failed ({e}); sending again on a new one");
+                        prep.req = req;
+                        idle_for = Duration::ZERO;
+                        continue;
+                    }
+                    break Ok(Err((HttpErrorReason::BackendError, format!("backend failed: {e}"))));
+                }
+                Sent::Timeout => {
+                    break Ok(Err((
+                        HttpErrorReason::BackendResponseTimeout,
+                        format!("no response head within {:?}", pr.response_timeout),
+                    )));
+                }
+                Sent::Response(resp, sender) => break Ok(Ok((resp, sender))),
+            }
+        };
+        match outcome {
+            Err(e) => {
+                last_err = Some(e);
+                if attempts < max_attempts {
+                    next = route.next_target(&sel, attempts, ctx.port);
+                }
+            }
+            Ok(Err((reason, detail))) => return error_response(guard, reason, &detail),
+            Ok(Ok((resp, sender))) => {
+                if let Some(a) = &mut guard.access {
+                    a.upstream = t.authority(port);
+                }
+                let upstream = Upstream {
+                    sender: (!ws).then_some(sender),
+                    pool: Some(pool),
+                    _target: sel.into_guard(),
+                };
+                let response_values = expanded.as_ref().map_or(&[][..], |e| &e.response[..]);
+                return respond(
+                    ctx,
+                    route,
+                    pr,
+                    resp,
+                    upstream,
+                    guard,
+                    ws,
+                    client_upgrade,
+                    ext_connect,
+                    response_values,
+                );
+            }
+        }
+    }
+    let (reason, detail) = match &last_err {
+        Some(e) if is_timeout(e) => (HttpErrorReason::BackendConnectTimeout, e.to_string()),
+        Some(e) => {
+            (HttpErrorReason::BackendUnavailable, format!("no target could be connected: {e}"))
+        }
+        None => (HttpErrorReason::BackendUnavailable, "the route has no target".to_owned()),
+    };
+    error_response(guard, reason, &detail)
+}
+
+/// Idle time after which a pooled connection's first request is kept for a resend.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// A copy of `req` if it can be sent again: no body and an idempotent method.
+fn replayable(req: &Request<UpBody>) -> Option<Request<UpBody>> {
+    if !matches!(req.body(), UpBody::Empty)
+        || !matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+    {
+        return None;
+    }
+    let mut copy = Request::new(UpBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// The pool of connections that carry this client's PROXY header.
+fn private_pool(ctx: &ConnCtx, snap: &Snapshot, t: &TargetState, port: u16) -> Arc<Pool> {
+    let key = t.id.wrapping_mul(65_536).wrapping_add(usize::from(port));
+    let mut v = ctx.private_pools.lock();
+    if let Some((_, p)) = v.iter().find(|(k, _)| *k == key) {
+        return Arc::clone(p);
+    }
+    let s = &snap.settings.http;
+    let p = Pool::private(s.http_pool_max_idle, s.http_pool_idle_timeout);
+    v.push((key, Arc::clone(&p)));
+    p
+}
+
+/// URI form, Host and version for the connection's protocol.
+fn finish(prep: &mut Prepared, pr: &ProxyRoute, t: &TargetState, port: u16, h2: bool, tls: bool) {
+    let target_host = || -> Option<(HeaderValue, Authority)> {
+        if let Some(Some(v)) = pr.target_hosts.get(target_index(pr, t)) {
+            return Some(v.clone());
+        }
+        let a = t.authority(port);
+        Some((HeaderValue::from_str(&a).ok()?, a.parse().ok()?))
+    };
+    let req = &mut prep.req;
+    if h2 {
+        let authority = if pr.preserve_host {
+            prep.host.as_ref().and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        } else {
+            None
+        }
+        .or_else(|| target_host().map(|(_, a)| a));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+        parts.authority = authority;
+        parts.path_and_query = Some(prep.pq.clone());
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        req.headers_mut().remove(header::HOST);
+        if prep.te_trailers {
+            req.headers_mut().insert(header::TE, TRAILERS);
+        }
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        *req.uri_mut() = Uri::from(prep.pq.clone());
+        let host = if pr.preserve_host { prep.host.clone() } else { None };
+        match host.or_else(|| target_host().map(|(h, _)| h)) {
+            Some(h) => {
+                req.headers_mut().insert(header::HOST, h);
+            }
+            None => {
+                req.headers_mut().remove(header::HOST);
+            }
+        }
+        req.headers_mut().remove(header::TE);
+        if prep.client_h2 {
+            join_cookies(req.headers_mut());
+        }
+        *req.version_mut() = Version::HTTP_11;
+    }
+}
+
+fn target_index(pr: &ProxyRoute, t: &TargetState) -> usize {
+    pr.targets.iter().position(|x| std::ptr::eq(x, t)).unwrap_or(usize::MAX)
+}
+
+/// Sends `req` and waits for the response head. The response timeout counts from the last
+/// byte of the request body that went out, so a long upload is not cut.
+async fn send(
+    sender: Sender,
+    req: Request<UpBody>,
+    timeout: Duration,
+    progress: Option<&Progress>,
+    // When the request starts going out (the caller's clock read, saved here).
+    started: Instant,
+) -> Sent {
+    let exchange = async move {
+        match sender {
+            Sender::H1(mut tx) => {
+                if tx.ready().await.is_err() {
+                    return Sent::Retry(req);
+                }
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Sent::Response(resp, Sender::H1(tx)),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => Sent::Retry(req),
+                        None => Sent::Failed(e.into_error()),
+                    },
+                }
+            }
+            Sender::H2(mut tx) => {
+                if tx.ready().await.is_err() {
+                    return Sent::Retry(req);
+                }
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Sent::Response(resp, Sender::H2(tx)),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => Sent::Retry(req),
+                        None => Sent::Failed(e.into_error()),
+                    },
+                }
+            }
+        }
+    };
+    let mut exchange = std::pin::pin!(exchange);
+    let mut deadline = started + timeout;
+    loop {
+        tokio::select! {
+            sent = &mut exchange => return sent,
+            () = tokio::time::sleep_until(deadline) => {
+                let last = progress.map_or(started, Progress::last).max(started);
+                if Instant::now() >= last + timeout {
+                    return Sent::Timeout;
+                }
+                deadline = last + timeout;
+            }
+        }
+    }
+}
+
+/// Passes the target's response on (hop-by-hop headers out, `Via` in), or sets up the
+/// tunnel of a WebSocket.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    ctx: &Arc<ConnCtx>,
+    route: &CompiledRoute,
+    pr: &ProxyRoute,
+    mut resp: Response<Incoming>,
+    upstream: Upstream,
+    mut guard: RequestGuard,
+    ws: bool,
+    client_upgrade: Option<OnUpgrade>,
+    ext_connect: bool,
+    response_values: &[HeaderValue],
+) -> Response<ResponseBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !ws {
+        return error_response(
+            guard,
+            HttpErrorReason::BackendError,
+            &"backend switched protocols unasked",
+        );
+    }
+    let client_version = if ctx.h2.load(std::sync::atomic::Ordering::Relaxed) {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if ws && switching {
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        parts.version = client_version;
+        let Some(client_upgrade) = client_upgrade else {
+            return error_response(
+                guard,
+                HttpErrorReason::BackendError,
+                &"client connection cannot be upgraded",
+            );
+        };
+        if ext_connect {
+            // RFC 8441: the client gets a 200 on its stream; the HTTP/1.1 handshake headers
+            // stay between us and the target.
+            parts.status = StatusCode::OK;
+            headers::remove_hop_by_hop(&mut parts.headers, false, false);
+            parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+        } else {
+            headers::remove_hop_by_hop(&mut parts.headers, true, false);
+            parts.headers.insert(header::CONNECTION, UPGRADE);
+        }
+        if let Some(via) = &pr.via {
+            append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
+        }
+        let status = parts.status.as_u16();
+        guard.status = status;
+        guard.upstream = Some(upstream);
+        let idle = pr.tunnel_idle;
+        let name = route.name().to_owned();
+        let client = ctx.client;
+        let mut tunnels = ctx.tunnels.lock();
+        let tunnels = tunnels.get_or_insert_with(tokio::task::JoinSet::new);
+        while tunnels.try_join_next().is_some() {}
+        tunnels.spawn(async move {
+            crate::websocket::tunnel(client_upgrade, backend_upgrade, idle, guard, &name, client)
+                .await;
+        });
+        return Response::from_parts(parts, ResponseBody::empty());
+    }
+    let (mut parts, body) = resp.into_parts();
+    // The client gets our version, not the target's: an HTTP/1.0 target's answer must not
+    // turn the client's kept-alive HTTP/1.1 connection into a one-shot HTTP/1.0 one.
+    parts.version = client_version;
+    headers::remove_hop_by_hop(&mut parts.headers, false, false);
+    if let Some(via) = &pr.via {
+        append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
+    }
+    if let Some(ops) = &pr.response_ops {
+        ops.apply(&mut parts.headers, response_values);
+    }
+    let status = parts.status.as_u16();
+    guard.upstream = Some(upstream);
+    Response::from_parts(parts, ResponseBody::proxied(body).with_guard(guard, status))
+}
+
+/// A fresh `Sec-WebSocket-Key` (16 random bytes, base64) for an RFC 8441 request turned
+/// into an HTTP/1.1 upgrade.
+fn websocket_key() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()));
+        h.write_u128(Instant::now().elapsed().as_nanos());
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    HeaderValue::from_str(&base64(&bytes)).unwrap_or(TEXT_PLAIN)
+}
+
+fn base64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_encodes() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0u8; 16]).len(), 24);
+    }
+}

@@ -1,0 +1,10 @@
+//! The HTTP layer with real sockets, real clients (curl, h2load, tungstenite, hyper) and real
+//! backends (hyper servers, nginx). One test binary (faster to link); modules by area.
+
+mod common;
+mod errors;
+mod h2;
+mod nginx;
+mod observe;
+mod routing;
+mod websocket;
