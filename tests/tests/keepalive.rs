@@ -552,3 +552,218 @@ timeouts = { http_keepalive = "2m", keepalive_treatment = "extended", keepalive_
         "{stderr}"
     );
 }
+
+// ----------------------------------------------------------------------------------------
+// HTTP routes: keep-alive idle time and WebSocket tunnels under the treatments
+
+/// An HTTP/1.1 keep-alive backend answering every request with `ok`; WebSocket upgrades are
+/// accepted (tungstenite) and echoed. Returns its port.
+fn http_backend() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut peek = [0u8; 2048];
+                let n = s.peek(&mut peek).unwrap_or(0);
+                if peek[..n].windows(7).any(|w| w.eq_ignore_ascii_case(b"upgrade")) {
+                    let Ok(mut ws) = tungstenite::accept(s) else { return };
+                    while let Ok(m) = ws.read() {
+                        if m.is_close() || ws.send(m).is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                let mut s = s;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One request on `s` (keep-alive); returns when the whole answer arrived.
+fn get_ok(s: &mut TcpStream) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = s.read(&mut b).expect("the answer");
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+}
+
+/// Waits (at most `limit`) for the proxy to close `s`; `None` if it is still open then.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Instant> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => Some(Instant::now()),
+        Ok(n) => panic!("{n} unexpected bytes"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(Instant::now()),
+    }
+}
+
+#[test]
+fn http_keepalive_idle_time_follows_the_treatment() {
+    let backend = http_backend();
+    let [std_port, ext_port, imm_port, admin] = free_ports::<4>();
+    let route = |name: &str, port: u16, timeouts: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {backend} }}], http = {{}} }}\n\
+             timeouts = {{ {timeouts} }}\n"
+        )
+    };
+    let config = format!(
+        "bind = [\"127.0.0.1\"]\n[defaults]\nhttp_keepalive_timeout = \"400ms\"\nrequest_header_timeout = \"300ms\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}{}{}",
+        route("standard", std_port, "keepalive_treatment = \"standard\""),
+        route(
+            "extended",
+            ext_port,
+            "keepalive_treatment = \"extended\", keepalive_inactivity_multiplier = 3"
+        ),
+        route("immortal", imm_port, "keepalive_treatment = \"immortal\""),
+    );
+    let proxy = Proxy::start(&config, &[std_port, ext_port, imm_port]);
+    let mut conns: Vec<(&str, TcpStream, Instant)> =
+        [("standard", std_port), ("extended", ext_port), ("immortal", imm_port)]
+            .into_iter()
+            .map(|(name, port)| {
+                let mut s = connect(port);
+                get_ok(&mut s);
+                get_ok(&mut s); // kept alive
+                (name, s, Instant::now())
+            })
+            .collect();
+    let margin = Duration::from_millis(900);
+    let waits: Vec<_> = conns
+        .drain(..)
+        .map(|(name, mut s, last)| {
+            thread::spawn(move || {
+                let at = closed_within(&mut s, Duration::from_millis(2500));
+                (name, at.map(|t| t - last), s)
+            })
+        })
+        .collect();
+    let mut immortal = None;
+    for w in waits {
+        let (name, after, s) = w.join().unwrap();
+        eprintln!("{name}: closed after {after:?}");
+        match name {
+            "standard" => {
+                let a = after.expect("standard: closed at the keep-alive timeout");
+                assert!(
+                    a + Duration::from_millis(30) >= Duration::from_millis(400)
+                        && a <= Duration::from_millis(400) + margin,
+                    "standard: {a:?}"
+                );
+            }
+            "extended" => {
+                let a = after.expect("extended: closed at 3 x the keep-alive timeout");
+                assert!(
+                    a + Duration::from_millis(30) >= Duration::from_millis(1200)
+                        && a <= Duration::from_millis(1200) + margin,
+                    "extended: {a:?}"
+                );
+            }
+            _ => {
+                assert!(after.is_none(), "immortal: closed after {after:?}");
+                immortal = Some(s);
+            }
+        }
+    }
+    // The immortal connection still serves requests, 2.5 s (six keep-alive timeouts) later.
+    let mut s = immortal.unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    get_ok(&mut s);
+    let mut metrics = String::new();
+    wait_until("two inactivity closes in /metrics", || {
+        metrics = get(admin, "/metrics").body;
+        closed_total(&metrics, "inactivity") == Some(2)
+    });
+    drop(s);
+    wait_until("the immortal connection counted as closed by its peer", || {
+        closed_total(&get(admin, "/metrics").body, "peer") == Some(1)
+    });
+    drop(proxy);
+}
+
+#[test]
+fn websocket_tunnels_follow_the_route_treatment() {
+    let backend = http_backend();
+    let [std_port, imm_port] = free_ports::<2>();
+    let route = |name: &str, port: u16, timeouts: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {backend} }}], http = {{}} }}\n\
+             timeouts = {{ {timeouts} }}\n"
+        )
+    };
+    let config = format!(
+        "bind = [\"127.0.0.1\"]\n[defaults]\ninactivity_timeout = \"600ms\"\n{}{}",
+        route("ws-standard", std_port, "keepalive_treatment = \"standard\""),
+        route("ws-immortal", imm_port, "keepalive_treatment = \"immortal\""),
+    );
+    let _proxy = Proxy::start(&config, &[std_port, imm_port]);
+    let open = |port: u16| {
+        let (mut ws, resp) = tungstenite::connect(format!("ws://127.0.0.1:{port}/chat"))
+            .expect("WebSocket handshake");
+        assert_eq!(resp.status().as_u16(), 101);
+        ws.send(tungstenite::Message::text("hi")).unwrap();
+        assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), "hi");
+        (ws, Instant::now())
+    };
+    let (mut std_ws, std_last) = open(std_port);
+    let (mut imm_ws, _) = open(imm_port);
+    // Standard: the tunnel closes after 600 ms without a frame.
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = std_ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    let r = std_ws.read();
+    let after = std_last.elapsed();
+    assert!(r.is_err(), "the standard tunnel must close when idle: {r:?}");
+    assert!(
+        after + Duration::from_millis(30) >= Duration::from_millis(600)
+            && after <= Duration::from_millis(600) + Duration::from_millis(1200),
+        "standard tunnel closed {after:?} after its last frame"
+    );
+    // Immortal: still open 2 s (over three inactivity timeouts) later, frames still pass.
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = imm_ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    }
+    match imm_ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the immortal tunnel must stay open: {other:?}"),
+    }
+    imm_ws.send(tungstenite::Message::text("still here")).unwrap();
+    assert_eq!(imm_ws.read().unwrap().into_text().unwrap().as_str(), "still here");
+}

@@ -250,13 +250,15 @@ enum Tick {
 
 impl Timers {
     /// What the connection's timer should do now. While requests run it only re-checks
-    /// every `header` interval; that bounds how late a slow head is noticed.
+    /// every `header` interval, or every `keepalive` one when that is shorter (a timer set
+    /// while a request ran is not re-armed when it ends: this bounds how late the idle close
+    /// comes after a short keep-alive timeout); that bounds how late a slow head is noticed.
     fn tick(&self, ctx: &ConnCtx) -> Tick {
         let s = &ctx.state;
         let at = |ns: u64| ctx.start + Duration::from_nanos(ns);
         let now = at(ctx.now());
         if s.in_flight.load(Ordering::Relaxed) > 0 {
-            return Tick::Next(now + self.header);
+            return Tick::Next(now + self.header.min(self.keepalive));
         }
         let head = s.head_started.load(Ordering::Relaxed);
         if head != 0 {
