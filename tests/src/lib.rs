@@ -53,6 +53,20 @@ pub fn smartproxy_bin() -> PathBuf {
         let target_dir = profile_dir.parent().expect("target dir");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // Without the variables cargo sets for this test process: build scripts that watch
+        // them (ring's: `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...) would otherwise see them
+        // change between this build and the next `cargo test`, and both would rebuild ring,
+        // rustls and the engine every time (20-40 s per test binary).
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(&*k, "CARGO_CRATE_NAME" | "CARGO_TARGET_TMPDIR" | "OUT_DIR")
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         cmd.args(["build", "--quiet", "-p", "smartproxy", "--target-dir"])
             .arg(target_dir)
             .current_dir(workspace_root());

@@ -271,7 +271,6 @@ pub(crate) async fn forward(
                 let response_values = expanded.as_ref().map_or(&[][..], |e| &e.response[..]);
                 return respond(
                     ctx,
-                    snap,
                     route,
                     pr,
                     resp,
@@ -445,7 +444,6 @@ async fn send(
 #[allow(clippy::too_many_arguments)]
 fn respond(
     ctx: &Arc<ConnCtx>,
-    snap: &Arc<Snapshot>,
     route: &CompiledRoute,
     pr: &ProxyRoute,
     mut resp: Response<Incoming>,
@@ -496,7 +494,7 @@ fn respond(
         let status = parts.status.as_u16();
         guard.status = status;
         guard.upstream = Some(upstream);
-        let idle = snap.settings.tunnel_idle;
+        let idle = pr.tunnel_idle;
         let name = route.name().to_owned();
         let client = ctx.client;
         let mut tunnels = ctx.tunnels.lock();

@@ -66,6 +66,9 @@ fn fixed_names_and_units() {
         "smartproxy_http_request_duration_seconds_count{route=\"web\"} 3",
         "# TYPE smartproxy_http_requests_in_flight gauge",
         "smartproxy_http_errors_total{reason=\"no_route\"} 1",
+        "# TYPE smartproxy_connections_closed_total counter",
+        "smartproxy_connections_closed_total{reason=\"inactivity\"} 1",
+        "smartproxy_connections_closed_total{reason=\"keepalive\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

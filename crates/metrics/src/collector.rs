@@ -16,7 +16,7 @@ use crate::config::{MetricsConfig, PerIp};
 use crate::conn::{ConnShared, ConnectionRecorder};
 use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
 use crate::http::{EMPTY_ACC, HttpErrorReason, HttpMethod, HttpStats, histogram_of};
-use crate::reason::{ProxyVersion, RefuseReason};
+use crate::reason::{CloseReason, ProxyVersion, RefuseReason};
 use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
 use crate::snapshot::{
@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     http_errors: Box<[AtomicU64]>,
     /// Set by the owner of the certificates; copied into every snapshot.
     certificates: RwLock<Vec<CertificateExpiry>>,
+    /// Served connections closed, by [`CloseReason`] (indexed by `CloseReason::index`).
+    closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
 fn secs(d: Duration) -> u64 {
@@ -160,6 +162,7 @@ impl Metrics {
             http_unrouted: HttpStats::default(),
             http_errors: HttpErrorReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             certificates: RwLock::new(Vec::new()),
+            closed: std::array::from_fn(|_| AtomicU64::new(0)),
             cfg,
         };
         Arc::new(Self { inner: Arc::new(inner) })
@@ -277,6 +280,11 @@ impl Metrics {
     /// A connection was refused.
     pub fn refused(&self, reason: RefuseReason) {
         self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A served connection was closed for `reason` (once per connection).
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.inner.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A PROXY header was accepted.
@@ -567,6 +575,12 @@ impl Metrics {
         self.inner.refused[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Served connections closed for `reason`.
+    #[must_use]
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.inner.closed[reason.index()].load(Ordering::Relaxed)
+    }
+
     /// Configuration reloads: (applied, refused).
     #[must_use]
     pub fn config_reloads(&self) -> (u64, u64) {
@@ -704,6 +718,10 @@ impl Metrics {
             .iter()
             .map(|r| (r.as_str().to_owned(), self.refused_count(*r)))
             .collect();
+        let closed = CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.closed_count(*r)))
+            .collect();
         let accepted = [ProxyVersion::V1, ProxyVersion::V2]
             .iter()
             .zip(&inner.proxy_accepted)
@@ -781,6 +799,7 @@ impl Metrics {
             reloads: Reloads { ok, failed },
             http,
             certificates: inner.certificates.read().clone(),
+            closed,
         }
     }
 

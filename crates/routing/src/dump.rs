@@ -101,6 +101,9 @@ pub struct RouteDump {
     pub rate_limit_per_minute: Option<u32>,
     /// Connections holding a route limit guard now.
     pub open_connections: u32,
+    /// The route's `timeouts` table as written (the engine's `[defaults]` fill the rest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<crate::timeouts::RouteTimeouts>,
 }
 
 /// A target and its load.
@@ -200,6 +203,7 @@ impl RouteTable {
                     max_connections_per_ip: sec.max_connections_per_ip,
                     rate_limit_per_minute: sec.rate_limit_per_minute,
                     open_connections: r.limits().open_connections(),
+                    timeouts: c.timeouts.clone(),
                 }
             })
             .collect();

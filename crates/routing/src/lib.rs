@@ -46,6 +46,7 @@ mod path;
 mod table;
 mod target;
 mod template;
+mod timeouts;
 mod validate;
 mod validate_http;
 
@@ -67,6 +68,10 @@ pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
 pub use self::template::{Template, TemplateVars};
+pub use self::timeouts::{
+    KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
+    RouteTimeouts, TcpKeepalive, multiplier_problem,
+};
 pub use self::validate::{
     BUILTIN_HANDLERS, REDIRECT_STATUSES, UPSTREAM_SNI, ValidationOptions, validate, validate_with,
 };

@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::timeouts::RouteTimeouts;
+
 /// One route: a match and an action, plus optional security settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +45,9 @@ pub struct RouteConfig {
     /// Route-level access control and limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<RouteSecurity>,
+    /// Route-level timeouts and keep-alive treatment, overriding the engine's `[defaults]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
 }
 
 impl RouteConfig {
@@ -58,6 +63,7 @@ impl RouteConfig {
             matcher,
             action,
             security: None,
+            timeouts: None,
         }
     }
 
@@ -83,6 +89,12 @@ impl RouteConfig {
     /// does not listen on its ports.
     pub fn is_kernel_forwarded(&self) -> bool {
         matches!(&self.action, RouteAction::Forward(f) if f.is_kernel_forwarded())
+    }
+
+    /// Sets the timeouts table.
+    pub fn with_timeouts(mut self, timeouts: RouteTimeouts) -> Self {
+        self.timeouts = Some(timeouts);
+        self
     }
 }
 
@@ -350,7 +362,8 @@ pub struct ForwardAction {
     /// How a target is picked.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
-    /// Deadline for the TCP connect to a target (default 10 s).
+    /// Deadline for the TCP connect to a target (default: `[defaults] connect_timeout`, 10 s).
+    /// The route's `timeouts.connect` wins over it.
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
     /// Serve the route with the HTTP layer: every request is routed on its own.

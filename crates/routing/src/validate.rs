@@ -295,6 +295,13 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
         }
     };
 
+    // timeouts
+    if let Some(t) = &r.timeouts {
+        for (key, msg) in t.problems() {
+            e.push(format!("timeouts.{key}"), msg);
+        }
+    }
+
     if e.out.len() != before {
         return None;
     }

@@ -11,6 +11,7 @@ mod cli;
 mod completions;
 mod control;
 mod logs;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -174,6 +175,9 @@ fn validate(path: &Path) -> ExitCode {
                     "warning: {}: no routes: `run` would listen on nothing but the admin API",
                     path.display()
                 ));
+            } else {
+                // The timeouts each route's connections get, then OK.
+                logs::out(format_args!("{}", report::timeouts_table(&c).trim_end()));
             }
             logs::out(format_args!("OK"));
             ExitCode::SUCCESS

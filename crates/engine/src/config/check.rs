@@ -79,6 +79,15 @@ pub(super) fn build(
             err(path, "must be longer than 0s".into());
         }
     }
+    if let Some(msg) = smartproxy_routing::multiplier_problem(d.keepalive_inactivity_multiplier) {
+        err("defaults.keepalive_inactivity_multiplier", msg);
+    }
+    if d.extended_keepalive_lifetime.is_zero() {
+        err("defaults.extended_keepalive_lifetime", "must be longer than 0s".into());
+    }
+    for (key, msg) in d.tcp_keepalive.problems() {
+        err(&format!("defaults.tcp_keepalive.{key}"), msg);
+    }
     for (key, msg) in d.http_settings().check() {
         err(&format!("defaults.{key}"), msg);
     }
