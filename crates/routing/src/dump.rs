@@ -98,6 +98,8 @@ pub struct RouteDump {
     pub rate_limit_per_minute: Option<u32>,
     /// Connections holding a route limit guard now.
     pub open_connections: u32,
+    /// Connections refused after this route was chosen (lists, limits, no reachable target).
+    pub refused: u64,
 }
 
 /// A target and its load.
@@ -110,6 +112,8 @@ pub struct TargetDump {
     pub port: crate::model::TargetPort,
     /// Open connections counted by target guards.
     pub active: usize,
+    /// Connect health as last observed (passive: from real connects).
+    pub health: crate::target::TargetHealthSnapshot,
 }
 
 impl RouteTable {
@@ -184,6 +188,7 @@ impl RouteTable {
                             host: t.host.clone(),
                             port: t.port,
                             active: r.target_active(i),
+                            health: r.target_health(i),
                         })
                         .collect(),
                     http: r.http().cloned(),
@@ -193,6 +198,7 @@ impl RouteTable {
                     max_connections_per_ip: sec.max_connections_per_ip,
                     rate_limit_per_minute: sec.rate_limit_per_minute,
                     open_connections: r.limits().open_connections(),
+                    refused: r.refused(),
                 }
             })
             .collect();
