@@ -124,7 +124,10 @@
     const text = cssVar("--muted"), grid = cssVar("--grid"), cin = cssVar("--in"), cout = cssVar("--out");
     const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
     const opts = Object.assign(chartSize(), {
-      scales: { x: { time: true }, y: { range: function (u, min, max) { return [0, Math.max(max * 1.1, 1000)]; } } },
+      scales: {
+        // The whole window of the chosen range, from the newest point back.
+        x: { time: true, range: function (u, min, max) { return [Math.min(min, max - state.range), max]; } },
+        y: { range: function (u, min, max) { return [0, Math.max(max * 1.1, 1000)]; } } },
       series: [
         { value: function (u, v) { return v == null ? "–" : clock(v); } },
         { label: "in", stroke: cin, width: 2, fill: withAlpha(cin, 0.12), points: { show: false }, value: function (u, v) { return v == null ? "–" : rate(v); } },
@@ -279,7 +282,7 @@
         const days = (c.expiry_timestamp_seconds - now) / 86400;
         const cls = days < 7 ? "bad" : days < 21 ? "warn" : "good";
         return h("tr", { "data-cert": c.route + "/" + c.domain }, h("td", { text: c.route }), h("td", { text: c.domain }),
-          h("td", { class: "num " + cls, title: new Date(c.expiry_timestamp_seconds * 1000).toISOString(), text: days < 0 ? "expired" : days < 2 ? duration(days * 86400) : Math.floor(days) + " days" }));
+          h("td", { class: "num " + cls, title: new Date(c.expiry_timestamp_seconds * 1000).toISOString(), text: days < 0 ? "expired" : days < 2 ? duration(days * 86400) : days > 365 ? "until " + new Date(c.expiry_timestamp_seconds * 1000).toISOString().slice(0, 10) : Math.floor(days) + " days" }));
       }))))]);
   }
 
@@ -302,7 +305,7 @@
     state.lastFrame = frame;
     const snap = frame.snapshot;
     const m = snap.meta;
-    $("version").textContent = m.version;
+    $("version").textContent = "v" + String(m.version).replace(/^smartproxy\s*/, "");
     $("uptime").textContent = duration(m.uptime_seconds);
     const tp = snap.throughput.instant;
     setFigure("tp-in", tp.in, rate(tp.in));
