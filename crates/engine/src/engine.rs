@@ -670,6 +670,9 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
         let ctl = &self.ctl;
         ctl.draining.store(true, Ordering::Release);
+        if let Some(m) = ctl.shared.obs.metrics() {
+            m.set_draining(true);
+        }
         // No new certificate order while draining (one in flight is abandoned).
         drop(ctl.certs.lock().take());
         closed(ctl.stop_listening()).await;

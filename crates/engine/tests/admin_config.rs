@@ -49,7 +49,8 @@ fn the_token_file_is_read_at_load_and_checked() {
         if let Some(c) = content {
             std::fs::write(&p, c).unwrap();
         }
-        let text = format!("[admin]\nlisten = \"127.0.0.1:9900\"\ntoken_file = \"{}\"\n", p.display());
+        let text =
+            format!("[admin]\nlisten = \"127.0.0.1:9900\"\ntoken_file = \"{}\"\n", p.display());
         let e = parse(&text).unwrap_err();
         assert!(e.contains("line 3: admin.token_file:") && e.contains(want), "{name}: {e}");
     }

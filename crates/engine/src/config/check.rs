@@ -15,8 +15,8 @@ use super::deserialize::{Routes, remap_route_index};
 use super::file::File;
 use super::tls_files::{self, LoadedCert, TlsFiles};
 use super::{
-    AdminConfig, AdminToken, Compiled, Config, ConfigError, MetricsConfig, StatsdConfig, StatsdStyle,
-    TlsSettings, default_bind, default_detect_timeout, default_pp_timeout,
+    AdminConfig, AdminToken, Compiled, Config, ConfigError, MetricsConfig, StatsdConfig,
+    StatsdStyle, TlsSettings, default_bind, default_detect_timeout, default_pp_timeout,
 };
 
 /// Builds the typed configuration, pushing every error found. `None` when the top level did
