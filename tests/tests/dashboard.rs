@@ -199,7 +199,8 @@ fn auth() -> (&'static str, String) {
     ("Authorization", format!("Bearer {TOKEN}"))
 }
 
-fn metrics_json(admin: u16) -> Value {
+/// `/metrics/json` with the admin token.
+fn snapshot_json(admin: u16) -> Value {
     let (k, v) = auth();
     let r = http(admin, "GET", "/metrics/json", &[(k, &v)]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -346,7 +347,7 @@ fn numbers_equal(a: &Value, b: &Value) -> bool {
 fn assert_page_matches(browser: &mut Browser, admin: u16, within: Duration) {
     let started = Instant::now();
     loop {
-        let snap = metrics_json(admin);
+        let snap = snapshot_json(admin);
         let figs = figures(browser, &snap);
         let wrong: Vec<_> = figs.iter().filter(|(_, p, j)| !numbers_equal(p, j)).collect();
         if wrong.is_empty() {
@@ -368,14 +369,16 @@ fn the_dashboard_shows_the_proxy_live_in_a_real_browser() {
     let web = HttpBackend::start("hello from the app\n");
     let pki = Pki::new();
     let leaf = pki.leaf("dash", &["dash.test"]);
-    let ports = free_ports::<5>();
-    let [admin, extra_port] = free_ports::<2>();
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let cfg = config(admin, &token_file, &ports, echo.port(), web.port(), &leaf, "");
-    let mut proxy = Proxy::start(&cfg, &ports);
-    let [fwd, web_port, blocked, dead, _tls] = ports;
+    let (mut proxy, [admin, fwd, web_port, blocked, dead, tls]) =
+        Proxy::start_on(|[admin, a, b, c, d, e]| {
+            config(admin, &token_file, &[a, b, c, d, e], echo.port(), web.port(), &leaf, "")
+        });
+    let ports = [fwd, web_port, blocked, dead, tls];
+    // Listened on after the reload.
+    let extra_port = reserve_port();
 
     // Without the token: 401, but health stays open.
     assert_eq!(get(admin, "/").status, 401);
@@ -392,7 +395,7 @@ fn the_dashboard_shows_the_proxy_live_in_a_real_browser() {
     refused(blocked, 7);
     refused(dead, 4);
     wait_until("traffic sampled", || {
-        let s = metrics_json(admin);
+        let s = snapshot_json(admin);
         s["totals"]["bytes_in"].as_u64() >= Some(1_000_000)
             && s["refused"]["blocked"] == 7
             && s["backend"]["connect_failures"] == 4
@@ -439,10 +442,10 @@ fn the_dashboard_shows_the_proxy_live_in_a_real_browser() {
     let _ = bearer;
 
     // New traffic shows up within about a second of being in /metrics/json.
-    let before = metrics_json(admin)["totals"]["connections"].as_u64().unwrap();
+    let before = snapshot_json(admin)["totals"]["connections"].as_u64().unwrap();
     echo_traffic(fwd, 5, 123_456);
     wait_until("new traffic sampled", || {
-        metrics_json(admin)["totals"]["connections"].as_u64() >= Some(before + 5)
+        snapshot_json(admin)["totals"]["connections"].as_u64() >= Some(before + 5)
     });
     assert_page_matches(&mut browser, admin, FOLLOW);
 
@@ -463,7 +466,7 @@ fn the_dashboard_shows_the_proxy_live_in_a_real_browser() {
     );
     echo_traffic(fwd, 3, 10_000);
     wait_until("traffic after the reload sampled", || {
-        metrics_json(admin)["totals"]["connections"].as_u64() >= Some(before + 8)
+        snapshot_json(admin)["totals"]["connections"].as_u64() >= Some(before + 8)
     });
     assert_page_matches(&mut browser, admin, FOLLOW);
     let now = browser.eval("window.smartproxyDashboard.frames").as_u64().unwrap();

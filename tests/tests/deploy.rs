@@ -54,9 +54,9 @@ fn grafana_and_alerts_use_only_exported_metrics_and_the_tools_accept_the_files()
     let web = HttpBackend::start("ok\n");
     let pki = Pki::new();
     let leaf = pki.leaf("deploy", &["deploy.test"]);
-    let [admin, fwd, http_port, tls_port, dead] = free_ports::<5>();
-    let cfg = format!(
-        r#"bind = ["127.0.0.1"]
+    let config = |[admin, fwd, http_port, tls_port, dead]: [u16; 5]| {
+        format!(
+            r#"bind = ["127.0.0.1"]
 [admin]
 listen = "127.0.0.1:{admin}"
 [metrics]
@@ -82,12 +82,13 @@ name = "dead"
 match = {{ ports = [{dead}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = 1 }}] }}
 "#,
-        echo = echo.port(),
-        web = web.port(),
-        cert = leaf.cert.display(),
-        key = leaf.key.display(),
-    );
-    let mut proxy = Proxy::start(&cfg, &[fwd, http_port, tls_port, dead]);
+            echo = echo.port(),
+            web = web.port(),
+            cert = leaf.cert.display(),
+            key = leaf.key.display(),
+        )
+    };
+    let (mut proxy, [admin, fwd, http_port, _tls_port, dead]) = Proxy::start_on(config);
     // Plain bytes, HTTP requests (2xx), a failed backend connect, a PROXY header from an
     // untrusted peer, a reload that is refused.
     let mut s = connect(fwd);

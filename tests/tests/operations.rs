@@ -18,10 +18,6 @@ fn echo_route(name: &str, port: u16) -> String {
     )
 }
 
-fn metrics_json(admin: u16) -> Value {
-    serde_json::from_str(&get(admin, "/metrics/json").body).unwrap()
-}
-
 /// The fake service manager: the datagrams the binary sends to `NOTIFY_SOCKET`.
 struct Notify {
     sock: UnixDatagram,
@@ -56,17 +52,16 @@ impl Notify {
 #[test]
 fn sd_notify_ready_reloading_stopping_and_watchdog() {
     let notify = Notify::bind();
-    let [admin, a, b] = free_ports::<3>();
-    let base = format!("bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
-    let cfg = format!("{base}{}", echo_route("a", a));
+    let base =
+        |admin: u16| format!("bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
     let socket = notify.path.display().to_string();
     // WATCHDOG_PID unset: the watchdog is meant for this process (as libsystemd reads it).
-    let proxy = Proxy::start_with(
-        &cfg,
-        "toml",
-        &[],
-        &[("NOTIFY_SOCKET", socket.as_str()), ("WATCHDOG_USEC", "200000")],
-    );
+    let env = [("NOTIFY_SOCKET", socket.as_str()), ("WATCHDOG_USEC", "200000")];
+    let (proxy, [admin, a]) = Proxy::start_on_with("toml", &env, |[admin, a]| {
+        format!("{}{}", base(admin), echo_route("a", a))
+    });
+    let cfg = format!("{}{}", base(admin), echo_route("a", a));
+    let b = reserve_port();
     let mut pings = 0;
     let ready = notify.next(&mut pings);
     assert!(ready.starts_with("READY=1\n"), "{ready:?}");
@@ -114,11 +109,15 @@ fn sd_notify_ready_reloading_stopping_and_watchdog() {
 
 #[test]
 fn watch_config_reloads_on_change_including_atomic_renames() {
-    let [admin, a, b, c] = free_ports::<4>();
-    let base = format!(
-        "watch_config = true\nbind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
-    );
-    let mut proxy = Proxy::start(&format!("{base}{}", echo_route("a", a)), &[a]);
+    let base = |admin: u16| {
+        format!(
+            "watch_config = true\nbind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"
+        )
+    };
+    let (mut proxy, [admin, a]) =
+        Proxy::start_on(|[admin, a]| format!("{}{}", base(admin), echo_route("a", a)));
+    let base = base(admin);
+    let [b, c] = reserve_ports::<2>();
     proxy.wait_for_log("watching the configuration file");
     let path = proxy.config_path.clone();
     let reloads = |admin| {
@@ -168,12 +167,12 @@ fn watch_config_reloads_on_change_including_atomic_renames() {
 fn a_flood_of_refused_connections_writes_a_bounded_number_of_lines() {
     const TOTAL: u64 = 100_000;
     const THREADS: u8 = 8;
-    let [admin, port] = free_ports::<2>();
     // One new connection per minute and client IP: every further one is refused at admission.
-    let cfg = format!(
-        "bind = [\"127.0.0.1\"]\n[defaults]\nconnection_rate_limit_per_minute = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[routes]]\nname = \"static\"\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"static\", body = \"hi\\n\" }}\n"
-    );
-    let proxy = Proxy::start(&cfg, &[port]);
+    let (proxy, [admin, port]) = Proxy::start_on(|[admin, port]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[defaults]\nconnection_rate_limit_per_minute = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[routes]]\nname = \"static\"\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"static\", body = \"hi\\n\" }}\n"
+        )
+    });
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(180);
