@@ -122,7 +122,10 @@
     const el = $("chart");
     if (state.chart) { state.chart.destroy(); state.chart = null; }
     const text = cssVar("--muted"), grid = cssVar("--grid"), cin = cssVar("--in"), cout = cssVar("--out");
-    const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    // Axis labels follow the page's font size (larger on a wall screen).
+    const fs = parseFloat(getComputedStyle(document.documentElement).fontSize) || 15;
+    const font = Math.round(fs * 0.8) + "px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+    const axis = { stroke: text, font: font, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
     const opts = Object.assign(chartSize(), {
       scales: {
         // The whole window of the chosen range, from the newest point back.
@@ -134,8 +137,8 @@
         { label: "out", stroke: cout, width: 2, fill: withAlpha(cout, 0.12), points: { show: false }, value: function (u, v) { return v == null ? "–" : rate(v); } },
       ],
       axes: [
-        Object.assign({}, axis),
-        Object.assign({}, axis, { size: 78, values: function (u, vals) { return vals.map(rate); } }),
+        Object.assign({}, axis, { size: Math.round(fs * 3.2) }),
+        Object.assign({}, axis, { size: Math.round(fs * 5.6), values: function (u, vals) { return vals.map(rate); } }),
       ],
       legend: { show: true, live: true },
       cursor: { drag: { x: false, y: false } },
