@@ -466,6 +466,34 @@ impl Proxy {
         assert_eq!(seen.len(), n, "more than {n} of {what}: {seen:#?}");
     }
 
+    /// Waits until `n` log events with this message and these fields are accounted for,
+    /// written or suppressed: the engine writes at most a few lines a second per reason and
+    /// then one "N similar lines suppressed" summary per reason (`quiet_reasons`: the reasons
+    /// these events are limited under) and second. Fails when more than `n` are accounted for.
+    pub fn wait_for_events_or_suppressed(
+        &mut self,
+        n: usize,
+        message: &str,
+        fields: &[(&str, &str)],
+        quiet_reasons: &[&str],
+    ) {
+        let count = |o: &str| {
+            let written = o.lines().filter(|l| is_event(l, message, fields)).count();
+            let suppressed: usize = o
+                .lines()
+                .filter_map(|l| l.split_once(": ").map(|(_, r)| r))
+                .filter(|r| r.contains(" similar lines suppressed "))
+                .filter(|r| quiet_reasons.iter().any(|q| fields_match(r, &[("reason", q)])))
+                .filter_map(|r| r.split(" suppressed=").nth(1))
+                .filter_map(|v| v.split(' ').next()?.parse::<usize>().ok())
+                .sum();
+            written + suppressed
+        };
+        let what = format!("{n} log lines `{message}` with {fields:?}, written or suppressed");
+        self.wait_for_output(&what, |o| count(o) >= n);
+        assert_eq!(count(&self.output()), n, "more than {n} of {what}:\n{}", self.output());
+    }
+
     /// The log lines with this message and these fields.
     pub fn events(&self, message: &str, fields: &[(&str, &str)]) -> Vec<String> {
         self.output().lines().filter(|l| is_event(l, message, fields)).map(str::to_owned).collect()
@@ -564,6 +592,12 @@ pub fn is_event(line: &str, message: &str, fields: &[(&str, &str)]) -> bool {
     if !(after.is_empty() || after.starts_with(' ')) {
         return false;
     }
+    fields_match(after, fields)
+}
+
+/// Whether the `key=value` fields of a log line's text (after its message) include these
+/// (`value*`: a prefix).
+fn fields_match(after: &str, fields: &[(&str, &str)]) -> bool {
     fields.iter().all(|(k, v)| {
         let (v, prefix) = match v.strip_suffix('*') {
             Some(p) => (p, true),

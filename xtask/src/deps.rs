@@ -39,6 +39,10 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("man", "man-db"),
     // `tar` lists the packaged .crate files (xtask package / release).
     ("tar", "tar"),
+    // The dashboard's browser test (tests/tests/dashboard.rs): headless, over DevTools.
+    ("chromium", "chromium"),
+    // `systemd-analyze verify` of deploy/systemd/smartproxy.service (tests/tests/deploy.rs).
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Extra Debian packages that provide no command of their own.

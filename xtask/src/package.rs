@@ -283,11 +283,16 @@ fn rules(entries: &[(String, u64)], readme: &str, compressed: u64) -> Report {
     r
 }
 
-/// Rust source, manifests, the lock file, Markdown, the licence and cargo's own metadata.
+/// Rust source, manifests, the lock file, Markdown, the licence and cargo's own metadata, and
+/// web source compiled into a crate (the admin dashboard's HTML, CSS, JavaScript and icon).
 fn is_source(path: &str) -> bool {
     let file = path.rsplit('/').next().unwrap_or(path);
     path.ends_with(".rs")
         || path.ends_with(".md")
+        || path.ends_with(".html")
+        || path.ends_with(".css")
+        || path.ends_with(".js")
+        || path.ends_with(".svg")
         || file.starts_with("LICENSE")
         || matches!(file, "Cargo.toml" | "Cargo.toml.orig" | "Cargo.lock" | ".cargo_vcs_info.json")
 }

@@ -1,4 +1,5 @@
-//! Admin HTTP API for smartproxy: metrics, health, readiness, reload, certificates.
+//! Admin HTTP API for smartproxy: the live dashboard, metrics, health, readiness, reload,
+//! certificates, the effective configuration and the route table.
 //!
 //! [`router`] builds an axum [`Router`] over an [`AdminState`]; [`serve`] runs it on a
 //! listener until a shutdown future resolves.
@@ -14,8 +15,15 @@
 //! | `GET /api/certificates` | [`AdminHooks::certificates`]: every route's certificate status (JSON array) |
 //! | `POST /api/certificates/{route}/renew` | [`AdminHooks::renew_certificate`]: `200` and the new status, or `404` / `409` / `429` / `502` / `500` ([`RenewError`]) and `{"route", "error"}` |
 //! | `GET /api/nftables` | the kernel forwarding table as applied ([`AdminHooks::nftables`]), JSON; `404` without |
+//! | `GET /` | the live dashboard (one page; every asset is embedded in the binary) |
+//! | `GET /api/events` | Server-Sent Events: one `frame` event a second (the dashboard's data) |
+//! | `GET /api/dashboard` | the same frame as JSON (the page's polling fallback) |
+//! | `GET /api/config` | [`AdminHooks::config`]: the effective configuration, secrets redacted |
+//! | `GET /api/routes` | [`AdminHooks::routes`]: the route table with live counters per route and target |
 //!
-//! Mutations are POST only: `GET /reload` answers `405`. The router does not count reloads in
+//! Mutations are POST only: `GET /reload` answers `405`. With a token
+//! ([`AdminState::with_token`]) every endpoint but `/healthz` and `/ready` answers `401`
+//! without it. The router does not count reloads in
 //! the metrics (`Metrics::config_reloaded`): the reload path of the binary does, so that a
 //! reload by signal and one by HTTP are counted the same way.
 //!
@@ -42,7 +50,9 @@
 //! ```
 #![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 
+mod auth;
 mod certs;
+mod dashboard;
 
 use std::fmt;
 use std::future::Future;
@@ -99,6 +109,25 @@ pub trait AdminHooks: Send + Sync + fmt::Debug + 'static {
     fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
         Box::pin(async { None })
     }
+
+    /// `GET /api/config`: the effective configuration (every default filled in) with its
+    /// secrets redacted. Default: `null` (the endpoint then answers `404`).
+    fn config(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// `GET /api/routes` and the dashboard's route table: the compiled route table with live
+    /// counters per route (open connections, refusals) and per target (open connections,
+    /// up/down, last failure), as a JSON object with a `routes` array. Default: no routes.
+    fn routes(&self) -> serde_json::Value {
+        serde_json::json!({ "routes": [] })
+    }
+
+    /// The latest configuration reloads, newest first, for the dashboard: a JSON array of
+    /// objects (`time` in UNIX seconds, `trigger`, `ok`, `message`). Default: none.
+    fn reloads(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
 }
 
 /// State shared by the handlers.
@@ -111,28 +140,58 @@ pub struct AdminState {
     pub export: ExportOptions,
     /// Readiness and reload.
     pub hooks: Arc<dyn AdminHooks>,
+    /// The bearer token every endpoint but `/healthz` and `/ready` asks for (`None`: open).
+    token: Option<auth::Token>,
+    /// Turns true when [`serve`] begins its graceful stop: the event streams end then
+    /// (`None` outside `serve`: they end when their client goes away).
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl AdminState {
-    /// Bundles the state.
+    /// Bundles the state (no token: every endpoint is open).
     #[must_use]
     pub fn new(metrics: Arc<Metrics>, export: ExportOptions, hooks: Arc<dyn AdminHooks>) -> Self {
-        Self { metrics, export, hooks }
+        Self { metrics, export, hooks, token: None, stop: None }
+    }
+
+    /// Requires `token` on every endpoint but `/healthz` and `/ready`: as
+    /// `Authorization: Bearer TOKEN` (API clients, Prometheus), or as the password of HTTP
+    /// Basic authentication with any user name (browsers, which then prompt for it). A blank
+    /// token is ignored.
+    #[must_use]
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.and_then(auth::Token::new);
+        self
+    }
+
+    /// Whether a token is required.
+    #[must_use]
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
     }
 }
 
 /// The admin router (see the crate docs for the endpoints).
 pub fn router(state: AdminState) -> Router {
-    Router::new()
+    let protected = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/assets/{file}", get(dashboard::asset))
+        .route("/api/events", get(dashboard::events))
+        .route("/api/dashboard", get(dashboard::frame_json))
+        .route("/api/config", get(config))
+        .route("/api/routes", get(routes))
         .route("/metrics", get(metrics))
         .route("/metrics/json", get(metrics_json))
         .route("/api/throughput/history", get(history))
-        .route("/healthz", get(healthz))
-        .route("/ready", get(ready))
         .route("/reload", post(reload))
         .route("/api/certificates", get(certs::list))
         .route("/api/certificates/{route}/renew", post(certs::renew))
         .route("/api/nftables", get(nftables))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/ready", get(ready))
+        .merge(protected)
         .with_state(state)
 }
 
@@ -147,8 +206,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin API listening");
+        tracing::info!(%addr, token = state.has_token(), "admin API listening");
     }
+    // Event streams never finish on their own: they end when the stop begins, so that the
+    // graceful stop does not wait for them.
+    let (tx, stop) = tokio::sync::watch::channel(false);
+    let state = AdminState { stop: Some(stop), ..state };
+    let shutdown = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
@@ -194,16 +261,33 @@ async fn history(State(st): State<AdminState>, Query(p): Query<HistoryParams>) -
 
 async fn nftables(State(st): State<AdminState>) -> Response {
     match st.hooks.nftables().await {
-        Some(v) => match serde_json::to_string_pretty(&v) {
-            Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
-            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
-        },
+        Some(v) => json_response(&v),
         None => respond(
             StatusCode::NOT_FOUND,
             TEXT,
             "kernel forwarding (nftables) is not part of this process\n".to_owned(),
         ),
     }
+}
+
+fn json_response(value: &serde_json::Value) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body + "\n"),
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+    }
+}
+
+async fn config(State(st): State<AdminState>) -> Response {
+    match st.hooks.config() {
+        serde_json::Value::Null => {
+            respond(StatusCode::NOT_FOUND, TEXT, "no configuration to show\n".to_owned())
+        }
+        v => json_response(&v),
+    }
+}
+
+async fn routes(State(st): State<AdminState>) -> Response {
+    json_response(&st.hooks.routes())
 }
 
 async fn healthz() -> Response {

@@ -210,6 +210,7 @@ impl EngineBuilder {
             certs: parking_lot::Mutex::new(None),
             kernel: Arc::new(Kernel::new()),
         });
+        crate::quiet::spawn_flusher(Arc::downgrade(&ctl.shared.obs));
         let st = ctl.shared.state.load_full();
         *ctl.certs.lock() = Some(CertTasks::start(&st.certs, metrics.clone()));
         let bound = bind_ports(&st.config, &st.table.ports(), ctl.runtimes.len())?;
@@ -404,7 +405,7 @@ pub struct ReloadSummary {
     /// the rules in force before, if any, stay.
     pub kernel_error: Option<String>,
     /// Keys that changed but are read only when the process starts (`workers`, `runtime`,
-    /// `bind`, `reuse_port`, `access_log`, `[admin]`, `[metrics]`): the new values take effect
+    /// `bind`, `reuse_port`, `access_log`, `watch_config`, `[admin]`, `[metrics]`): the new values take effect
     /// after a restart. (`bind` and `reuse_port` apply to ports added by this reload.)
     pub restart_required: Vec<&'static str>,
 }
@@ -422,6 +423,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     check("bind", old.bind != new.bind);
     check("reuse_port", old.reuse_port != new.reuse_port);
     check("access_log", old.access_log != new.access_log);
+    check("watch_config", old.watch_config != new.watch_config);
     check("admin", old.admin != new.admin);
     check("metrics", old.metrics != new.metrics);
     out
@@ -704,6 +706,9 @@ impl Engine {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownSummary {
         let ctl = &self.ctl;
         ctl.draining.store(true, Ordering::Release);
+        if let Some(m) = ctl.shared.obs.metrics() {
+            m.set_draining(true);
+        }
         // No new certificate order while draining (one in flight is abandoned).
         drop(ctl.certs.lock().take());
         closed(ctl.stop_listening()).await;

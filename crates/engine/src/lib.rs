@@ -110,14 +110,16 @@ mod limits;
 mod net;
 pub mod observe;
 mod pipeline;
+mod quiet;
 mod shared;
 mod state;
 mod timeouts;
 mod tls_setup;
 
 pub use self::config::{
-    AdminConfig, CertificateFiles, Config, ConfigError, ConfigErrors, Defaults, Format,
-    MetricsConfig, PerIpSetting, Runtime, StatsdConfig, StatsdStyle, TlsSettings,
+    AdminConfig, AdminToken, CertificateFiles, Config, ConfigError, ConfigErrors, Defaults, Format,
+    MetricsConfig, PerIpSetting, REDACTED, Runtime, StatsdConfig, StatsdStyle, TlsSettings,
+    redact_secrets,
 };
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};

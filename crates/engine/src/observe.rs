@@ -99,6 +99,8 @@ pub(crate) struct EngineObserver {
     backend_failed: AtomicU64,
     reloads: AtomicU64,
     reloads_failed: AtomicU64,
+    /// At most a few lines per second per refusal reason (crate::quiet).
+    logs: crate::quiet::LogLimiter,
     /// Notified when the last open connection closes (the drain signal of shutdown).
     idle: tokio::sync::Notify,
 }
@@ -166,6 +168,9 @@ impl EngineObserver {
             m.refused(label);
         }
         let reason = label.as_str();
+        if !self.logs.allow(reason) {
+            return;
+        }
         if detail.is_empty() {
             tracing::info!(%client, port, reason, "connection refused");
         } else {
@@ -198,7 +203,9 @@ impl EngineObserver {
         if let Some(m) = &self.metrics {
             m.proxy_header_rejected(version.map(proxy_version), kind);
         }
-        tracing::debug!(%peer, kind, "PROXY header rejected");
+        if self.logs.allow("proxy_header_rejected") {
+            tracing::debug!(%peer, kind, "PROXY header rejected");
+        }
     }
 
     /// A target connection was established for `conn`.
@@ -226,7 +233,14 @@ impl EngineObserver {
         if let (Some(m), Some(r)) = (&self.metrics, conn.recorder.get()) {
             m.backend_connect_failed(r.route());
         }
-        tracing::warn!(%target, %error, "backend connect failed");
+        if self.logs.allow("backend_connect_failed") {
+            tracing::warn!(%target, %error, "backend connect failed");
+        }
+    }
+
+    /// Refills the log budgets and writes the summaries of suppressed lines (once a second).
+    pub(crate) fn flush_logs(&self) {
+        self.logs.flush();
     }
 
     /// A configuration reload was applied (`ok`) or refused.

@@ -19,7 +19,7 @@ use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookie
 use crate::pool::{Pool, Sender};
 use crate::service::{Expanded, TEXT_PLAIN, error_response};
 use crate::snapshot::{ProxyRoute, RouteKind, Snapshot, TargetState};
-use crate::upstream::{ConnectError, ConnectParams, connect, is_timeout};
+use crate::upstream::{ConnectError, ConnectParams, connect, is_timeout, unix_ms};
 
 const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
 const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
@@ -198,6 +198,7 @@ pub(crate) async fn forward(
                     match Box::pin(connect(params)).await {
                         Ok(s) => {
                             sent_from = Instant::now();
+                            route.target_connected(sel.index(), unix_ms);
                             if let (Some(m), Some(r)) = (metrics, route_metrics) {
                                 m.backend_connected(
                                     r,
@@ -213,6 +214,7 @@ pub(crate) async fn forward(
                             if let (Some(m), Some(r)) = (metrics, route_metrics) {
                                 m.backend_connect_failed(r);
                             }
+                            route.target_connect_failed(sel.index(), unix_ms(), e.failure());
                             tracing::debug!(client = %ctx.client, route = route.name(), target = %t.authority(port), "connect failed: {e}");
                             break Err(e);
                         }

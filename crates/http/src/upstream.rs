@@ -80,6 +80,23 @@ pub(crate) enum ConnectError {
     Failed(io::Error),
 }
 
+impl ConnectError {
+    /// The kind, for the target's health record.
+    pub(crate) fn failure(&self) -> smartproxy_routing::ConnectFailure {
+        match self {
+            Self::Timeout => smartproxy_routing::ConnectFailure::Timeout,
+            Self::Failed(e) => smartproxy_routing::ConnectFailure::of_io(e),
+        }
+    }
+}
+
+/// UNIX milliseconds, for the targets' health records (read on a failure or a recovery only).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

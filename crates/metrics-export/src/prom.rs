@@ -214,6 +214,11 @@ impl Collector for SnapshotCollector {
             "Start time of the process, seconds on the proxy's clock (UNIX time).",
             vec![(vec![], s.meta.start_time)],
         )?;
+        w.gauge_u(
+            "draining",
+            "1 while the process drains its connections before it exits (SIGTERM), else 0.",
+            vec![(vec![], u64::from(s.meta.draining))],
+        )?;
         w.counter(
             "bytes",
             "Bytes transferred: in = from clients, out = to clients.",

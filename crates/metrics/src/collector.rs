@@ -51,6 +51,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     start: u64,
     last_tick: AtomicU64,
+    draining: std::sync::atomic::AtomicBool,
     registry: Registry,
     active: Padded<AtomicU64>,
     total: AtomicU64,
@@ -136,6 +137,7 @@ impl Metrics {
             clock,
             start: now,
             last_tick: AtomicU64::new(now),
+            draining: std::sync::atomic::AtomicBool::new(false),
             registry: Registry::new(ips.is_some()),
             active: Padded(AtomicU64::new(0)),
             total: AtomicU64::new(0),
@@ -595,6 +597,12 @@ impl Metrics {
         self.inner.global.read().window(now, seconds)
     }
 
+    /// Marks the process as draining connections before it exits (exported as
+    /// `smartproxy_draining`, for alerts on a drain that does not end).
+    pub fn set_draining(&self, draining: bool) {
+        self.inner.draining.store(draining, Ordering::Relaxed);
+    }
+
     /// Everything, at once.
     #[must_use]
     pub fn snapshot(&self) -> Snapshot {
@@ -776,6 +784,7 @@ impl Metrics {
                 sample_interval_seconds: cfg.interval_secs(),
                 retention_seconds: inner.route_cfg.second_slots as u64,
                 minute_retention_seconds: inner.route_cfg.minute_slots as u64 * 60,
+                draining: inner.draining.load(Ordering::Relaxed),
             },
             connections: Connections {
                 active: self.connections_active(),

@@ -75,6 +75,11 @@ pub struct Meta {
     pub retention_seconds: u64,
     /// Retention of 1-minute aggregates, seconds.
     pub minute_retention_seconds: u64,
+    /// The process is draining connections before it exits ([`Metrics::set_draining`]).
+    ///
+    /// [`Metrics::set_draining`]: crate::Metrics::set_draining
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// Connection counts.

@@ -104,6 +104,8 @@ pub struct RouteDump {
     /// The route's `timeouts` table as written (the engine's `[defaults]` fill the rest).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<crate::timeouts::RouteTimeouts>,
+    /// Connections refused after this route was chosen (lists, limits, no reachable target).
+    pub refused: u64,
 }
 
 /// A target and its load.
@@ -116,6 +118,8 @@ pub struct TargetDump {
     pub port: crate::model::TargetPort,
     /// Open connections counted by target guards.
     pub active: usize,
+    /// Connect health as last observed (passive: from real connects).
+    pub health: crate::target::TargetHealthSnapshot,
 }
 
 impl RouteTable {
@@ -194,6 +198,7 @@ impl RouteTable {
                             host: t.host.clone(),
                             port: t.port,
                             active: r.target_active(i),
+                            health: r.target_health(i),
                         })
                         .collect(),
                     http: r.http().cloned(),
@@ -204,6 +209,7 @@ impl RouteTable {
                     rate_limit_per_minute: sec.rate_limit_per_minute,
                     open_connections: r.limits().open_connections(),
                     timeouts: c.timeouts.clone(),
+                    refused: r.refused(),
                 }
             })
             .collect();

@@ -66,7 +66,7 @@ pub use self::model::{
 };
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
-pub use self::target::{ConnectionGuard, SelectedTarget};
+pub use self::target::{ConnectFailure, ConnectionGuard, SelectedTarget, TargetHealthSnapshot};
 pub use self::template::{Template, TemplateVars};
 pub use self::timeouts::{
     KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::{DomainKind, MAX_NAME, normalize};
 use crate::error::ValidationError;
@@ -12,7 +13,7 @@ use crate::limits::RouteLimits;
 use crate::matchers::{MatchInput, Matchers};
 use crate::model::{PortRange, RouteAction, RouteConfig, TlsMode};
 use crate::path::{PathParams, PathPattern, first_segment};
-use crate::target::{SelectedTarget, TargetSet};
+use crate::target::{ConnectFailure, SelectedTarget, TargetHealthSnapshot, TargetSet};
 use crate::validate::{ValidationOptions, check, route_name};
 
 /// What the engine must read from a new connection before it can pick a route on a port.
@@ -44,6 +45,9 @@ pub struct CompiledRoute {
     terminates: bool,
     pub(crate) targets: TargetSet,
     limits: Arc<RouteLimits>,
+    /// Connections refused after this route was chosen (its lists, its limits, no target):
+    /// kept across reloads under the same name.
+    refused: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for CompiledRoute {
@@ -116,6 +120,36 @@ impl CompiledRoute {
     /// Open connections counted on target `index` (live guards).
     pub fn target_active(&self, index: usize) -> usize {
         self.targets.active(index)
+    }
+
+    /// A connect to target `index` failed at `now_unix_ms` (UNIX milliseconds): the target
+    /// is shown down until a connect succeeds ([`CompiledRoute::target_health`]).
+    pub fn target_connect_failed(&self, index: usize, now_unix_ms: u64, why: ConnectFailure) {
+        self.targets.connect_failed(index, now_unix_ms, why);
+    }
+
+    /// A connect to target `index` succeeded. One relaxed load while the target is up;
+    /// `now_unix_ms` is only called when it was down.
+    #[inline]
+    pub fn target_connected(&self, index: usize, now_unix_ms: impl FnOnce() -> u64) {
+        self.targets.connected(index, now_unix_ms);
+    }
+
+    /// What the connects to target `index` showed last (up/down, failures, last failure).
+    pub fn target_health(&self, index: usize) -> TargetHealthSnapshot {
+        self.targets.health(index)
+    }
+
+    /// Counts a connection refused after this route was chosen (allow/block lists, route
+    /// limits, no reachable target).
+    pub fn count_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections refused after this route was chosen, since it first appeared under its
+    /// name (kept across reloads).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The connection limits and rate limiter of this route (`security`).
@@ -254,6 +288,7 @@ impl RouteTable {
         for r in self.routes.iter_mut() {
             let Some(prev) = previous.route_by_name(&r.name) else { continue };
             r.targets.inherit(&prev.targets);
+            r.refused = Arc::clone(&prev.refused);
             if prev.config.security.clone().unwrap_or_default()
                 == r.config.security.clone().unwrap_or_default()
             {
@@ -288,8 +323,10 @@ impl RouteTable {
             };
             let security = config.security.clone().unwrap_or_default();
             let mut limits = None;
+            let mut refused = Arc::new(AtomicU64::new(0));
             if let Some(prev) = previous.and_then(|p| p.route_by_name(&name)) {
                 targets.inherit(&prev.targets);
+                refused = Arc::clone(&prev.refused);
                 if prev.config.security.clone().unwrap_or_default() == security {
                     limits = Some(Arc::clone(&prev.limits));
                 }
@@ -304,6 +341,7 @@ impl RouteTable {
                 index,
                 targets,
                 limits,
+                refused,
                 config,
             });
         }

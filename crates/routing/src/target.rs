@@ -3,7 +3,7 @@
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use crate::ip::canonical_ip;
 use crate::model::{LoadBalancing, Target};
@@ -15,18 +15,130 @@ pub(crate) struct TargetSet {
     pub(crate) lb: LoadBalancing,
     rr: AtomicUsize,
     pub(crate) active: Arc<[AtomicUsize]>,
+    /// Outcome of the latest connects, per target (kept across reloads with `active`).
+    pub(crate) health: Arc<[TargetHealth]>,
+}
+
+/// What the proxy saw of a target's connects: written only when a connect fails, or when the
+/// first connect after a failure succeeds (one relaxed load per connect otherwise), so the
+/// connection path stays free of locks and clock reads.
+#[derive(Debug, Default)]
+pub(crate) struct TargetHealth {
+    down: AtomicBool,
+    failures: AtomicU64,
+    /// UNIX milliseconds of the latest failed connect (0: none).
+    last_failure_ms: AtomicU64,
+    last_error: AtomicU8,
+    /// UNIX milliseconds of the latest success after a failure (0: none).
+    recovered_ms: AtomicU64,
+}
+
+/// Why a connect to a target failed, as the caller classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// The target refused the connection (RST).
+    Refused,
+    /// No answer within the connect timeout.
+    Timeout,
+    /// The name did not resolve.
+    Resolve,
+    /// Any other error (unreachable network, reset during setup, TLS to the target, ...).
+    Other,
+}
+
+impl ConnectFailure {
+    fn code(self) -> u8 {
+        match self {
+            Self::Refused => 1,
+            Self::Timeout => 2,
+            Self::Resolve => 3,
+            Self::Other => 4,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Self> {
+        Some(match c {
+            1 => Self::Refused,
+            2 => Self::Timeout,
+            3 => Self::Resolve,
+            4 => Self::Other,
+            _ => return None,
+        })
+    }
+
+    /// Classifies an I/O error of a connect.
+    pub fn of_io(e: &std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => Self::Refused,
+            std::io::ErrorKind::TimedOut => Self::Timeout,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A target's connect health as last observed: the engine marks a target down when a connect
+/// fails and up again at the next successful connect (passive checks: no probes are sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct TargetHealthSnapshot {
+    /// The latest connect failed.
+    pub down: bool,
+    /// Failed connects since the target first appeared (kept across reloads).
+    pub connect_failures: u64,
+    /// UNIX milliseconds of the latest failed connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure_unix_ms: Option<u64>,
+    /// Why the latest connect failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ConnectFailure>,
+    /// UNIX milliseconds of the first successful connect after the latest failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered_unix_ms: Option<u64>,
+}
+
+impl TargetHealth {
+    fn failed(&self, now_unix_ms: u64, why: ConnectFailure) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.last_failure_ms.store(now_unix_ms, Ordering::Relaxed);
+        self.last_error.store(why.code(), Ordering::Relaxed);
+        self.down.store(true, Ordering::Relaxed);
+    }
+
+    /// `now` is only called when the target was down.
+    fn connected(&self, now_unix_ms: impl FnOnce() -> u64) {
+        if self.down.load(Ordering::Relaxed) {
+            self.recovered_ms.store(now_unix_ms(), Ordering::Relaxed);
+            self.down.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> TargetHealthSnapshot {
+        let opt = |v: u64| (v != 0).then_some(v);
+        TargetHealthSnapshot {
+            down: self.down.load(Ordering::Relaxed),
+            connect_failures: self.failures.load(Ordering::Relaxed),
+            last_failure_unix_ms: opt(self.last_failure_ms.load(Ordering::Relaxed)),
+            last_error: ConnectFailure::from_code(self.last_error.load(Ordering::Relaxed)),
+            recovered_unix_ms: opt(self.recovered_ms.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl TargetSet {
     pub(crate) fn new(list: Vec<Target>, lb: LoadBalancing) -> Self {
         let active: Arc<[AtomicUsize]> = list.iter().map(|_| AtomicUsize::new(0)).collect();
-        Self { list: list.into_boxed_slice(), lb, rr: AtomicUsize::new(0), active }
+        let health: Arc<[TargetHealth]> = list.iter().map(|_| TargetHealth::default()).collect();
+        Self { list: list.into_boxed_slice(), lb, rr: AtomicUsize::new(0), active, health }
     }
 
-    /// Keeps the live counts and the cursor of `prev` when the target list is the same.
+    /// Keeps the live counts, health and the cursor of `prev` when the target list is the
+    /// same.
     pub(crate) fn inherit(&mut self, prev: &TargetSet) {
         if self.list == prev.list {
             self.active = Arc::clone(&prev.active);
+            self.health = Arc::clone(&prev.health);
             self.rr.store(prev.rr.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
@@ -132,6 +244,22 @@ impl TargetSet {
 
     pub(crate) fn active(&self, index: usize) -> usize {
         self.active.get(index).map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn connect_failed(&self, index: usize, now_unix_ms: u64, why: ConnectFailure) {
+        if let Some(h) = self.health.get(index) {
+            h.failed(now_unix_ms, why);
+        }
+    }
+
+    pub(crate) fn connected(&self, index: usize, now_unix_ms: impl FnOnce() -> u64) {
+        if let Some(h) = self.health.get(index) {
+            h.connected(now_unix_ms);
+        }
+    }
+
+    pub(crate) fn health(&self, index: usize) -> TargetHealthSnapshot {
+        self.health.get(index).map(TargetHealth::snapshot).unwrap_or_default()
     }
 }
 

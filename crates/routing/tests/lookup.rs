@@ -458,3 +458,43 @@ action = { type = "forward", targets = [{ host = "web", port = 1 }], tls = { mod
     assert_eq!(name(&t, &hello.with_path("/index.html").with_headers(&h)), Some("web"));
     assert_eq!(name(&t, &hello.with_path("/index.html")), None);
 }
+
+/// Target health: a failed connect marks the target down with the time and kind, the next
+/// successful connect marks it up; refusals count per route; both survive a reload under the
+/// same name (and the same targets for the health).
+#[test]
+fn target_health_and_route_refusals_are_live_and_inherited() {
+    let src = r#"
+[[routes]]
+name = "web"
+match = { ports = [80] }
+action = { type = "forward", targets = [{ host = "a", port = 1 }, { host = "b", port = 2 }] }
+"#;
+    let t = table(src);
+    let r = t.route("web").unwrap();
+    assert_eq!(r.target_health(0), TargetHealthSnapshot::default());
+    r.target_connect_failed(1, 1_700_000_000_123, ConnectFailure::Refused);
+    r.count_refusal();
+    let h = r.target_health(1);
+    assert!(h.down);
+    assert_eq!(h.connect_failures, 1);
+    assert_eq!(h.last_failure_unix_ms, Some(1_700_000_000_123));
+    assert_eq!(h.last_error, Some(ConnectFailure::Refused));
+    // Up: the clock is not read.
+    r.target_connected(0, || unreachable!("target 0 was up"));
+    r.target_connected(1, || 1_700_000_000_999);
+    let h = r.target_health(1);
+    assert!(!h.down);
+    assert_eq!(h.recovered_unix_ms, Some(1_700_000_000_999));
+    assert_eq!(h.connect_failures, 1);
+
+    let mut next = table(src);
+    next.inherit(&t);
+    let n = next.route("web").unwrap();
+    assert_eq!(n.target_health(1).connect_failures, 1);
+    assert_eq!(n.refused(), 1);
+    let dump = serde_json::to_value(next.dump()).unwrap();
+    assert_eq!(dump["routes"][0]["refused"], 1);
+    assert_eq!(dump["routes"][0]["targets"][1]["health"]["connect_failures"], 1);
+    assert_eq!(dump["routes"][0]["targets"][1]["health"]["last_error"], "refused");
+}

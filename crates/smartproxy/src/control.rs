@@ -1,6 +1,8 @@
 //! What the binary runs beside the engine: the admin API (certificates included) and the
-//! StatsD pusher, and the one reload path that SIGHUP and `POST /reload` share.
+//! StatsD pusher, and the one reload path that SIGHUP, `POST /reload` and the file watcher
+//! share.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,11 +14,27 @@ use smartproxy_engine::{Config, Engine, Metrics, acme};
 use smartproxy_metrics_export::{ExportOptions, PerIp, StatsdPusher, StatsdStyle};
 use tokio::sync::watch;
 
-/// The engine and the file it was started from.
+/// How many reloads the dashboard lists.
+pub(crate) const RELOAD_HISTORY: usize = 20;
+
+/// One reload, for the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct ReloadRecord {
+    /// UNIX seconds.
+    time: u64,
+    /// `SIGHUP`, `POST /reload` or `file change`.
+    trigger: &'static str,
+    ok: bool,
+    /// What changed, or why the file was refused.
+    message: String,
+}
+
+/// The engine, the file it was started from, and the latest reloads.
 #[derive(Clone)]
 pub(crate) struct Control {
     pub(crate) engine: Engine,
     pub(crate) file: Option<PathBuf>,
+    reloads: Arc<parking_lot::Mutex<VecDeque<ReloadRecord>>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -26,9 +44,33 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
+    pub(crate) fn new(engine: Engine, file: Option<PathBuf>) -> Self {
+        Self { engine, file, reloads: Arc::default() }
+    }
+
     /// Re-reads the configuration file and applies it. `Ok` says what changed; `Err` why the
-    /// file was refused (the old configuration stays). Every outcome is logged and counted.
-    pub(crate) async fn reload(&self) -> Result<String, String> {
+    /// file was refused (the old configuration stays). Every outcome is logged, counted,
+    /// kept for the dashboard and told to systemd (RELOADING=1, then READY=1).
+    pub(crate) async fn reload(&self, trigger: &'static str) -> Result<String, String> {
+        crate::systemd::reloading();
+        let result = self.reload_file().await;
+        let message = match &result {
+            Ok(m) | Err(m) => m.clone(),
+        };
+        crate::systemd::reloaded(if result.is_ok() {
+            "serving; last reload applied"
+        } else {
+            "serving; last reload refused"
+        });
+        let mut list = self.reloads.lock();
+        if list.len() == RELOAD_HISTORY {
+            list.pop_back();
+        }
+        list.push_front(ReloadRecord { time: unix_now(), trigger, ok: result.is_ok(), message });
+        result
+    }
+
+    async fn reload_file(&self) -> Result<String, String> {
         let Some(path) = &self.file else {
             return Err("the demo configuration has no file to reload".to_owned());
         };
@@ -61,6 +103,10 @@ impl Control {
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 impl AdminHooks for Control {
     fn ready(&self) -> bool {
         !self.engine.is_draining()
@@ -68,7 +114,23 @@ impl AdminHooks for Control {
 
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
         let this = self.clone();
-        Box::pin(async move { this.reload().await })
+        Box::pin(async move { this.reload("POST /reload").await })
+    }
+
+    fn config(&self) -> serde_json::Value {
+        self.engine.config().to_redacted_json()
+    }
+
+    fn routes(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.engine.config().table().dump())
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+        // Header values of HTTP routes may carry credentials.
+        smartproxy_engine::redact_secrets(&mut v);
+        v
+    }
+
+    fn reloads(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.reloads.lock()).unwrap_or_default()
     }
 
     fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
@@ -138,7 +200,9 @@ pub(crate) async fn start_admin(
         .engine
         .metrics()
         .unwrap_or_else(|| Metrics::new(smartproxy_metrics::MetricsConfig::default(), 0));
-    let state = AdminState::new(metrics, export_options(&config), Arc::new(control.clone()));
+    let token = admin.token.as_ref().map(smartproxy_engine::AdminToken::expose);
+    let state = AdminState::new(metrics, export_options(&config), Arc::new(control.clone()))
+        .with_token(token);
     let mut stop = stop.clone();
     tokio::spawn(async move {
         let shutdown = async move {

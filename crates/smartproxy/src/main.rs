@@ -12,6 +12,8 @@ mod completions;
 mod control;
 mod logs;
 mod report;
+mod systemd;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -194,8 +196,9 @@ async fn run(
     file: Option<PathBuf>,
     workers: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<()> {
+    let watch_config = config.watch_config;
     let engine = Engine::builder().config(config).runtimes(workers).start().await?;
-    let control = Control { engine: engine.clone(), file };
+    let control = Control::new(engine.clone(), file);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let started = async {
         let admin = control::start_admin(&control, &stop).await?;
@@ -203,6 +206,13 @@ async fn run(
         // Handlers first, so that a signal sent as soon as the listeners are printed is not
         // lost (the default action of SIGTERM would kill the process without draining).
         let signals = Signals::install()?;
+        match (&control.file, watch_config) {
+            (Some(path), true) => watch::start(control.clone(), path, &stop)?,
+            (None, true) => {
+                tracing::warn!("watch_config: the demo configuration has no file to watch")
+            }
+            _ => {}
+        }
         anyhow::Ok((admin, signals))
     };
     let (admin, mut signals) = match started.await {
@@ -219,10 +229,14 @@ async fn run(
     }
     if let Some(addr) = admin {
         logs::out(format_args!(
-            "admin API listening on http://{addr}/ (metrics: /metrics, /metrics/json)"
+            "admin API listening on http://{addr}/ (dashboard: /, metrics: /metrics, /metrics/json)"
         ));
     }
+    // Every listener is bound (routes and admin): tell systemd.
+    systemd::ready("serving");
+    systemd::spawn_watchdog(&stop);
     signals.wait(&control).await;
+    systemd::stopping();
     let grace = engine.config().defaults.shutdown_grace;
     let summary = {
         let drain = engine.shutdown(grace);
@@ -276,7 +290,7 @@ impl Signals {
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP");
                     // `Control::reload` logs and counts the outcome.
-                    let _ = control.reload().await;
+                    let _ = control.reload("SIGHUP").await;
                 }
             }
         }

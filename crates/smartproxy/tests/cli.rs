@@ -65,7 +65,7 @@ fn demo_serves_and_stops_on_sigterm() {
             "listening on 127.0.0.1:8080",
             "listening on 127.0.0.1:8081",
             "listening on 127.0.0.1:8082",
-            "admin API listening on http://127.0.0.1:9900/ (metrics: /metrics, /metrics/json)"
+            "admin API listening on http://127.0.0.1:9900/ (dashboard: /, metrics: /metrics, /metrics/json)"
         ]
     );
     let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();

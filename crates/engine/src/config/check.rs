@@ -15,8 +15,8 @@ use super::deserialize::{Routes, remap_route_index};
 use super::file::File;
 use super::tls_files::{self, LoadedCert, TlsFiles};
 use super::{
-    AdminConfig, Compiled, Config, ConfigError, MetricsConfig, StatsdConfig, StatsdStyle,
-    TlsSettings, default_bind, default_detect_timeout, default_pp_timeout,
+    AdminConfig, AdminToken, Compiled, Config, ConfigError, MetricsConfig, StatsdConfig,
+    StatsdStyle, TlsSettings, default_bind, default_detect_timeout, default_pp_timeout,
 };
 
 /// Builds the typed configuration, pushing every error found. `None` when the top level did
@@ -93,13 +93,45 @@ pub(super) fn build(
     }
     let admin = match &f.admin {
         None => None,
-        Some(a) => match a.listen.trim().parse::<SocketAddr>() {
-            Ok(listen) => Some(AdminConfig { listen }),
-            Err(_) => {
-                err("admin.listen", format!("`{}` is not an address:port", a.listen));
-                None
+        Some(a) => {
+            let token = match &a.token_file {
+                None => None,
+                Some(path) => match AdminToken::read(path) {
+                    Ok(t) => Some(t),
+                    Err(msg) => {
+                        err("admin.token_file", msg);
+                        None
+                    }
+                },
+            };
+            match a.listen.trim().parse::<SocketAddr>() {
+                Ok(listen) => {
+                    if !listen.ip().is_loopback()
+                        && a.token_file.is_none()
+                        && !a.allow_unauthenticated
+                    {
+                        err(
+                            "admin.listen",
+                            format!(
+                                "`{listen}` is not a loopback address: anyone who reaches it could \
+                                 reload the proxy and read its configuration; set \
+                                 [admin] token_file, or allow_unauthenticated = true"
+                            ),
+                        );
+                    }
+                    Some(AdminConfig {
+                        listen,
+                        token_file: a.token_file.clone(),
+                        token,
+                        allow_unauthenticated: a.allow_unauthenticated,
+                    })
+                }
+                Err(_) => {
+                    err("admin.listen", format!("`{}` is not an address:port", a.listen));
+                    None
+                }
             }
-        },
+        }
     };
     let statsd = match &f.metrics.statsd {
         None => None,
@@ -175,6 +207,7 @@ pub(super) fn build(
             .unwrap_or_else(default_detect_timeout),
         defaults: f.defaults,
         access_log: f.access_log,
+        watch_config: f.watch_config,
         admin,
         metrics: MetricsConfig {
             enabled: f.metrics.enabled,

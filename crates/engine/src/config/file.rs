@@ -36,6 +36,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) access_log: bool,
     #[serde(default)]
+    pub(crate) watch_config: bool,
+    #[serde(default)]
     pub(crate) admin: Option<AdminFile>,
     #[serde(default)]
     pub(crate) metrics: MetricsFile,
@@ -55,6 +57,10 @@ pub(crate) struct File {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminFile {
     pub(crate) listen: String,
+    #[serde(default)]
+    pub(crate) token_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(crate) allow_unauthenticated: bool,
 }
 
 /// `[tls]` as written.

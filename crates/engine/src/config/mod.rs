@@ -67,6 +67,9 @@ pub struct Config {
     /// One JSON line per HTTP request (target `smartproxy::access`), default false; read at
     /// start.
     pub access_log: bool,
+    /// Watch the configuration file and reload it when it changes, as on SIGHUP (default
+    /// false; read by the binary at start).
+    pub watch_config: bool,
     /// The admin HTTP listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminConfig>,
@@ -299,8 +302,65 @@ impl Default for Defaults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct AdminConfig {
-    /// Address of the admin HTTP listener, e.g. `"127.0.0.1:9900"`.
+    /// Address of the admin HTTP listener, e.g. `"127.0.0.1:9900"`. An address that is not
+    /// loopback needs `token_file` (or `allow_unauthenticated = true`).
     pub listen: SocketAddr,
+    /// The file holding the bearer token the admin API asks for (everything but `/healthz`
+    /// and `/ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The token read from `token_file` at load (never serialised).
+    #[serde(skip)]
+    pub token: Option<AdminToken>,
+    /// Serve a non-loopback `listen` without a token (default false).
+    pub allow_unauthenticated: bool,
+}
+
+/// The admin API's bearer token: read once from `[admin] token_file`, shown as
+/// `<redacted>` by `Debug`, never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Arc<str>);
+
+impl AdminToken {
+    /// The token (the file's content without surrounding white space).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A token from a string (tests, library users); `None` when blank.
+    pub fn new(token: &str) -> Option<Self> {
+        let t = token.trim();
+        (!t.is_empty()).then(|| Self(t.into()))
+    }
+
+    fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let t = text.trim();
+        if t.is_empty() {
+            return Err(format!("`{}` is empty: it must hold the admin token", path.display()));
+        }
+        if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "`{}`: the token must be one word (no spaces or line breaks inside)",
+                path.display()
+            ));
+        }
+        if t.len() < 16 {
+            return Err(format!(
+                "`{}`: the token has {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                path.display(),
+                t.len()
+            ));
+        }
+        Ok(Self(t.into()))
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// `[metrics]`.
@@ -584,6 +644,44 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// What [`redact_secrets`] writes in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Replaces, anywhere in `v`, the value of every key that names a credential with
+/// [`REDACTED`]: keys containing `token`, `secret`, `password`, `passwd`, `authorization`,
+/// `cookie`, `api-key` / `api_key` / `apikey`, or `credential` (case-insensitive; header names
+/// in `headers`, `request_headers` and `response_headers` tables included), unless the key
+/// names a file (`..._file`, `..._path`) or a directory: those are paths, kept.
+pub fn redact_secrets(v: &mut serde_json::Value) {
+    const SECRET: &[&str] = &[
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "cookie",
+        "api-key",
+        "api_key",
+        "apikey",
+        "credential",
+    ];
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let key = k.to_ascii_lowercase();
+                let path_like = key.ends_with("_file") || key.ends_with("_path") || key == "file";
+                if !path_like && SECRET.iter().any(|s| key.contains(s)) && !val.is_null() {
+                    *val = serde_json::Value::String(REDACTED.to_owned());
+                } else {
+                    redact_secrets(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -678,6 +776,18 @@ impl Config {
             }
         };
         Ok(Self { routes, compiled, ..self.clone() })
+    }
+
+    /// The effective configuration as JSON (every default filled in), with secrets
+    /// redacted: the admin token is never in it (only `token_file`, its path), and any value
+    /// whose key names a credential (see [`redact_secrets`]) is replaced by `"<redacted>"`.
+    /// File paths (certificate keys, htpasswd, JWKS, the token file) are kept: they say
+    /// where a secret is, not what it is.
+    pub fn to_redacted_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self)
+            .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+        redact_secrets(&mut v);
+        v
     }
 
     /// The routes, as written.

@@ -63,6 +63,7 @@ pub(crate) fn enter(c: &mut Conn, index: usize) -> Result<(), Closed> {
     let state = std::sync::Arc::clone(&c.state);
     let route = &state.table.routes()[index];
     if !route.allows_ip(client_ip) {
+        route.count_refusal();
         return Err(c.refuse(Refusal::NotAllowed, route.name()));
     }
     match route.limits().try_acquire(client_ip) {
@@ -72,6 +73,7 @@ pub(crate) fn enter(c: &mut Conn, index: usize) -> Result<(), Closed> {
             Ok(())
         }
         Err(e) => {
+            route.count_refusal();
             let reason = match e {
                 LimitExceeded::MaxConnections { .. } => Refusal::RouteLimit,
                 _ => Refusal::RouteIpLimit,

@@ -104,7 +104,10 @@ pub(crate) async fn serve(
         Some(u) => {
             let name = match u.server_name.resolve(&up.host, sni.as_deref()) {
                 Ok(n) => n,
-                Err(detail) => return Err(c.refuse(Refusal::BackendUnavailable, &detail)),
+                Err(detail) => {
+                    route.count_refusal();
+                    return Err(c.refuse(Refusal::BackendUnavailable, &detail));
+                }
             };
             let connector = TlsConnector::from(u.config(alpn.as_deref()));
             let connect_timeout = c.effective().connect;
@@ -114,10 +117,12 @@ pub(crate) async fn serve(
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     let detail = format!("{}: upstream TLS handshake failed: {e}", route.name());
+                    route.count_refusal();
                     return Err(c.refuse(Refusal::BackendUnavailable, &detail));
                 }
                 Err(_) => {
                     let detail = format!("{}: upstream TLS handshake timed out", route.name());
+                    route.count_refusal();
                     return Err(c.refuse(Refusal::BackendUnavailable, &detail));
                 }
             };

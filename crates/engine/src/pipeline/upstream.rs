@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use smartproxy_limits::canonical_ip;
 use smartproxy_proxy_protocol::Header;
-use smartproxy_routing::{CompiledRoute, ForwardAction, SendProxyProtocol};
+use smartproxy_routing::{CompiledRoute, ConnectFailure, ForwardAction, SendProxyProtocol};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -53,6 +53,7 @@ pub(crate) async fn connect(
         })
         .await;
     let Some(((mut stream, done), target)) = connected else {
+        route.count_refusal();
         return Err(c.refuse(Refusal::BackendUnavailable, route.name()));
     };
     let host = target.host().to_owned();
@@ -93,17 +94,31 @@ where
         match tokio::time::timeout(connect_timeout, connect(t.host(), t.port())).await {
             Ok(Ok(s)) => {
                 engine.backend_connected(obs, &label, started.elapsed());
+                route.target_connected(t.index(), unix_ms);
                 return Some((s, t));
             }
-            Ok(Err(e)) => engine.backend_connect_failed(obs, &label, &e),
-            Err(_) => engine.backend_connect_failed(
-                obs,
-                &label,
-                &format_args!("no answer within {connect_timeout:?}"),
-            ),
+            Ok(Err(e)) => {
+                route.target_connect_failed(t.index(), unix_ms(), ConnectFailure::of_io(&e));
+                engine.backend_connect_failed(obs, &label, &e);
+            }
+            Err(_) => {
+                route.target_connect_failed(t.index(), unix_ms(), ConnectFailure::Timeout);
+                engine.backend_connect_failed(
+                    obs,
+                    &label,
+                    &format_args!("no answer within {connect_timeout:?}"),
+                );
+            }
         }
     }
     None
+}
+
+/// UNIX milliseconds, for the targets' health records (read only on a failure or a recovery).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A target for logs, formatted only when a log is written.
