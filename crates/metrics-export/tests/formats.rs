@@ -66,6 +66,11 @@ fn fixed_names_and_units() {
         "smartproxy_http_request_duration_seconds_count{route=\"web\"} 3",
         "# TYPE smartproxy_http_requests_in_flight gauge",
         "smartproxy_http_errors_total{reason=\"no_route\"} 1",
+        "smartproxy_http_errors_total{reason=\"rate_limited\"} 2",
+        "smartproxy_http_errors_total{reason=\"unauthorized\"} 1",
+        "# TYPE smartproxy_http_policy_refusals_total counter",
+        "smartproxy_http_policy_refusals_total{route=\"web\",reason=\"rate_limited\"} 2",
+        "smartproxy_http_policy_refusals_total{route=\"web\",reason=\"auth_missing\"} 1",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
