@@ -19,7 +19,10 @@ use smartproxy_routing::{
     UpstreamProtocol,
 };
 
+use crate::auth::Credentials;
 use crate::headers::via_values;
+use crate::location::{PrefixInverse, prefix_inverse};
+use crate::policy::Policies;
 use crate::pool::Pool;
 use crate::upstream::UpstreamTls;
 
@@ -124,6 +127,12 @@ pub(crate) struct ProxyRoute {
     pub(crate) response_ops: Option<HeaderOps>,
     /// `rewrite_path`: the pattern and the replacement.
     pub(crate) rewrite: Option<(regex::Regex, String)>,
+    /// `rewrite_location`.
+    pub(crate) rewrite_location: bool,
+    /// The inverse of a prefix `rewrite_path`, for `Location` paths.
+    pub(crate) location_inverse: Option<PrefixInverse>,
+    /// CORS, authentication, request rate.
+    pub(crate) policy: Option<Box<Policies>>,
 }
 
 /// A header value of `set` / `add`: fixed, or expanded per request.
@@ -264,13 +273,14 @@ impl Snapshot {
         tls: Option<Arc<dyn UpstreamTls>>,
         metrics: Option<&Metrics>,
         pools: &Pools,
+        creds: Option<&Credentials>,
     ) -> Self {
         let routes = table
             .routes()
             .iter()
             .map(|r| RouteState {
                 metrics: metrics.map(|m| m.route(r.name())),
-                kind: kind(r, &settings, pools),
+                kind: kind(r, &settings, pools, creds),
             })
             .collect();
         Self { table, routes, settings, tls }
@@ -344,7 +354,7 @@ fn key(
     }
 }
 
-fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools) -> RouteKind {
+fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools, creds: Option<&Credentials>) -> RouteKind {
     match &r.config().action {
         RouteAction::Forward(f) => {
             let Some(h) = &f.http else { return RouteKind::Other };
@@ -382,6 +392,12 @@ fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools) -> RouteKind {
                         }
                     }
                 }),
+                rewrite_location: h.rewrite_location,
+                location_inverse: h
+                    .rewrite_path
+                    .as_ref()
+                    .and_then(|rw| prefix_inverse(&rw.from, &rw.to)),
+                policy: Policies::compile(r, h, creds),
             };
             let targets: Vec<TargetState> = f
                 .targets
