@@ -39,6 +39,8 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("man", "man-db"),
     // `tar` lists the packaged .crate files (xtask package / release).
     ("tar", "tar"),
+    // `htpasswd` writes the password files of the basic_auth tests (crates/http, tests/).
+    ("htpasswd", "apache2-utils"),
 ];
 
 /// Extra Debian packages that provide no command of their own.
