@@ -81,6 +81,7 @@ impl State {
             .with_connect_timeout(d.connect_timeout)
             .with_tunnel_inactivity_timeout(d.inactivity_timeout)
             .with_upstream_tls(Arc::new(crate::tls_setup::UpstreamConnector(Arc::clone(&self.tls))))
+            .with_credentials(Arc::clone(&self.config.compiled().credentials))
     }
 
     /// The collector's handle of the route at `index` of the table.

@@ -200,10 +200,22 @@ pub(super) fn compile(
         }
     };
     let tls = TlsFiles::load(routes, &mut errors);
-    match table {
-        Some(table) if errors.is_empty() => {
-            Ok(Compiled { table: Arc::new(table), tls: Arc::new(tls), default_cert })
+    // The htpasswd and JWT key files of authenticating routes, read here once (and again on
+    // every reload, which parses the configuration again).
+    let credentials = match smartproxy_http::Credentials::load(routes) {
+        Ok(c) => c,
+        Err(list) => {
+            errors.extend(list.into_iter().map(|e| ConfigError::new(e.path, e.message)));
+            smartproxy_http::Credentials::new()
         }
+    };
+    match table {
+        Some(table) if errors.is_empty() => Ok(Compiled {
+            table: Arc::new(table),
+            tls: Arc::new(tls),
+            default_cert,
+            credentials: Arc::new(credentials),
+        }),
         _ => Err(errors),
     }
 }
