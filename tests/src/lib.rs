@@ -2,9 +2,19 @@
 //! peers (haproxy, prometheus, the statsd daemon), loopback backends that record what they see,
 //! and clients bound to chosen 127.0.0.x source addresses.
 //!
-//! Every wait here is bounded; a peer that is missing fails the test with what to install
-//! (`cargo xtask deps` installs them all).
+//! Every wait here is bounded and fails loudly with what it waited for; a peer that is
+//! missing fails the test with what to install (`cargo xtask deps` installs them all).
+//!
+//! Ports: every server a test starts (the proxy, haproxy, nginx, openssl, prometheus, the
+//! statsd daemon) gets ports reserved across all test processes of the workspace (the
+//! engine tests' `ports.rs`, included below), is started again on fresh ports when it cannot
+//! bind one (a program outside the tests took it), and counts as started only once the
+//! sockets listening on its ports are its own.
 #![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
+
+#[path = "../../crates/engine/tests/common/ports.rs"]
+mod ports;
+pub use ports::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +34,9 @@ pub mod pebble;
 /// How long any single wait in these helpers may take.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// How many sets of fresh ports a server is started on before the test gives up.
+const ATTEMPTS: usize = 5;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
@@ -40,6 +53,20 @@ pub fn smartproxy_bin() -> PathBuf {
         let target_dir = profile_dir.parent().expect("target dir");
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        // Without the variables cargo sets for this test process: build scripts that watch
+        // them (ring's: `CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...) would otherwise see them
+        // change between this build and the next `cargo test`, and both would rebuild ring,
+        // rustls and the engine every time (20-40 s per test binary).
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(&*k, "CARGO_CRATE_NAME" | "CARGO_TARGET_TMPDIR" | "OUT_DIR")
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         cmd.args(["build", "--quiet", "-p", "smartproxy", "--target-dir"])
             .arg(target_dir)
             .current_dir(workspace_root());
@@ -66,44 +93,23 @@ pub fn require(cmd: &str, package: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// A free TCP port on 127.0.0.1 for a server the test starts later.
-///
-/// Taken below the kernel's ephemeral range (32768-60999 by default), so that no outgoing
-/// connection (the proxy's own, to its backends) can take it between now and the bind; each
-/// call hands out a new one (a counter from a per-process start, checked by binding on every
-/// address the proxies use).
-pub fn free_port() -> u16 {
-    use std::sync::atomic::AtomicU32;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = 10_000 + (std::process::id() % 100) * 200;
+/// Waits until the server's end of the connection between ports `server` and `client` has
+/// read everything that arrived (a fine-grained bounded poll of `/proc/net/tcp`), so that
+/// what the client sends next comes in a read of its own.
+pub fn wait_consumed(server: u16, client: u16) {
+    let deadline = Instant::now() + WAIT;
     loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (base + n % 20_000) as u16;
-        let port = if port >= 32_000 { port - 22_000 } else { port };
-        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("0.0.0.0", port)).is_ok()
-            && !port_listening(port);
-        if free {
-            return port;
+        let unread = unread_by_server(server, client);
+        if unread == Some(0) {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the server on port {server} did not read what client port {client} sent within \
+             {WAIT:?}: {unread:?} bytes unread"
+        );
+        thread::sleep(Duration::from_micros(200));
     }
-}
-
-/// Several distinct free ports.
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    std::array::from_fn(|_| free_port())
-}
-
-/// Whether some socket on this machine listens on TCP `port` (read from /proc/net/tcp{,6},
-/// so that no probe connection is made).
-pub fn port_listening(port: u16) -> bool {
-    let needle = format!(":{port:04X} ");
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        std::fs::read_to_string(f).unwrap_or_default().lines().skip(1).any(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
-        })
-    })
 }
 
 /// Connects to `to` from the source address `from` (any 127.0.0.x works on Linux loopback).
@@ -123,18 +129,56 @@ pub fn connect(port: u16) -> TcpStream {
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
 }
 
-/// Reads until EOF (bounded by the stream's read timeout); returns what came and whether the
-/// peer closed (true) or reset / timed out (false).
+/// Reads until the peer closes the connection; returns what came and whether it closed
+/// cleanly (EOF: true) or reset it (false). Fails when the connection is still open after
+/// [`WAIT`] (the stream's read timeout, which [`connect`] sets).
 pub fn read_to_end(s: &mut TcpStream) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let mut buf = [0u8; 16 * 1024];
+    let started = Instant::now();
     loop {
         match s.read(&mut buf) {
             Ok(0) => return (out, true),
             Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!(
+                    "the connection is still open after {:?}; {} bytes came: {:?}",
+                    started.elapsed(),
+                    out.len(),
+                    String::from_utf8_lossy(&out[..out.len().min(200)])
+                )
+            }
             Err(_) => return (out, false),
         }
     }
+}
+
+/// Reads until the peer closes the connection, which must happen without a byte coming;
+/// returns the instant the close was seen.
+pub fn expect_closed_without_data(s: &mut TcpStream) -> Instant {
+    let (got, _) = read_to_end(s);
+    let at = Instant::now();
+    assert!(
+        got.is_empty(),
+        "closed, but {} bytes came first: {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+    at
+}
+
+/// Fails unless `elapsed` is within `[min, max]`; `what` says what was measured.
+#[track_caller]
+pub fn assert_within(what: &str, elapsed: Duration, min: Duration, max: Duration) {
+    assert!(
+        elapsed >= min && elapsed <= max,
+        "{what} after {elapsed:?}, expected between {min:?} and {max:?}"
+    );
 }
 
 /// Sends a line and waits for the same bytes back (for echo backends).
@@ -143,6 +187,34 @@ pub fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>>
     let mut got = vec![0u8; msg.len()];
     s.read_exact(&mut got)?;
     Ok(got)
+}
+
+/// Polls `probe` until `done` holds for what it returns, and returns that value; fails
+/// after [`WAIT`] naming `what` and the last value seen.
+pub fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    mut done: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = probe();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}; last saw {v:?}"
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The admin API's JSON snapshot (`GET /metrics/json` on 127.0.0.1:`admin`).
+pub fn metrics_json(admin: u16) -> serde_json::Value {
+    let r = get(admin, "/metrics/json");
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
 /// Waits until `f` is true, polling; panics with `what` after [`WAIT`].
@@ -176,18 +248,94 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// Starts the binary with this TOML config and waits until every port in `ports` accepts
-    /// connections as the binary reports them (its "listening on" lines).
+    /// Starts the binary with the TOML config `config(ports)` on `N` reserved ports, which
+    /// the proxy must all listen on (routes' ports, the admin API's), and waits until it
+    /// reports each one ("listening on ADDR", "admin API listening on http://ADDR/") and the
+    /// sockets listening there are its own. When it cannot bind one ("cannot listen on") it
+    /// is started again on fresh ports. Returns the proxy and its ports.
+    pub fn start_on<const N: usize>(config: impl Fn([u16; N]) -> String) -> (Proxy, [u16; N]) {
+        Self::start_on_with("toml", &[], config)
+    }
+
+    /// Same, with the config file extension (`toml` / `json`) and extra environment.
+    pub fn start_on_with<const N: usize>(
+        ext: &str,
+        env: &[(&str, &str)],
+        config: impl Fn([u16; N]) -> String,
+    ) -> (Proxy, [u16; N]) {
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let ports = reserve_ports::<N>();
+            match Self::try_start(&[], &config(ports), ext, &ports, env) {
+                Ok(p) => return (p, ports),
+                Err(out) if out.contains("cannot listen on") => {
+                    eprintln!(
+                        "smartproxy could not bind {ports:?}; retrying on fresh ports:\n{out}"
+                    );
+                    last = out;
+                }
+                Err(out) => panic!("smartproxy exited while starting:\n{out}"),
+            }
+        }
+        panic!(
+            "smartproxy could not bind fresh ports in {ATTEMPTS} attempts; last output:\n{last}"
+        );
+    }
+
+    /// Starts the binary with this TOML config on ports the caller reserved
+    /// ([`reserve_ports`]) and waits until it listens on every one of `ports`; fails the test
+    /// with its output if it exits first. Prefer [`Proxy::start_on`], which also retries when a
+    /// port was taken by a program outside the tests; this is for configurations whose ports
+    /// must be known before the proxy starts (peers started first, ports it does not listen on).
     pub fn start(config: &str, ports: &[u16]) -> Proxy {
         Self::start_with(config, "toml", ports, &[])
     }
 
-    /// Same, with the config file extension (`toml` / `json`) and extra environment.
+    /// [`Proxy::start`] with the config file extension and extra environment.
     pub fn start_with(config: &str, ext: &str, ports: &[u16], env: &[(&str, &str)]) -> Proxy {
+        Self::start_wrapped(&[], config, ext, ports, env)
+    }
+
+    /// Same, started through `wrapper`, a command that ends by exec'ing the binary with its
+    /// arguments (so that the process, its PID and its signals are the binary's):
+    /// `["ip", "netns", "exec", NS]` runs it inside a network namespace, `["env", "PATH=..."]`
+    /// changes what it finds. An empty wrapper starts the binary itself.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        config: &str,
+        ext: &str,
+        ports: &[u16],
+        env: &[(&str, &str)],
+    ) -> Proxy {
+        match Self::try_start(wrapper, config, ext, ports, env) {
+            Ok(p) => p,
+            Err(out) => panic!("smartproxy exited while starting:\n{out}"),
+        }
+    }
+
+    /// Starts the process and waits until it listens on every port of `ports`; its output
+    /// when it exits first. (Started through a wrapper, it may live in another network
+    /// namespace, where this one's socket table does not see its sockets: then only its own
+    /// report of the ports is checked.)
+    fn try_start(
+        wrapper: &[&str],
+        config: &str,
+        ext: &str,
+        ports: &[u16],
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, String> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join(format!("smartproxy.{ext}"));
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(smartproxy_bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(smartproxy_bin()),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(smartproxy_bin());
+                c
+            }
+        };
+        let mut child = command
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", std::env::var("SMARTPROXY_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -215,13 +363,36 @@ impl Proxy {
             }));
         }
         let mut p = Proxy { child, dir, config_path, output, readers };
-        for port in ports {
-            let needle = format!(":{port}");
-            p.wait_for_output(&format!("listening on port {port}"), |o| {
-                o.lines().any(|l| l.contains("listening") && l.contains(&needle))
-            });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = p.output();
+            let announced = announced_ports(&out);
+            if ports.iter().all(|port| announced.contains(port)) {
+                break;
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                // Let the readers take the last lines.
+                for r in p.readers.drain(..) {
+                    let _ = r.join();
+                }
+                return Err(format!("(exited: {st})\n{}", p.output()));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "smartproxy did not listen on all of {ports:?} within {WAIT:?} (it reported \
+                 {announced:?}):\n{out}"
+            );
+            thread::sleep(Duration::from_millis(20));
         }
-        p
+        for &port in ports.iter().filter(|_| wrapper.is_empty()) {
+            assert!(
+                listened_by(p.pid(), port),
+                "port {port} is listened on by another process too: {:?}\n{}",
+                listeners(port),
+                p.output()
+            );
+        }
+        Ok(p)
     }
 
     pub fn pid(&self) -> u32 {
@@ -233,7 +404,8 @@ impl Proxy {
         self.output.lock().clone()
     }
 
-    /// Waits until the output satisfies `f`; panics with the output on timeout.
+    /// Waits until the output satisfies `f`; panics with the output on timeout, or when the
+    /// process exits first.
     pub fn wait_for_output(&mut self, what: &str, f: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -241,7 +413,13 @@ impl Proxy {
                 return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                thread::sleep(Duration::from_millis(100));
+                // Its pipes are closed: the readers end once they have taken the last lines.
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                if f(&self.output()) {
+                    return;
+                }
                 panic!("smartproxy exited ({st}) while waiting for {what}:\n{}", self.output());
             }
             if Instant::now() > deadline {
@@ -251,10 +429,46 @@ impl Proxy {
         }
     }
 
-    /// Waits until `needle` appears in the output.
+    /// Waits until the output contains `needle` (for messages that are not log events with
+    /// fields, e.g. the ACME client's).
     pub fn wait_for_log(&mut self, needle: &str) {
-        let n = needle.to_string();
+        let n = needle.to_owned();
         self.wait_for_output(needle, move |o| o.contains(&n));
+    }
+
+    /// Waits until the proxy logs that it listens on 127.0.0.1:`port` (after a reload) and
+    /// the sockets there are its own.
+    pub fn wait_listening(&mut self, port: u16) {
+        self.wait_for_event("listening", &[("addr", &format!("127.0.0.1:{port}"))]);
+        assert!(
+            listened_by(self.pid(), port),
+            "port {port} is listened on by another process too: {:?}",
+            listeners(port)
+        );
+    }
+
+    /// Waits until the proxy logged an event with this message and these fields (see
+    /// [`is_event`]); returns its line.
+    pub fn wait_for_event(&mut self, message: &str, fields: &[(&str, &str)]) -> String {
+        let what = format!("a log line `{message}` with {fields:?}");
+        self.wait_for_output(&what, |o| o.lines().any(|l| is_event(l, message, fields)));
+        self.events(message, fields).remove(0)
+    }
+
+    /// Waits until the proxy logged `n` events with this message and these fields (and
+    /// fails when there are more).
+    pub fn wait_for_events(&mut self, n: usize, message: &str, fields: &[(&str, &str)]) {
+        let what = format!("{n} log lines `{message}` with {fields:?}");
+        self.wait_for_output(&what, |o| {
+            o.lines().filter(|l| is_event(l, message, fields)).count() >= n
+        });
+        let seen = self.events(message, fields);
+        assert_eq!(seen.len(), n, "more than {n} of {what}: {seen:#?}");
+    }
+
+    /// The log lines with this message and these fields.
+    pub fn events(&self, message: &str, fields: &[(&str, &str)]) -> Vec<String> {
+        self.output().lines().filter(|l| is_event(l, message, fields)).map(str::to_owned).collect()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -285,6 +499,20 @@ impl Proxy {
         }
     }
 
+    /// Waits (bounded) for the process to exit on its own; returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                panic!("smartproxy did not exit within {WAIT:?}:\n{}", self.output());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Resident set size in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status =
@@ -307,6 +535,121 @@ impl Drop for Proxy {
         if thread::panicking() {
             eprintln!("---- smartproxy output ----\n{}", self.output());
         }
+    }
+}
+
+/// The ports the proxy's output reports listening on: `listening on ADDR` for the routes'
+/// ports, `admin API listening on http://ADDR/ ...` for the admin API (whole lines, not the
+/// log lines that mention an address).
+pub fn announced_ports(output: &str) -> Vec<u16> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let addr = match l.strip_prefix("listening on ") {
+                Some(a) => a,
+                None => l.strip_prefix("admin API listening on http://")?.split('/').next()?,
+            };
+            addr.parse::<SocketAddr>().ok().map(|a| a.port())
+        })
+        .collect()
+}
+
+/// Whether `line` is a log line (`TIME LEVEL target: message key=value ...`) with exactly
+/// this message and every one of these fields. A field matches `key=value` or
+/// `key="value"` as a whole token (strings are logged quoted); a value ending in `*` matches
+/// any value that starts with the rest (`("client", "127.0.0.4:*")`).
+pub fn is_event(line: &str, message: &str, fields: &[(&str, &str)]) -> bool {
+    let Some(rest) = line.split_once(": ").map(|(_, r)| r) else { return false };
+    let Some(after) = rest.strip_prefix(message) else { return false };
+    if !(after.is_empty() || after.starts_with(' ')) {
+        return false;
+    }
+    fields.iter().all(|(k, v)| {
+        let (v, prefix) = match v.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (*v, false),
+        };
+        let quote = if prefix { "" } else { "\"" };
+        [format!(" {k}={v}"), format!(" {k}=\"{v}{quote}")].iter().any(|token| {
+            after.match_indices(token.as_str()).any(|(i, _)| {
+                let tail = &after[i + token.len()..];
+                prefix || tail.is_empty() || tail.starts_with(' ')
+            })
+        })
+    })
+}
+
+// ----------------------------------------------------------------------------------------
+// Servers the tests start: on reserved ports, retried on fresh ones
+
+/// A peer program listening on reserved ports; killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    pub child: Child,
+    pub ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts `command(ports, dir)` (`dir`: a temporary directory of its own) on `N` reserved
+    /// ports and waits until the sockets listening on every one of them are the child's
+    /// (`udp`: ports it binds for UDP instead, by index). A child that exits first (it could
+    /// not bind, most likely) is started again on fresh ports; after a few tries the test
+    /// fails with its stderr.
+    pub fn start<const N: usize>(
+        what: &str,
+        udp: &[usize],
+        mut command: impl FnMut([u16; N], &Path) -> Command,
+    ) -> (Server, [u16; N]) {
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let ports = reserve_ports::<N>();
+            let dir = tempfile::tempdir().unwrap();
+            let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+            let mut cmd = command(ports, dir.path());
+            let child = cmd
+                .stdin(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+            let mut server = Server { child, ports: ports.to_vec(), _dir: dir };
+            let deadline = Instant::now() + WAIT;
+            let up = loop {
+                let pid = server.child.id();
+                let all = ports.iter().enumerate().all(|(i, &p)| {
+                    if udp.contains(&i) { udp_bound_by(pid, p) } else { listened_by(pid, p) }
+                });
+                if all {
+                    break true;
+                }
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break false;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what} did not listen on {ports:?} within {WAIT:?}: {:?}",
+                    ports.map(listeners)
+                );
+                thread::sleep(Duration::from_millis(20));
+            };
+            if up {
+                return (server, ports);
+            }
+            let status = server.child.wait().unwrap();
+            last = format!(
+                "{what} on {ports:?} exited ({status}): {}",
+                std::fs::read_to_string(server._dir.path().join("stderr")).unwrap_or_default()
+            );
+            eprintln!("{last}; retrying on fresh ports");
+        }
+        panic!("{what} did not start in {ATTEMPTS} attempts; last: {last}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -468,37 +811,27 @@ fn serve(
 
 /// A real haproxy process (`haproxy -db -f cfg`), killed on drop.
 #[derive(Debug)]
-pub struct Haproxy {
-    child: Child,
-    _dir: TempDir,
-}
+pub struct Haproxy(pub Server);
 
 impl Haproxy {
-    /// Starts haproxy with this config and waits until `port` accepts connections.
-    pub fn start(config: &str, port: u16) -> Haproxy {
+    /// Starts haproxy with the config `config(ports)` on `N` reserved ports, which it must
+    /// all listen on (see [`Server::start`]); returns it and the ports.
+    pub fn start<const N: usize>(config: impl Fn([u16; N]) -> String) -> (Haproxy, [u16; N]) {
         let bin = require("haproxy", "haproxy");
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("haproxy.cfg");
-        std::fs::write(&cfg, config).unwrap();
-        let check = Command::new(&bin).args(["-c", "-q", "-f"]).arg(&cfg).output().unwrap();
-        assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
-        let child = Command::new(&bin)
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("haproxy listening", || port_listening(port));
-        Haproxy { child, _dir: dir }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (server, ports) = Server::start("haproxy", &[], |ports, dir| {
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(&cfg, config(ports)).unwrap();
+            let check = Command::new(&bin).args(["-c", "-q", "-f"]).arg(&cfg).output().unwrap();
+            assert!(
+                check.status.success(),
+                "haproxy -c: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-db", "-f"]).arg(&cfg).stdout(Stdio::null());
+            cmd
+        });
+        (Haproxy(server), ports)
     }
 }
 
@@ -565,35 +898,25 @@ impl Default for Pki {
 /// drop.
 #[derive(Debug)]
 pub struct OpensslServer {
-    child: Child,
     pub port: u16,
+    _server: Server,
 }
 
 impl OpensslServer {
     pub fn start(leaf: &LeafFiles) -> OpensslServer {
         let bin = require("openssl", "openssl");
-        let port = free_port();
-        let child = Command::new(bin)
-            .args(["s_server", "-quiet", "-www", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(&leaf.cert)
-            .arg("-key")
-            .arg(&leaf.key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("openssl s_server listening", || port_listening(port));
-        OpensslServer { child, port }
-    }
-}
-
-impl Drop for OpensslServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (server, [port]) = Server::start("openssl s_server", &[], |[port], _| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["s_server", "-quiet", "-www", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(&leaf.cert)
+                .arg("-key")
+                .arg(&leaf.key)
+                .stdout(Stdio::null());
+            cmd
+        });
+        OpensslServer { port, _server: server }
     }
 }
 
@@ -798,47 +1121,35 @@ pub fn wrk(args: &[&str]) -> String {
 /// `body`; killed on drop.
 #[derive(Debug)]
 pub struct NginxTls {
-    child: Child,
     pub port: u16,
-    _dir: TempDir,
+    _server: Server,
 }
 
 impl NginxTls {
     pub fn start(leaf: &LeafFiles, body: &str) -> NginxTls {
         let bin = require("nginx", "nginx-light");
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let port = free_port();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             \x20 server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n    location / {{ return 200 \"{body}\"; }}\n  }}\n}}\n",
-            c = leaf.cert.display(),
-            k = leaf.key.display()
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .arg("-c")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("nginx listening", || port_listening(port));
-        NginxTls { child, port, _dir: dir }
-    }
-}
-
-impl Drop for NginxTls {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let (server, [port]) = Server::start("nginx", &[], |[port], dir| {
+            let d = dir.display();
+            let conf = format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 \x20 server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {c};\n    ssl_certificate_key {k};\n    location / {{ return 200 \"{body}\"; }}\n  }}\n}}\n",
+                c = leaf.cert.display(),
+                k = leaf.key.display()
+            );
+            let path = dir.join("nginx.conf");
+            std::fs::write(&path, conf).unwrap();
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-p")
+                .arg(dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null());
+            cmd
+        });
+        NginxTls { port, _server: server }
     }
 }

@@ -219,7 +219,7 @@ fn http01_issuance_verified_chain_status_metrics_renewal_and_a_restart_that_orde
     let site = HttpBackend::start("site web");
     let pki = Pki::new();
     let manual = pki.leaf("manual", &["manual.test"]);
-    let [admin, http_port, https_port] = free_ports::<3>();
+    let [admin, http_port, https_port] = reserve_ports::<3>();
     let pebble =
         Pebble::start(PebbleOptions { http_port, tls_port: https_port, validity_secs: None });
     let dir = tempfile::tempdir().unwrap();
@@ -350,7 +350,7 @@ action = {{ type = "socket-handler", handler = "redirect", location = "https://{
 #[test]
 fn tls_alpn01_issuance_then_renewal_under_an_open_connection_then_the_ca_goes_down() {
     let site = HttpBackend::start("site alpn");
-    let [admin, https_port, unused_http] = free_ports::<3>();
+    let [admin, https_port, unused_http] = reserve_ports::<3>();
     // Certificates of one hour, renewed two hours before expiry: due at every check (2 s).
     let mut pebble = Pebble::start(PebbleOptions {
         http_port: unused_http,
@@ -414,7 +414,7 @@ fn tls_alpn01_issuance_then_renewal_under_an_open_connection_then_the_ca_goes_do
 fn http01_on_a_plain_tcp_port_that_reads_nothing_otherwise_and_reloads() {
     let site = HttpBackend::start("site plain");
     let echo = Backend::echo();
-    let [admin, plain_port, https_port] = free_ports::<3>();
+    let [admin, plain_port, https_port] = reserve_ports::<3>();
     let pebble = Pebble::start(PebbleOptions {
         http_port: plain_port,
         tls_port: https_port,
@@ -490,7 +490,7 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}] }}
 #[test]
 fn an_unreachable_ca_leaves_the_self_signed_fallback_and_the_error_in_the_status() {
     let site = HttpBackend::start("site fallback");
-    let [admin, https_port, closed] = free_ports::<3>();
+    let [admin, https_port, closed] = reserve_ports::<3>();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"{}
@@ -560,7 +560,7 @@ fn default_certificate_answers_handshakes_that_no_route_names() {
     let a = pki.leaf("a", &["a.test"]);
     let fallback = pki.leaf("default", &["default.test"]);
     let site = HttpBackend::start("catch-all");
-    let [with_default, without, admin] = free_ports::<3>();
+    let [with_default, without, admin] = reserve_ports::<3>();
     let route = |port: u16| {
         format!(
             r#"
@@ -619,7 +619,7 @@ fn upstream_tls_name_is_the_target_host_unless_named_or_sni() {
     let front = pki.leaf("front", &["front.test", "backend.local"]);
     // The backend's certificate: backend.local and 127.0.0.1 (Pki adds the address).
     let backend = OpensslServer::start(&pki.leaf("backend", &["backend.local"]));
-    let [by_host, named, wrong, sni] = free_ports::<4>();
+    let [by_host, named, wrong, sni] = reserve_ports::<4>();
     let route = |name: &str, port: u16, extra: &str| {
         format!(
             r#"

@@ -79,12 +79,12 @@ action = { type = "forward", targets = [] }
 #[test]
 fn json_config_runs() {
     let backend = Backend::echo();
-    let port = free_port();
-    let cfg = format!(
-        r#"{{ "bind": ["127.0.0.1"], "routes": [ {{ "name": "j", "match": {{ "ports": [{port}] }}, "action": {{ "type": "forward", "targets": [{{ "host": "127.0.0.1", "port": {} }}] }} }} ] }}"#,
-        backend.port()
-    );
-    let _p = Proxy::start_with(&cfg, "json", &[port], &[]);
+    let (_p, [port]) = Proxy::start_on_with("json", &[], |[port]| {
+        format!(
+            r#"{{ "bind": ["127.0.0.1"], "routes": [ {{ "name": "j", "match": {{ "ports": [{port}] }}, "action": {{ "type": "forward", "targets": [{{ "host": "127.0.0.1", "port": {} }}] }} }} ] }}"#,
+            backend.port()
+        )
+    });
     let mut s = connect(port);
     assert_eq!(echo_roundtrip(&mut s, b"json").unwrap(), b"json");
 }

@@ -79,28 +79,31 @@ struct Chain {
 impl Chain {
     fn start(hops: usize, rt: Rt, splice: bool, pp: Pp) -> Chain {
         let backend = Backend::echo();
-        let ports: Vec<u16> = (0..hops).map(|_| free_port()).collect();
         let mut started = Vec::new();
         // The last hop first, so that each hop's target listens before it is used.
+        let mut next_hop: Option<u16> = None;
         for i in (0..hops).rev() {
-            let (next, send) = match ports.get(i + 1) {
-                Some(&p) => (p, pp.name()),
+            let (next, send) = match next_hop {
+                Some(p) => (p, pp.name()),
                 None => (backend.port(), "false"),
             };
             let trust = if pp == Pp::Off { "" } else { "proxy_ips = [\"127.0.0.1\"]\n" };
-            let config = format!(
-                "{rt}bind = [\"127.0.0.1\"]\n{trust}\n[defaults]\nsplice = {splice}\n\
-                 max_connections_per_ip = 1000\n\n[[routes]]\nname = \"hop{i}\"\n\
-                 match = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = \
-                 [{{ host = \"127.0.0.1\", port = {next} }}], send_proxy_protocol = {send} }}\n",
-                rt = rt.config(),
-                port = ports[i],
-            );
-            started.push(Proxy::start(&config, &[ports[i]]));
+            let (hop, [port]) = Proxy::start_on(|[port]| {
+                format!(
+                    "{rt}bind = [\"127.0.0.1\"]\n{trust}\n[defaults]\nsplice = {splice}\n\
+                     max_connections_per_ip = 1000\n\n[[routes]]\nname = \"hop{i}\"\n\
+                     match = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = \
+                     [{{ host = \"127.0.0.1\", port = {next} }}], send_proxy_protocol = {send} }}\n",
+                    rt = rt.config(),
+                )
+            });
+            started.push(hop);
+            next_hop = Some(port);
         }
         started.reverse();
         let label = format!("{hops} hop(s), {rt:?}, splice {splice}, PROXY {pp:?}");
-        Chain { hops: started, entry: ports[0], pp, label, _backend: backend }
+        let entry = next_hop.expect("at least one hop");
+        Chain { hops: started, entry, pp, label, _backend: backend }
     }
 
     /// A connection to the first hop, with the client's PROXY header sent when the chain uses
@@ -372,6 +375,7 @@ fn slow_reader_keeps_every_hop_memory_bounded() {
             let n = s.read(&mut buf).unwrap_or_else(|e| panic!("{what}: read: {e}"));
             assert!(n > 0, "{what}: EOF after {} bytes", got.len());
             got.extend_from_slice(&buf[..n]);
+            // Pacing on purpose: the slow reader.
             next += Duration::from_millis(32);
             thread::sleep(next.saturating_duration_since(Instant::now()));
         }

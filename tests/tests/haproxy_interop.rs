@@ -10,9 +10,8 @@ use smartproxy_tests::*;
 #[test]
 fn haproxy_send_proxy_v2_into_smartproxy_keeps_the_client_address() {
     let backend = Backend::start(true, Mode::TellAddr);
-    let [hp_port, sp_port] = free_ports::<2>();
-    let _sp = Proxy::start(
-        &format!(
+    let (_sp, [sp_port]) = Proxy::start_on(|[sp_port]| {
+        format!(
             r#"
 bind = ["127.0.0.1"]
 proxy_ips = ["127.0.0.1"]
@@ -23,16 +22,14 @@ match = {{ ports = [{sp_port}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {b} }}], send_proxy_protocol = "v2" }}
 "#,
             b = backend.port()
-        ),
-        &[sp_port],
-    );
-    let _hp = Haproxy::start(
-        &format!(
+        )
+    });
+    let (_hp, [hp_port]) = Haproxy::start(|[hp_port]| {
+        format!(
             "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
              listen front\n  bind 127.0.0.1:{hp_port}\n  server sp 127.0.0.1:{sp_port} send-proxy-v2\n"
-        ),
-        hp_port,
-    );
+        )
+    });
     for last in [11u8, 12] {
         let client = Ipv4Addr::new(127, 0, 0, last);
         let mut s = connect_from(client, SocketAddr::from(([127, 0, 0, 1], hp_port))).unwrap();
@@ -50,18 +47,16 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {b} }}], 
 }
 
 fn into_haproxy(version: &str) {
-    let [hp_port, sp_port] = free_ports::<2>();
     // HAProxy answers every HTTP request with the source address it took from the PROXY header.
-    let _hp = Haproxy::start(
-        &format!(
+    let (_hp, [hp_port]) = Haproxy::start(|[hp_port]| {
+        format!(
             "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
              frontend front\n  bind 127.0.0.1:{hp_port} accept-proxy\n  \
              http-request return status 200 content-type text/plain lf-string \"%[src] %[src_port] %[dst] %[dst_port]\"\n"
-        ),
-        hp_port,
-    );
-    let _sp = Proxy::start(
-        &format!(
+        )
+    });
+    let (_sp, [sp_port]) = Proxy::start_on(|[sp_port]| {
+        format!(
             r#"
 bind = ["127.0.0.1"]
 
@@ -70,9 +65,8 @@ name = "to-haproxy"
 match = {{ ports = [{sp_port}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {hp_port} }}], send_proxy_protocol = "{version}" }}
 "#
-        ),
-        &[sp_port],
-    );
+        )
+    });
     let client = Ipv4Addr::new(127, 0, 0, 21);
     let mut s = connect_from(client, SocketAddr::from(([127, 0, 0, 1], sp_port))).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();

@@ -104,7 +104,7 @@ fn route(name: &str, port: u16, extra_match: &str, target: u16, http: &str) -> S
 #[test]
 fn one_connection_many_routes_per_request() {
     let (a, b) = (EchoHeaders::start("backend-a"), EchoHeaders::start("backend-b"));
-    let [port, admin] = free_ports::<2>();
+    let [port, admin] = reserve_ports::<2>();
     let config = format!(
         "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}{}{}\
          [[routes]]\nname = \"old\"\nmatch = {{ ports = [{port}], path = \"/old/*\" }}\n\
@@ -167,7 +167,7 @@ fn http2_by_alpn_and_prior_knowledge() {
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["site.test"]);
     let b = EchoHeaders::start("backend");
-    let [tls_port, plain_port] = free_ports::<2>();
+    let [tls_port, plain_port] = reserve_ports::<2>();
     let tls_route = format!(
         "[[routes]]\nname = \"tls\"\nmatch = {{ ports = [{tls_port}], domains = [\"site.test\"] }}\n\
          action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], http = {{ }}, \
@@ -214,7 +214,7 @@ fn h2load_has_no_failed_requests() {
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["site.test"]);
     let b = EchoHeaders::start("backend");
-    let [port] = free_ports::<1>();
+    let [port] = reserve_ports::<1>();
     let config = format!(
         "bind = [\"127.0.0.1\"]\n[[routes]]\nname = \"tls\"\nmatch = {{ ports = [{port}] }}\n\
          action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], http = {{ }}, \
@@ -244,7 +244,7 @@ fn h2load_has_no_failed_requests() {
 #[test]
 fn proxy_v2_in_front_gives_the_real_client_in_x_forwarded_for() {
     let b = EchoHeaders::start("backend");
-    let [port] = free_ports::<1>();
+    let [port] = reserve_ports::<1>();
     let config = format!(
         "bind = [\"127.0.0.1\"]\nproxy_ips = [\"127.0.0.1\"]\n{}",
         route("r", port, "", b.port, "forwarded = true")
@@ -284,7 +284,7 @@ fn websocket_outlives_the_keepalive_timeout() {
             });
         }
     });
-    let [port] = free_ports::<1>();
+    let [port] = reserve_ports::<1>();
     let config = format!(
         "bind = [\"127.0.0.1\"]\n[defaults]\nhttp_keepalive_timeout = \"1s\"\n{}",
         route("ws", port, "", ws_port, "")
@@ -317,7 +317,7 @@ fn nginx_backend_with_keepalive_and_a_body() {
     let nginx = require("nginx", "nginx-light");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    let [port, backend] = free_ports::<2>();
+    let [port, backend] = reserve_ports::<2>();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
@@ -393,7 +393,7 @@ fn large_bodies_stream_both_ways_with_flat_memory() {
             });
         }
     });
-    let [port] = free_ports::<1>();
+    let [port] = reserve_ports::<1>();
     let p = Proxy::start(
         &format!("bind = [\"127.0.0.1\"]\n{}", route("big", port, "", target, "")),
         &[port],
@@ -451,7 +451,7 @@ fn peak_kib(p: &Proxy) -> u64 {
 #[test]
 fn reload_applies_per_request_and_shutdown_drains() {
     let (a, b) = (EchoHeaders::start("backend-a"), EchoHeaders::start("backend-b"));
-    let [port] = free_ports::<1>();
+    let [port] = reserve_ports::<1>();
     let cfg = |t: u16| format!("bind = [\"127.0.0.1\"]\n{}", route("r", port, "", t, ""));
     let mut p = Proxy::start(&cfg(a.port), &[port]);
     let mut s = connect(port);
@@ -475,11 +475,11 @@ fn reload_applies_per_request_and_shutdown_drains() {
     };
     assert_eq!(ask(&mut s), "backend-a");
     p.reload(&cfg(b.port));
-    p.wait_for_log("configuration reloaded");
+    p.wait_for_event("configuration reloaded", &[]);
     assert_eq!(ask(&mut s), "backend-b", "same connection, new route target");
     p.signal("TERM");
     // The idle kept-alive connection is closed by the drain (EOF), well before the grace.
     let (rest, closed) = read_to_end(&mut s);
     assert!(closed && rest.is_empty(), "closed cleanly, nothing more sent");
-    p.wait_for_log("stopped");
+    p.wait_for_event("stopped", &[]);
 }

@@ -39,14 +39,15 @@ fn grown(before: &[usize], after: &[usize], by: usize) -> usize {
 #[test]
 fn round_robin_splits_1000_connections_evenly_and_skips_a_dead_target() {
     let (a, b, c) = (Backend::echo(), Backend::echo(), Backend::echo());
-    let dead = free_port();
-    let [rr, rr_dead] = free_ports::<2>();
-    let config = format!(
-        "{HEAD}{}{}",
-        route("rr", rr, "round-robin", &[a.port(), b.port(), c.port()]),
-        route("rr-dead", rr_dead, "round-robin", &[a.port(), dead, b.port()])
-    );
-    let _proxy = Proxy::start(&config, &[rr, rr_dead]);
+    // Bound, not listening: connections to it are refused.
+    let dead = DeadPort::new();
+    let (_proxy, [rr, rr_dead]) = Proxy::start_on(|[rr, rr_dead]| {
+        format!(
+            "{HEAD}{}{}",
+            route("rr", rr, "round-robin", &[a.port(), b.port(), c.port()]),
+            route("rr-dead", rr_dead, "round-robin", &[a.port(), dead.port(), b.port()])
+        )
+    });
     for _ in 0..1000 {
         drop(open_from(Ipv4Addr::LOCALHOST, rr));
     }
@@ -68,14 +69,14 @@ fn round_robin_splits_1000_connections_evenly_and_skips_a_dead_target() {
 #[test]
 fn ip_hash_keeps_each_client_on_one_target() {
     let (a, b, c) = (Backend::echo(), Backend::echo(), Backend::echo());
-    let dead = free_port();
-    let [hash, hash_dead] = free_ports::<2>();
-    let config = format!(
-        "{HEAD}{}{}",
-        route("hash", hash, "ip-hash", &[a.port(), b.port(), c.port()]),
-        route("hash-dead", hash_dead, "ip-hash", &[a.port(), b.port(), dead])
-    );
-    let _proxy = Proxy::start(&config, &[hash, hash_dead]);
+    let dead = DeadPort::new();
+    let (_proxy, [hash, hash_dead]) = Proxy::start_on(|[hash, hash_dead]| {
+        format!(
+            "{HEAD}{}{}",
+            route("hash", hash, "ip-hash", &[a.port(), b.port(), c.port()]),
+            route("hash-dead", hash_dead, "ip-hash", &[a.port(), b.port(), dead.port()])
+        )
+    });
     let backends = [&a, &b, &c];
     let mut used = [0usize; 3];
     let mut placement = Vec::new();
@@ -111,11 +112,13 @@ fn ip_hash_keeps_each_client_on_one_target() {
 #[test]
 fn least_connections_sends_new_connections_to_the_less_loaded_target() {
     let (a, b) = (Backend::echo(), Backend::echo());
-    let port = free_port();
-    let _proxy = Proxy::start(
-        &format!("{HEAD}{}", route("lc", port, "least-connections", &[a.port(), b.port()])),
-        &[port],
-    );
+    // The admin API tells how many connections the proxy has open.
+    let (_proxy, [port, admin]) = Proxy::start_on(|[port, admin]| {
+        format!(
+            "{HEAD}[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+            route("lc", port, "least-connections", &[a.port(), b.port()])
+        )
+    });
     let backends = [&a, &b];
     // Ten held connections split 5/5; remember where each went.
     let mut held: Vec<(TcpStream, usize)> = Vec::new();
@@ -126,17 +129,14 @@ fn least_connections_sends_new_connections_to_the_less_loaded_target() {
     }
     let on_a = held.iter().filter(|(_, i)| *i == 0).count();
     assert_eq!(on_a, 5, "balanced while all are open");
-    // Close those on B: A keeps 5 open, B none.
+    // Close those on B: A keeps 5 open, B none, once the proxy has seen the closes (its
+    // open connections are then A's five alone).
     held.retain(|(_, i)| *i == 0);
-    wait_until("the proxy closed B's connections", || {
-        // A fresh connection lands on B only once B's count is back to 0; probe without
-        // holding it, then the real check follows.
-        let before = counts(&backends);
-        drop(open_from(Ipv4Addr::LOCALHOST, port));
-        let after = counts(&backends);
-        after[1] > before[1]
-    });
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    wait_for(
+        "the proxy closed B's connections: 5 open",
+        || metrics_json(admin)["connections"]["active"].clone(),
+        |active| *active == 5,
+    );
     // The next five, held open, all go to B (it stays below or equal to A's five).
     for k in 0..5 {
         let before = counts(&backends);

@@ -23,9 +23,7 @@ fn routes(backend: u16, ports: &[(&str, u16)]) -> String {
 }
 
 fn json(admin: u16) -> Value {
-    let r = get(admin, "/metrics/json");
-    assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
+    metrics_json(admin)
 }
 
 fn window(rates: &Value, seconds: u64) -> (f64, f64) {
@@ -81,12 +79,12 @@ fn steady(port: u16, rate: u64, secs: f64, sent: Arc<AtomicU64>) -> thread::Join
 #[test]
 fn rates_and_totals_match_what_was_sent_within_one_percent() {
     let backend = Backend::echo();
-    let [admin, a, b, c] = free_ports::<4>();
-    let cfg = format!(
-        "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
-        routes(backend.port(), &[("slow", a), ("medium", b), ("fast", c)])
-    );
-    let _proxy = Proxy::start(&cfg, &[a, b, c]);
+    let (_proxy, [admin, a, b, c]) = Proxy::start_on(|[admin, a, b, c]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+            routes(backend.port(), &[("slow", a), ("medium", b), ("fast", c)])
+        )
+    });
     let plan = [("slow", a, 20_000u64), ("medium", b, 100_000), ("fast", c, 500_000)];
     let counters: Vec<Arc<AtomicU64>> = plan.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
     let started = Instant::now();
@@ -96,7 +94,8 @@ fn rates_and_totals_match_what_was_sent_within_one_percent() {
         .map(|((_, port, rate), sent)| steady(*port, *rate, 66.0, sent.clone()))
         .collect();
 
-    // Read while the traffic is steady and the 60 s window lies entirely inside it.
+    // Read while the traffic is steady and the 60 s window lies entirely inside it: the
+    // measurement takes this long (not a wait for an event).
     thread::sleep(Duration::from_secs(63).saturating_sub(started.elapsed()));
     let snap = json(admin);
     let close = |what: &str, got: f64, want: f64| {
@@ -138,12 +137,16 @@ fn rates_and_totals_match_what_was_sent_within_one_percent() {
 #[test]
 fn admin_api_endpoints_through_the_binary() {
     let backend = Backend::echo();
-    let [admin, a, b] = free_ports::<3>();
-    let cfg = format!(
-        "bind = [\"127.0.0.1\"]\n[defaults]\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
-        routes(backend.port(), &[("a", a)])
-    );
-    let mut proxy = Proxy::start(&cfg, &[a]);
+    let cfg = |admin: u16, a: u16| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[defaults]\nshutdown_grace = \"10s\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+            routes(backend.port(), &[("a", a)])
+        )
+    };
+    let (mut proxy, [admin, a]) = Proxy::start_on(|[admin, a]| cfg(admin, a));
+    let cfg = cfg(admin, a);
+    // Listened on after a reload.
+    let b = reserve_port();
     let mut s = connect(a);
     assert_eq!(echo_roundtrip(&mut s, b"hello").unwrap(), b"hello");
 
@@ -197,18 +200,19 @@ fn admin_api_endpoints_through_the_binary() {
     );
     drop(s);
     drop(n);
-    proxy.wait_for_log("stopped");
+    // Drained: nothing was left to force closed.
+    proxy.wait_for_event("stopped", &[("forced", "0")]);
 }
 
 #[test]
 fn refusals_and_proxy_headers_are_counted() {
     let backend = Backend::echo();
-    let [admin, a] = free_ports::<2>();
-    let cfg = format!(
-        "bind = [\"127.0.0.1\"]\nproxy_ips = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
-        routes(backend.port(), &[("a", a)])
-    );
-    let _proxy = Proxy::start(&cfg, &[a]);
+    let (_proxy, [admin, a]) = Proxy::start_on(|[admin, a]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\nproxy_ips = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+            routes(backend.port(), &[("a", a)])
+        )
+    });
     for header in [
         &b"PROXY TCP4 192.0.2.1 127.0.0.1 1000 80\r\n"[..],
         b"PROXY TCP4 192.0.2.1 127.0.0.1 01 80\r\n",
@@ -234,12 +238,12 @@ fn promtool_accepts_the_output_and_prometheus_scrapes_it() {
     let promtool = require("promtool", "prometheus");
     let prometheus = require("prometheus", "prometheus");
     let backend = Backend::echo();
-    let [admin, a, prom_port] = free_ports::<3>();
-    let cfg = format!(
-        "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
-        routes(backend.port(), &[("scraped", a)])
-    );
-    let _proxy = Proxy::start(&cfg, &[a]);
+    let (_proxy, [admin, a]) = Proxy::start_on(|[admin, a]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}",
+            routes(backend.port(), &[("scraped", a)])
+        )
+    });
     let mut s = connect(a);
     let payload = vec![7u8; 123_456];
     s.write_all(&payload).unwrap();
@@ -269,36 +273,33 @@ fn promtool_accepts_the_output_and_prometheus_scrapes_it() {
     }
 
     // A real Prometheus server scraping every second.
-    let dir = tempfile::tempdir().unwrap();
-    let prom_cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &prom_cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: smartproxy\n    static_configs:\n      - targets: ['127.0.0.1:{admin}']\n"
-        ),
-    )
-    .unwrap();
-    let mut prom = Command::new(prometheus)
-        .arg(format!("--config.file={}", prom_cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let (prom, [prom_port]) = Server::start("prometheus", &[], |[prom_port], dir| {
+        let prom_cfg = dir.join("prometheus.yml");
+        std::fs::write(
+            &prom_cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: smartproxy\n    static_configs:\n      - targets: ['127.0.0.1:{admin}']\n"
+            ),
+        )
         .unwrap();
+        let mut cmd = Command::new(&prometheus);
+        cmd.arg(format!("--config.file={}", prom_cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null());
+        cmd
+    });
     let query = "/api/v1/query?query=smartproxy_bytes_total%7Bdirection%3D%22in%22%7D";
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
+    let mut last;
+    // Bounded poll (the first scrapes take a few seconds): fails with Prometheus's last answer.
     let found = loop {
-        if port_listening(prom_port) {
-            let r = get(prom_port, query);
-            last = r.body.clone();
-            if let Ok(v) = serde_json::from_str::<Value>(&r.body) {
-                let value = &v["data"]["result"][0]["value"][1];
-                if value == "123456" {
-                    break true;
-                }
+        let r = get(prom_port, query);
+        last = r.body.clone();
+        if let Ok(v) = serde_json::from_str::<Value>(&r.body) {
+            let value = &v["data"]["result"][0]["value"][1];
+            if value == "123456" {
+                break true;
             }
         }
         if Instant::now() > deadline {
@@ -306,8 +307,7 @@ fn promtool_accepts_the_output_and_prometheus_scrapes_it() {
         }
         thread::sleep(Duration::from_millis(250));
     };
-    let _ = prom.kill();
-    let _ = prom.wait();
+    drop(prom);
     assert!(found, "Prometheus never returned the byte counter; last answer: {last}");
 }
 
@@ -316,41 +316,43 @@ fn the_statsd_daemon_receives_the_pushed_lines_without_bad_ones() {
     let node = require("node", "nodejs");
     let stats_js = workspace_root().join("target/test-peers/node_modules/statsd/stats.js");
     assert!(stats_js.exists(), "{} is missing: run `cargo xtask deps`", stats_js.display());
-    let [admin, a, udp, mgmt] = free_ports::<4>();
-    let dir = tempfile::tempdir().unwrap();
-    let statsd_cfg = dir.path().join("statsd.js");
-    std::fs::write(
-        &statsd_cfg,
-        format!(
-            "{{ port: {udp}, address: \"127.0.0.1\", mgmt_port: {mgmt}, mgmt_address: \"127.0.0.1\", flushInterval: 1000, backends: [\"./backends/console\"], console: {{ prettyprint: false }} }}\n"
-        ),
-    )
-    .unwrap();
-    let mut daemon = Command::new(node)
-        .arg(&stats_js)
-        .arg(&statsd_cfg)
-        .current_dir(stats_js.parent().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    // The daemon on a UDP port (index 0) and its management TCP port.
+    let (mut daemon, [udp, _mgmt]) = Server::start(
+        "the statsd daemon",
+        &[0],
+        |[udp, mgmt], dir| {
+            let statsd_cfg = dir.join("statsd.js");
+            std::fs::write(
+            &statsd_cfg,
+            format!(
+                "{{ port: {udp}, address: \"127.0.0.1\", mgmt_port: {mgmt}, mgmt_address: \"127.0.0.1\", flushInterval: 1000, backends: [\"./backends/console\"], console: {{ prettyprint: false }} }}\n"
+            ),
+        )
         .unwrap();
+            let mut cmd = Command::new(&node);
+            cmd.arg(&stats_js)
+                .arg(&statsd_cfg)
+                .current_dir(stats_js.parent().unwrap())
+                .stdout(Stdio::piped());
+            cmd
+        },
+    );
     let out = Arc::new(parking_lot::Mutex::new(String::new()));
     let out2 = out.clone();
-    let stdout = daemon.stdout.take().unwrap();
+    let stdout = daemon.child.stdout.take().unwrap();
     let reader = thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             out2.lock().push_str(&(line + "\n"));
         }
     });
-    wait_until("statsd listening", || port_listening(mgmt));
 
     let backend = Backend::echo();
-    let cfg = format!(
-        "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[metrics]\nstatsd = {{ address = \"127.0.0.1:{udp}\", interval = \"1s\" }}\n{}",
-        routes(backend.port(), &[("pushed", a)])
-    );
-    let _proxy = Proxy::start(&cfg, &[a]);
+    let (_proxy, [_admin, a]) = Proxy::start_on(|[admin, a]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[metrics]\nstatsd = {{ address = \"127.0.0.1:{udp}\", interval = \"1s\" }}\n{}",
+            routes(backend.port(), &[("pushed", a)])
+        )
+    });
     let mut s = connect(a);
     assert_eq!(echo_roundtrip(&mut s, &[1u8; 5000]).unwrap(), vec![1u8; 5000]);
     drop(s);
@@ -358,10 +360,12 @@ fn the_statsd_daemon_receives_the_pushed_lines_without_bad_ones() {
         let o = out.lock();
         o.contains("'smartproxy.bytes_in': 5000") || o.contains("smartproxy.bytes_in': 5000")
     });
-    // Let two more flushes pass, then check that statsd never counted a bad line.
-    thread::sleep(Duration::from_millis(2500));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    // Two more flushes, printed whole (a flush's output ends where the next one's "Flushing
+    // stats" line starts), then check that statsd never counted a bad line.
+    let flushes = || out.lock().matches("Flushing stats at").count();
+    let seen = flushes();
+    wait_for("two more statsd flushes", flushes, |n| *n >= seen + 3);
+    drop(daemon);
     let _ = reader.join();
     let o = out.lock().clone();
     let bad: Vec<&str> = o

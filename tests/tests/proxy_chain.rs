@@ -10,9 +10,8 @@ use smartproxy_tests::*;
 
 fn chain(version: &str) {
     let backend = Backend::start(true, Mode::TellAddr);
-    let [outer_port, inner_port] = free_ports::<2>();
-    let mut inner = Proxy::start(
-        &format!(
+    let (mut inner, [inner_port]) = Proxy::start_on(|[inner_port]| {
+        format!(
             r#"
 bind = ["127.0.0.1"]
 proxy_ips = ["127.0.0.1"]
@@ -26,11 +25,10 @@ match = {{ ports = [{inner_port}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}], send_proxy_protocol = "v1" }}
 "#,
             backend = backend.port()
-        ),
-        &[inner_port],
-    );
-    let _outer = Proxy::start(
-        &format!(
+        )
+    });
+    let (_outer, [outer_port]) = Proxy::start_on(|[outer_port]| {
+        format!(
             r#"
 bind = ["127.0.0.1"]
 
@@ -39,9 +37,8 @@ name = "outer"
 match = {{ ports = [{outer_port}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {inner_port} }}], send_proxy_protocol = "{version}" }}
 "#
-        ),
-        &[outer_port],
-    );
+        )
+    });
     let to = SocketAddr::from(([127, 0, 0, 1], outer_port));
     let clients =
         [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 4)];
@@ -64,7 +61,12 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {inner_po
     let mut over = connect_from(clients[2], to).unwrap();
     let (got, _) = read_to_end(&mut over);
     assert!(got.is_empty(), "the connection over the limit is closed before reaching the backend");
-    inner.wait_for_log("127.0.0.4");
+    // Refused by the inner proxy for that client's address, which it logs.
+    inner.wait_for_events(
+        1,
+        "connection refused",
+        &[("client", "127.0.0.4:*"), ("port", &inner_port.to_string()), ("reason", "ip_limit")],
+    );
 
     // The others still pass while those six stay open: a fresh client address is not affected.
     let mut fresh = connect_from(Ipv4Addr::new(127, 0, 0, 5), to).unwrap();

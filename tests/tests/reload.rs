@@ -17,8 +17,10 @@ const HEAD: &str = "bind = [\"127.0.0.1\"]\n";
 #[test]
 fn reload_during_a_long_transfer_keeps_it_byte_exact_and_opens_new_ports() {
     let backend = Backend::echo();
-    let [a, b] = free_ports::<2>();
-    let mut proxy = Proxy::start(&format!("{HEAD}{}", route("a", a, backend.port())), &[a]);
+    let (mut proxy, [a]) =
+        Proxy::start_on(|[a]| format!("{HEAD}{}", route("a", a, backend.port())));
+    // Listened on after the reload.
+    let b = reserve_port();
 
     // 32 MiB each way through the proxy, written by one thread and checked by another.
     const TOTAL: usize = 32 << 20;
@@ -51,9 +53,7 @@ fn reload_during_a_long_transfer_keeps_it_byte_exact_and_opens_new_ports() {
                 route("a", a, backend.port()),
                 route("b", b, backend.port())
             ));
-            proxy.wait_for_output("the new port", |o| {
-                o.lines().any(|l| l.contains("listening") && l.contains(&format!(":{b}")))
-            });
+            proxy.wait_listening(b);
             reloaded = true;
         }
     }
@@ -67,11 +67,9 @@ fn reload_during_a_long_transfer_keeps_it_byte_exact_and_opens_new_ports() {
 #[test]
 fn removed_port_stops_and_bad_file_is_refused_keeping_the_old_config() {
     let backend = Backend::echo();
-    let [a, b] = free_ports::<2>();
-    let mut proxy = Proxy::start(
-        &format!("{HEAD}{}{}", route("a", a, backend.port()), route("b", b, backend.port())),
-        &[a, b],
-    );
+    let (mut proxy, [a, b]) = Proxy::start_on(|[a, b]| {
+        format!("{HEAD}{}{}", route("a", a, backend.port()), route("b", b, backend.port()))
+    });
     // An established connection on the port that goes away keeps running.
     let mut kept = connect(b);
     assert_eq!(echo_roundtrip(&mut kept, b"1").unwrap(), b"1");
@@ -85,12 +83,20 @@ fn removed_port_stops_and_bad_file_is_refused_keeping_the_old_config() {
         "{HEAD}{}",
         route("a", a, backend.port()).replace("ports = [", "ports = [0, ")
     ));
-    proxy.wait_for_log("routes[0].match.ports");
+    const REFUSED: &str = "configuration refused, keeping the old one";
+    proxy.wait_for_events(1, REFUSED, &[]);
+    // The errors follow the event, one line each: file, line, key and why.
+    let file = proxy.config_path.display().to_string();
+    let want =
+        format!("  {file}:4: routes[0].match.ports[0]: port 0 in `0` is not a listening port");
+    assert!(proxy.output().lines().any(|l| l == want), "{want:?} in:\n{}", proxy.output());
     let mut s = connect(a);
     assert_eq!(echo_roundtrip(&mut s, b"old config").unwrap(), b"old config");
     // And a file that does not parse at all.
     proxy.reload("this is = = not toml");
-    proxy.wait_for_output("a second refusal", |o| o.matches("reload").count() >= 2);
+    proxy.wait_for_events(2, REFUSED, &[]);
+    let want = format!("  {file}:1: TOML syntax: key with no value, expected `=`");
+    assert!(proxy.output().lines().any(|l| l == want), "{want:?} in:\n{}", proxy.output());
     let mut s = connect(a);
     assert_eq!(echo_roundtrip(&mut s, b"still old").unwrap(), b"still old");
 }
@@ -98,11 +104,9 @@ fn removed_port_stops_and_bad_file_is_refused_keeping_the_old_config() {
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let backend = Backend::echo();
-    let a = free_port();
-    let proxy = Proxy::start(
-        &format!("{HEAD}[defaults]\nshutdown_grace = \"2s\"\n{}", route("a", a, backend.port())),
-        &[a],
-    );
+    let (proxy, [a]) = Proxy::start_on(|[a]| {
+        format!("{HEAD}[defaults]\nshutdown_grace = \"2s\"\n{}", route("a", a, backend.port()))
+    });
     let mut s = connect(a);
     assert_eq!(echo_roundtrip(&mut s, b"x").unwrap(), b"x");
     assert_eq!(proxy.terminate(), Some(0));
@@ -122,9 +126,10 @@ fn both_runtimes_forward_reload_and_stop() {
 
 fn workers_forward_reload_and_stop(runtime: &str) {
     let backend = Backend::echo();
-    let [a, b] = free_ports::<2>();
     let head = format!("{HEAD}workers = 3\nruntime = \"{runtime}\"\n");
-    let mut proxy = Proxy::start(&format!("{head}{}", route("a", a, backend.port())), &[a]);
+    let (mut proxy, [a]) =
+        Proxy::start_on(|[a]| format!("{head}{}", route("a", a, backend.port())));
+    let b = reserve_port();
     let threads = std::fs::read_dir(format!("/proc/{}/task", proxy.pid())).unwrap().count();
     assert!(threads >= 4, "{runtime}: main thread + 3 workers, saw {threads} threads");
     // The address is printed once, although with per-worker three sockets listen on it.
@@ -139,9 +144,7 @@ fn workers_forward_reload_and_stop(runtime: &str) {
         assert_eq!(echo_roundtrip(&mut s, msg.as_bytes()).unwrap(), msg.as_bytes());
     }
     proxy.reload(&format!("{head}{}", route("b", b, backend.port())));
-    proxy.wait_for_output("the new port", |o| {
-        o.lines().any(|l| l.contains("listening") && l.contains(&format!(":{b}")))
-    });
+    proxy.wait_listening(b);
     for i in 0..30u32 {
         let mut s = connect(b);
         let msg = format!("after reload {i}");

@@ -48,12 +48,14 @@ fn twenty_reloads_during_wrk_lose_no_request() {
     ];
     let cn = ["blue.a.test", "green.a.test"];
     let backend = HttpBackend::start("hello from the backend");
-    let wrk_port = free_port();
-    let extra: Vec<u16> = (0..=RELOADS).map(|_| free_port()).collect();
-    let proxy = Proxy::start(
-        &config(0, wrk_port, &leaves[0], backend.port(), &extra),
-        &[wrk_port, extra[0]],
-    );
+    // Generation 0 listens on the load port and its own; each reload adds one more.
+    let later: Vec<u16> = (1..=RELOADS).map(|_| reserve_port()).collect();
+    let with_later =
+        |first: u16| -> Vec<u16> { std::iter::once(first).chain(later.clone()).collect() };
+    let (proxy, [wrk_port, first]) = Proxy::start_on(|[wrk_port, first]| {
+        config(0, wrk_port, &leaves[0], backend.port(), &with_later(first))
+    });
+    let extra = with_later(first);
     assert!(served_subject(wrk_port, "a.test").contains(cn[0]));
 
     let url = format!("https://127.0.0.1:{wrk_port}/");
@@ -86,6 +88,7 @@ fn twenty_reloads_during_wrk_lose_no_request() {
         if !load.is_finished() {
             during += 1;
         }
+        // Pacing on purpose: the reloads spread over wrk's 10 s run.
         thread::sleep(Duration::from_millis(150));
     }
     let took = started.elapsed();

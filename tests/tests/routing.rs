@@ -6,8 +6,6 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -40,15 +38,13 @@ fn two_tls_sites() -> TwoSites {
     let a = pki.leaf("a", &["a.test"]);
     let b = pki.leaf("b", &["b.test"]);
     let (sa, sb) = (OpensslServer::start(&a), OpensslServer::start(&b));
-    let port = free_port();
-    let proxy = Proxy::start(
-        &format!(
+    let (proxy, [port]) = Proxy::start_on(|[port]| {
+        format!(
             "{HEAD}{}{}",
             passthrough("a", port, "a.test", sa.port),
             passthrough("b", port, "b.test", sb.port)
-        ),
-        &[port],
-    );
+        )
+    });
     TwoSites { pki, a, b, _servers: (sa, sb), port, _proxy: proxy }
 }
 
@@ -74,8 +70,9 @@ fn sni_routes_two_domains_to_two_tls_backends_through_one_port() {
     assert_eq!(served_subject(t.port, "c.test"), "");
 }
 
-/// Writes a real rustls ClientHello one byte per write, then finishes the handshake and an
-/// HTTP request; returns the server's leaf certificate and the response.
+/// Writes a real rustls ClientHello one byte per write, each once the proxy has read the one
+/// before (so each byte comes in a read of its own), then finishes the handshake and an HTTP
+/// request; returns the server's leaf certificate and the response.
 fn fragmented_hello(
     port: u16,
     ca: &std::path::Path,
@@ -101,9 +98,10 @@ fn fragmented_hello(
     assert!(hello.len() > 100 && hello[0] == 0x16, "a ClientHello record");
     let mut tcp = connect(port);
     tcp.set_nodelay(true).unwrap();
+    let me = tcp.local_addr().unwrap().port();
     for byte in &hello {
         tcp.write_all(std::slice::from_ref(byte)).unwrap();
-        thread::sleep(Duration::from_micros(300));
+        wait_consumed(port, me);
     }
     let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
     tls.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -132,9 +130,9 @@ fn a_client_hello_sent_one_byte_per_write_still_routes() {
 
 #[test]
 fn block_and_static_handlers_answer_curl() {
-    let [block, close, stat] = free_ports::<3>();
-    let config = format!(
-        r#"{HEAD}
+    let (_proxy, [block, close, stat]) = Proxy::start_on(|[block, close, stat]| {
+        format!(
+            r#"{HEAD}
 [[routes]]
 name = "blocked"
 match = {{ ports = [{block}] }}
@@ -150,8 +148,8 @@ name = "static"
 match = {{ ports = [{stat}] }}
 action = {{ type = "socket-handler", handler = "static", status = 200, headers = {{ "X-Served-By" = "smartproxy" }}, body = "hello static" }}
 "#
-    );
-    let _proxy = Proxy::start(&config, &[block, close, stat]);
+        )
+    });
     let (code, out, err) =
         curl(&["-w", "\n%{http_code}", &format!("http://127.0.0.1:{block}/anything")]);
     assert_eq!((code, out.as_str()), (0, "go away\n403"), "{err}");
@@ -164,16 +162,19 @@ action = {{ type = "socket-handler", handler = "static", status = 200, headers =
     assert!(out.ends_with("hello static"), "{out}");
 }
 
-fn haproxy_front(listens: &[(u16, u16)]) -> Haproxy {
-    let mut cfg = String::from(
-        "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
-    );
-    for (i, (front, back)) in listens.iter().enumerate() {
-        cfg.push_str(&format!(
-            "listen front{i}\n  bind 127.0.0.1:{front}\n  server sp 127.0.0.1:{back} send-proxy-v2\n"
-        ));
-    }
-    Haproxy::start(&cfg, listens[0].0)
+/// haproxy in front of each of `backs` (sending PROXY v2); returns it and its front ports.
+fn haproxy_front<const N: usize>(backs: [u16; N]) -> (Haproxy, [u16; N]) {
+    Haproxy::start(|fronts: [u16; N]| {
+        let mut cfg = String::from(
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+        );
+        for (i, (front, back)) in fronts.iter().zip(backs).enumerate() {
+            cfg.push_str(&format!(
+                "listen front{i}\n  bind 127.0.0.1:{front}\n  server sp 127.0.0.1:{back} send-proxy-v2\n"
+            ));
+        }
+        cfg
+    })
 }
 
 fn from(ip: u8, port: u16) -> std::net::TcpStream {
@@ -191,10 +192,10 @@ fn served(s: &mut std::net::TcpStream) -> bool {
 #[test]
 fn allow_block_lists_and_route_limits_apply_to_the_real_client_behind_proxy_v2() {
     let backend = Backend::echo();
-    let [hp_lists, sp_lists, hp_rate, sp_rate] = free_ports::<4>();
     let b = backend.port();
-    let config = format!(
-        r#"{HEAD}proxy_ips = ["127.0.0.1"]
+    let (mut proxy, [sp_lists, sp_rate]) = Proxy::start_on(|[sp_lists, sp_rate]| {
+        format!(
+            r#"{HEAD}proxy_ips = ["127.0.0.1"]
 
 [[routes]]
 name = "guarded"
@@ -208,9 +209,9 @@ match = {{ ports = [{sp_rate}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {b} }}] }}
 security = {{ rate_limit_per_minute = 3 }}
 "#
-    );
-    let mut proxy = Proxy::start(&config, &[sp_lists, sp_rate]);
-    let _hp = haproxy_front(&[(hp_lists, sp_lists), (hp_rate, sp_rate)]);
+        )
+    });
+    let (_hp, [hp_lists, hp_rate]) = haproxy_front([sp_lists, sp_rate]);
 
     // Allowed client; a second connection from the same client is over the route's per-IP
     // limit while another client is still served.
@@ -235,11 +236,22 @@ security = {{ rate_limit_per_minute = 3 }}
     assert!(!served(&mut from(20, hp_rate)), "4th connection in a minute refused");
     assert!(served(&mut from(21, hp_rate)), "127.0.0.21 has its own budget");
 
-    proxy.wait_for_log("reason=\"blocked\"");
-    let out = proxy.output();
-    for reason in ["route_ip_limit", "blocked"] {
-        assert!(out.contains(reason), "{reason} logged:\n{out}");
+    // Each refusal logged with the real client, not haproxy's address.
+    let (lists, rate) = (sp_lists.to_string(), sp_rate.to_string());
+    for (client, port, reason) in [
+        ("127.0.0.2:*", &lists, "route_ip_limit"),
+        ("127.0.0.3:*", &lists, "blocked"),
+        ("127.0.0.9:*", &lists, "blocked"),
+        ("127.0.0.20:*", &rate, "route_ip_limit"),
+    ] {
+        proxy.wait_for_event(
+            "connection refused",
+            &[("client", client), ("port", port), ("reason", reason)],
+        );
     }
-    // Every refused client is the real one, not haproxy's address.
-    assert!(out.contains("127.0.0.3") && out.contains("127.0.0.9"), "{out}");
+    let refusals = proxy.events("connection refused", &[]);
+    assert!(
+        refusals.iter().all(|l| !l.contains("client=127.0.0.1:")),
+        "no refusal of haproxy's own address: {refusals:#?}"
+    );
 }

@@ -8,9 +8,8 @@ fn tls_passthrough_through_a_proxy_chain_with_proxy_v2() {
     let pki = Pki::new();
     let leaf = pki.leaf("backend", &["backend.test"]);
     let server = OpensslServer::start(&leaf);
-    let [outer, inner] = free_ports::<2>();
-    let _inner = Proxy::start(
-        &format!(
+    let (_inner, [inner]) = Proxy::start_on(|[inner]| {
+        format!(
             r#"
 bind = ["127.0.0.1"]
 proxy_ips = ["127.0.0.1"]
@@ -20,11 +19,10 @@ match = {{ ports = [{inner}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {p} }}], tls = {{ mode = "passthrough" }} }}
 "#,
             p = server.port
-        ),
-        &[inner],
-    );
-    let _outer = Proxy::start(
-        &format!(
+        )
+    });
+    let (_outer, [outer]) = Proxy::start_on(|[outer]| {
+        format!(
             r#"
 bind = ["127.0.0.1"]
 [[routes]]
@@ -32,9 +30,8 @@ name = "outer"
 match = {{ ports = [{outer}] }}
 action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {inner} }}], send_proxy_protocol = "v2" }}
 "#
-        ),
-        &[outer],
-    );
+        )
+    });
     let url = format!("https://backend.test:{outer}/");
     let resolve = format!("backend.test:{outer}:127.0.0.1");
     let ca = pki.ca_pem.to_string_lossy().into_owned();

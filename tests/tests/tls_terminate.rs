@@ -32,15 +32,13 @@ fn terminates_two_domains_on_one_port_with_their_own_certificates() {
     let b = pki.leaf("b", &["b.test"]);
     let site_a = HttpBackend::start("site a");
     let site_b = HttpBackend::start("site b");
-    let port = free_port();
-    let _proxy = Proxy::start(
-        &format!(
+    let (_proxy, [port]) = Proxy::start_on(|[port]| {
+        format!(
             "{HEAD}{}{}",
             terminate("a", port, "a.test", site_a.port(), &a),
             terminate("b", port, "b.test", site_b.port(), &b)
-        ),
-        &[port],
-    );
+        )
+    });
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     for (domain, body) in [("a.test", "site a"), ("b.test", "site b"), ("a.test", "site a")] {
         // curl verifies the certificate against the test CA and the name.
@@ -71,10 +69,13 @@ fn tls13_only_route_refuses_a_tls12_client() {
     let pki = Pki::new();
     let a = pki.leaf("a", &["a.test"]);
     let site = HttpBackend::start("v13");
-    let port = free_port();
-    let route = terminate("a", port, "a.test", site.port(), &a)
-        .replace("tls = { mode", "tls = { min_version = \"1.3\", session_resumption = false, mode");
-    let _proxy = Proxy::start(&format!("{HEAD}{route}"), &[port]);
+    let (_proxy, [port]) = Proxy::start_on(|[port]| {
+        let route = terminate("a", port, "a.test", site.port(), &a).replace(
+            "tls = { mode",
+            "tls = { min_version = \"1.3\", session_resumption = false, mode",
+        );
+        format!("{HEAD}{route}")
+    });
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     let resolve = format!("a.test:{port}:127.0.0.1");
     let url = format!("https://a.test:{port}/");
@@ -107,44 +108,50 @@ fn reencrypts_to_a_tls_backend_and_refuses_an_upstream_mismatch() {
     // A backend whose certificate comes from a CA the proxy does not trust.
     let stranger_ca = Pki::new();
     let stranger = OpensslServer::start(&stranger_ca.leaf("stranger", &["backend.test"]));
-    let [ok, by_ip, wrong_name, wrong_ca, no_verify] = free_ports::<5>();
     let ca_file = pki.ca_pem.display().to_string();
-    let config = format!(
-        "{HEAD}{}{}{}{}{}",
-        reencrypt(
-            "ok",
-            ok,
-            server.port,
-            &front,
-            &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test""#)
-        ),
-        // The target host (127.0.0.1, in the leaf's SANs) named explicitly; it is also what
-        // is verified without upstream_server_name (tests/acme.rs covers the default).
-        reencrypt(
-            "by-ip",
-            by_ip,
-            server.port,
-            &front,
-            &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "127.0.0.1""#)
-        ),
-        reencrypt(
-            "wrong-name",
-            wrong_name,
-            server.port,
-            &front,
-            &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "other.test""#)
-        ),
-        reencrypt(
-            "wrong-ca",
-            wrong_ca,
-            stranger.port,
-            &front,
-            &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test""#)
-        ),
-        reencrypt("no-verify", no_verify, stranger.port, &front, ", upstream_verify = false"),
+    let ports = |[ok, by_ip, wrong_name, wrong_ca, no_verify]: [u16; 5]| {
+        format!(
+            "{HEAD}{}{}{}{}{}",
+            reencrypt(
+                "ok",
+                ok,
+                server.port,
+                &front,
+                &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test""#)
+            ),
+            // The target host (127.0.0.1, in the leaf's SANs) named explicitly; it is also what
+            // is verified without upstream_server_name (tests/acme.rs covers the default).
+            reencrypt(
+                "by-ip",
+                by_ip,
+                server.port,
+                &front,
+                &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "127.0.0.1""#)
+            ),
+            reencrypt(
+                "wrong-name",
+                wrong_name,
+                server.port,
+                &front,
+                &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "other.test""#)
+            ),
+            reencrypt(
+                "wrong-ca",
+                wrong_ca,
+                stranger.port,
+                &front,
+                &format!(r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test""#)
+            ),
+            reencrypt("no-verify", no_verify, stranger.port, &front, ", upstream_verify = false"),
+        )
+    };
+    let (mut proxy, [ok, by_ip, wrong_name, wrong_ca, no_verify]) = Proxy::start_on(ports);
+    // The one route without verification is named in a warning.
+    proxy.wait_for_events(
+        1,
+        "upstream_verify = false: the certificates of this route's targets are NOT verified",
+        &[("route", "no-verify")],
     );
-    let mut proxy = Proxy::start(&config, &[ok, by_ip, wrong_name, wrong_ca, no_verify]);
-    proxy.wait_for_log("upstream_verify = false");
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     for port in [ok, by_ip, no_verify] {
         let (code, body, err) = https(&ca, "front.test", port, "/");
@@ -161,8 +168,17 @@ fn reencrypts_to_a_tls_backend_and_refuses_an_upstream_mismatch() {
             "{err}"
         );
     }
-    let out = proxy.output();
-    assert!(out.contains("upstream TLS handshake failed"), "{out}");
+    // Refused for the upstream handshake, on each of the two ports.
+    for (port, route) in [(wrong_name, "wrong-name"), (wrong_ca, "wrong-ca")] {
+        let line = proxy.wait_for_event(
+            "connection refused",
+            &[("port", &port.to_string()), ("reason", "backend_unavailable")],
+        );
+        assert!(
+            line.contains(&format!(" detail=\"{route}: upstream TLS handshake failed: ")),
+            "{line}"
+        );
+    }
 }
 
 #[test]
@@ -170,17 +186,17 @@ fn http_is_redirected_to_https_which_is_terminated() {
     let pki = Pki::new();
     let a = pki.leaf("a", &["a.test"]);
     let site = HttpBackend::start("secure");
-    let [http_port, https_port] = free_ports::<2>();
-    let config = format!(
-        r#"{HEAD}
+    let (_proxy, [http_port, https_port]) = Proxy::start_on(|[http_port, https_port]| {
+        format!(
+            r#"{HEAD}
 [[routes]]
 name = "http-to-https"
 match = {{ ports = [{http_port}] }}
 action = {{ type = "socket-handler", handler = "redirect", location = "https://{{domain}}:{https_port}{{path}}?{{query}}", status = 301 }}
 {}"#,
-        terminate("https", https_port, "a.test", site.port(), &a)
-    );
-    let _proxy = Proxy::start(&config, &[http_port, https_port]);
+            terminate("https", https_port, "a.test", site.port(), &a)
+        )
+    });
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     let resolve_http = format!("a.test:{http_port}:127.0.0.1");
     let (code, out, err) = curl(&[
@@ -214,15 +230,23 @@ fn a_bad_certificate_is_refused_at_start_and_on_sighup() {
     let pki = Pki::new();
     let a = pki.leaf("a", &["a.test"]);
     let site = HttpBackend::start("ok");
-    let port = free_port();
-    let good = format!("{HEAD}{}", terminate("a", port, "a.test", site.port(), &a));
-    let mut proxy = Proxy::start(&good, &[port]);
+    let good = |port: u16| format!("{HEAD}{}", terminate("a", port, "a.test", site.port(), &a));
+    let (mut proxy, [port]) = Proxy::start_on(|[port]| good(port));
+    let good = good(port);
     let bad_cert = pki.dir.path().join("bad.pem");
     std::fs::write(&bad_cert, "garbage\n").unwrap();
     let bad = good.replace(&a.cert.display().to_string(), &bad_cert.display().to_string());
     proxy.reload(&bad);
-    proxy.wait_for_log("routes[0].action.tls.certificate.cert");
-    assert!(proxy.output().contains("bad.pem"), "{}", proxy.output());
+    proxy.wait_for_events(1, "configuration refused, keeping the old one", &[]);
+    // The error line that follows names the file's line, the key and the certificate file.
+    let file = proxy.config_path.display().to_string();
+    let out = proxy.output();
+    assert!(
+        out.lines().any(|l| l.starts_with(&format!("  {file}:"))
+            && l.contains(": routes[0].action.tls.certificate.cert: ")
+            && l.contains("bad.pem")),
+        "{out}"
+    );
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     let (code, out, err) = https(&ca, "a.test", port, "/");
     assert_eq!((code, out.as_str()), (0, "ok"), "the old certificate still serves: {err}");
@@ -250,18 +274,19 @@ fn reencrypts_to_nginx_over_https_with_alpn() {
     let front = pki.leaf("front", &["front.test"]);
     let back = pki.leaf("back", &["backend.test"]);
     let nginx = NginxTls::start(&back, "hello from nginx");
-    let port = free_port();
     let ca_file = pki.ca_pem.display().to_string();
-    let route = reencrypt(
-        "to-nginx",
-        port,
-        nginx.port,
-        &front,
-        &format!(
-            r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test", alpn = ["http/1.1"]"#
-        ),
-    );
-    let _proxy = Proxy::start(&format!("{HEAD}{route}"), &[port]);
+    let (_proxy, [port]) = Proxy::start_on(|[port]| {
+        let route = reencrypt(
+            "to-nginx",
+            port,
+            nginx.port,
+            &front,
+            &format!(
+                r#", upstream_ca = "{ca_file}", upstream_server_name = "backend.test", alpn = ["http/1.1"]"#
+            ),
+        );
+        format!("{HEAD}{route}")
+    });
     for _ in 0..3 {
         let (code, body, err) = https(&ca_file, "front.test", port, "/");
         assert_eq!((code, body.as_str()), (0, "hello from nginx"), "{err}");
@@ -273,11 +298,11 @@ fn path_routes_behind_termination_pick_the_backend_per_request_path() {
     let pki = Pki::new();
     let a = pki.leaf("a", &["a.test"]);
     let (api, web) = (HttpBackend::start("api"), HttpBackend::start("web"));
-    let port = free_port();
-    let api_route = terminate("api", port, "a.test", api.port(), &a)
-        .replace("domains = [\"a.test\"] }", "domains = [\"a.test\"], path = \"/api/*\" }");
-    let config = format!("{HEAD}{}{api_route}", terminate("web", port, "a.test", web.port(), &a));
-    let _proxy = Proxy::start(&config, &[port]);
+    let (_proxy, [port]) = Proxy::start_on(|[port]| {
+        let api_route = terminate("api", port, "a.test", api.port(), &a)
+            .replace("domains = [\"a.test\"] }", "domains = [\"a.test\"], path = \"/api/*\" }");
+        format!("{HEAD}{}{api_route}", terminate("web", port, "a.test", web.port(), &a))
+    });
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     for (path, body) in
         [("/api/v1/users", "api"), ("/", "web"), ("/apis", "web"), ("/api/x", "api")]

@@ -264,6 +264,17 @@ pub(crate) fn ensure_all() -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask bench --kernel` needs (crates/nftables/benches/kernel_vs_proxy.rs).
+pub(crate) fn ensure_kernel_bench_tools() -> Result<()> {
+    let mut missing = Vec::new();
+    for (cmd, pkg) in [("iperf3", "iperf3"), ("nft", "nftables"), ("ip", "iproute2")] {
+        if !have(cmd) {
+            missing.push(pkg);
+        }
+    }
+    apt_install(&missing)
+}
+
 /// What `../shared/bench/run` needs.
 pub(crate) fn ensure_bench_tools() -> Result<()> {
     let mut missing = Vec::new();

@@ -15,6 +15,9 @@
 //!                                alone, check contents (README, LICENSE, CHANGELOG, size caps)
 //! cargo xtask bench [--whole] [ARGS..]   criterion benches; --whole runs ../shared/bench/run with
 //!                                the release binary (ARGS are passed to it)
+//! cargo xtask bench --kernel     bulk1 through a kernel-forwarded (nftables) and a proxied route
+//!                                of the release binary, in network namespaces (root, iperf3):
+//!                                machine and proxy CPU per GB
 //! cargo xtask fuzz [--secs N] [TARGET..] run the fuzz targets (all by default) for N s each
 //! cargo xtask release [--version X [--bump CRATE=major|minor|patch].. [--plan]]
 //!                                with --version: bump the binary to X and every crate changed
@@ -291,6 +294,14 @@ fn fuzz(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("--kernel") {
+        deps::ensure_kernel_bench_tools()?;
+        sh("cargo", &["build", "--release", "--locked", "-p", "smartproxy"])?;
+        return sh(
+            "cargo",
+            &["bench", "--locked", "-p", "smartproxy-nftables", "--bench", "kernel_vs_proxy"],
+        );
+    }
     if args.first().map(String::as_str) == Some("--whole") {
         deps::ensure_bench_tools()?;
         sh("cargo", &["build", "--release", "--locked", "-p", "smartproxy"])?;

@@ -753,10 +753,8 @@ impl Inner {
             Ok(loaded)
         });
         let now = Timestamp::now();
-        in_progress.disarm();
         let state = {
             let mut i = slot.info.lock();
-            i.in_progress = false;
             match &result {
                 Ok(loaded) => {
                     slot.key.store(Arc::clone(&loaded.key));
@@ -789,6 +787,10 @@ impl Inner {
             i.persisted()
         };
         self.persist(&slot.route, &state);
+        // The attempt ends only once its outcome is on disk too: whoever sees `in_progress`
+        // false (status, the admin API, a restart) finds the state file written.
+        in_progress.disarm();
+        slot.info.lock().in_progress = false;
         self.bump();
         result.map(|_| ())
     }

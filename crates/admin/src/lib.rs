@@ -13,6 +13,7 @@
 //! | `POST /reload` | calls [`AdminHooks::reload`]: `200` and its message, or `422` and the error |
 //! | `GET /api/certificates` | [`AdminHooks::certificates`]: every route's certificate status (JSON array) |
 //! | `POST /api/certificates/{route}/renew` | [`AdminHooks::renew_certificate`]: `200` and the new status, or `404` / `409` / `429` / `502` / `500` ([`RenewError`]) and `{"route", "error"}` |
+//! | `GET /api/nftables` | the kernel forwarding table as applied ([`AdminHooks::nftables`]), JSON; `404` without |
 //!
 //! Mutations are POST only: `GET /reload` answers `405`. The router does not count reloads in
 //! the metrics (`Metrics::config_reloaded`): the reload path of the binary does, so that a
@@ -91,6 +92,13 @@ pub trait AdminHooks: Send + Sync + fmt::Debug + 'static {
             Err(RenewError::UnknownRoute(format!("no certificate is managed for route `{route}`")))
         })
     }
+
+    /// The nftables table of the kernel-forwarded routes as applied, for `GET /api/nftables`
+    /// (the engine's `nftables_status`). `None` (the default) answers `404`: the process has
+    /// no kernel forwarding.
+    fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
+        Box::pin(async { None })
+    }
 }
 
 /// State shared by the handlers.
@@ -124,6 +132,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/reload", post(reload))
         .route("/api/certificates", get(certs::list))
         .route("/api/certificates/{route}/renew", post(certs::renew))
+        .route("/api/nftables", get(nftables))
         .with_state(state)
 }
 
@@ -180,6 +189,20 @@ async fn history(State(st): State<AdminState>, Query(p): Query<HistoryParams>) -
     match serde_json::to_string(&points) {
         Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
         Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+    }
+}
+
+async fn nftables(State(st): State<AdminState>) -> Response {
+    match st.hooks.nftables().await {
+        Some(v) => match serde_json::to_string_pretty(&v) {
+            Ok(body) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
+            Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+        },
+        None => respond(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "kernel forwarding (nftables) is not part of this process\n".to_owned(),
+        ),
     }
 }
 

@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 struct Hooks {
     ready: AtomicBool,
     reload_fails: AtomicBool,
+    /// What `GET /api/nftables` shows (`None`: the default method, as without the hook).
+    nftables: parking_lot::Mutex<Option<serde_json::Value>>,
 }
 
 /// Hooks with certificates: route `web` (ACME) renews, `api` is manual, `slow` is rate
@@ -72,6 +74,25 @@ impl AdminHooks for Hooks {
                 Ok("reloaded: 2 routes".to_owned())
             }
         })
+    }
+
+    fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
+        let v = self.nftables.lock().clone();
+        Box::pin(async move { v })
+    }
+}
+
+/// Hooks with only the required methods: `nftables` keeps its default.
+#[derive(Debug)]
+struct Minimal;
+
+impl AdminHooks for Minimal {
+    fn ready(&self) -> bool {
+        true
+    }
+
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
+        Box::pin(async { Ok(String::new()) })
     }
 }
 
@@ -303,4 +324,41 @@ async fn certificates_and_renewal() {
         assert_eq!(head.contains("retry-after: 120"), route == "slow", "{head}");
     }
     srv.stop().await;
+}
+
+#[tokio::test]
+async fn nftables_status_from_the_hook() {
+    let srv = Server::start().await;
+    let table =
+        serde_json::json!({"table": "smartproxy", "present": true, "routes": [{"name": "db"}]});
+    *srv.hooks.nftables.lock() = Some(table.clone());
+    let (status, head, body) = srv.request("GET", "/api/nftables", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got, table);
+    let (status, _, _) = srv.request("POST", "/api/nftables", &[]).await;
+    assert_eq!(status, 405);
+    srv.stop().await;
+
+    // A process whose hooks do not provide it answers 404, saying why.
+    let metrics = Metrics::new(MetricsConfig::default(), 1_000);
+    let state = AdminState::new(metrics, Default::default(), Arc::new(Minimal));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state, async move {
+        let _ = rx.await;
+    }));
+    let minimal = Server {
+        addr,
+        hooks: Arc::new(Hooks::default()),
+        metrics: Metrics::new(MetricsConfig::default(), 0),
+        stop: Some(tx),
+        task,
+    };
+    let (status, _, body) = minimal.request("GET", "/api/nftables", &[]).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("not part of this process"), "{body}");
+    minimal.stop().await;
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use smartproxy_engine::bench_api::{Limits, copy_tcp};
+use smartproxy_engine::bench_api::{Limits, copy_tcp, set_tcp_keepalive};
 use smartproxy_engine::{Config, Engine, Format};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -82,27 +82,46 @@ fn copy_loop(c: &mut Criterion) {
 
 fn accept_path(c: &mut Criterion) {
     let rt = current_thread();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "bind = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 0\n\
-         [[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"echo\" }}\n"
-    );
-    let _engine = rt
-        .block_on(async { Engine::start(Config::from_str(&text, Format::Toml).unwrap()).await })
-        .unwrap();
     let mut g = c.benchmark_group("accept_path");
     g.measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
-    g.bench_function("connect_echo_byte_close", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-                s.write_all(b"x").await.unwrap();
-                let mut one = [0u8; 1];
-                s.read_exact(&mut one).await.unwrap();
+    // The default (TCP keepalive probes set on the client socket) and without them.
+    for (name, keepalive) in
+        [("connect_echo_byte_close", ""), ("no_tcp_keepalive", "tcp_keepalive = false\n")]
+    {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text = format!(
+            "bind = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 0\n{keepalive}\
+             [[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"echo\" }}\n"
+        );
+        let _engine = rt
+            .block_on(async { Engine::start(Config::from_str(&text, Format::Toml).unwrap()).await })
+            .unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                    s.write_all(b"x").await.unwrap();
+                    let mut one = [0u8; 1];
+                    s.read_exact(&mut one).await.unwrap();
+                })
             })
-        })
+        });
+    }
+    g.finish();
+}
+
+/// The socket options a connection sets once at setup: TCP keepalive (four `setsockopt`
+/// calls) on an established loopback socket.
+fn socket_options(c: &mut Criterion) {
+    let rt = current_thread();
+    let (a, _b) = rt.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        pair(&l).await
     });
+    let mut g = c.benchmark_group("socket_options");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("tcp_keepalive", |b| b.iter(|| set_tcp_keepalive(&a)));
     g.finish();
 }
 
@@ -127,5 +146,5 @@ fn limit_checks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, copy_loop, accept_path, limit_checks);
+criterion_group!(benches, copy_loop, accept_path, limit_checks, socket_options);
 criterion_main!(benches);

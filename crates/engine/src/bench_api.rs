@@ -23,6 +23,12 @@ pub async fn copy_tcp(a: &TcpStream, b: &TcpStream) -> std::io::Result<(u64, u64
     Ok((up.into_inner(), down.into_inner()))
 }
 
+/// The TCP keepalive options a connection sets on each of its sockets at setup
+/// (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`), with the default values.
+pub fn set_tcp_keepalive(s: &TcpStream) {
+    crate::net::set_stream_keepalive(s, &smartproxy_routing::TcpKeepalive::default());
+}
+
 /// The per-IP limiter (open connections and rate per minute) as a connection uses it.
 #[derive(Debug)]
 pub struct Limits {

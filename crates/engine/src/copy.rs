@@ -34,6 +34,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use smartproxy_metrics::CloseReason;
+
 use self::duplex::{CopySocket, Duplex};
 use crate::observe::ConnObserver;
 
@@ -99,12 +101,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// Timeouts of an established connection.
+/// Timeouts of an established connection, with its keep-alive treatment and jitter already
+/// applied ([`crate::timeouts::EffectiveTimeouts::for_connection`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
+    /// No byte for this long ends the connection; `Duration::MAX`: never (`immortal`).
     pub(crate) inactivity: Duration,
-    /// Absolute end of the connection's life.
+    /// Absolute end of the connection's life (far in the future when it has none).
     pub(crate) deadline: Instant,
+}
+
+impl Timeouts {
+    /// Whether the connection can end for inactivity.
+    fn has_inactivity(&self) -> bool {
+        self.inactivity != Duration::MAX
+    }
 }
 
 /// How a copy ended.
@@ -123,6 +134,26 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    /// The metrics' label: a keepalive failure is the kernel's `ETIMEDOUT` on a socket (no
+    /// other timeout of ours surfaces as an OS error), EOF / reset / broken pipe is the peer.
+    pub(crate) fn close_reason(&self) -> CloseReason {
+        match self {
+            Self::Done => CloseReason::Peer,
+            Self::Inactive => CloseReason::Inactivity,
+            Self::Lifetime => CloseReason::Lifetime,
+            Self::Shutdown => CloseReason::Shutdown,
+            Self::Error(e) => match e.kind() {
+                io::ErrorKind::TimedOut if e.raw_os_error().is_some() => CloseReason::Keepalive,
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::NotConnected => CloseReason::Peer,
+                _ => CloseReason::Error,
+            },
+        }
+    }
+
     pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Done => "done",
@@ -200,7 +231,17 @@ impl Clock {
 
     /// The timer's deadline right after [`Clock::start`].
     fn first_deadline(&self, t: &Timeouts) -> Instant {
-        (self.idle_since + Self::tick(t)).min(t.deadline)
+        Self::next(self.idle_since, t)
+    }
+
+    /// The timer's next deadline after a check at `from`: the next inactivity check, or the
+    /// end of the lifetime when that is earlier or there is no inactivity timeout (an
+    /// `immortal` connection's timer sleeps until its lifetime ends: no wake-up while idle).
+    fn next(from: Instant, t: &Timeouts) -> Instant {
+        if !t.has_inactivity() {
+            return t.deadline;
+        }
+        from.checked_add(Self::tick(t)).map_or(t.deadline, |n| n.min(t.deadline))
     }
 
     /// The interval between two inactivity checks.
@@ -219,10 +260,10 @@ impl Clock {
         if a != self.last {
             self.last = a;
             self.idle_since = at;
-        } else if at.duration_since(self.idle_since) >= t.inactivity {
+        } else if t.has_inactivity() && at.duration_since(self.idle_since) >= t.inactivity {
             return Err(Outcome::Inactive);
         }
-        Ok((Instant::now() + Self::tick(t)).min(t.deadline))
+        Ok(Self::next(Instant::now(), t))
     }
 
     /// Polls the timer, rearming it after each check; `Ready` with the outcome when a timeout

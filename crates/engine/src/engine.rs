@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::certs::{self, CertTasks};
 use crate::config::{Config, ConfigError, ConfigErrors, Format};
 use crate::handler::{Registry, SocketHandler};
+use crate::kernel::{self, Kernel};
 use crate::limits::Gauge;
 use crate::observe::EngineObserver;
 use crate::pipeline::accept;
@@ -65,6 +66,8 @@ struct Control {
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
     /// The renewal loop (and expiry metric task) of the certificate manager in force.
     certs: parking_lot::Mutex<Option<CertTasks>>,
+    /// The nftables table of the kernel-forwarded routes.
+    kernel: Arc<Kernel>,
 }
 
 impl Control {
@@ -205,6 +208,7 @@ impl EngineBuilder {
             runtimes: self.runtimes,
             sampler: parking_lot::Mutex::new(None),
             certs: parking_lot::Mutex::new(None),
+            kernel: Arc::new(Kernel::new()),
         });
         let st = ctl.shared.state.load_full();
         *ctl.certs.lock() = Some(CertTasks::start(&st.certs, metrics.clone()));
@@ -215,9 +219,13 @@ impl EngineBuilder {
                 ls.insert(port, spawn_listeners(&ctl, port, socks, false));
             }
         }
+        // Kernel forwarding after the listeners: a port that cannot be bound fails the start
+        // before any rule is written. Its own failures leave the other routes running.
+        // (Logged and kept in the status shown by `nftables_status`.)
+        let _ = apply_kernel_routes(&ctl, &st).await;
         if let Some(m) = metrics {
             let every = st.config.metrics.sample_interval;
-            *ctl.sampler.lock() = Some(spawn_sampler(m, every));
+            *ctl.sampler.lock() = Some(spawn_sampler(m, every, Arc::clone(&ctl.kernel)));
         }
         let engine = Engine { _life: Arc::new(Life(Arc::downgrade(&ctl))), ctl };
         for addr in engine.local_addrs() {
@@ -268,8 +276,10 @@ fn unix_now() -> u64 {
 }
 
 /// Samples the collector once per interval, off the data path. The time axis is UNIX seconds
-/// taken from a monotonic clock, so a wall-clock step does not disturb the series.
-fn spawn_sampler(metrics: Arc<Metrics>, every: Duration) -> JoinHandle<()> {
+/// taken from a monotonic clock, so a wall-clock step does not disturb the series. The
+/// kernel-forwarded routes' counters are read (one `nft` run on the blocking pool) just before
+/// each tick, so their increase lands in the same sample.
+fn spawn_sampler(metrics: Arc<Metrics>, every: Duration, kernel: Arc<Kernel>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (base_unix, base) = (unix_now(), Instant::now());
         let mut tick = tokio::time::interval(every);
@@ -277,9 +287,24 @@ fn spawn_sampler(metrics: Arc<Metrics>, every: Duration) -> JoinHandle<()> {
         tick.tick().await;
         loop {
             tick.tick().await;
+            kernel.sample(&metrics).await;
             metrics.tick(base_unix + base.elapsed().as_secs());
         }
     })
+}
+
+/// Writes the rules of the kernel-forwarded routes of `state` (none: removes the table this
+/// process wrote). `Err` says why they could not be written (logged already).
+async fn apply_kernel_routes(ctl: &Control, state: &State) -> Result<(), String> {
+    match kernel::nft_routes(&state.table, &state.config.bind) {
+        Ok(routes) => ctl.kernel.apply(routes).await,
+        // The configuration was checked when it was parsed; this cannot happen.
+        Err(errors) => {
+            let e = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            tracing::error!(error = %e, "kernel forwarding routes could not be converted");
+            Err(e)
+        }
+    }
 }
 
 type Bound = Vec<(u16, Vec<(SocketAddr, std::net::TcpListener)>)>;
@@ -374,6 +399,10 @@ pub struct ReloadSummary {
     pub removed_ports: Vec<u16>,
     /// Routes in the new configuration.
     pub routes: usize,
+    /// Why the kernel-forwarded routes' rules could not be written (`nft` missing, no
+    /// `CAP_NET_ADMIN`, the kernel refused them). The rest of the configuration was applied;
+    /// the rules in force before, if any, stay.
+    pub kernel_error: Option<String>,
     /// Keys that changed but are read only when the process starts (`workers`, `runtime`,
     /// `bind`, `reuse_port`, `access_log`, `[admin]`, `[metrics]`): the new values take effect
     /// after a restart. (`bind` and `reuse_port` apply to ports added by this reload.)
@@ -521,10 +550,12 @@ impl Engine {
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, ConfigErrors> {
         let _one_at_a_time = self.ctl.reload_lock.lock().await;
         let result = match self.reload_locked(config) {
-            Ok((summary, stopped)) => {
+            Ok((mut summary, stopped)) => {
                 // Aborting a task on another runtime is asynchronous: wait until the removed
                 // ports' sockets are closed.
                 closed(stopped).await;
+                let state = self.ctl.shared.state.load_full();
+                summary.kernel_error = apply_kernel_routes(&self.ctl, &state).await.err();
                 Ok(summary)
             }
             Err(e) => Err(e),
@@ -657,8 +688,13 @@ impl Engine {
                 stopped.push(task);
             }
         }
-        let summary =
-            ReloadSummary { added_ports: added, removed_ports: removed, routes, restart_required };
+        let summary = ReloadSummary {
+            added_ports: added,
+            removed_ports: removed,
+            routes,
+            kernel_error: None,
+            restart_required,
+        };
         Ok((summary, stopped))
     }
 
@@ -686,10 +722,13 @@ impl Engine {
             let _ = ctl.shared.force_close.send(true);
             obs.wait_idle(Instant::now() + Duration::from_secs(1)).await;
         }
-        // A last sample, so that the final bytes are in the series and totals.
+        // A last sample, so that the final bytes are in the series and totals, then the
+        // kernel-forwarded routes' rules go.
         if let Some(m) = obs.metrics() {
+            ctl.kernel.sample(m).await;
             m.tick(m.now() + 1);
         }
+        ctl.kernel.remove().await;
         ShutdownSummary { forced }
     }
 
@@ -697,6 +736,17 @@ impl Engine {
     /// remaining connections are closed as when the grace period is over (a second SIGTERM).
     pub fn end_drain_now(&self) {
         self.ctl.cut_drain.notify_one();
+    }
+
+    /// The nftables table of the kernel-forwarded routes (`forwarding_engine = "nftables"`),
+    /// for `GET /api/nftables`: the routes as applied (resolved targets, counters), nft's own
+    /// listing of the table, and the engine's view: `configured` (route names), `owned`
+    /// (this process wrote the table), `error` (why the rules could not be written: `nft`
+    /// missing, no `CAP_NET_ADMIN`, ...), `left_out` (routes not in the rules, with the
+    /// reason), `counters_error`. Runs `nft` on the blocking pool (not when no route is
+    /// kernel-forwarded).
+    pub async fn nftables_status(&self) -> serde_json::Value {
+        self.ctl.kernel.status_json().await
     }
 
     /// Open connections from `ip` as the per-IP limit counts them.

@@ -207,17 +207,25 @@ async fn redirect(mut s: ClientStream, ctx: &HandlerContext) -> io::Result<()> {
     respond(&mut s, status, &[("Location", &location)], b"").await
 }
 
-/// Fills `{domain}`, `{path}`, `{port}`, `{query}` in a location template.
+/// Fills `{domain}`, `{path}`, `{port}`, `{query}` and `{uri}` in a location template.
+/// `{query}` is the query without its `?` (empty when there is none); `{uri}` is the path with
+/// `?query` when there is one, the form a redirect wants (`https://{domain}{uri}`).
 pub(crate) fn expand(template: &str, head: &RequestHead, ctx: &HandlerContext) -> String {
     let domain = head
         .domain()
         .or_else(|| ctx.domain.clone())
         .unwrap_or_else(|| ctx.local_addr.ip().to_string());
+    let query = head.query().unwrap_or("");
+    let uri = match query {
+        "" => head.path().to_owned(),
+        q => format!("{}?{q}", head.path()),
+    };
     template
         .replace("{domain}", &domain)
+        .replace("{uri}", &uri)
         .replace("{path}", head.path())
         .replace("{port}", &ctx.port.to_string())
-        .replace("{query}", head.query().unwrap_or(""))
+        .replace("{query}", query)
 }
 
 /// Writes a complete `Connection: close` response, then lets the client read it before the

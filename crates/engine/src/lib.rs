@@ -87,7 +87,8 @@
 //! PROXY header out, replay) → serve (bidirectional copy with half-close and splice, TLS
 //! termination, or a socket handler) → close (one log line; limits and metrics released by
 //! drop). Timeouts: `proxy_protocol_timeout`, `initial_data_timeout`, `inactivity_timeout`,
-//! `max_connection_lifetime`.
+//! `max_connection_lifetime`, with the route's `timeouts` and keep-alive treatment
+//! ([`EffectiveTimeouts`]); TCP keepalive probes on both sockets (`tcp_keepalive`).
 //!
 //! An untrusted peer is checked for a PROXY signature: on ports that peek anyway its first
 //! bytes are inspected; on other ports the engine waits up to `proxy_protocol_detect_timeout`
@@ -104,12 +105,14 @@ mod copy;
 mod engine;
 mod handler;
 mod http;
+mod kernel;
 mod limits;
 mod net;
 pub mod observe;
 mod pipeline;
 mod shared;
 mod state;
+mod timeouts;
 mod tls_setup;
 
 pub use self::config::{
@@ -119,6 +122,7 @@ pub use self::config::{
 pub use self::engine::{Engine, EngineBuilder, ReloadSummary, ShutdownSummary, StartError, Stats};
 pub use self::handler::{ClientStream, HandlerContext, HandlerFuture, SocketHandler};
 pub use self::http::{HeadError, RequestHead, read_head};
+pub use self::timeouts::{EffectiveTimeouts, JITTER};
 /// Certificates ([`smartproxy_acme`]): the manager behind [`Engine::certificates`], its
 /// status and errors, and `[acme]`'s [`AcmeConfig`](smartproxy_acme::AcmeConfig).
 pub use smartproxy_acme as acme;

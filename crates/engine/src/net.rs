@@ -1,6 +1,8 @@
-//! Outgoing connections.
+//! Outgoing connections, and the TCP keepalive probes of both sockets of a connection.
 
 use std::net::IpAddr;
+
+use smartproxy_routing::TcpKeepalive;
 
 /// `EINPROGRESS`: a non-blocking connect under way (`ErrorKind::InProgress` is not stable yet).
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -15,15 +17,20 @@ const EINPROGRESS: i32 = 36;
 /// doubles as the connect check (a refused connect fails it), which saves the `getsockopt`
 /// (`SO_ERROR`) and `setsockopt` round of `TcpStream::connect`. A host name goes through
 /// tokio's resolver and connect.
+///
+/// `keepalive`: the probes are set on the new socket before it connects (a host name: right
+/// after), in the same batch of socket options.
 pub(crate) async fn connect(
     host: &str,
     port: u16,
     first: &[u8],
+    keepalive: &TcpKeepalive,
 ) -> std::io::Result<(tokio::net::TcpStream, usize)> {
     use std::io::ErrorKind;
     let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
         let s = tokio::net::TcpStream::connect((host, port)).await?;
         s.set_nodelay(true)?;
+        set_keepalive(&socket2::SockRef::from(&s), keepalive);
         return Ok((s, 0));
     };
     let addr = std::net::SocketAddr::new(ip, port);
@@ -33,6 +40,7 @@ pub(crate) async fn connect(
         Some(socket2::Protocol::TCP),
     )?;
     sock.set_tcp_nodelay(true)?;
+    set_keepalive(&sock, keepalive);
     match sock.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::WouldBlock || e.raw_os_error() == Some(EINPROGRESS) => {}
@@ -52,5 +60,38 @@ pub(crate) async fn connect(
             Err(e) if e.kind() == ErrorKind::WouldBlock => stream.writable().await?,
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Turns on TCP keepalive probes on `sock` (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`,
+/// `TCP_KEEPCNT`: four `setsockopt` calls, once per socket at setup; nothing per packet). Off:
+/// nothing is called (new sockets have no probes). A failure is logged and the connection
+/// goes on without probes.
+pub(crate) fn set_keepalive(sock: &socket2::Socket, keepalive: &TcpKeepalive) {
+    let TcpKeepalive::On { idle, interval, count } = *keepalive else { return };
+    let params = socket2::TcpKeepalive::new().with_time(idle);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    ))]
+    let params = params.with_interval(interval).with_retries(count);
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    )))]
+    let _ = (interval, count);
+    if let Err(e) = sock.set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+/// [`set_keepalive`] on an accepted (or connected) tokio stream.
+pub(crate) fn set_stream_keepalive(tcp: &tokio::net::TcpStream, keepalive: &TcpKeepalive) {
+    if keepalive.is_on() {
+        set_keepalive(&socket2::SockRef::from(tcp), keepalive);
     }
 }

@@ -311,6 +311,13 @@ impl ConnObserver {
         }
     }
 
+    /// The served connection closed for `reason` (once, at its close).
+    pub(crate) fn closed(&self, reason: smartproxy_metrics::CloseReason) {
+        if let Some(m) = &self.engine.metrics {
+            m.connection_closed(reason);
+        }
+    }
+
     /// [`Self::routed`] for a connection served by the HTTP layer: the connection is not a
     /// request itself (the layer counts each request).
     pub(crate) fn routed_http(&self, route: &Arc<str>, metric: Option<&RouteHandle>) {

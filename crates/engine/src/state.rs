@@ -11,6 +11,7 @@ use smartproxy_acme::CertManager;
 
 use crate::certs;
 use crate::config::{Config, ConfigErrors};
+use crate::timeouts::EffectiveTimeouts;
 use crate::tls_setup::TlsState;
 
 /// A parsed configuration with what serving needs on top: the route table (with the live
@@ -25,6 +26,9 @@ pub(crate) struct State {
     /// The certificates: ACME handles of `certificate = "auto"` routes, the challenge answers
     /// the classify stage looks up, the status the admin API shows.
     pub(crate) certs: CertManager,
+    /// The timeouts of each route's connections, by route index (the route's `timeouts`
+    /// over `[defaults]`, resolved once here).
+    pub(crate) timeouts: Box<[EffectiveTimeouts]>,
 }
 
 impl fmt::Debug for State {
@@ -59,7 +63,12 @@ impl State {
             Some(m) => table.routes().iter().map(|r| m.route(r.name())).collect(),
             None => Vec::new(),
         };
-        Ok(Self { config: Arc::new(config), table, route_metrics, tls, certs })
+        let timeouts = table
+            .routes()
+            .iter()
+            .map(|r| EffectiveTimeouts::resolve(&config.defaults, r.config()))
+            .collect();
+        Ok(Self { config: Arc::new(config), table, route_metrics, tls, certs, timeouts })
     }
 
     /// Puts this state's routes back into its certificate manager, after a new state that
@@ -80,6 +89,20 @@ impl State {
             .with_settings(d.http_settings())
             .with_connect_timeout(d.connect_timeout)
             .with_tunnel_inactivity_timeout(d.inactivity_timeout)
+            // Per route: its WebSocket tunnels' inactivity (the keep-alive treatment applied),
+            // connect timeout and TCP keepalive towards its targets.
+            .with_route_settings(
+                self.timeouts
+                    .iter()
+                    .map(|t| {
+                        smartproxy_http::RouteConnSettings::new(
+                            t.inactivity.unwrap_or(std::time::Duration::MAX),
+                            t.connect,
+                            t.tcp_keepalive,
+                        )
+                    })
+                    .collect(),
+            )
             .with_upstream_tls(Arc::new(crate::tls_setup::UpstreamConnector(Arc::clone(&self.tls))))
             .with_credentials(Arc::clone(&self.config.compiled().credentials))
     }

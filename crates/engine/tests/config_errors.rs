@@ -197,3 +197,15 @@ security = {{ jwt = {{ algorithms = ["RS256"], jwks_file = "{d}/missing.json" }}
     );
     insta::assert_snapshot!("policy_errors", errors(&text, Format::Toml).replace(&d, "<dir>"));
 }
+
+/// A bare number is not a duration: the error names the key and line and shows the forms.
+#[test]
+fn bare_numbers_are_not_durations() {
+    let e = errors(
+        "[defaults]\ninactivity_timeout = 30
+connect_timeout = \"5\"\n",
+        Format::Toml,
+    );
+    assert!(e.contains("line 2: defaults.inactivity_timeout: invalid duration `30`: a number needs a unit: \"30s\" (seconds) or \"30ms\""), "{e}");
+    assert!(e.contains("line 3: defaults.connect_timeout: invalid duration `5`"), "{e}");
+}

@@ -10,6 +10,7 @@ use common::*;
 use parking_lot::Mutex;
 use smartproxy_proxy_protocol::{Parsed, parse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_one_mib_each_way_with_half_close() {
@@ -33,8 +34,7 @@ async fn forwards_one_mib_each_way_with_half_close() {
         })
         .await
     };
-    let port = free_port();
-    let engine = engine(&format!(
+    let (engine, [port]) = engine_on(|[port]| format!(
         "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
         baddr.port()
     ))
@@ -45,7 +45,7 @@ async fn forwards_one_mib_each_way_with_half_close() {
     assert!(down == download, "download differs");
     assert!(*got_up.lock() == upload, "upload differs");
     drop(c);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     let st = engine.stats();
     assert_eq!(st.bytes_in, 1 << 20);
     assert_eq!(st.bytes_out, 1 << 20);
@@ -54,18 +54,22 @@ async fn forwards_one_mib_each_way_with_half_close() {
 
 #[tokio::test]
 async fn backend_refusing_closes_client_cleanly() {
-    let dead = free_port();
-    let port = free_port();
-    let engine = engine(&format!(
-        "[defaults]\nconnect_timeout = \"2s\"\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {dead} }}] }}\n"
+    // Bound, not listening: connections to it are refused, and nobody else can take it.
+    let dead = DeadPort::new();
+    let (engine, [port]) = engine_on(|[port]| format!(
+        "[defaults]\nconnect_timeout = \"2s\"\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
+        dead.port()
     ))
     .await;
     for _ in 0..3 {
         let mut c = connect(port).await;
         c.write_all(b"hello").await.unwrap();
-        assert!(closed_without_data(&mut c, 5).await);
+        let started = Instant::now();
+        let closed = expect_closed_without_data(&mut c).await;
+        // Refused by the backend at once: not closed by the 2 s connect timeout.
+        assert!(closed - started < Duration::from_secs(2), "closed after {:?}", closed - started);
     }
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     assert_eq!(engine.stats().backend_connect_failures, 3);
 }
 
@@ -78,7 +82,10 @@ async fn pp_backend() -> (SocketAddr, Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>) {
         let seen = Arc::clone(&s2);
         async move {
             let mut buf = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+                .await
+                .expect("the engine half-closed after the client's shutdown")
+                .expect("read");
             if let Ok(Parsed::Complete { header, consumed }) = parse(&buf) {
                 let src = header.source().unwrap();
                 seen.lock().push((src, buf[consumed..].to_vec()));
@@ -95,9 +102,8 @@ async fn pp_backend() -> (SocketAddr, Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>) {
 async fn sends_proxy_v1_and_v2() {
     for v in ["v1", "v2", "true"] {
         let (baddr, seen) = pp_backend().await;
-        let port = free_port();
         let pp = if v == "true" { "true".to_owned() } else { format!("\"{v}\"") };
-        let engine = engine(&format!(
+        let (engine, [port]) = engine_on(|[port]| format!(
             "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], send_proxy_protocol = {pp} }}\n",
             baddr.port()
         ))
@@ -106,9 +112,8 @@ async fn sends_proxy_v1_and_v2() {
         let me = c.local_addr().unwrap();
         c.write_all(b"payload after header").await.unwrap();
         c.shutdown().await.unwrap();
-        let _ = read_all(&mut c, 5).await;
-        eventually(|| !seen.lock().is_empty()).await;
-        let got = seen.lock().clone();
+        assert_eq!(read_all(&mut c, 5).await, b"", "{v}: nothing comes back");
+        let got = wait_for("the backend's report", || seen.lock().clone(), |s| !s.is_empty()).await;
         assert_eq!(got.len(), 1, "{v}");
         assert_eq!(got[0].0, me, "{v}");
         assert_eq!(got[0].1, b"payload after header", "{v}");
@@ -123,22 +128,23 @@ async fn listens_on_ipv6_too_and_sends_v6_proxy_headers() {
         panic!("this test needs IPv6 on loopback (::1), which this host refuses: {e}");
     }
     let (baddr, seen) = pp_backend().await;
-    let port = free_port();
-    let text = format!(
-        "bind = [\"127.0.0.1\", \"::1\"]\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], send_proxy_protocol = \"v2\" }}\n",
-        baddr.port()
-    );
-    let config =
-        smartproxy_engine::Config::from_str(&text, smartproxy_engine::Format::Toml).unwrap();
-    let engine = smartproxy_engine::Engine::start(config).await.unwrap();
+    let (engine, [port]) = start_on(|[port]| {
+        let text = format!(
+            "bind = [\"127.0.0.1\", \"::1\"]\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], send_proxy_protocol = \"v2\" }}\n",
+            baddr.port()
+        );
+        let config =
+            smartproxy_engine::Config::from_str(&text, smartproxy_engine::Format::Toml).unwrap();
+        smartproxy_engine::Engine::start(config)
+    })
+    .await;
     assert_eq!(engine.local_addrs().len(), 2);
     let mut c = tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
     let me = c.local_addr().unwrap();
     c.write_all(b"six").await.unwrap();
     c.shutdown().await.unwrap();
-    let _ = read_all(&mut c, 5).await;
-    eventually(|| !seen.lock().is_empty()).await;
-    let got = seen.lock().clone();
+    assert_eq!(read_all(&mut c, 5).await, b"", "nothing comes back");
+    let got = wait_for("the backend's report", || seen.lock().clone(), |s| !s.is_empty()).await;
     assert_eq!(got, vec![(me, b"six".to_vec())]);
     engine.shutdown(Duration::from_secs(1)).await;
 }

@@ -19,12 +19,10 @@ fn handler_route(port: u16, action: &str) -> String {
 
 #[tokio::test]
 async fn static_response() {
-    let port = free_port();
-    let engine = engine(&handler_route(
+    let (engine, [port]) = engine_on(|[port]| handler_route(
         port,
         "handler = \"static\", status = 201, body = \"hello\", headers = { \"X-Test\" = \"yes\", \"Content-Type\" = \"text/html\" }",
-    ))
-    .await;
+    )).await;
     let resp = request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 201 Created\r\n"), "{resp}");
     assert!(resp.contains("\r\nX-Test: yes\r\n"), "{resp}");
@@ -35,67 +33,78 @@ async fn static_response() {
     // Not HTTP: 400.
     let resp = request(port, b"\x01\x02\x03\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     assert!(engine.stats().bytes_out > 0);
 }
 
 #[tokio::test]
 async fn echo() {
-    let port = free_port();
-    let engine = engine(&handler_route(port, "handler = \"echo\"")).await;
+    let (engine, [port]) = engine_on(|[port]| handler_route(port, "handler = \"echo\"")).await;
     let mut c = connect(port).await;
     let data = pattern(200_000, 3);
     let got = write_then_read_to_end(&mut c, &data).await;
     assert!(got == data);
     drop(c);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     assert_eq!(engine.stats().bytes_in, 200_000);
     assert_eq!(engine.stats().bytes_out, 200_000);
 }
 
 #[tokio::test]
 async fn block_with_and_without_status() {
-    let port = free_port();
-    let engine = engine(&handler_route(port, "handler = \"block\"")).await;
+    let (engine, [port]) = engine_on(|[port]| handler_route(port, "handler = \"block\"")).await;
     let mut c = connect(port).await;
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    assert!(closed_without_data(&mut c, 5).await);
-
-    let port2 = free_port();
-    let engine2 = common::engine(&handler_route(
-        port2,
-        "handler = \"block\", status = 403, body = \"go away\"",
-    ))
+    expect_closed_without_data(&mut c).await;
+    let (engine2, [port2]) = engine_on(|[port2]| {
+        handler_route(port2, "handler = \"block\", status = 403, body = \"go away\"")
+    })
     .await;
     let resp = request(port2, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{resp}");
     assert!(resp.ends_with("go away"), "{resp}");
-    assert_eq!(settle(&engine).await, 0);
-    assert_eq!(settle(&engine2).await, 0);
+    settle(&engine).await;
+    settle(&engine2).await;
 }
 
 #[tokio::test]
 async fn redirect_fills_the_template() {
-    let port = free_port();
-    let engine = engine(&handler_route(
-        port,
-        "handler = \"redirect\", location = \"https://{domain}:8443{path}?q={query}&p={port}\"",
-    ))
+    let (engine, [port]) = engine_on(|[port]| {
+        handler_route(
+            port,
+            "handler = \"redirect\", location = \"https://{domain}:8443{path}?q={query}&p={port}\"",
+        )
+    })
     .await;
     let resp = request(port, b"GET /a/b?x=1 HTTP/1.1\r\nHost: Example.com:8000\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 301 Moved Permanently\r\n"), "{resp}");
     let want = format!("\r\nLocation: https://example.com:8443/a/b?q=x=1&p={port}\r\n");
     assert!(resp.contains(&want), "{resp}");
-
-    let port2 = free_port();
-    let engine2 = common::engine(&handler_route(
-        port2,
-        "handler = \"redirect\", location = \"https://{domain}{path}\", status = 308",
-    ))
+    let (engine2, [port2]) = engine_on(|[port2]| {
+        handler_route(
+            port2,
+            "handler = \"redirect\", location = \"https://{domain}{path}\", status = 308",
+        )
+    })
     .await;
     let resp = request(port2, b"GET /x HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"), "{resp}");
     assert!(resp.contains("\r\nLocation: https://h.test/x\r\n"), "{resp}");
-    assert_eq!(settle(&engine).await, 0);
-    assert_eq!(settle(&engine2).await, 0);
+    settle(&engine).await;
+    settle(&engine2).await;
+}
+
+/// `{uri}` is the path plus `?query` when there is one: a redirect keeps the query, and adds
+/// no stray `?` without one.
+#[tokio::test]
+async fn redirect_with_uri_keeps_the_query_and_only_it() {
+    let (engine, [port]) = engine_on(|[port]| {
+        handler_route(port, "handler = \"redirect\", location = \"https://{domain}:8444{uri}\"")
+    })
+    .await;
+    let resp = request(port, b"GET /a/b?x=1&y=2 HTTP/1.1\r\nHost: h.test:8000\r\n\r\n").await;
+    assert!(resp.contains("\r\nLocation: https://h.test:8444/a/b?x=1&y=2\r\n"), "{resp}");
+    let resp = request(port, b"GET /a/b HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
+    assert!(resp.contains("\r\nLocation: https://h.test:8444/a/b\r\n"), "{resp}");
+    settle(&engine).await;
 }

@@ -3,7 +3,6 @@
 mod common;
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use common::*;
 use smartproxy_proxy_protocol::Header;
@@ -16,29 +15,30 @@ fn echo_route(port: u16, security: &str) -> String {
     )
 }
 
-/// Whether the engine serves this connection (an echo round trip works).
+/// Whether the engine serves this connection: an echo round trip works (true), or the
+/// engine closes it without a byte (false). Anything else (no answer and no close within
+/// [`WAIT`], other bytes) fails the test.
 async fn served(c: &mut TcpStream) -> bool {
     if c.write_all(b"x").await.is_err() {
         return false;
     }
     let mut b = [0u8; 1];
-    matches!(tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await, Ok(Ok(1)))
-}
-
-async fn wait_for(f: impl Fn() -> bool) {
-    for _ in 0..250 {
-        if f() {
-            return;
+    match tokio::time::timeout(WAIT, c.read(&mut b)).await {
+        Ok(Ok(1)) => {
+            assert_eq!(&b, b"x", "the echo");
+            true
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(Ok(_)) | Ok(Err(_)) => false,
+        Err(_) => panic!("neither served nor closed within {WAIT:?}"),
     }
 }
 
 #[tokio::test]
 async fn per_ip_limit_counts_each_source_address() {
-    let port = free_port();
-    let engine =
-        engine(&format!("[defaults]\nmax_connections_per_ip = 2\n{}", echo_route(port, ""))).await;
+    let (engine, [port]) = engine_on(|[port]| {
+        format!("[defaults]\nmax_connections_per_ip = 2\n{}", echo_route(port, ""))
+    })
+    .await;
     let mut a1 = connect_from("127.0.0.2", port).await.unwrap();
     let mut a2 = connect_from("127.0.0.2", port).await.unwrap();
     assert!(served(&mut a1).await && served(&mut a2).await);
@@ -49,21 +49,22 @@ async fn per_ip_limit_counts_each_source_address() {
     let ip: IpAddr = "127.0.0.2".parse().unwrap();
     assert_eq!(engine.connections_from(ip), 2);
     drop(a1);
-    wait_for(|| engine.connections_from(ip) == 1).await;
+    wait_eq("the per-IP count of 127.0.0.2 back to 1", || engine.connections_from(ip), 1).await;
     let mut a4 = connect_from("127.0.0.2", port).await.unwrap();
     assert!(served(&mut a4).await, "a slot was released");
     drop((a2, a3, a4, b1));
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     assert_eq!(engine.connections_from(ip), 0);
 }
 
 #[tokio::test]
 async fn per_ip_limit_applies_to_the_real_client_behind_a_trusted_proxy() {
-    let port = free_port();
-    let engine = engine(&format!(
-        "proxy_ips = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 1\n{}",
-        echo_route(port, "")
-    ))
+    let (engine, [port]) = engine_on(|[port]| {
+        format!(
+            "proxy_ips = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 1\n{}",
+            echo_route(port, "")
+        )
+    })
     .await;
     let open = |src: &'static str| async move {
         let mut c = connect(port).await;
@@ -84,16 +85,14 @@ async fn per_ip_limit_applies_to_the_real_client_behind_a_trusted_proxy() {
     assert_eq!(engine.connections_from("192.0.2.1".parse().unwrap()), 1);
     assert_eq!(engine.connections_from("127.0.0.1".parse().unwrap()), 0);
     drop((c1, c2, c3));
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }
 
 #[tokio::test]
 async fn rate_limit_per_minute() {
-    let port = free_port();
-    let engine = engine(&format!(
-        "[defaults]\nconnection_rate_limit_per_minute = 3\n{}",
-        echo_route(port, "")
-    ))
+    let (engine, [port]) = engine_on(|[port]| {
+        format!("[defaults]\nconnection_rate_limit_per_minute = 3\n{}", echo_route(port, ""))
+    })
     .await;
     for _ in 0..3 {
         let mut c = connect_from("127.0.0.4", port).await.unwrap();
@@ -104,45 +103,45 @@ async fn rate_limit_per_minute() {
     let mut other = connect_from("127.0.0.5", port).await.unwrap();
     assert!(served(&mut other).await);
     drop((c, other));
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }
 
 #[tokio::test]
 async fn global_and_route_limits() {
-    let port = free_port();
-    let engine =
-        engine(&format!("[defaults]\nmax_connections = 2\n{}", echo_route(port, ""))).await;
+    let (engine, [port]) =
+        engine_on(|[port]| format!("[defaults]\nmax_connections = 2\n{}", echo_route(port, "")))
+            .await;
     let mut a = connect(port).await;
     let mut b = connect(port).await;
     assert!(served(&mut a).await && served(&mut b).await);
     let mut c = connect(port).await;
     assert!(!served(&mut c).await);
     drop((a, b, c));
-    assert_eq!(settle(&engine).await, 0);
-
-    let port = free_port();
-    let engine2 = common::engine(&echo_route(port, "security = { max_connections = 1 }")).await;
+    settle(&engine).await;
+    let (engine2, [port]) =
+        engine_on(|[port]| echo_route(port, "security = { max_connections = 1 }")).await;
     let mut a = connect(port).await;
     assert!(served(&mut a).await);
     let mut b = connect(port).await;
     assert!(!served(&mut b).await);
     drop((a, b));
-    assert_eq!(settle(&engine2).await, 0);
+    settle(&engine2).await;
 }
 
 #[tokio::test]
 async fn route_allow_and_block_lists() {
-    let port = free_port();
-    let engine = engine(&echo_route(
-        port,
-        "security = { ip_allow_list = [\"127.0.0.0/8\"], ip_block_list = [\"127.0.0.6\"] }",
-    ))
+    let (engine, [port]) = engine_on(|[port]| {
+        echo_route(
+            port,
+            "security = { ip_allow_list = [\"127.0.0.0/8\"], ip_block_list = [\"127.0.0.6\"] }",
+        )
+    })
     .await;
     let mut ok = connect_from("127.0.0.7", port).await.unwrap();
     assert!(served(&mut ok).await);
     let mut blocked = connect_from("127.0.0.6", port).await.unwrap();
     assert!(!served(&mut blocked).await);
     drop((ok, blocked));
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     assert_eq!(engine.stats().refused_connections, 1);
 }

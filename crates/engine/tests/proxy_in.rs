@@ -5,6 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use common::*;
 use smartproxy_engine::{
     ClientStream, Engine, Format, HandlerContext, HandlerFuture, SocketHandler,
@@ -26,18 +28,21 @@ impl SocketHandler for WhoAmI {
     }
 }
 
-async fn whoami_engine(extra: &str, port: u16) -> Engine {
-    let text = format!(
-        "bind = [\"127.0.0.1\"]\n{extra}\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"whoami\" }}\n"
-    );
-    // The handler is registered once, by name; the builder parses the text knowing it.
-    Engine::builder()
-        .handler("whoami", Arc::new(WhoAmI))
-        .config_str(&text, Format::Toml)
-        .unwrap()
-        .start()
-        .await
-        .unwrap()
+/// An engine on a reserved port whose route answers with the client address it saw.
+async fn whoami_engine(extra: &str) -> (Engine, u16) {
+    let (engine, [port]) = start_on(|[port]| {
+        let text = format!(
+            "bind = [\"127.0.0.1\"]\n{extra}\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"whoami\" }}\n"
+        );
+        // The handler is registered once, by name; the builder parses the text knowing it.
+        Engine::builder()
+            .handler("whoami", Arc::new(WhoAmI))
+            .config_str(&text, Format::Toml)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .start()
+    })
+    .await;
+    (engine, port)
 }
 
 fn encode(h: Header) -> Vec<u8> {
@@ -48,8 +53,7 @@ fn encode(h: Header) -> Vec<u8> {
 
 #[tokio::test]
 async fn trusted_v1_and_v2_set_the_client_address() {
-    let port = free_port();
-    let engine = whoami_engine("proxy_ips = [\"127.0.0.1/32\"]", port).await;
+    let (engine, port) = whoami_engine("proxy_ips = [\"127.0.0.1/32\"]").await;
     for (h, want) in [
         (
             Header::v1("192.0.2.10:5555".parse().unwrap(), "198.51.100.1:443".parse().unwrap())
@@ -71,29 +75,39 @@ async fn trusted_v1_and_v2_set_the_client_address() {
         assert_eq!(parts[2], "true");
     }
     assert_eq!(engine.stats().proxy_headers_accepted, 2);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }
 
 #[tokio::test]
 async fn trusted_peer_without_header_is_refused_unless_optional() {
-    let port = free_port();
-    let engine =
-        whoami_engine("proxy_ips = [\"127.0.0.1\"]\nproxy_protocol_timeout = \"300ms\"", port)
-            .await;
-    // Other bytes: refused at once.
+    let (engine, port) =
+        whoami_engine("proxy_ips = [\"127.0.0.1\"]\nproxy_protocol_timeout = \"300ms\"").await;
+    // Other bytes: refused at once (well before the deadline).
+    let started = Instant::now();
     let mut c = connect(port).await;
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    assert!(closed_without_data(&mut c, 5).await);
-    // Silence: refused at the deadline.
+    let closed = expect_closed_without_data(&mut c).await;
+    assert!(
+        closed - started < Duration::from_millis(300),
+        "refused at once: {:?}",
+        closed - started
+    );
+    // Silence: refused at the deadline, 300 ms after the accept (a scheduling margin above).
+    let started = Instant::now();
     let mut c = connect(port).await;
-    assert!(closed_without_data(&mut c, 5).await);
+    let closed = expect_closed_without_data(&mut c).await;
+    let t = Duration::from_millis(300);
+    assert_within(
+        "the silent peer was refused",
+        closed - started,
+        t - Duration::from_millis(20),
+        t + Duration::from_millis(700),
+    );
     assert_eq!(engine.stats().proxy_headers_rejected, 2);
     drop(engine);
 
-    let port = free_port();
-    let engine = whoami_engine(
+    let (engine, port) = whoami_engine(
         "proxy_ips = [\"127.0.0.1\"]\nproxy_protocol_optional = true\nproxy_protocol_timeout = \"300ms\"",
-        port,
     )
     .await;
     let mut c = connect(port).await;
@@ -101,7 +115,7 @@ async fn trusted_peer_without_header_is_refused_unless_optional() {
     let got = String::from_utf8(read_all(&mut c, 5).await).unwrap();
     assert!(got.starts_with("127.0.0.1:"), "{got}");
     assert!(got.trim_end().ends_with("false"), "{got}");
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }
 
 #[tokio::test]
@@ -113,9 +127,8 @@ async fn untrusted_header_is_refused_and_nothing_reaches_the_backend() {
         async {}
     })
     .await;
-    let port = free_port();
     // 127.0.0.1 is trusted; clients from 127.0.0.9 are not.
-    let engine = engine(&format!(
+    let (engine, [port]) = engine_on(|[port]| format!(
         "proxy_ips = [\"127.0.0.1\"]\n[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
         baddr.port()
     ))
@@ -125,23 +138,23 @@ async fn untrusted_header_is_refused_and_nothing_reaches_the_backend() {
     let mut c = connect_from("127.0.0.9", port).await.unwrap();
     c.write_all(&header).await.unwrap();
     c.write_all(b"data").await.unwrap();
-    assert!(closed_without_data(&mut c, 5).await);
+    expect_closed_without_data(&mut c).await;
     // No proxy_ips at all: a header is still refused.
-    let port2 = free_port();
-    let engine2 = engine_plain_forward(port2, baddr.port()).await;
+    let (engine2, port2) = engine_plain_forward(baddr.port()).await;
     let mut c = connect(port2).await;
     c.write_all(&header).await.unwrap();
-    assert!(closed_without_data(&mut c, 5).await);
+    expect_closed_without_data(&mut c).await;
     assert_eq!(engine.stats().refused_connections, 1);
     assert_eq!(engine2.stats().refused_connections, 1);
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
-async fn engine_plain_forward(port: u16, backend: u16) -> Engine {
-    engine(&format!(
+async fn engine_plain_forward(backend: u16) -> (Engine, u16) {
+    let (engine, [port]) = engine_on(|[port]| format!(
         "[[routes]]\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {backend} }}] }}\n"
     ))
-    .await
+    .await;
+    (engine, port)
 }
 
 #[tokio::test]
@@ -154,23 +167,21 @@ async fn untrusted_plain_and_silent_clients_are_forwarded() {
         let _ = s.write_all(&buf[..n]).await;
     })
     .await;
-    let port = free_port();
-    let engine = engine_plain_forward(port, baddr.port()).await;
+    let (engine, port) = engine_plain_forward(baddr.port()).await;
     let mut c = connect(port).await;
     let mut greet = [0u8; 11];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut greet)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, c.read_exact(&mut greet)).await.unwrap().unwrap();
     assert_eq!(&greet, b"220 hello\r\n");
     c.write_all(b"QUIT").await.unwrap();
     let rest = read_all(&mut c, 5).await;
     assert_eq!(rest, b"QUIT");
     drop(c);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_malformed_headers_leave_the_engine_serving() {
-    let port = free_port();
-    let engine = whoami_engine("proxy_ips = [\"127.0.0.1\"]\nproxy_protocol_timeout = \"300ms\"\n[defaults]\nmax_connections_per_ip = 0\nconnection_rate_limit_per_minute = 0", port).await;
+    let (engine, port) = whoami_engine("proxy_ips = [\"127.0.0.1\"]\nproxy_protocol_timeout = \"300ms\"\n[defaults]\nmax_connections_per_ip = 0\nconnection_rate_limit_per_minute = 0").await;
     let bad: [&[u8]; 5] = [
         b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n",
         b"PROXY TCP9 a b c d\r\n",
@@ -182,15 +193,21 @@ async fn a_thousand_malformed_headers_leave_the_engine_serving() {
     for i in 0..1000usize {
         let bytes = bad[i % bad.len()].to_vec();
         tasks.push(tokio::spawn(async move {
-            let Ok(mut c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                return;
-            };
+            let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} not accepted: {e}"));
+            // The engine may close before it has read everything: a failed write is fine.
             let _ = c.write_all(&bytes).await;
             if i % 2 == 0 {
                 let _ = c.shutdown().await;
             }
+            // Every one is closed without a byte (at the 300 ms header deadline at the latest).
             let mut b = [0u8; 16];
-            let _ = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await;
+            match tokio::time::timeout(WAIT, c.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {}
+                Ok(Ok(n)) => panic!("connection {i} got an answer: {:?}", &b[..n]),
+                Err(_) => panic!("connection {i} still open after {WAIT:?}"),
+            }
         }));
         if tasks.len() >= 100 {
             for t in tasks.drain(..) {
@@ -201,7 +218,7 @@ async fn a_thousand_malformed_headers_leave_the_engine_serving() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
     // Still serving.
     let mut c = connect(port).await;
     c.write_all(&encode(
@@ -212,5 +229,5 @@ async fn a_thousand_malformed_headers_leave_the_engine_serving() {
     let got = String::from_utf8(read_all(&mut c, 5).await).unwrap();
     assert!(got.starts_with("192.0.2.3:3"), "{got}");
     assert_eq!(engine.stats().proxy_headers_rejected, 1000);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }

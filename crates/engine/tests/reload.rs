@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use smartproxy_engine::{Config, Format};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,24 +16,31 @@ fn config(ports: &[u16]) -> Config {
     Config::from_str(&text, Format::Toml).unwrap()
 }
 
+/// Whether an echo round trip works on `c` (a close is `false`; no answer at all within
+/// [`WAIT`] fails the test).
 async fn round_trip(c: &mut tokio::net::TcpStream) -> bool {
     if c.write_all(b"r").await.is_err() {
         return false;
     }
     let mut b = [0u8; 1];
-    matches!(tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await, Ok(Ok(1)))
+    match tokio::time::timeout(WAIT, c.read(&mut b)).await {
+        Ok(Ok(1)) => b == *b"r",
+        Ok(_) => false,
+        Err(_) => panic!("no echo and no close within {WAIT:?}"),
+    }
 }
 
 #[tokio::test]
 async fn reload_adds_and_removes_ports() {
-    let (a, b) = (free_port(), free_port());
-    let engine = smartproxy_engine::Engine::start(config(&[a])).await.unwrap();
+    let (engine, [a]) = start_on(|[a]| smartproxy_engine::Engine::start(config(&[a]))).await;
+    let b = reserve_port();
     let mut old = connect(a).await;
     assert!(round_trip(&mut old).await);
 
     let summary = engine.reload(config(&[b])).await.unwrap();
     assert_eq!(summary.added_ports, vec![b]);
     assert_eq!(summary.removed_ports, vec![a]);
+    assert!(!port_listening(a), "port {a} closed by the time reload returns");
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", a)).await.is_err(), "port {a} closed");
     let mut new = connect(b).await;
     assert!(round_trip(&mut new).await);
@@ -58,5 +63,5 @@ async fn reload_adds_and_removes_ports() {
     assert_eq!(engine.stats().reloads, 1);
     assert_eq!(engine.stats().reloads_failed, 1);
     drop((old, new, again));
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }

@@ -99,14 +99,16 @@ async fn connections_spread_over_worker_runtimes_and_stay_there() {
     let workers = Workers::start(2);
     let seen = Arc::new(Mutex::new(BTreeMap::new()));
     let (echo, _e) = echo_backend().await;
-    let (p_where, p_fwd) = (free_port(), free_port());
-    let engine = Engine::builder()
-        .handler("where", Arc::new(Where(Arc::clone(&seen))))
-        .config(config(&[p_where, p_fwd], echo.port()))
-        .runtimes(workers.handles.clone())
-        .start()
-        .await
-        .unwrap();
+    // Worker runtimes bind with SO_REUSEPORT: `start_on` also checks that no other process
+    // shares the ports.
+    let (engine, [p_where, p_fwd]) = start_on(|ports| {
+        Engine::builder()
+            .handler("where", Arc::new(Where(Arc::clone(&seen))))
+            .config(config(&ports, echo.port()))
+            .runtimes(workers.handles.clone())
+            .start()
+    })
+    .await;
     // One address per port, although each has one socket per runtime.
     let mut addrs = engine.local_addrs();
     addrs.sort();
@@ -128,10 +130,10 @@ async fn connections_spread_over_worker_runtimes_and_stay_there() {
     let got = write_then_read_to_end(&mut c, &data).await;
     assert!(got == data, "echo through a worker differs");
     drop(c);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 
     // Reload: a new port gets a socket on every runtime, a removed one stops on every runtime.
-    let p_new = free_port();
+    let p_new = reserve_port();
     let summary = engine.reload(config(&[p_where, p_new], echo.port())).await.unwrap();
     assert_eq!(summary.added_ports, vec![p_new]);
     assert_eq!(summary.removed_ports, vec![p_fwd]);
@@ -139,19 +141,14 @@ async fn connections_spread_over_worker_runtimes_and_stay_there() {
     c.write_all(b"after reload").await.unwrap();
     c.shutdown().await.unwrap();
     assert_eq!(read_all(&mut c, 5).await, b"after reload");
-    let refused = async {
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", p_fwd)).await.is_err() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    };
-    assert!(refused.await, "the removed port still accepts on some runtime");
+    // Reload returns once the removed port's sockets are closed on every runtime.
+    assert_eq!(listeners(p_fwd), [], "the removed port still listens on some runtime");
+    wait_refused(p_fwd).await;
+    assert_eq!(listeners(p_new).len(), 2, "one socket per worker runtime on the new port");
 
     // Shutdown stops every runtime's listeners.
     engine.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(listeners(p_where), [], "shutdown closed every runtime's socket");
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", p_where)).await.is_err());
     drop(engine);
     drop(workers);

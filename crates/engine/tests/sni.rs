@@ -3,7 +3,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use parking_lot::Mutex;
@@ -45,7 +44,10 @@ async fn recording_backend() -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
         let seen = Arc::clone(&s2);
         async move {
             let mut buf = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+                .await
+                .expect("the engine half-closed after the client's shutdown")
+                .expect("read");
             seen.lock().push(buf);
             let _ = s.write_all(b"ok").await;
         }
@@ -58,18 +60,17 @@ async fn recording_backend() -> (u16, Arc<Mutex<Vec<Vec<u8>>>>) {
 async fn routes_by_sni_and_replays_the_hello() {
     let (pa, seen_a) = recording_backend().await;
     let (pb, seen_b) = recording_backend().await;
-    let port = free_port();
-    let engine = engine(&format!(
+    let (engine, [port]) = engine_on(|[port]| format!(
         "[[routes]]\nname = \"a\"\nmatch = {{ ports = [{port}], domains = [\"a.test\"] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {pa} }}], tls = {{ mode = \"passthrough\" }} }}\n\
          [[routes]]\nname = \"b\"\nmatch = {{ ports = [{port}], domains = [\"*.b.test\"] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {pb} }}], tls = {{ mode = \"passthrough\" }} }}\n"
-    ))
-    .await;
+    )).await;
     let hello = client_hello("www.B.test");
     let mut c = connect(port).await;
-    // Split the ClientHello over two writes.
+    // The ClientHello in two reads of the engine: the rest is sent only once the engine has
+    // read the first 20 bytes (none left unread on its socket), so the split is certain.
+    let me = c.local_addr().unwrap().port();
     c.write_all(&hello[..20]).await.unwrap();
-    c.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    wait_eq("the engine read the first 20 bytes", || unread_by_server(port, me), Some(0)).await;
     c.write_all(&hello[20..]).await.unwrap();
     c.write_all(b"after").await.unwrap();
     c.shutdown().await.unwrap();
@@ -82,7 +83,7 @@ async fn routes_by_sni_and_replays_the_hello() {
     // No route for this name: refused.
     let mut c = connect(port).await;
     c.write_all(&client_hello("c.test")).await.unwrap();
-    assert!(closed_without_data(&mut c, 5).await);
+    expect_closed_without_data(&mut c).await;
     drop(c);
-    assert_eq!(settle(&engine).await, 0);
+    settle(&engine).await;
 }

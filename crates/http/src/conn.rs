@@ -122,6 +122,7 @@ where
     let snap = inner.snapshot.load_full();
     let st = &snap.settings.http;
     let alpn = info.tls.as_ref().and_then(|t| t.alpn.clone());
+    let keepalive = info.keepalive_timeout.map_or(st.http_keepalive_timeout, crate::snapshot::cap);
     let ctx = Arc::new(ConnCtx::new(inner, info));
     let _abort = AbortTunnels(Arc::clone(&ctx));
     let mut shutdown = std::pin::pin!(shutdown);
@@ -153,7 +154,7 @@ where
     let svc_ctx = Arc::clone(&ctx);
     let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&svc_ctx), req));
     let io = TokioIo::new(ClientIo::new(io, prefix, Arc::clone(&ctx), !h2));
-    let timers = Timers { header: st.request_header_timeout, keepalive: st.http_keepalive_timeout };
+    let timers = Timers { header: st.request_header_timeout, keepalive };
     let reason = if h2 {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -249,13 +250,15 @@ enum Tick {
 
 impl Timers {
     /// What the connection's timer should do now. While requests run it only re-checks
-    /// every `header` interval; that bounds how late a slow head is noticed.
+    /// every `header` interval, or every `keepalive` one when that is shorter (a timer set
+    /// while a request ran is not re-armed when it ends: this bounds how late the idle close
+    /// comes after a short keep-alive timeout); that bounds how late a slow head is noticed.
     fn tick(&self, ctx: &ConnCtx) -> Tick {
         let s = &ctx.state;
         let at = |ns: u64| ctx.start + Duration::from_nanos(ns);
         let now = at(ctx.now());
         if s.in_flight.load(Ordering::Relaxed) > 0 {
-            return Tick::Next(now + self.header);
+            return Tick::Next(now + self.header.min(self.keepalive));
         }
         let head = s.head_started.load(Ordering::Relaxed);
         if head != 0 {

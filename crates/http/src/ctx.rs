@@ -56,12 +56,23 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// PROXY header source for routes that send one to their targets.
     pub proxy_header: Option<ProxyHeaderFn>,
+    /// This connection's idle time between requests, instead of `http_keepalive_timeout`
+    /// (the engine's keep-alive treatment of the connection's route; `Duration::MAX`: never).
+    pub keepalive_timeout: Option<std::time::Duration>,
 }
 
 impl ConnInfo {
     /// A plain connection from `client` on `port`, peer not trusted.
     pub fn new(client: SocketAddr, port: u16) -> Self {
-        Self { client, peer_trusted: false, port, local: None, tls: None, proxy_header: None }
+        Self {
+            client,
+            peer_trusted: false,
+            port,
+            local: None,
+            tls: None,
+            proxy_header: None,
+            keepalive_timeout: None,
+        }
     }
 
     /// Marks the immediate peer as trusted (`proxy_ips`).
@@ -87,6 +98,13 @@ impl ConnInfo {
         self.proxy_header = Some(f);
         self
     }
+
+    /// Sets this connection's idle time between requests (`Duration::MAX`: never), instead
+    /// of the settings' `http_keepalive_timeout`.
+    pub fn with_keepalive_timeout(mut self, d: std::time::Duration) -> Self {
+        self.keepalive_timeout = Some(d);
+        self
+    }
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -98,6 +116,7 @@ impl std::fmt::Debug for ConnInfo {
             .field("local", &self.local)
             .field("tls", &self.tls)
             .field("proxy_header", &self.proxy_header.is_some())
+            .field("keepalive_timeout", &self.keepalive_timeout)
             .finish()
     }
 }

@@ -21,6 +21,7 @@
 //! println!("{} requests, {:?}", outcome.requests, outcome.reason);
 //! # }
 //! ```
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
 mod access;
@@ -46,7 +47,7 @@ pub use self::auth::{
 };
 pub use self::conn::{CloseReason, Protocol, ServeOutcome};
 pub use self::ctx::{ConnInfo, ProxyHeaderFn, TlsInfo};
-pub use self::service::{HttpConfig, HttpService};
+pub use self::service::{HttpConfig, HttpService, RouteConnSettings};
 pub use self::upstream::{
     TlsConnectFuture, TlsConnectRequest, TlsStream, UpstreamStream, UpstreamTls,
 };

@@ -276,7 +276,6 @@ pub(crate) async fn forward(
                 };
                 return respond(
                     ctx,
-                    snap,
                     route,
                     pr,
                     resp,
@@ -459,7 +458,6 @@ struct Back<'a> {
 #[allow(clippy::too_many_arguments)]
 fn respond(
     ctx: &Arc<ConnCtx>,
-    snap: &Arc<Snapshot>,
     route: &CompiledRoute,
     pr: &ProxyRoute,
     mut resp: Response<Incoming>,
@@ -510,7 +508,7 @@ fn respond(
         let status = parts.status.as_u16();
         guard.status = status;
         guard.upstream = Some(upstream);
-        let idle = snap.settings.tunnel_idle;
+        let idle = pr.tunnel_idle;
         let name = route.name().to_owned();
         let client = ctx.client;
         let mut tunnels = ctx.tunnels.lock();

@@ -40,6 +40,35 @@ pub struct HttpConfig {
     pub upstream_tls: Option<Arc<dyn UpstreamTls>>,
     /// The htpasswd users and JWT keys of the routes with `basic_auth` / `jwt`.
     pub credentials: Option<Arc<Credentials>>,
+    /// Per route (by index in `table`), what the engine resolved for its connections: tunnel
+    /// inactivity, connect timeout and TCP keepalive. Empty: the settings above for all.
+    pub route_settings: Vec<RouteConnSettings>,
+}
+
+/// A route's connection settings as the engine resolved them (its `timeouts` table over
+/// `[defaults]`, keep-alive treatment applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouteConnSettings {
+    /// An upgraded connection (WebSocket) of the route is closed after this long without a
+    /// byte either way (`Duration::MAX`: never, the `immortal` treatment).
+    pub tunnel_inactivity: Duration,
+    /// Deadline for connecting to a target of the route.
+    pub connect_timeout: Duration,
+    /// TCP keepalive probes on the backend connections the route opens (pooled connections
+    /// keep the probes of the route that opened them).
+    pub tcp_keepalive: smartproxy_routing::TcpKeepalive,
+}
+
+impl RouteConnSettings {
+    /// These settings.
+    pub fn new(
+        tunnel_inactivity: Duration,
+        connect_timeout: Duration,
+        tcp_keepalive: smartproxy_routing::TcpKeepalive,
+    ) -> Self {
+        Self { tunnel_inactivity, connect_timeout, tcp_keepalive }
+    }
 }
 
 impl HttpConfig {
@@ -52,6 +81,7 @@ impl HttpConfig {
             tunnel_inactivity_timeout: Duration::from_secs(4 * 3600),
             upstream_tls: None,
             credentials: None,
+            route_settings: Vec::new(),
         }
     }
 
@@ -85,6 +115,12 @@ impl HttpConfig {
         self.credentials = Some(c);
         self
     }
+
+    /// Sets the per-route connection settings (by route index in the table).
+    pub fn with_route_settings(mut self, s: Vec<RouteConnSettings>) -> Self {
+        self.route_settings = s;
+        self
+    }
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -96,6 +132,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("tunnel_inactivity_timeout", &self.tunnel_inactivity_timeout)
             .field("upstream_tls", &self.upstream_tls.is_some())
             .field("credentials", &self.credentials.is_some())
+            .field("route_settings", &self.route_settings.len())
             .finish()
     }
 }
@@ -195,6 +232,7 @@ fn build(config: HttpConfig, metrics: Option<&Metrics>, pools: &Pools) -> Snapsh
     Snapshot::build(
         config.table,
         settings,
+        &config.route_settings,
         config.upstream_tls,
         metrics,
         pools,

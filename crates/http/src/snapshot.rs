@@ -15,8 +15,8 @@ use http::uri::Authority;
 use parking_lot::Mutex;
 use smartproxy_metrics::{Metrics, RouteHandle};
 use smartproxy_routing::{
-    CompiledRoute, HttpSettings, RouteAction, RouteTable, SendProxyProtocol, Template, TlsMode,
-    UpstreamProtocol,
+    CompiledRoute, HttpSettings, RouteAction, RouteTable, SendProxyProtocol, TcpKeepalive,
+    Template, TlsMode, UpstreamProtocol,
 };
 
 use crate::auth::Credentials;
@@ -24,6 +24,7 @@ use crate::headers::via_values;
 use crate::location::{PrefixInverse, prefix_inverse};
 use crate::policy::Policies;
 use crate::pool::Pool;
+use crate::service::RouteConnSettings;
 use crate::upstream::UpstreamTls;
 
 /// The settings of a snapshot.
@@ -116,6 +117,10 @@ pub(crate) struct ProxyRoute {
     pub(crate) via: Option<[HeaderValue; 4]>,
     pub(crate) response_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    /// Upgraded connections (WebSocket) close after this long without a byte.
+    pub(crate) tunnel_idle: Duration,
+    /// Probes on the backend connections this route opens.
+    pub(crate) tcp_keepalive: TcpKeepalive,
     pub(crate) proxy_protocol: SendProxyProtocol,
     /// Re-encrypt towards the targets.
     pub(crate) tls: bool,
@@ -270,6 +275,7 @@ impl Snapshot {
     pub(crate) fn build(
         table: Arc<RouteTable>,
         settings: Settings,
+        route_settings: &[RouteConnSettings],
         tls: Option<Arc<dyn UpstreamTls>>,
         metrics: Option<&Metrics>,
         pools: &Pools,
@@ -280,7 +286,7 @@ impl Snapshot {
             .iter()
             .map(|r| RouteState {
                 metrics: metrics.map(|m| m.route(r.name())),
-                kind: kind(r, &settings, pools, creds),
+                kind: kind(r, &settings, route_settings.get(r.index()), pools, creds),
             })
             .collect();
         Self { table, routes, settings, tls }
@@ -354,7 +360,13 @@ fn key(
     }
 }
 
-fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools, creds: Option<&Credentials>) -> RouteKind {
+fn kind(
+    r: &CompiledRoute,
+    s: &Settings,
+    rs: Option<&RouteConnSettings>,
+    pools: &Pools,
+    creds: Option<&Credentials>,
+) -> RouteKind {
     match &r.config().action {
         RouteAction::Forward(f) => {
             let Some(h) = &f.http else { return RouteKind::Other };
@@ -367,7 +379,12 @@ fn kind(r: &CompiledRoute, s: &Settings, pools: &Pools, creds: Option<&Credentia
                 websocket: h.websocket,
                 via: h.via.pseudonym().and_then(via_values),
                 response_timeout: cap(h.response_timeout.unwrap_or(s.http.http_response_timeout)),
-                connect_timeout: cap(f.connect_timeout.unwrap_or(s.connect_timeout)),
+                connect_timeout: cap(rs.map_or_else(
+                    || f.connect_timeout.unwrap_or(s.connect_timeout),
+                    |rs| rs.connect_timeout,
+                )),
+                tunnel_idle: cap(rs.map_or(s.tunnel_idle, |rs| rs.tunnel_inactivity)),
+                tcp_keepalive: rs.map_or(TcpKeepalive::Off, |rs| rs.tcp_keepalive),
                 proxy_protocol: f.send_proxy_protocol,
                 tls,
                 targets: Box::new([]),

@@ -165,6 +165,7 @@ async fn tcp(p: &ConnectParams<'_>) -> io::Result<TcpStream> {
     // Best effort: on a connection the target already reset this fails, and the reset is
     // then reported by the exchange (502 backend_error), not as a failed connect.
     let _ = s.set_nodelay(true);
+    set_keepalive(&s, &p.pr.tcp_keepalive);
     Ok(s)
 }
 
@@ -266,3 +267,27 @@ pub(crate) fn is_timeout(e: &ConnectError) -> bool {
 
 /// The connect timeout default (10 s, as the engine's `connect_timeout`).
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalive probes on a new backend connection (four `setsockopt` calls, once; a failure
+/// leaves the connection without probes).
+fn set_keepalive(s: &TcpStream, k: &smartproxy_routing::TcpKeepalive) {
+    let smartproxy_routing::TcpKeepalive::On { idle, interval, count } = *k else { return };
+    let params = socket2::TcpKeepalive::new().with_time(idle);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    ))]
+    let params = params.with_interval(interval).with_retries(count);
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "freebsd"
+    )))]
+    let _ = (interval, count);
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive on a backend connection");
+    }
+}

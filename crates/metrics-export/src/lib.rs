@@ -9,7 +9,8 @@
 //!   `smartproxy_connections_active`, `smartproxy_connections_total`,
 //!   `smartproxy_connection_duration_seconds` (histogram),
 //!   `smartproxy_throughput_bytes_per_second{direction,window}`, per-route series labelled
-//!   `route="<name>"`, refused / PROXY header / backend / reload counters. Per-IP series only
+//!   `route="<name>"`, refused / closed-by-reason / PROXY header / backend / reload counters.
+//!   Per-IP series only
 //!   when [`ExportOptions::per_ip`] asks for them, capped to the top N.
 //! * [`statsd_lines`] and [`StatsdPusher`]: counters as deltas since the last push, gauges,
 //!   timers (`|ms`); plain or DogStatsD tags; UDP datagrams of at most [`MAX_DATAGRAM`] bytes.

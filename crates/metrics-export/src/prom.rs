@@ -278,6 +278,11 @@ impl Collector for SnapshotCollector {
             s.refused.iter().map(|(r, c)| (l1("reason", r), *c)).collect(),
         )?;
         w.counter(
+            "connections_closed",
+            "Served connections closed, by reason: peer (EOF or reset from a side), inactivity, lifetime, keepalive (TCP keepalive probes unanswered), shutdown, error.",
+            s.closed.iter().map(|(r, c)| (l1("reason", r), *c)).collect(),
+        )?;
+        w.counter(
             "proxy_headers_accepted",
             "PROXY protocol headers accepted, by version.",
             s.proxy_headers.accepted.iter().map(|(v, c)| (l1("version", v), *c)).collect(),

@@ -189,6 +189,14 @@ pub fn statsd_lines(
             p.and_then(|p| p.refused.get(reason).copied()),
         );
     }
+    for (reason, c) in &s.closed {
+        l.counter(
+            "connections_closed",
+            &[("reason", reason)],
+            *c,
+            p.and_then(|p| p.closed.get(reason).copied()),
+        );
+    }
     for (v, c) in &s.proxy_headers.accepted {
         let before = p.and_then(|p| p.proxy_headers.accepted.get(v).copied());
         l.counter("proxy_headers.accepted", &[("version", v)], *c, before);

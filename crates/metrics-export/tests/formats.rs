@@ -71,6 +71,9 @@ fn fixed_names_and_units() {
         "# TYPE smartproxy_http_policy_refusals_total counter",
         "smartproxy_http_policy_refusals_total{route=\"web\",reason=\"rate_limited\"} 2",
         "smartproxy_http_policy_refusals_total{route=\"web\",reason=\"auth_missing\"} 1",
+        "# TYPE smartproxy_connections_closed_total counter",
+        "smartproxy_connections_closed_total{reason=\"inactivity\"} 1",
+        "smartproxy_connections_closed_total{reason=\"keepalive\"} 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }

@@ -18,7 +18,7 @@ use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
 use crate::http::{
     EMPTY_ACC, HttpErrorReason, HttpMethod, HttpPolicyReason, HttpStats, histogram_of,
 };
-use crate::reason::{ProxyVersion, RefuseReason};
+use crate::reason::{CloseReason, ProxyVersion, RefuseReason};
 use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
 use crate::snapshot::{
@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     http_errors: Box<[AtomicU64]>,
     /// Set by the owner of the certificates; copied into every snapshot.
     certificates: RwLock<Vec<CertificateExpiry>>,
+    /// Served connections closed, by [`CloseReason`] (indexed by `CloseReason::index`).
+    closed: [AtomicU64; CloseReason::ALL.len()],
 }
 
 fn secs(d: Duration) -> u64 {
@@ -162,6 +164,7 @@ impl Metrics {
             http_unrouted: HttpStats::default(),
             http_errors: HttpErrorReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             certificates: RwLock::new(Vec::new()),
+            closed: std::array::from_fn(|_| AtomicU64::new(0)),
             cfg,
         };
         Arc::new(Self { inner: Arc::new(inner) })
@@ -254,9 +257,36 @@ impl Metrics {
         }
     }
 
+    /// Traffic of `route` that no [`ConnectionRecorder`] saw: a route forwarded outside the
+    /// process (by kernel NAT rules) whose counters the caller reads once per interval.
+    /// `bytes_in` came from clients, `bytes_out` went to them, `new_connections` were opened
+    /// (each also counts as one request, as a layer-4 connection does). The next
+    /// [`tick`](Self::tick) puts them into the route's series and the totals like the
+    /// bytes of proxied connections; the route's and the global connection totals grow at
+    /// once. No connection is open in the metrics for them (`active` does not change), and
+    /// the per-IP series and histograms do not see them.
+    pub fn add_route_traffic(
+        &self,
+        route: &RouteHandle,
+        bytes_in: u64,
+        bytes_out: u64,
+        new_connections: u64,
+    ) {
+        if new_connections > 0 {
+            self.inner.total.fetch_add(new_connections, Ordering::Relaxed);
+            route.0.total.fetch_add(new_connections, Ordering::Relaxed);
+        }
+        *route.0.external.lock() += Sample::new(bytes_in, bytes_out, new_connections);
+    }
+
     /// A connection was refused.
     pub fn refused(&self, reason: RefuseReason) {
         self.inner.refused[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A served connection was closed for `reason` (once per connection).
+    pub fn connection_closed(&self, reason: CloseReason) {
+        self.inner.closed[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A PROXY header was accepted.
@@ -561,6 +591,12 @@ impl Metrics {
         self.inner.refused[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Served connections closed for `reason`.
+    #[must_use]
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.inner.closed[reason.index()].load(Ordering::Relaxed)
+    }
+
     /// Configuration reloads: (applied, refused).
     #[must_use]
     pub fn config_reloads(&self) -> (u64, u64) {
@@ -698,6 +734,10 @@ impl Metrics {
             .iter()
             .map(|r| (r.as_str().to_owned(), self.refused_count(*r)))
             .collect();
+        let closed = CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.closed_count(*r)))
+            .collect();
         let accepted = [ProxyVersion::V1, ProxyVersion::V2]
             .iter()
             .zip(&inner.proxy_accepted)
@@ -775,6 +815,7 @@ impl Metrics {
             reloads: Reloads { ok, failed },
             http,
             certificates: inner.certificates.read().clone(),
+            closed,
         }
     }
 
@@ -851,6 +892,16 @@ impl Inner {
         // and in the global series.
         let http: Vec<u64> = routes.iter().map(|h| h.0.http.take_delta()).collect();
         d.global.events += http.iter().sum::<u64>() + self.http_unrouted.take_delta();
+        // Traffic counted outside the connection recorders (kernel-forwarded routes).
+        for h in &routes {
+            let external = std::mem::take(&mut *h.0.external.lock());
+            if external.is_zero() {
+                continue;
+            }
+            d.global += external;
+            let key = Arc::as_ptr(&h.0) as usize;
+            d.by_route.entry(key).or_insert_with(|| (h.clone(), Sample::default())).1 += external;
+        }
         {
             let mut g = self.global.write();
             spread(now, gap, limit, d.global, |t, s| g.push(t, s));

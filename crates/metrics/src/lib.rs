@@ -86,7 +86,7 @@ pub use self::collector::Metrics;
 pub use self::config::{MetricsConfig, PerIp};
 pub use self::conn::ConnectionRecorder;
 pub use self::http::{HttpErrorReason, HttpMethod, HttpPolicyReason};
-pub use self::reason::{ProxyVersion, RefuseReason};
+pub use self::reason::{CloseReason, ProxyVersion, RefuseReason};
 pub use self::route::RouteHandle;
 pub use self::snapshot::{
     Backend, Bucket, CertificateExpiry, Connections, HistogramSnapshot, Histograms,

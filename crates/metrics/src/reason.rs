@@ -1,4 +1,4 @@
-//! Labels: why a connection was refused, PROXY protocol versions.
+//! Labels: why a connection was refused or closed, PROXY protocol versions.
 
 /// Why a connection was refused before it was forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +95,60 @@ impl std::fmt::Display for RefuseReason {
     }
 }
 
+/// Why a served connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// A side ended it: EOF from both sides, a reset or broken pipe from the client or the
+    /// backend, or a socket handler that finished.
+    Peer,
+    /// No byte moved for the inactivity timeout.
+    Inactivity,
+    /// The maximum lifetime passed.
+    Lifetime,
+    /// TCP keepalive probes went unanswered: the kernel declared the peer dead (`ETIMEDOUT`).
+    Keepalive,
+    /// The proxy closed it at the end of the shutdown grace.
+    Shutdown,
+    /// Any other socket or TLS error.
+    Error,
+}
+
+impl CloseReason {
+    /// Every reason, in label order.
+    pub const ALL: &'static [Self] = &[
+        Self::Peer,
+        Self::Inactivity,
+        Self::Lifetime,
+        Self::Keepalive,
+        Self::Shutdown,
+        Self::Error,
+    ];
+
+    /// The label value (`snake_case`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Inactivity => "inactivity",
+            Self::Lifetime => "lifetime",
+            Self::Keepalive => "keepalive",
+            Self::Shutdown => "shutdown",
+            Self::Error => "error",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// PROXY protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -119,5 +173,17 @@ impl ProxyVersion {
 impl std::fmt::Display for ProxyVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_index_follows_all() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r}");
+        }
     }
 }

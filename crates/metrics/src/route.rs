@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::RwLock;
-use smartproxy_throughput::{Series, SeriesConfig};
+use parking_lot::{Mutex, RwLock};
+use smartproxy_throughput::{Sample, Series, SeriesConfig};
 
 /// A route's metrics. Get one per route with [`Metrics::route`](crate::Metrics::route) when the
 /// configuration is (re)loaded, keep it with the compiled route, and pass it to
@@ -23,6 +23,10 @@ pub(crate) struct RouteStats {
     pub(crate) backend_micros: AtomicU64,
     pub(crate) series: RwLock<Series>,
     pub(crate) http: crate::http::HttpStats,
+    /// Traffic counted outside any connection recorder (kernel-forwarded routes), added by
+    /// [`Metrics::add_route_traffic`](crate::Metrics::add_route_traffic) and taken by the
+    /// next tick.
+    pub(crate) external: Mutex<Sample>,
 }
 
 impl RouteHandle {
@@ -36,6 +40,7 @@ impl RouteHandle {
             backend_micros: AtomicU64::new(0),
             series: RwLock::new(Series::new(cfg, start)),
             http: crate::http::HttpStats::default(),
+            external: Mutex::new(Sample::default()),
         }))
     }
 

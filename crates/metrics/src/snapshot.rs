@@ -51,6 +51,10 @@ pub struct Snapshot {
     /// [`Metrics::set_certificate_expiries`]: crate::Metrics::set_certificate_expiries
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateExpiry>,
+    /// Served connections closed, by reason: `peer`, `inactivity`, `lifetime`, `keepalive`,
+    /// `shutdown`, `error` (every reason listed, zeros included).
+    #[serde(default)]
+    pub closed: BTreeMap<String, u64>,
 }
 
 /// Snapshot metadata.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartproxy_metrics::{
-    CertificateExpiry, ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion, RefuseReason,
-    Snapshot,
+    CertificateExpiry, CloseReason, ManualClock, Metrics, MetricsConfig, PerIp, ProxyVersion,
+    RefuseReason, Snapshot,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -170,6 +170,35 @@ fn refused_proxy_backend_and_reloads_reach_the_snapshot() {
     assert_eq!((s.reloads.ok, s.reloads.failed), (1, 1));
     assert_eq!(m.refused_count(RefuseReason::IpLimit), 2);
     assert_eq!(m.config_reloads(), (1, 1));
+}
+
+#[test]
+fn close_reasons_reach_the_snapshot() {
+    let (m, _clock) = metrics_with_clock(MetricsConfig::default());
+    m.connection_closed(CloseReason::Keepalive);
+    m.connection_closed(CloseReason::Peer);
+    m.connection_closed(CloseReason::Peer);
+    m.connection_closed(CloseReason::Inactivity);
+    let s = m.snapshot();
+    assert_eq!(s.closed.len(), CloseReason::ALL.len());
+    let got: Vec<(&str, u64)> = s.closed.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        got,
+        [
+            ("error", 0),
+            ("inactivity", 1),
+            ("keepalive", 1),
+            ("lifetime", 0),
+            ("peer", 2),
+            ("shutdown", 0)
+        ]
+    );
+    assert_eq!(m.closed_count(CloseReason::Peer), 2);
+    // A snapshot serialised before the field existed still reads.
+    let mut v = serde_json::to_value(&s).unwrap();
+    v.as_object_mut().unwrap().remove("closed");
+    let back: Snapshot = serde_json::from_value(v).unwrap();
+    assert!(back.closed.is_empty());
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::model::{LoadBalancing, RouteAction, SendProxyProtocol, TlsMode};
+use crate::model::{ForwardingEngine, LoadBalancing, RouteAction, SendProxyProtocol, TlsMode};
 use crate::table::{PeekNeed, RouteTable};
 
 /// The compiled table as data: port groups in port order, then every route.
@@ -75,6 +75,9 @@ pub struct RouteDump {
     /// PROXY header towards the targets.
     #[serde(skip_serializing_if = "SendProxyProtocol::is_off")]
     pub send_proxy_protocol: SendProxyProtocol,
+    /// `"nftables"` for a route the kernel forwards (absent for the proxy).
+    #[serde(skip_serializing_if = "ForwardingEngine::is_proxy")]
+    pub forwarding_engine: ForwardingEngine,
     /// Targets with their open connections.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetDump>,
@@ -98,6 +101,9 @@ pub struct RouteDump {
     pub rate_limit_per_minute: Option<u32>,
     /// Connections holding a route limit guard now.
     pub open_connections: u32,
+    /// The route's `timeouts` table as written (the engine's `[defaults]` fill the rest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<crate::timeouts::RouteTimeouts>,
 }
 
 /// A target and its load.
@@ -175,6 +181,10 @@ impl RouteTable {
                     handler,
                     load_balancing: lb,
                     send_proxy_protocol: spp,
+                    forwarding_engine: match &c.action {
+                        RouteAction::Forward(f) => f.forwarding_engine,
+                        RouteAction::SocketHandler(_) => ForwardingEngine::Proxy,
+                    },
                     targets: r
                         .targets
                         .list
@@ -193,6 +203,7 @@ impl RouteTable {
                     max_connections_per_ip: sec.max_connections_per_ip,
                     rate_limit_per_minute: sec.rate_limit_per_minute,
                     open_connections: r.limits().open_connections(),
+                    timeouts: c.timeouts.clone(),
                 }
             })
             .collect();

@@ -1,5 +1,6 @@
 //! Durations written as strings: `"250ms"`, `"30s"`, `"5m"`, `"4h"`, `"1d"`, or combined
-//! (`"1h30m"`). A bare number is seconds.
+//! (`"1h30m"`). A bare number (`10`, `"10"`) is refused: HAProxy reads milliseconds where
+//! others read seconds, so the unit must be written.
 
 use std::fmt;
 use std::time::Duration;
@@ -13,8 +14,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bare(s));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -46,6 +47,13 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+fn bare(n: impl fmt::Display) -> String {
+    format!(
+        "invalid duration `{n}`: a number needs a unit: \"{n}s\" (seconds) or \"{n}ms\" \
+         (milliseconds); units: ms, s, m, h, d"
+    )
+}
+
 /// Formats a duration the way [`parse`] reads it (`"90s"` -> `"1m30s"`).
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
@@ -74,12 +82,13 @@ impl Visitor<'_> for DurationVisitor {
         f.write_str("a duration such as \"30s\", \"5m\" or \"4h\"")
     }
     fn visit_u64<E: de::Error>(self, n: u64) -> Result<Duration, E> {
-        Ok(Duration::from_secs(n))
+        Err(E::custom(bare(n)))
     }
     fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
-        u64::try_from(n)
-            .map(Duration::from_secs)
-            .map_err(|_| E::custom("a duration cannot be negative"))
+        Err(E::custom(bare(n)))
+    }
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<Duration, E> {
+        Err(E::custom(bare(n)))
     }
     fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
         parse(s).map_err(E::custom)
@@ -125,7 +134,6 @@ mod tests {
         assert_eq!(parse("4h"), Ok(Duration::from_secs(4 * 3600)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse("10"), Ok(Duration::from_secs(10)));
     }
 
     #[test]
@@ -133,6 +141,8 @@ mod tests {
         assert!(parse("").unwrap_err().contains("empty"));
         assert!(parse("5x").unwrap_err().contains("unknown unit `x`"));
         assert!(parse("s").unwrap_err().contains("number before"));
+        let e = parse("10").unwrap_err();
+        assert!(e.contains("\"10s\" (seconds) or \"10ms\""), "{e}");
     }
 
     #[test]

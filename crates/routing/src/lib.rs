@@ -47,6 +47,7 @@ mod policy;
 mod table;
 mod target;
 mod template;
+mod timeouts;
 mod validate;
 mod validate_http;
 mod validate_policy;
@@ -63,15 +64,19 @@ pub use self::limits::{
 };
 pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
-    CertificateConfig, ForwardAction, HandlerAction, LoadBalancing, PortRange, PortSpec,
-    RouteAction, RouteConfig, RouteMatch, RouteSecurity, SendProxyProtocol, Target, TargetPort,
-    TlsConfig, TlsMode, TlsVersion,
+    CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, LoadBalancing,
+    NftablesOptions, NftablesProtocol, PortRange, PortSpec, RouteAction, RouteConfig, RouteMatch,
+    RouteSecurity, SendProxyProtocol, Target, TargetPort, TlsConfig, TlsMode, TlsVersion,
 };
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::policy::{BasicAuth, Cors, JwtAlgorithm, JwtAuth, RateLimitKey, RequestRateLimit};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectionGuard, SelectedTarget};
 pub use self::template::{TEMPLATE_VARIABLES, Template, TemplateError, TemplateVars};
+pub use self::timeouts::{
+    KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
+    RouteTimeouts, TcpKeepalive, multiplier_problem,
+};
 pub use self::validate::{
     BUILTIN_HANDLERS, REDIRECT_STATUSES, UPSTREAM_SNI, ValidationOptions, validate, validate_with,
 };

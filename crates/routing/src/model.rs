@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::timeouts::RouteTimeouts;
+
 /// One route: a match and an action, plus optional security settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +45,9 @@ pub struct RouteConfig {
     /// Route-level access control and limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<RouteSecurity>,
+    /// Route-level timeouts and keep-alive treatment, overriding the engine's `[defaults]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RouteTimeouts>,
 }
 
 impl RouteConfig {
@@ -58,6 +63,7 @@ impl RouteConfig {
             matcher,
             action,
             security: None,
+            timeouts: None,
         }
     }
 
@@ -76,6 +82,18 @@ impl RouteConfig {
     /// Sets the security block.
     pub fn with_security(mut self, security: RouteSecurity) -> Self {
         self.security = Some(security);
+        self
+    }
+
+    /// Whether the kernel forwards this route (`forwarding_engine = "nftables"`): the proxy
+    /// does not listen on its ports.
+    pub fn is_kernel_forwarded(&self) -> bool {
+        matches!(&self.action, RouteAction::Forward(f) if f.is_kernel_forwarded())
+    }
+
+    /// Sets the timeouts table.
+    pub fn with_timeouts(mut self, timeouts: RouteTimeouts) -> Self {
+        self.timeouts = Some(timeouts);
         self
     }
 }
@@ -344,12 +362,19 @@ pub struct ForwardAction {
     /// How a target is picked.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
-    /// Deadline for the TCP connect to a target (default 10 s).
+    /// Deadline for the TCP connect to a target (default: `[defaults] connect_timeout`, 10 s).
+    /// The route's `timeouts.connect` wins over it.
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
     /// Serve the route with the HTTP layer: every request is routed on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<crate::http::HttpOptions>,
+    /// Who forwards: the proxy process (default) or the kernel's NAT rules (`"nftables"`).
+    #[serde(default, skip_serializing_if = "ForwardingEngine::is_proxy")]
+    pub forwarding_engine: ForwardingEngine,
+    /// Options of kernel forwarding; only with `forwarding_engine = "nftables"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nftables: Option<NftablesOptions>,
 }
 
 impl ForwardAction {
@@ -362,6 +387,8 @@ impl ForwardAction {
             load_balancing: LoadBalancing::default(),
             connect_timeout: None,
             http: None,
+            forwarding_engine: ForwardingEngine::Proxy,
+            nftables: None,
         }
     }
 
@@ -369,6 +396,19 @@ impl ForwardAction {
     pub fn with_http(mut self, http: crate::http::HttpOptions) -> Self {
         self.http = Some(http);
         self
+    }
+
+    /// Forwarded by the kernel's nftables NAT rules with these options instead of the proxy
+    /// process (`forwarding_engine = "nftables"`).
+    pub fn with_nftables(mut self, options: NftablesOptions) -> Self {
+        self.forwarding_engine = ForwardingEngine::Nftables;
+        self.nftables = Some(options);
+        self
+    }
+
+    /// Whether the kernel forwards this route (`forwarding_engine = "nftables"`).
+    pub const fn is_kernel_forwarded(&self) -> bool {
+        matches!(self.forwarding_engine, ForwardingEngine::Nftables)
     }
 
     /// Sets the TLS block.
@@ -387,6 +427,88 @@ impl ForwardAction {
     pub fn with_load_balancing(mut self, lb: LoadBalancing) -> Self {
         self.load_balancing = lb;
         self
+    }
+}
+
+/// Who forwards a route's connections: `forwarding_engine = "proxy" | "nftables"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ForwardingEngine {
+    /// The proxy process accepts, routes and copies (default).
+    #[default]
+    Proxy,
+    /// Kernel NAT rules (nftables) forward the port: layer 4 only, no user-space work.
+    Nftables,
+}
+
+impl ForwardingEngine {
+    /// Whether this is the default, the proxy process.
+    pub const fn is_proxy(&self) -> bool {
+        matches!(self, Self::Proxy)
+    }
+}
+
+/// `nftables = { preserve_source_ip, protocol }` of a kernel-forwarded route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NftablesOptions {
+    /// `true`: the target sees the client's address (its replies must route back through
+    /// this host). `false` (default): the source is masqueraded to this host's address.
+    #[serde(default)]
+    pub preserve_source_ip: bool,
+    /// `"tcp"` (default), `"udp"` or `"all"` (both).
+    #[serde(default)]
+    pub protocol: NftablesProtocol,
+}
+
+impl NftablesOptions {
+    /// Masqueraded TCP, the defaults.
+    pub const fn new() -> Self {
+        Self { preserve_source_ip: false, protocol: NftablesProtocol::Tcp }
+    }
+
+    /// Sets `preserve_source_ip`.
+    pub const fn with_preserve_source_ip(mut self, preserve: bool) -> Self {
+        self.preserve_source_ip = preserve;
+        self
+    }
+
+    /// Sets the protocol.
+    pub const fn with_protocol(mut self, protocol: NftablesProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+}
+
+/// The transport protocols a kernel-forwarded route forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum NftablesProtocol {
+    /// TCP only (default).
+    #[default]
+    Tcp,
+    /// UDP only.
+    Udp,
+    /// TCP and UDP.
+    All,
+}
+
+impl NftablesProtocol {
+    /// Whether TCP is forwarded.
+    pub const fn tcp(self) -> bool {
+        matches!(self, Self::Tcp | Self::All)
+    }
+
+    /// `"tcp"`, `"udp"` or `"all"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::All => "all",
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::domain::{DomainKind, MAX_NAME, normalize};
 use crate::error::ValidationError;
+use crate::ip::IpList;
 use crate::limits::RouteLimits;
 use crate::matchers::{MatchInput, Matchers};
 use crate::model::{PortRange, RouteAction, RouteConfig, TlsMode};
@@ -145,6 +146,23 @@ impl CompiledRoute {
             RouteAction::Forward(f) => f.http.as_ref(),
             RouteAction::SocketHandler(_) => None,
         }
+    }
+
+    /// Whether the kernel forwards this route (`forwarding_engine = "nftables"`): it is in
+    /// [`RouteTable::routes`] but never in a lookup, and its ports are not in
+    /// [`RouteTable::ports`].
+    pub fn is_kernel_forwarded(&self) -> bool {
+        self.config.is_kernel_forwarded()
+    }
+
+    /// `security.ip_allow_list`, parsed and normalised.
+    pub fn ip_allow_list(&self) -> &IpList {
+        &self.m.allow
+    }
+
+    /// `security.ip_block_list`, parsed and normalised.
+    pub fn ip_block_list(&self) -> &IpList {
+        &self.m.block
     }
 }
 
@@ -302,7 +320,9 @@ impl RouteTable {
     fn index(routes: Vec<CompiledRoute>) -> Self {
         // Port segments: sweep over range boundaries.
         let mut bounds: Vec<u32> = Vec::new();
-        for r in routes.iter().filter(|r| r.config.enabled) {
+        // Kernel-forwarded routes own their ports outside the proxy: not in the index.
+        let served = |r: &CompiledRoute| r.config.enabled && !r.config.is_kernel_forwarded();
+        for r in routes.iter().filter(|r| served(r)) {
             for pr in &r.config.matcher.ports.0 {
                 bounds.push(u32::from(pr.start));
                 bounds.push(u32::from(pr.end) + 1);
@@ -317,7 +337,7 @@ impl RouteTable {
             let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
             let mut members: Vec<u32> = routes
                 .iter()
-                .filter(|r| r.config.enabled && r.config.matcher.ports.contains(lo))
+                .filter(|r| served(r) && r.config.matcher.ports.contains(lo))
                 .map(|r| r.index as u32)
                 .collect();
             if members.is_empty() {
@@ -457,7 +477,14 @@ impl RouteTable {
         self.by_name.get(name).and_then(|&i| self.routes.get(i as usize))
     }
 
-    /// Every listening port of the enabled routes, sorted, without repeats.
+    /// The enabled routes that the kernel forwards (`forwarding_engine = "nftables"`), in
+    /// configuration order.
+    pub fn kernel_routes(&self) -> impl Iterator<Item = &CompiledRoute> + '_ {
+        self.routes.iter().filter(|r| r.config.enabled && r.is_kernel_forwarded())
+    }
+
+    /// Every listening port of the enabled routes that the proxy serves (kernel-forwarded
+    /// routes excluded), sorted, without repeats.
     pub fn ports(&self) -> Vec<u16> {
         self.ports.to_vec()
     }

@@ -7,7 +7,8 @@ use crate::error::ValidationError;
 use crate::ip::IpList;
 use crate::matchers::{HeaderMatcher, Matchers};
 use crate::model::{
-    CertificateConfig, HandlerAction, RouteAction, RouteConfig, TargetPort, TlsMode, TlsVersion,
+    CertificateConfig, ForwardAction, HandlerAction, LoadBalancing, RouteAction, RouteConfig,
+    TargetPort, TlsMode, TlsVersion,
 };
 use crate::path::PathPattern;
 
@@ -85,6 +86,7 @@ pub(crate) fn check(
     check_tls_conflicts(routes, &compiled, &mut out);
     crate::validate_http::check_http(routes, &mut out);
     crate::validate_policy::check_policies(routes, &mut out);
+    check_engine_ports(routes, &mut out);
     // Route by route, in key order within a route as found.
     out.sort_by_key(|e| route_of(&e.path));
     (compiled, out)
@@ -184,6 +186,14 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
             }
             if f.connect_timeout.is_some_and(|d| d.is_zero()) {
                 e.push("action.connect_timeout", "connect timeout must be longer than zero");
+            }
+            if f.is_kernel_forwarded() {
+                check_kernel_forwarded(r, f, e);
+            } else if f.nftables.is_some() {
+                e.push(
+                    "action.nftables",
+                    "nftables options apply only with forwarding_engine = \"nftables\"",
+                );
             }
             if let Some(tls) = &f.tls {
                 match tls.mode {
@@ -286,6 +296,13 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
         }
     };
 
+    // timeouts
+    if let Some(t) = &r.timeouts {
+        for (key, msg) in t.problems() {
+            e.push(format!("timeouts.{key}"), msg);
+        }
+    }
+
     if e.out.len() != before {
         return None;
     }
@@ -319,6 +336,126 @@ fn check_auto_domains(domains: &[String], e: &mut Errs<'_>) {
                      route certificate files"
                 ),
             );
+        }
+    }
+}
+
+/// What kernel forwarding (`forwarding_engine = "nftables"`) cannot honour: the kernel
+/// rewrites the addresses of packets by port and never reads the stream, so nothing that needs
+/// the first bytes, a user-space connection or per-connection logic can apply.
+fn check_kernel_forwarded(r: &RouteConfig, f: &ForwardAction, e: &mut Errs<'_>) {
+    const WHY: &str = "kernel forwarding (forwarding_engine = \"nftables\")";
+    if f.tls.is_some() {
+        e.push(
+            "action.tls",
+            format!(
+                "{WHY} cannot handle TLS: the kernel rewrites packet addresses and never sees a \
+                 handshake or a server name; use the proxy for TLS routes"
+            ),
+        );
+    }
+    if !f.send_proxy_protocol.is_off() {
+        e.push(
+            "action.send_proxy_protocol",
+            format!(
+                "{WHY} cannot send a PROXY header: the kernel does not write into the stream; \
+                 to show the client's address to the target use nftables = \
+                 {{ preserve_source_ip = true }}"
+            ),
+        );
+    }
+    if f.load_balancing == LoadBalancing::LeastConnections {
+        e.push(
+            "action.load_balancing",
+            format!(
+                "{WHY} cannot balance by least connections: the kernel does not count open \
+                 connections per target; use \"round-robin\" or \"ip-hash\""
+            ),
+        );
+    }
+    if f.connect_timeout.is_some() {
+        e.push(
+            "action.connect_timeout",
+            format!(
+                "{WHY} makes no connection of its own to the target (the client's packets go \
+                 through), so there is no connect to time out"
+            ),
+        );
+    }
+    let m = &r.matcher;
+    let first_bytes = |what: &str| {
+        format!(
+            "{WHY} matches on the port only: the kernel does not read the first bytes of a \
+             connection, so it cannot match {what}"
+        )
+    };
+    if !m.domains.is_empty() {
+        e.push("match.domains", first_bytes("domains (SNI or Host)"));
+    }
+    if m.path.is_some() {
+        e.push("match.path", first_bytes("an HTTP path"));
+    }
+    if !m.headers.is_empty() {
+        e.push("match.headers", first_bytes("HTTP headers"));
+    }
+    if !m.tls_version.is_empty() {
+        e.push("match.tls_version", first_bytes("a TLS version"));
+    }
+    if !m.client_ip.is_empty() {
+        e.push(
+            "match.client_ip",
+            format!(
+                "{WHY} owns its ports, so no other route could take the clients that do not \
+                 match; use security.ip_allow_list, which the kernel rules enforce"
+            ),
+        );
+    }
+    if let Some(s) = &r.security {
+        if s.max_connections_per_ip.is_some() {
+            e.push(
+                "security.max_connections_per_ip",
+                format!(
+                    "{WHY} has no per-client limit; security.max_connections (a conntrack \
+                     count) and the allow and block lists are what the kernel rules enforce"
+                ),
+            );
+        }
+        if s.rate_limit_per_minute.is_some() {
+            e.push(
+                "security.rate_limit_per_minute",
+                format!(
+                    "{WHY} has no rate limit; security.max_connections (a conntrack count) and \
+                     the allow and block lists are what the kernel rules enforce"
+                ),
+            );
+        }
+    }
+}
+
+/// A kernel-forwarded TCP port that a proxied route (or a handler) listens on too: the NAT
+/// rule would take every connection before the proxy could see it.
+fn check_engine_ports(routes: &[RouteConfig], out: &mut Vec<ValidationError>) {
+    for (i, k) in routes.iter().enumerate() {
+        let RouteAction::Forward(f) = &k.action else { continue };
+        let tcp = f.nftables.unwrap_or_default().protocol.tcp();
+        if !k.enabled || !f.is_kernel_forwarded() || !tcp {
+            continue;
+        }
+        for (j, p) in routes.iter().enumerate() {
+            if !p.enabled || p.is_kernel_forwarded() {
+                continue;
+            }
+            let Some(port) = common_port(k, p) else { continue };
+            out.push(ValidationError::new(
+                format!("routes[{i}].match.ports"),
+                format!(
+                    "TCP port {port} is forwarded by the kernel for this route and is also a \
+                     port of route `{}` (routes[{j}]), which the proxy serves: the NAT rule \
+                     would take every connection to it; give one of them another port (a \
+                     route with nftables = {{ protocol = \"udp\" }} may share it)",
+                    route_name(p, j)
+                ),
+            ));
         }
     }
 }

@@ -154,6 +154,66 @@ action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode 
 }
 
 #[test]
+fn timeout_errors() {
+    insta::assert_debug_snapshot!(errors(
+        r#"
+[[routes]]
+name = "db"
+match = { ports = [5432] }
+action = { type = "forward", targets = [{ host = "10.0.0.5", port = 5432 }] }
+timeouts = { inactivity = "8h", max_lifetime = "7d", connect = "3s", keepalive_treatment = "immortal" }
+
+[[routes]]
+name = "bad"
+match = { ports = [5433] }
+action = { type = "forward", targets = [{ host = "10.0.0.5", port = 5432 }] }
+timeouts = { inactivity = "0s", max_lifetime = "0s", connect = "0ms", initial_data = "0s", keepalive_inactivity_multiplier = 0, tcp_keepalive = { idle = "1500ms", interval = "0s", count = 200 } }
+
+[[routes]]
+name = "big-multiplier"
+match = { ports = [5434] }
+action = { type = "socket-handler", handler = "echo" }
+timeouts = { keepalive_treatment = "extended", keepalive_inactivity_multiplier = 1001, tcp_keepalive = false }
+"#
+    ));
+}
+
+#[test]
+fn timeout_keys_read_and_unknown_ones_are_refused() {
+    let r = routes(
+        r#"
+[[routes]]
+match = { ports = [5432] }
+action = { type = "forward", targets = [{ host = "10.0.0.5", port = 5432 }] }
+timeouts = { inactivity = "8h", max_lifetime = "7d", connect = "3s", keepalive_treatment = "immortal", tcp_keepalive = { idle = "2s", interval = "1s", count = 2 }, randomize = true }
+"#,
+    );
+    let t = r[0].timeouts.as_ref().unwrap();
+    assert_eq!(t.inactivity, Some(std::time::Duration::from_secs(8 * 3600)));
+    assert_eq!(t.max_lifetime, Some(std::time::Duration::from_secs(7 * 86_400)));
+    assert_eq!(t.connect, Some(std::time::Duration::from_secs(3)));
+    assert_eq!(t.keepalive_treatment, Some(KeepaliveTreatment::Immortal));
+    assert_eq!(t.randomize, Some(true));
+    assert_eq!(t.tcp_keepalive.unwrap().detection_time(), Some(std::time::Duration::from_secs(4)));
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct F {
+        routes: Vec<RouteConfig>,
+    }
+    let bad = "[[routes]]\nmatch = { ports = 1 }\naction = { type = \"socket-handler\", handler = \"echo\" }\ntimeouts = { inactivity = \"1s\", idle = \"2s\" }";
+    let e = toml::from_str::<F>(bad).unwrap_err().to_string();
+    assert!(e.contains("idle"), "{e}");
+    let bad = bad.replace("idle = \"2s\"", "keepalive_treatment = \"forever\"");
+    let e = toml::from_str::<F>(&bad).unwrap_err().to_string();
+    assert!(e.contains("forever") && e.contains("immortal"), "{e}");
+    // The dump carries the table as written.
+    let table = RouteTable::compile(r).unwrap();
+    let dump = serde_json::to_value(table.dump()).unwrap();
+    assert_eq!(dump["routes"][0]["timeouts"]["keepalive_treatment"], "immortal");
+    assert_eq!(dump["routes"][0]["timeouts"]["max_lifetime"], "7d");
+}
+
+#[test]
 fn custom_handlers() {
     let r = routes(
         r#"

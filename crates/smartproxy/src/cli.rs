@@ -29,7 +29,8 @@ pub(crate) enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Check a configuration file: print OK and exit 0, or every error and exit 1.
+    /// Check a configuration file: print the timeouts of each route's connections and OK, and
+    /// exit 0; or every error and exit 1.
     Validate {
         /// Configuration file.
         #[arg(short, long, value_name = "FILE")]

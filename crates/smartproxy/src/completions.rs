@@ -128,7 +128,8 @@ pub(crate) fn render_man(out: &mut dyn Write) -> io::Result<()> {
         (
             "SIGTERM, SIGINT",
             "stop accepting, let open connections finish for defaults.shutdown_grace \
-             (30 s by default), close the rest and exit 0",
+             (30 s by default), close the rest, remove the kernel forwarding (nftables) \
+             rules and exit 0",
         ),
     ] {
         roff.control("TP", []);

@@ -41,17 +41,21 @@ impl Control {
             }
         };
         match self.engine.reload(config).await {
-            Ok(s) if s.restart_required.is_empty() => Ok(format!(
-                "reloaded: {} routes, ports added {:?}, removed {:?}",
-                s.routes, s.added_ports, s.removed_ports
-            )),
-            Ok(s) => Ok(format!(
-                "reloaded: {} routes, ports added {:?}, removed {:?}; restart required for: {}",
-                s.routes,
-                s.added_ports,
-                s.removed_ports,
-                s.restart_required.join(", ")
-            )),
+            Ok(s) => {
+                let mut msg = format!(
+                    "reloaded: {} routes, ports added {:?}, removed {:?}",
+                    s.routes, s.added_ports, s.removed_ports
+                );
+                if !s.restart_required.is_empty() {
+                    msg.push_str("; restart required for: ");
+                    msg.push_str(&s.restart_required.join(", "));
+                }
+                if let Some(e) = &s.kernel_error {
+                    msg.push_str("; ");
+                    msg.push_str(e);
+                }
+                Ok(msg)
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -65,6 +69,11 @@ impl AdminHooks for Control {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> {
         let this = self.clone();
         Box::pin(async move { this.reload().await })
+    }
+
+    fn nftables(&self) -> Pin<Box<dyn Future<Output = Option<serde_json::Value>> + Send>> {
+        let engine = self.engine.clone();
+        Box::pin(async move { Some(engine.nftables_status().await) })
     }
 
     fn certificates(&self) -> serde_json::Value {

@@ -11,6 +11,7 @@ mod cli;
 mod completions;
 mod control;
 mod logs;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -174,6 +175,9 @@ fn validate(path: &Path) -> ExitCode {
                     "warning: {}: no routes: `run` would listen on nothing but the admin API",
                     path.display()
                 ));
+            } else {
+                // The timeouts each route's connections get, then OK.
+                logs::out(format_args!("{}", report::timeouts_table(&c).trim_end()));
             }
             logs::out(format_args!("OK"));
             ExitCode::SUCCESS
@@ -193,11 +197,22 @@ async fn run(
     let engine = Engine::builder().config(config).runtimes(workers).start().await?;
     let control = Control { engine: engine.clone(), file };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let admin = control::start_admin(&control, &stop).await?;
-    control::start_statsd(&engine, &stop)?;
-    // Handlers first, so that a signal sent as soon as the listeners are printed is not lost
-    // (the default action of SIGTERM would kill the process without draining).
-    let mut signals = Signals::install()?;
+    let started = async {
+        let admin = control::start_admin(&control, &stop).await?;
+        control::start_statsd(&engine, &stop)?;
+        // Handlers first, so that a signal sent as soon as the listeners are printed is not
+        // lost (the default action of SIGTERM would kill the process without draining).
+        let signals = Signals::install()?;
+        anyhow::Ok((admin, signals))
+    };
+    let (admin, mut signals) = match started.await {
+        Ok(s) => s,
+        Err(e) => {
+            // Stop what did start, the kernel forwarding rules included, before failing.
+            engine.shutdown(std::time::Duration::ZERO).await;
+            return Err(e);
+        }
+    };
     // The command's output; a closed stdout does not stop the proxy (counted, see `logs`).
     for addr in engine.local_addrs() {
         logs::out(format_args!("listening on {addr}"));

@@ -37,10 +37,27 @@ fn demo_serves_and_stops_on_sigterm() {
         );
     }
     let mut child = bin().stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first four lines, read on a thread so that the wait is bounded.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut seen = Vec::new();
-    for _ in 0..4 {
-        seen.push(lines.next().unwrap().unwrap());
+    while seen.len() < 4 {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => seen.push(line),
+            Err(e) => {
+                let exited = child.try_wait().unwrap();
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the demo printed {seen:?}, then {e} (exited: {exited:?})");
+            }
+        }
     }
     assert_eq!(
         seen,

@@ -128,6 +128,7 @@ fn capture_live(make: impl FnOnce(u16) -> Command) -> Vec<u8> {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut cmd = make(port);
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
     let child = match child {
         Ok(c) => c,
@@ -142,8 +143,9 @@ fn capture_live(make: impl FnOnce(u16) -> Command) -> Vec<u8> {
     let mut sock = loop {
         match listener.accept() {
             Ok((s, _)) => break s,
+            // A bounded poll for the client's connection.
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("no connection: {e}"),
+            Err(e) => panic!("{program} made no connection to port {port} within 10 s: {e}"),
         }
     };
     sock.set_nonblocking(false).unwrap();

@@ -79,6 +79,15 @@ pub(super) fn build(
             err(path, "must be longer than 0s".into());
         }
     }
+    if let Some(msg) = smartproxy_routing::multiplier_problem(d.keepalive_inactivity_multiplier) {
+        err("defaults.keepalive_inactivity_multiplier", msg);
+    }
+    if d.extended_keepalive_lifetime.is_zero() {
+        err("defaults.extended_keepalive_lifetime", "must be longer than 0s".into());
+    }
+    for (key, msg) in d.tcp_keepalive.problems() {
+        err(&format!("defaults.tcp_keepalive.{key}"), msg);
+    }
     for (key, msg) in d.http_settings().check() {
         err(&format!("defaults.{key}"), msg);
     }
@@ -138,7 +147,7 @@ pub(super) fn build(
         },
         None => None,
     };
-    let compiled = match compile(&routes, handlers, default_cert) {
+    let compiled = match compile(&routes, handlers, default_cert, &bind) {
         Ok(c) => Some(c),
         Err(list) => {
             for mut e in list {
@@ -188,6 +197,7 @@ pub(super) fn compile(
     routes: &[RouteConfig],
     handlers: &[&str],
     default_cert: Option<LoadedCert>,
+    bind: &[IpAddr],
 ) -> Result<Compiled, Vec<ConfigError>> {
     let opts =
         ValidationOptions::default().with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()));
@@ -199,6 +209,8 @@ pub(super) fn compile(
             None
         }
     };
+    // What nftables cannot honour in the kernel-forwarded routes (`bind`: their addresses).
+    errors.extend(crate::kernel::check(routes, bind));
     let tls = TlsFiles::load(routes, &mut errors);
     // The htpasswd and JWT key files of authenticating routes, read here once (and again on
     // every reload, which parses the configuration again).

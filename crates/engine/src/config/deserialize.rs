@@ -79,7 +79,12 @@ where
     V: serde::Deserializer<'de> + Prune,
     V::Error: std::fmt::Display,
 {
-    let top: Option<File> = one(top, "", true, locator, errors);
+    // `immortal` connections obey a lifetime only when one is written.
+    let lifetime_written = top.clone().remove_path("defaults.max_connection_lifetime");
+    let mut top: Option<File> = one(top, "", true, locator, errors);
+    if let Some(f) = &mut top {
+        f.defaults.max_connection_lifetime_explicit = lifetime_written;
+    }
     let total = routes.len();
     let mut kept = Vec::with_capacity(total);
     let mut parsed = Vec::with_capacity(total);

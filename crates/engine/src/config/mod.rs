@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use smartproxy_routing::duration as dur;
-use smartproxy_routing::{IpPattern, RouteConfig, RouteTable};
+use smartproxy_routing::{IpPattern, KeepaliveTreatment, RouteConfig, RouteTable, TcpKeepalive};
 
 use smartproxy_acme::AcmeConfig;
 
@@ -164,7 +164,9 @@ pub struct Defaults {
     /// A connection with no byte in either direction for this long is closed (default 4 h).
     #[serde(default = "d4h", with = "dur")]
     pub inactivity_timeout: Duration,
-    /// A connection is closed after this long whatever it does (default 24 h).
+    /// A connection is closed after this long whatever it does (default 24 h). `immortal`
+    /// connections obey it only when it is set explicitly: written in the file, or through
+    /// [`Defaults::set_max_connection_lifetime`].
     #[serde(default = "d24h", with = "dur")]
     pub max_connection_lifetime: Duration,
     /// Open connections per client IP (default 100; 0 = unlimited).
@@ -191,6 +193,29 @@ pub struct Defaults {
     /// copies everything through user space.
     #[serde(default = "default_true")]
     pub splice: bool,
+    /// How inactivity and lifetime are treated (SmartProxy's `keepAliveTreatment`):
+    /// `"standard"` (default), `"extended"` (inactivity × `keepalive_inactivity_multiplier`,
+    /// lifetime `extended_keepalive_lifetime`) or `"immortal"` (no inactivity timeout).
+    #[serde(default)]
+    pub keepalive_treatment: KeepaliveTreatment,
+    /// The inactivity multiplier of `extended` (default 6, 1 to 1000).
+    #[serde(default = "d6")]
+    pub keepalive_inactivity_multiplier: u32,
+    /// The lifetime of `extended` connections whose route sets no `max_lifetime` (default 7 d,
+    /// SmartProxy's `extendedKeepAliveLifetime`).
+    #[serde(default = "d7d", with = "dur")]
+    pub extended_keepalive_lifetime: Duration,
+    /// TCP keepalive probes on the client and backend sockets (default on: `{ idle = "60s",
+    /// interval = "10s", count = 6 }`; `false` turns them off).
+    #[serde(default)]
+    pub tcp_keepalive: TcpKeepalive,
+    /// ±5 % jitter on the inactivity timeout and lifetime of each connection (default false),
+    /// so that connections opened together do not all close together.
+    #[serde(default)]
+    pub randomize_timeouts: bool,
+    /// `max_connection_lifetime` was set explicitly (it then bounds `immortal` connections).
+    #[serde(skip)]
+    pub(crate) max_connection_lifetime_explicit: bool,
     /// HTTP routes: time a client has to send a whole request head, from its first byte
     /// (slowloris is cut here; 408). Default 10 s.
     #[serde(default = "http_d10s", with = "dur")]
@@ -217,6 +242,18 @@ pub struct Defaults {
 }
 
 impl Defaults {
+    /// Sets `max_connection_lifetime` explicitly: unlike the default value, it then bounds
+    /// `immortal` connections too.
+    pub fn set_max_connection_lifetime(&mut self, lifetime: Duration) {
+        self.max_connection_lifetime = lifetime;
+        self.max_connection_lifetime_explicit = true;
+    }
+
+    /// Whether `max_connection_lifetime` was set explicitly.
+    pub fn max_connection_lifetime_is_explicit(&self) -> bool {
+        self.max_connection_lifetime_explicit
+    }
+
     /// The HTTP layer's settings from these defaults.
     pub fn http_settings(&self) -> smartproxy_routing::HttpSettings {
         let mut s = smartproxy_routing::HttpSettings::default();
@@ -243,6 +280,12 @@ impl Default for Defaults {
             connect_timeout: d10s(),
             shutdown_grace: d30s(),
             splice: true,
+            keepalive_treatment: KeepaliveTreatment::default(),
+            keepalive_inactivity_multiplier: d6(),
+            extended_keepalive_lifetime: d7d(),
+            tcp_keepalive: TcpKeepalive::default(),
+            randomize_timeouts: false,
+            max_connection_lifetime_explicit: false,
             request_header_timeout: http_d10s(),
             http_keepalive_timeout: d60s(),
             http_response_timeout: d60s(),
@@ -423,6 +466,12 @@ fn d4h() -> Duration {
 }
 fn d24h() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn d7d() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn d6() -> u32 {
+    6
 }
 fn http_d10s() -> Duration {
     Duration::from_secs(10)
@@ -621,7 +670,8 @@ impl Config {
         if self.compiled.default_cert.is_some() {
             errors.extend(check::default_cert_name(&routes, &[]));
         }
-        let compiled = match check::compile(&routes, handlers, self.compiled.default_cert.clone()) {
+        let default = self.compiled.default_cert.clone();
+        let compiled = match check::compile(&routes, handlers, default, &self.bind) {
             Ok(c) if errors.is_empty() => c,
             Ok(_) => return Err(ConfigErrors { file: None, errors }),
             Err(mut list) => {
@@ -635,6 +685,18 @@ impl Config {
     /// The routes, as written.
     pub fn routes(&self) -> &[RouteConfig] {
         &self.routes
+    }
+
+    /// The timeouts that apply to each route's connections (its `timeouts` table over
+    /// `[defaults]`), with the route's name, in configuration order.
+    pub fn route_timeouts(&self) -> Vec<(String, crate::EffectiveTimeouts)> {
+        self.table()
+            .routes()
+            .iter()
+            .map(|r| {
+                (r.name().to_owned(), crate::EffectiveTimeouts::resolve(&self.defaults, r.config()))
+            })
+            .collect()
     }
 
     /// Whether PROXY headers are accepted from `proxy_ips`.
@@ -668,7 +730,7 @@ impl Config {
         if let Some(prev) = previous {
             if Arc::get_mut(&mut self.compiled.table).is_none() {
                 let default = self.compiled.default_cert.clone();
-                if let Ok(c) = check::compile(&self.routes, handlers, default) {
+                if let Ok(c) = check::compile(&self.routes, handlers, default, &self.bind) {
                     self.compiled.table = c.table;
                 }
             }

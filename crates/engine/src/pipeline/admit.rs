@@ -36,6 +36,7 @@ pub(crate) fn admit(
         trusted,
         accepted,
         guards: Guards::default(),
+        route: None,
     };
     let Some(global) = global else {
         return Err(c.refuse(Refusal::GlobalLimit, ""));

@@ -1,9 +1,11 @@
 //! Stage 7, close: the one log line of a connection that was served (a refused one logged its
-//! refusal instead). The books close when the connection's observer is dropped, after its
-//! guards: metrics and limits are released exactly once, by drop.
+//! refusal instead), and its close reason counted (metrics: `connections_closed{reason}`).
+//! The books close when the connection's observer is dropped, after its guards: metrics and
+//! limits are released exactly once, by drop.
 
 use std::net::SocketAddr;
 
+use super::serve_http::HttpEnd;
 use crate::copy::Outcome;
 use crate::observe::ConnObserver;
 
@@ -16,32 +18,35 @@ pub(crate) fn log_close(
     outcome: &Outcome,
 ) {
     let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
+    let close = outcome.close_reason();
+    obs.closed(close);
+    let close = close.as_str();
     match outcome {
         Outcome::Error(e) => {
-            tracing::debug!(%client, port, route, bytes_in, bytes_out, error = %e, "connection closed on error");
+            tracing::debug!(%client, port, route, bytes_in, bytes_out, close, error = %e, "connection closed on error");
         }
         o => {
-            tracing::debug!(%client, port, route, bytes_in, bytes_out, reason = o.as_str(), "connection closed")
+            tracing::debug!(%client, port, route, bytes_in, bytes_out, close, reason = o.as_str(), "connection closed")
         }
     }
 }
 
-/// Logs how an HTTP connection ended: its requests and the reason (`None`: its lifetime
-/// limit ended it).
-pub(crate) fn log_close_http(
-    obs: &ConnObserver,
-    client: SocketAddr,
-    port: u16,
-    outcome: Option<smartproxy_http::ServeOutcome>,
-) {
+/// Logs how an HTTP connection ended: its requests and the reason; counts its close reason.
+pub(crate) fn log_close_http(obs: &ConnObserver, client: SocketAddr, port: u16, end: HttpEnd) {
     let (bytes_in, bytes_out) = (obs.bytes_in(), obs.bytes_out());
-    match outcome {
-        Some(o) => tracing::debug!(
-            %client, port, bytes_in, bytes_out, requests = o.requests, reason = ?o.reason,
+    let close = end.close_reason();
+    obs.closed(close);
+    let close = close.as_str();
+    match end {
+        HttpEnd::Served(o) => tracing::debug!(
+            %client, port, bytes_in, bytes_out, close, requests = o.requests, reason = ?o.reason,
             "connection closed"
         ),
-        None => {
-            tracing::debug!(%client, port, bytes_in, bytes_out, reason = "max_lifetime", "connection closed")
+        HttpEnd::Lifetime => {
+            tracing::debug!(%client, port, bytes_in, bytes_out, close, reason = "max_lifetime", "connection closed")
+        }
+        HttpEnd::Forced => {
+            tracing::debug!(%client, port, bytes_in, bytes_out, close, reason = "shutdown", "connection closed")
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::limits::GaugeGuard;
 use crate::observe::{ConnObserver, Refusal};
 use crate::shared::Shared;
 use crate::state::State;
+use crate::timeouts::EffectiveTimeouts;
 
 /// The connection ended inside a stage, which recorded why (a refusal, a log line). Stages
 /// return `Result<T, Closed>` so that the pipeline reads as a chain of `?`.
@@ -35,6 +36,8 @@ pub(crate) struct Conn {
     pub(crate) trusted: bool,
     pub(crate) accepted: Instant,
     pub(crate) guards: Guards,
+    /// The route's index in the table, once routed.
+    pub(crate) route: Option<usize>,
 }
 
 /// The places a connection holds in the limits, released when it closes (in field order, the
@@ -54,14 +57,19 @@ impl Conn {
         Closed
     }
 
-    /// The timeouts of the established connection: inactivity, and the lifetime counted from
-    /// the accept.
-    pub(crate) fn timeouts(&self) -> Timeouts {
-        let d = &self.state.config.defaults;
-        Timeouts {
-            inactivity: d.inactivity_timeout,
-            deadline: self.accepted + d.max_connection_lifetime,
+    /// The timeouts of the connection's route (resolved when the configuration was loaded),
+    /// or `[defaults]` before it is routed.
+    pub(crate) fn effective(&self) -> EffectiveTimeouts {
+        match self.route.and_then(|i| self.state.timeouts.get(i)) {
+            Some(t) => *t,
+            None => EffectiveTimeouts::unrouted(&self.state.config.defaults),
         }
+    }
+
+    /// The timeouts of the established connection: inactivity and the lifetime counted from
+    /// the accept, with the route's keep-alive treatment and jitter applied.
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.effective().for_connection(self.accepted, self.peer)
     }
 
     /// Hands the sockets and the guards over to the copy.

@@ -60,6 +60,9 @@ pub(crate) fn serve(
     async move {
         let mut stop = shared.force_close.subscribe();
         let est = match tokio::select! {
+            // The setup first: TLS termination and socket handlers, served inside it, watch
+            // the same signal and end with the "shutdown" outcome (logged and counted).
+            biased;
             // Forced shutdown also ends connections that are still being set up (reading a
             // header, peeking, connecting) and the ones served inside the setup (TLS
             // termination, socket handlers).
@@ -97,7 +100,12 @@ async fn setup(
     let table = &c.state.table;
     let http_port = table.is_http_port(port);
     if http_port && !table.has_tls_routes(port) {
-        // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here.
+        // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here. TCP
+        // keepalive as the first HTTP route of the port says (the route of the connection).
+        let probes = serve_http::first_http_route(&c)
+            .and_then(|i| c.state.timeouts.get(i))
+            .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
+        crate::net::set_stream_keepalive(sock.get_ref(), &probes);
         let local = conn::local_addr(sock.get_ref(), port);
         let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
         serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
@@ -106,6 +114,9 @@ async fn setup(
     let info = classify::classify(&c, &mut sock).await?;
     let Some(sock) = challenge::answer(&c, sock, &info).await? else { return Ok(None) };
     let index = route::route(&mut c, &info)?;
+    // TCP keepalive probes on the client socket, as the route says (its backend socket gets
+    // them when it is made, in `upstream`).
+    crate::net::set_stream_keepalive(sock.get_ref(), &c.effective().tcp_keepalive);
     let state = Arc::clone(&c.state);
     let route = &state.table.routes()[index];
     match &route.config().action {

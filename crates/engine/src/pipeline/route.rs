@@ -68,6 +68,7 @@ pub(crate) fn enter(c: &mut Conn, index: usize) -> Result<(), Closed> {
     match route.limits().try_acquire(client_ip) {
         Ok(g) => {
             c.guards.route = Some(g);
+            c.route = Some(index);
             Ok(())
         }
         Err(e) => {

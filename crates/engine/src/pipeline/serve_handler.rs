@@ -33,7 +33,7 @@ pub(crate) async fn serve(
         route_name: route.name().to_owned(),
         action: h.clone(),
         domain: info.domain,
-        initial_data_deadline: Instant::now() + c.state.config.defaults.initial_data_timeout,
+        initial_data_deadline: Instant::now() + c.effective().initial_data,
     };
     let stream = ClientStream { inner: Counted { inner: sock, obs: Arc::clone(&c.obs) } };
     // Boxed: a handler's future is large and would size every connection's setup.

@@ -40,8 +40,8 @@ pub(crate) async fn serve(
     let proxy_dst = sock.proxy_header().and_then(Header::destination).unwrap_or(local);
     let (client, port) = (c.client, c.port);
 
-    // Handshake, bounded by `initial_data_timeout` and ended by a forced shutdown.
-    let handshake_timeout = state.config.defaults.initial_data_timeout;
+    // Handshake, bounded by the route's `initial_data` timeout and ended by a forced shutdown.
+    let handshake_timeout = c.effective().initial_data;
     let accept = tokio::time::timeout(handshake_timeout, rt.acceptor.accept(sock));
     let tls = tokio::select! {
         r = accept => match r {
@@ -107,8 +107,7 @@ pub(crate) async fn serve(
                 Err(detail) => return Err(c.refuse(Refusal::BackendUnavailable, &detail)),
             };
             let connector = TlsConnector::from(u.config(alpn.as_deref()));
-            let connect_timeout =
-                f.connect_timeout.unwrap_or(state.config.defaults.connect_timeout);
+            let connect_timeout = c.effective().connect;
             let handshake =
                 tokio::time::timeout(connect_timeout, connector.connect(name, up.stream)).await;
             let mut up_tls = match handshake {
@@ -139,7 +138,7 @@ async fn route_decrypted<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let deadline = Instant::now() + c.state.config.defaults.initial_data_timeout;
+    let deadline = Instant::now() + c.effective().initial_data;
     let head = loop {
         match crate::http::parse_head(tls.buffered()) {
             Ok(Some((head, _))) => break Some(head),

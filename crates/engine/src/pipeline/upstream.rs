@@ -32,7 +32,8 @@ pub(crate) async fn connect(
     replay: &[u8],
 ) -> Result<Upstream, Closed> {
     let client_ip = canonical_ip(c.client.ip());
-    let connect_timeout = f.connect_timeout.unwrap_or(c.state.config.defaults.connect_timeout);
+    let t = c.effective();
+    let (connect_timeout, keepalive) = (t.connect, t.tcp_keepalive);
     let mut first = Vec::new();
     if !f.send_proxy_protocol.is_off() {
         let encoded = proxy_header(f.send_proxy_protocol, c.client, dst)
@@ -48,7 +49,7 @@ pub(crate) async fn connect(
     let connected =
         connect_target(engine, obs, route, f, client_ip, c.port, connect_timeout, |host, port| {
             // Boxed: the connect state is only alive for the connect.
-            Box::pin(crate::net::connect(host, port, &first))
+            Box::pin(crate::net::connect(host, port, &first, &keepalive))
         })
         .await;
     let Some(((mut stream, done), target)) = connected else {

@@ -1,25 +1,80 @@
-//! Helpers shared by the engine tests: free ports, an engine from TOML, test backends.
+//! Helpers shared by the engine tests: reserved ports and engines started on them, test
+//! backends, and waits that are bounded and fail loudly with what they waited for and what
+//! they saw.
 #![allow(dead_code, unreachable_pub)]
 
+mod ports;
+
+use std::fmt::Debug;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use smartproxy_engine::{Config, Engine, Format};
+pub use ports::*;
+use smartproxy_engine::{Config, Engine, Format, StartError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// How long any wait in these tests may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The interval of the bounded polls.
+const POLL: Duration = Duration::from_millis(10);
+
+/// How many sets of fresh ports [`start_on`] tries.
+const ATTEMPTS: usize = 5;
+
+/// Starts something that listens on `N` reserved ports (see `ports.rs`): `start` gets the
+/// ports and builds and starts it. When a port cannot be bound (a program outside the tests
+/// took it after it was reserved) it is called again with fresh ports; any other error fails
+/// the test. Every port must then be listened on by this process alone.
+pub async fn start_on<const N: usize, T, Fut>(
+    mut start: impl FnMut([u16; N]) -> Fut,
+) -> (T, [u16; N])
+where
+    Fut: Future<Output = Result<T, StartError>>,
+{
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        let ports = reserve_ports::<N>();
+        match start(ports).await {
+            Ok(t) => {
+                for port in ports {
+                    assert!(
+                        listened_by(std::process::id(), port),
+                        "port {port} is not listened on by this test alone (another process \
+                         shares it): {:?}",
+                        listeners(port)
+                    );
+                }
+                return (t, ports);
+            }
+            Err(e @ StartError::Bind { .. }) => {
+                last = format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+                );
+                eprintln!("{last}; retrying with fresh ports");
+            }
+            Err(e) => panic!("the engine did not start: {e}"),
+        }
+    }
+    panic!("no set of {N} fresh ports could be bound in {ATTEMPTS} attempts; last: {last}");
 }
 
-/// Starts an engine from TOML (`bind = ["127.0.0.1"]` is added).
-pub async fn engine(toml: &str) -> Engine {
-    let text = format!("bind = [\"127.0.0.1\"]\n{toml}");
-    let config = Config::from_str(&text, Format::Toml).unwrap_or_else(|e| panic!("{e}"));
-    Engine::start(config).await.unwrap()
+/// Starts an engine from TOML made for `N` reserved ports (`bind = ["127.0.0.1"]` is added),
+/// retrying with fresh ports as [`start_on`] does; returns it and its ports.
+pub async fn engine_on<const N: usize>(toml: impl Fn([u16; N]) -> String) -> (Engine, [u16; N]) {
+    start_on(|ports| {
+        let text = format!("bind = [\"127.0.0.1\"]\n{}", toml(ports));
+        async move {
+            let config = Config::from_str(&text, Format::Toml).unwrap_or_else(|e| panic!("{e}"));
+            Engine::start(config).await
+        }
+    })
+    .await
 }
 
 /// A backend that accepts connections and runs `f` on each.
@@ -56,23 +111,57 @@ pub async fn connect_from(src: &str, port: u16) -> std::io::Result<TcpStream> {
 }
 
 pub async fn connect(port: u16) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
 }
 
-/// Reads until EOF or error, with a deadline; returns what arrived.
-pub async fn read_all(s: &mut TcpStream, secs: u64) -> Vec<u8> {
+/// Reads until the peer closes (EOF, or a reset: both end the connection) and returns what
+/// arrived and when the close was seen. Fails when the connection is still open after
+/// `limit`.
+pub async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Instant) {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(secs), s.read_to_end(&mut out)).await;
-    out
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, Instant::now()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the connection is still open after {limit:?}; {} bytes came: {:?}",
+                out.len(),
+                String::from_utf8_lossy(&out[..out.len().min(200)])
+            ),
+        }
+    }
 }
 
-/// Whether the peer closed (EOF or reset) within `secs`, without sending anything.
-pub async fn closed_without_data(s: &mut TcpStream, secs: u64) -> bool {
-    let mut b = [0u8; 64];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(secs), s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+/// Reads to the peer's close, bounded by `secs` (failing when the connection stays open);
+/// returns what came.
+pub async fn read_all(s: &mut TcpStream, secs: u64) -> Vec<u8> {
+    read_until_closed(s, Duration::from_secs(secs)).await.0
+}
+
+/// The peer closes the connection (EOF or reset) without sending a byte, within [`WAIT`];
+/// returns when the close was seen. Fails with what came otherwise.
+pub async fn expect_closed_without_data(s: &mut TcpStream) -> Instant {
+    let (got, at) = read_until_closed(s, WAIT).await;
+    assert!(
+        got.is_empty(),
+        "closed, but {} bytes came first: {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+    at
+}
+
+/// Fails unless `elapsed` is within `[min, max]`; `what` says what was measured.
+#[track_caller]
+pub fn assert_within(what: &str, elapsed: Duration, min: Duration, max: Duration) {
+    assert!(
+        elapsed >= min && elapsed <= max,
+        "{what} after {elapsed:?}, expected between {min:?} and {max:?}"
+    );
 }
 
 /// Writes `data` and half-closes while reading until EOF, concurrently (a large `data` would
@@ -85,33 +174,54 @@ pub async fn write_then_read_to_end(c: &mut TcpStream, data: &[u8]) -> Vec<u8> {
     };
     let read = async {
         let mut v = Vec::new();
-        r.read_to_end(&mut v).await.unwrap();
+        tokio::time::timeout(WAIT, r.read_to_end(&mut v))
+            .await
+            .unwrap_or_else(|_| panic!("no EOF within {WAIT:?}; {} bytes came", v.len()))
+            .unwrap();
         v
     };
     let ((), got) = tokio::join!(write, read);
     got
 }
 
-/// Polls `f` every 20 ms until it holds, for at most 2 s; returns whether it held.
-pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..100 {
-        if f() {
-            return true;
+/// Polls `probe` every 10 ms until `done` holds for what it returns, and returns that value.
+/// Fails after [`WAIT`] naming `what` and the last value seen.
+pub async fn wait_for<T: Debug>(
+    what: &str,
+    mut probe: impl FnMut() -> T,
+    mut done: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = probe();
+        if done(&v) {
+            return v;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}; last saw {v:?}"
+        );
+        tokio::time::sleep(POLL).await;
     }
-    f()
 }
 
-/// Waits until the engine has no active connection (bounded).
-pub async fn settle(engine: &Engine) -> u64 {
-    for _ in 0..200 {
-        if engine.stats().active_connections == 0 {
-            return 0;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// [`wait_for`] a value equal to `want`.
+pub async fn wait_eq<T: Debug + PartialEq>(what: &str, probe: impl FnMut() -> T, want: T) {
+    wait_for(what, probe, |v| *v == want).await;
+}
+
+/// Waits until connections to 127.0.0.1:`port` are refused (nothing listens there any more).
+pub async fn wait_refused(port: u16) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(Instant::now() < deadline, "port {port} still accepts after {WAIT:?}");
+        tokio::time::sleep(POLL).await;
     }
-    engine.stats().active_connections
+}
+
+/// Waits until the engine has no open connection; fails with its statistics otherwise.
+pub async fn settle(engine: &Engine) {
+    wait_for("no open connection", || engine.stats(), |s| s.active_connections == 0).await;
 }
 
 /// A deterministic pattern of `n` bytes.

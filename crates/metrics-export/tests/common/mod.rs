@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartproxy_metrics::{
-    HttpErrorReason, HttpMethod, HttpPolicyReason, ManualClock, Metrics, MetricsConfig, PerIp,
+    CloseReason, HttpErrorReason, HttpMethod, HttpPolicyReason, ManualClock, Metrics, MetricsConfig, PerIp,
     ProxyVersion, RefuseReason, Snapshot,
 };
 
@@ -44,7 +44,9 @@ pub(crate) fn metrics() -> (Arc<Metrics>, Arc<ManualClock>) {
     c.add_in(300);
     clock.advance(Duration::from_millis(250));
     drop(c);
+    m.connection_closed(CloseReason::Peer);
     drop(b);
+    m.connection_closed(CloseReason::Inactivity);
     m.tick(T0 + 4);
     m.refused(RefuseReason::IpLimit);
     m.refused(RefuseReason::NoRoute);
@@ -100,6 +102,7 @@ pub(crate) fn two_snapshots() -> (Snapshot, Snapshot) {
     d.add_out(6);
     clock.advance(Duration::from_secs(2));
     drop(d);
+    m.connection_closed(CloseReason::Keepalive);
     m.refused(RefuseReason::NoRoute);
     m.http_request_finished(Some(&web), HttpMethod::Get, 304, Duration::from_millis(7));
     m.http_request_started(Some(&web));
