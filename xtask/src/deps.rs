@@ -43,6 +43,8 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     // `systemd-analyze verify` of deploy/systemd/smartproxy.service (tests/tests/deploy.rs).
     ("systemd-analyze", "systemd"),
+    // `htpasswd` writes the password files of the basic_auth tests (crates/http, tests/).
+    ("htpasswd", "apache2-utils"),
 ];
 
 /// Extra Debian packages that provide no command of their own.

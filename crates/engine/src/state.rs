@@ -104,6 +104,7 @@ impl State {
                     .collect(),
             )
             .with_upstream_tls(Arc::new(crate::tls_setup::UpstreamConnector(Arc::clone(&self.tls))))
+            .with_credentials(Arc::clone(&self.config.compiled().credentials))
     }
 
     /// The collector's handle of the route at `index` of the table.

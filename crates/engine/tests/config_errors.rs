@@ -152,6 +152,52 @@ action = { type = "socket-handler", handler = "redirect", location = "https://{d
     assert_eq!(c.admin.unwrap().listen, "127.0.0.1:9900".parse().unwrap());
 }
 
+/// HTTP route policies: a template typo, a policy on a TCP route, bad policy values, and the
+/// files of authenticating routes (read when the configuration is parsed): every error with
+/// its key path and line, the htpasswd line too.
+#[test]
+fn policy_errors_with_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let md5 = dir.path().join("users.htpasswd");
+    std::fs::write(
+        &md5,
+        "# ops\nalice:$2y$05$ZT0Row5ca.2fJS2B5kPUTen1GBRRjSuCSc5nAm5ezjFM0DcDa/AvG\ndave:$apr1$TvdLtLQy$dmqPMD56xb6pPFnTtAAZm0\n",
+    )
+    .unwrap();
+    let short = dir.path().join("hs.key");
+    std::fs::write(&short, "too short\n").unwrap();
+    let d = dir.path().display().to_string();
+    let text = format!(
+        r#"[[routes]]
+name = "api"
+match = {{ ports = [8080], path = "/api/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = 9000 }}], http = {{
+  request_headers = {{ set = {{ "X-Route" = "{{routeName}} {{clientIP}}" }} }} }} }}
+security = {{ basic_auth = {{ realm = "ops", htpasswd = "{d}/users.htpasswd" }} }}
+
+[[routes]]
+name = "tcp"
+match = {{ ports = [9000] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = 9001 }}] }}
+security = {{ rate_limit = {{ requests = 10 }} }}
+
+[[routes]]
+name = "jwt"
+match = {{ ports = [8080], path = "/jwt/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = 9000 }}], http = {{ }} }}
+security = {{ jwt = {{ algorithms = ["HS256"], secret_file = "{d}/hs.key" }},
+             rate_limit = {{ requests = 0, key = "header:X Key" }} }}
+
+[[routes]]
+name = "jwks"
+match = {{ ports = [8080], path = "/jwks/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = 9000 }}], http = {{ }} }}
+security = {{ jwt = {{ algorithms = ["RS256"], jwks_file = "{d}/missing.json" }} }}
+"#
+    );
+    insta::assert_snapshot!("policy_errors", errors(&text, Format::Toml).replace(&d, "<dir>"));
+}
+
 /// A bare number is not a duration: the error names the key and line and shows the forms.
 #[test]
 fn bare_numbers_are_not_durations() {

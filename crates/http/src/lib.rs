@@ -25,11 +25,15 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod auth;
 mod body;
 mod conn;
+mod cors;
 mod ctx;
 mod headers;
 mod io;
+mod location;
+mod policy;
 mod pool;
 mod proxy;
 mod service;
@@ -38,6 +42,9 @@ mod upstream;
 mod websocket;
 
 pub use self::access::{AccessLog, TracingAccessLog};
+pub use self::auth::{
+    Credentials, Htpasswd, HtpasswdError, JwtKeys, MIN_HMAC_SECRET, RouteCredentials,
+};
 pub use self::conn::{CloseReason, Protocol, ServeOutcome};
 pub use self::ctx::{ConnInfo, ProxyHeaderFn, TlsInfo};
 pub use self::service::{HttpConfig, HttpService, RouteConnSettings};

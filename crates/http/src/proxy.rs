@@ -270,7 +270,12 @@ pub(crate) async fn forward(
                     pool: Some(pool),
                     _target: sel.into_guard(),
                 };
-                let response_values = expanded.as_ref().map_or(&[][..], |e| &e.response[..]);
+                let back = Back {
+                    target: t,
+                    port,
+                    client_host: prep.host.as_ref(),
+                    extras: expanded.as_deref(),
+                };
                 return respond(
                     ctx,
                     route,
@@ -281,7 +286,7 @@ pub(crate) async fn forward(
                     ws,
                     client_upgrade,
                     ext_connect,
-                    response_values,
+                    &back,
                 );
             }
         }
@@ -441,8 +446,17 @@ async fn send(
     }
 }
 
-/// Passes the target's response on (hop-by-hop headers out, `Via` in), or sets up the
-/// tunnel of a WebSocket.
+/// What the response of a request is rewritten with.
+struct Back<'a> {
+    target: &'a TargetState,
+    port: u16,
+    /// The client's Host / `:authority`.
+    client_host: Option<&'a HeaderValue>,
+    extras: Option<&'a Expanded>,
+}
+
+/// Passes the target's response on (hop-by-hop headers out, `Via` in, then `Location`,
+/// CORS headers and the route's `response_headers`), or sets up the tunnel of a WebSocket.
 #[allow(clippy::too_many_arguments)]
 fn respond(
     ctx: &Arc<ConnCtx>,
@@ -454,7 +468,7 @@ fn respond(
     ws: bool,
     client_upgrade: Option<OnUpgrade>,
     ext_connect: bool,
-    response_values: &[HeaderValue],
+    back: &Back<'_>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && !ws {
@@ -516,8 +530,28 @@ fn respond(
     if let Some(via) = &pr.via {
         append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
     }
+    if pr.rewrite_location
+        && let Some(loc) = parts.headers.get(header::LOCATION)
+    {
+        let cx = crate::location::LocationContext {
+            target_host: &back.target.host,
+            target_port: back.port,
+            client_host: back.client_host.and_then(|h| h.to_str().ok()),
+            client_tls: ctx.is_tls(),
+            inverse: pr.location_inverse.as_ref(),
+        };
+        if let Some(v) = crate::location::rewrite(loc, &cx) {
+            parts.headers.insert(header::LOCATION, v);
+        }
+    }
+    if let (Some(origin), Some(c)) = (
+        back.extras.and_then(|e| e.cors.as_ref()),
+        pr.policy.as_ref().and_then(|p| p.cors.as_ref()),
+    ) {
+        c.apply(&mut parts.headers, origin);
+    }
     if let Some(ops) = &pr.response_ops {
-        ops.apply(&mut parts.headers, response_values);
+        ops.apply(&mut parts.headers, back.extras.map_or(&[][..], |e| &e.response[..]));
     }
     let status = parts.status.as_u16();
     guard.upstream = Some(upstream);

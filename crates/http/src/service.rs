@@ -9,11 +9,12 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use smartproxy_metrics::{HttpErrorReason, HttpMethod, Metrics};
+use smartproxy_metrics::{HttpErrorReason, HttpMethod, HttpPolicyReason, Metrics};
 use smartproxy_routing::{HeaderSource, HttpSettings, MatchInput, RouteTable, TemplateVars};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::{AccessEntry, AccessLog};
+use crate::auth::Credentials;
 use crate::body::{RequestGuard, ResponseBody};
 use crate::conn::ServeOutcome;
 use crate::ctx::{ConnCtx, ConnInfo};
@@ -37,6 +38,8 @@ pub struct HttpConfig {
     pub tunnel_inactivity_timeout: Duration,
     /// TLS towards targets of `terminate-and-reencrypt` routes.
     pub upstream_tls: Option<Arc<dyn UpstreamTls>>,
+    /// The htpasswd users and JWT keys of the routes with `basic_auth` / `jwt`.
+    pub credentials: Option<Arc<Credentials>>,
     /// Per route (by index in `table`), what the engine resolved for its connections: tunnel
     /// inactivity, connect timeout and TCP keepalive. Empty: the settings above for all.
     pub route_settings: Vec<RouteConnSettings>,
@@ -77,6 +80,7 @@ impl HttpConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             tunnel_inactivity_timeout: Duration::from_secs(4 * 3600),
             upstream_tls: None,
+            credentials: None,
             route_settings: Vec::new(),
         }
     }
@@ -105,6 +109,13 @@ impl HttpConfig {
         self
     }
 
+    /// Sets the credentials of the authenticating routes ([`Credentials::load`], read when
+    /// the configuration is loaded and again on every reload).
+    pub fn with_credentials(mut self, c: Arc<Credentials>) -> Self {
+        self.credentials = Some(c);
+        self
+    }
+
     /// Sets the per-route connection settings (by route index in the table).
     pub fn with_route_settings(mut self, s: Vec<RouteConnSettings>) -> Self {
         self.route_settings = s;
@@ -120,6 +131,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("tunnel_inactivity_timeout", &self.tunnel_inactivity_timeout)
             .field("upstream_tls", &self.upstream_tls.is_some())
+            .field("credentials", &self.credentials.is_some())
             .field("route_settings", &self.route_settings.len())
             .finish()
     }
@@ -224,6 +236,7 @@ fn build(config: HttpConfig, metrics: Option<&Metrics>, pools: &Pools) -> Snapsh
         config.upstream_tls,
         metrics,
         pools,
+        config.credentials.as_deref(),
     )
 }
 
@@ -245,11 +258,14 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-/// Template values of a route's header operations for one request.
+/// What one proxied request carries beyond the route's fixed settings: the template values
+/// of its header operations and its CORS origin.
 #[derive(Debug, Default)]
 pub(crate) struct Expanded {
     pub(crate) request: Vec<HeaderValue>,
     pub(crate) response: Vec<HeaderValue>,
+    /// `Access-Control-Allow-Origin` of an allowed CORS request.
+    pub(crate) cors: Option<HeaderValue>,
 }
 
 /// What routing decided for a request.
@@ -258,8 +274,7 @@ enum Decision {
     /// A route that the HTTP layer does not serve matched (a layer-4 route).
     NotHttp(usize),
     Forbidden(usize),
-    /// With the template values of its header operations (request, response), if any.
-    Proxy(usize, Option<Box<Expanded>>),
+    Proxy(usize),
     Respond(usize, Box<Response<ResponseBody>>),
 }
 
@@ -280,30 +295,7 @@ fn decide(snap: &Snapshot, ctx: &ConnCtx, req: &Request<Incoming>) -> Decision {
         return Decision::Forbidden(m.index);
     }
     match &state.kind {
-        RouteKind::Proxy(pr) => {
-            let templated =
-                |o: &Option<crate::snapshot::HeaderOps>| o.as_ref().is_some_and(|o| o.templated());
-            let expanded = (templated(&pr.request_ops) || templated(&pr.response_ops)).then(|| {
-                let fallback = ctx.local.map(|a| a.ip().to_string()).unwrap_or_default();
-                let mut vars = TemplateVars::new(ctx.client.ip(), ctx.port)
-                    .with_path(req.uri().path())
-                    .with_route_name(route.name())
-                    .with_headers(&headers)
-                    .with_params(&m.params)
-                    .with_fallback_domain(&fallback);
-                if let Some(d) = host.map(strip_port) {
-                    vars = vars.with_domain(d);
-                }
-                if let Some(q) = req.uri().query() {
-                    vars = vars.with_query(q);
-                }
-                let ex = |o: &Option<crate::snapshot::HeaderOps>| {
-                    o.as_ref().map(|o| o.expand(&vars)).unwrap_or_default()
-                };
-                Box::new(Expanded { request: ex(&pr.request_ops), response: ex(&pr.response_ops) })
-            });
-            Decision::Proxy(m.index, expanded)
-        }
+        RouteKind::Proxy(_) => Decision::Proxy(m.index),
         RouteKind::Other => Decision::NotHttp(m.index),
         RouteKind::Handler(HandlerRoute::Respond { status, headers, body }) => {
             let mut resp = Response::new(ResponseBody::full(body.clone()));
@@ -357,6 +349,96 @@ pub(crate) fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The template values of a proxied request (after its policies: `{jwt.sub}` is known) and
+/// its CORS origin; `None` when the route needs neither.
+fn expand<B>(
+    ctx: &ConnCtx,
+    route: &smartproxy_routing::CompiledRoute,
+    pr: &crate::snapshot::ProxyRoute,
+    req: &Request<B>,
+    passed: crate::policy::Passed,
+) -> Option<Box<Expanded>> {
+    let templated =
+        |o: &Option<crate::snapshot::HeaderOps>| o.as_ref().is_some_and(|o| o.templated());
+    if !(templated(&pr.request_ops) || templated(&pr.response_ops)) {
+        return passed.cors.map(|c| Box::new(Expanded { cors: Some(c), ..Expanded::default() }));
+    }
+    let host = request_host(req);
+    let headers = Headers(req.headers());
+    let path = req.uri().path();
+    let params = route.path_params(path);
+    let fallback = ctx.local.map(|a| a.ip().to_string()).unwrap_or_default();
+    let mut vars = TemplateVars::new(ctx.client.ip(), ctx.port)
+        .with_path(path)
+        .with_route_name(route.name())
+        .with_headers(&headers)
+        .with_params(&params)
+        .with_fallback_domain(&fallback);
+    if let Some(d) = host.map(strip_port) {
+        vars = vars.with_domain(d);
+    }
+    if let Some(q) = req.uri().query() {
+        vars = vars.with_query(q);
+    }
+    if let Some(sub) = passed.token.as_ref().and_then(|t| t.sub.as_deref()) {
+        vars = vars.with_jwt_sub(sub);
+    }
+    let ex = |o: &Option<crate::snapshot::HeaderOps>| {
+        o.as_ref().map(|o| o.expand(&vars)).unwrap_or_default()
+    };
+    Some(Box::new(Expanded {
+        request: ex(&pr.request_ops),
+        response: ex(&pr.response_ops),
+        cors: passed.cors,
+    }))
+}
+
+/// The answer of a route policy: a preflight's 204, or a refusal (401, 403, 429) counted per
+/// route and reason.
+fn policy_answer(
+    mut guard: RequestGuard,
+    snap: &Snapshot,
+    index: usize,
+    stop: crate::policy::Stop,
+) -> Response<ResponseBody> {
+    use crate::policy::Stop;
+    match stop {
+        Stop::Preflight(headers) => {
+            guard.upstream = None;
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            *resp.headers_mut() = headers;
+            let (parts, body) = resp.into_parts();
+            Response::from_parts(parts, body.with_guard(guard, 204))
+        }
+        Stop::Refused(r) => {
+            if let (Some(m), Some(h)) = (&guard.ctx.service.metrics, snap.route_metrics(index)) {
+                m.http_policy_refused(h, r.reason);
+            }
+            let reason = match r.reason.status() {
+                401 => HttpErrorReason::Unauthorized,
+                429 => HttpErrorReason::RateLimited,
+                _ => HttpErrorReason::Forbidden,
+            };
+            let mut resp = error_response(guard, reason, &r.detail);
+            let h = resp.headers_mut();
+            if let Some(v) = r.www_authenticate {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+            if let Some(secs) = r.retry_after {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            if let (Some(origin), Some((_, state))) = (&r.cors, snap.route(index))
+                && let RouteKind::Proxy(pr) = &state.kind
+                && let Some(c) = pr.policy.as_ref().and_then(|p| p.cors.as_ref())
+            {
+                c.apply(h, origin);
+            }
+            resp
+        }
+    }
+}
+
 pub(crate) const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
 /// The short answer of the HTTP layer itself for `reason`, counted and logged once.
@@ -377,6 +459,8 @@ pub(crate) fn error_response(
     match reason {
         HttpErrorReason::NoRoute
         | HttpErrorReason::Forbidden
+        | HttpErrorReason::Unauthorized
+        | HttpErrorReason::RateLimited
         | HttpErrorReason::MethodNotAllowed => {
             tracing::debug!(client = %ctx.client, port = ctx.port, route = %route, status, reason = reason.as_str(), "{detail}");
         }
@@ -387,6 +471,8 @@ pub(crate) fn error_response(
     let body: &'static str = match reason {
         HttpErrorReason::NoRoute => "no route for this request\n",
         HttpErrorReason::Forbidden => "forbidden\n",
+        HttpErrorReason::Unauthorized => "unauthorized\n",
+        HttpErrorReason::RateLimited => "too many requests\n",
         HttpErrorReason::MethodNotAllowed => "method not allowed\n",
         HttpErrorReason::BackendUnavailable => "bad gateway: the backend is unavailable\n",
         HttpErrorReason::BackendError => "bad gateway: the backend failed\n",
@@ -440,6 +526,9 @@ pub(crate) async fn handle(
             )
         }
         Decision::Forbidden(i) => {
+            if let (Some(m), Some(h)) = (&ctx.service.metrics, snap.route_metrics(i)) {
+                m.http_policy_refused(h, HttpPolicyReason::IpBlocked);
+            }
             guard.routed(snap, Some(i));
             error_response(guard, HttpErrorReason::Forbidden, &"client address not allowed")
         }
@@ -449,7 +538,7 @@ pub(crate) async fn handle(
             let (parts, body) = (*resp).into_parts();
             Response::from_parts(parts, body.with_guard(guard, status))
         }
-        Decision::Proxy(i, expanded) => {
+        Decision::Proxy(i) => {
             guard.routed(Arc::clone(&snap), Some(i));
             if req.method() == Method::CONNECT
                 && req.extensions().get::<hyper::ext::Protocol>().is_none()
@@ -460,6 +549,21 @@ pub(crate) async fn handle(
                     &"CONNECT is not forwarded",
                 ));
             }
+            let Some((route, state)) = snap.route(i) else {
+                return Ok(error_response(guard, HttpErrorReason::NoRoute, &"route vanished"));
+            };
+            let RouteKind::Proxy(pr) = &state.kind else {
+                return Ok(error_response(guard, HttpErrorReason::NoRoute, &"not an HTTP route"));
+            };
+            // Security, in its fixed order (crate::policy), then the request rewrite.
+            let passed = match &pr.policy {
+                None => crate::policy::Passed::default(),
+                Some(pol) => match crate::policy::run(ctx.client.ip(), route, pol, &req).await {
+                    Ok(p) => p,
+                    Err(stop) => return Ok(policy_answer(guard, &snap, i, stop)),
+                },
+            };
+            let expanded = expand(&ctx, route, pr, &req, passed);
             crate::proxy::forward(&ctx, &snap, i, req, guard, expanded).await
         }
     })

@@ -19,7 +19,10 @@ use smartproxy_routing::{
     Template, TlsMode, UpstreamProtocol,
 };
 
+use crate::auth::Credentials;
 use crate::headers::via_values;
+use crate::location::{PrefixInverse, prefix_inverse};
+use crate::policy::Policies;
 use crate::pool::Pool;
 use crate::service::RouteConnSettings;
 use crate::upstream::UpstreamTls;
@@ -129,6 +132,12 @@ pub(crate) struct ProxyRoute {
     pub(crate) response_ops: Option<HeaderOps>,
     /// `rewrite_path`: the pattern and the replacement.
     pub(crate) rewrite: Option<(regex::Regex, String)>,
+    /// `rewrite_location`.
+    pub(crate) rewrite_location: bool,
+    /// The inverse of a prefix `rewrite_path`, for `Location` paths.
+    pub(crate) location_inverse: Option<PrefixInverse>,
+    /// CORS, authentication, request rate.
+    pub(crate) policy: Option<Box<Policies>>,
 }
 
 /// A header value of `set` / `add`: fixed, or expanded per request.
@@ -270,13 +279,14 @@ impl Snapshot {
         tls: Option<Arc<dyn UpstreamTls>>,
         metrics: Option<&Metrics>,
         pools: &Pools,
+        creds: Option<&Credentials>,
     ) -> Self {
         let routes = table
             .routes()
             .iter()
             .map(|r| RouteState {
                 metrics: metrics.map(|m| m.route(r.name())),
-                kind: kind(r, &settings, route_settings.get(r.index()), pools),
+                kind: kind(r, &settings, route_settings.get(r.index()), pools, creds),
             })
             .collect();
         Self { table, routes, settings, tls }
@@ -355,6 +365,7 @@ fn kind(
     s: &Settings,
     rs: Option<&RouteConnSettings>,
     pools: &Pools,
+    creds: Option<&Credentials>,
 ) -> RouteKind {
     match &r.config().action {
         RouteAction::Forward(f) => {
@@ -398,6 +409,12 @@ fn kind(
                         }
                     }
                 }),
+                rewrite_location: h.rewrite_location,
+                location_inverse: h
+                    .rewrite_path
+                    .as_ref()
+                    .and_then(|rw| prefix_inverse(&rw.from, &rw.to)),
+                policy: Policies::compile(r, h, creds),
             };
             let targets: Vec<TargetState> = f
                 .targets

@@ -46,6 +46,14 @@
 //! 64 shards, each behind a `parking_lot` mutex picked by a hash of the address: one short
 //! lock per admission and one per release, never per byte. IPv4-mapped IPv6 addresses
 //! (`::ffff:a.b.c.d`) count as the IPv4 address.
+//!
+//! # A request rate per key
+//!
+//! [`RateLimiter<K>`] is the rate half alone, for any key type and any window: `requests`
+//! per `window` ([`Rate`]), GCRA with a burst of `requests`, the same bounded-memory policy
+//! (`max_tracked` keys at most). Keys should be small and of fixed size: a proxy limiting by
+//! an API key header hashes the value with a keyed hash (`RandomState`) into a `u64` instead
+//! of storing it.
 #![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![forbid(unsafe_code)]
 
@@ -57,6 +65,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+mod keyed;
+
+pub use self::keyed::{Rate, RateLimited, RateLimiter};
 
 const SHARDS: usize = 64;
 

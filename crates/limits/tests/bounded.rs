@@ -113,3 +113,29 @@ proptest! {
         }
     }
 }
+
+/// The keyed request limiter: 1,000,000 distinct keys under a one-minute window (none of
+/// them expires during the test) leave at most `max_tracked` entries, and a key that stays
+/// keeps being limited meanwhile.
+#[test]
+fn a_million_keys_stay_within_max_tracked() {
+    use smartproxy_limits::{Rate, RateLimiter};
+    let max_tracked = 65_536;
+    let l = RateLimiter::<u64>::new(Rate::new(3, Duration::from_secs(60)), max_tracked);
+    let t = Duration::from_secs(1);
+    let mut peak = 0;
+    for i in 0..1_000_000u64 {
+        l.check_at(&i, t).expect("the first request of each key");
+        if i % 50_000 == 0 {
+            peak = peak.max(l.tracked());
+        }
+    }
+    assert!(l.tracked() <= max_tracked, "{} entries after 1M keys", l.tracked());
+    assert!(peak <= max_tracked, "peak {peak}");
+    // A hot key is still limited exactly at its figure.
+    let hot = u64::MAX;
+    for _ in 0..3 {
+        l.check_at(&hot, t).unwrap();
+    }
+    assert!(l.check_at(&hot, t).is_err());
+}

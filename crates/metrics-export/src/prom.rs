@@ -365,8 +365,20 @@ impl Collector for SnapshotCollector {
         )?;
         w.counter(
             "http_errors",
-            "Answers of the HTTP layer itself (400, 431, 404, 502, 504, ...), by reason.",
+            "Answers of the HTTP layer itself (400, 401, 403, 404, 429, 502, 504, ...), by reason.",
             s.http.errors.iter().map(|(r, c)| (l1("reason", r), *c)).collect(),
+        )?;
+        w.counter(
+            "http_policy_refusals",
+            "Requests refused by a route's policies (401, 403, 429), by route and reason.",
+            s.routes
+                .iter()
+                .flat_map(|r| {
+                    r.http.policy_refusals.iter().map(|(reason, c)| {
+                        (vec![("route", r.name.clone()), ("reason", reason.clone())], *c)
+                    })
+                })
+                .collect(),
         )?;
 
         if self.o.per_route {

@@ -253,6 +253,11 @@ pub fn statsd_lines(
             before.map(|b| &b.request_duration_seconds),
             1000.0,
         );
+        for (reason, c) in &h.policy_refusals {
+            // Before this route refused anything, its counters were zero.
+            let prev = before.map(|b| b.policy_refusals.get(reason).copied().unwrap_or(0));
+            l.counter("http.policy_refusals", &[("route", route), ("reason", reason)], *c, prev);
+        }
     }
     l.gauge("http.requests_in_flight", &[], s.http.in_flight as f64);
     for (reason, c) in &s.http.errors {

@@ -15,7 +15,9 @@ use smartproxy_limits::IpLimiter;
 use crate::config::{MetricsConfig, PerIp};
 use crate::conn::{ConnShared, ConnectionRecorder};
 use crate::hist::{CONNECT_BUCKETS, DURATION_BUCKETS, Hist};
-use crate::http::{EMPTY_ACC, HttpErrorReason, HttpMethod, HttpStats, histogram_of};
+use crate::http::{
+    EMPTY_ACC, HttpErrorReason, HttpMethod, HttpPolicyReason, HttpStats, histogram_of,
+};
 use crate::reason::{CloseReason, ProxyVersion, RefuseReason};
 use crate::registry::{Registry, SlotId};
 use crate::route::RouteHandle;
@@ -346,6 +348,20 @@ impl Metrics {
     #[inline]
     pub fn http_error(&self, reason: HttpErrorReason) {
         self.inner.http_errors[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A policy of `route` (`security` allow/block lists, `basic_auth`, `jwt`, `rate_limit`,
+    /// `cors`) refused a request. One relaxed atomic add; the answer itself is also counted
+    /// with [`Metrics::http_error`] and as a finished request.
+    #[inline]
+    pub fn http_policy_refused(&self, route: &RouteHandle, reason: HttpPolicyReason) {
+        route.0.http.refused(reason);
+    }
+
+    /// Requests of `route` refused by its policies for `reason`.
+    #[must_use]
+    pub fn http_policy_refusal_count(&self, route: &RouteHandle, reason: HttpPolicyReason) -> u64 {
+        route.0.http.refused_count(reason)
     }
 
     fn http_stats<'a>(&'a self, route: Option<&'a RouteHandle>) -> &'a HttpStats {

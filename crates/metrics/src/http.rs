@@ -100,8 +100,13 @@ pub enum HttpErrorReason {
     HeaderTimeout,
     /// 404: no route took the request.
     NoRoute,
-    /// 403: the route's allow/block list refused the client.
+    /// 403: the route's allow/block list, its JWT `required_claims` or its CORS policy
+    /// refused the request.
     Forbidden,
+    /// 401: the route's `basic_auth` / `jwt` found no valid credentials.
+    Unauthorized,
+    /// 429: the route's `rate_limit` was exceeded.
+    RateLimited,
     /// 405: a method the proxy does not forward (plain `CONNECT`).
     MethodNotAllowed,
     /// 502: no target of the route could be connected (refused, unreachable, TLS failed).
@@ -124,6 +129,8 @@ impl HttpErrorReason {
         Self::HeaderTimeout,
         Self::NoRoute,
         Self::Forbidden,
+        Self::Unauthorized,
+        Self::RateLimited,
         Self::MethodNotAllowed,
         Self::BackendUnavailable,
         Self::BackendConnectTimeout,
@@ -141,6 +148,8 @@ impl HttpErrorReason {
             Self::HeaderTimeout => "request_header_timeout",
             Self::NoRoute => "no_route",
             Self::Forbidden => "forbidden",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::BackendUnavailable => "backend_unavailable",
             Self::BackendConnectTimeout => "backend_connect_timeout",
@@ -159,6 +168,8 @@ impl HttpErrorReason {
             Self::HeaderTimeout => 408,
             Self::NoRoute => 404,
             Self::Forbidden => 403,
+            Self::Unauthorized => 401,
+            Self::RateLimited => 429,
             Self::MethodNotAllowed => 405,
             Self::BackendUnavailable | Self::BackendError => 502,
             Self::BackendConnectTimeout | Self::BackendResponseTimeout => 504,
@@ -175,6 +186,74 @@ impl std::fmt::Display for HttpErrorReason {
         f.write_str(self.as_str())
     }
 }
+
+/// Why a route's per-request policy refused a request (the label of
+/// `smartproxy_http_policy_refusals_total{route, reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum HttpPolicyReason {
+    /// 403: `ip_allow_list` / `ip_block_list`.
+    IpBlocked,
+    /// 401: `basic_auth` / `jwt` and no credentials (no or another `Authorization` scheme).
+    AuthMissing,
+    /// 401: wrong user or password, or a token that is not valid (signature, `exp`, `nbf`,
+    /// `iss`, `aud`, algorithm, key).
+    AuthInvalid,
+    /// 403: a valid token without the route's `required_claims`.
+    AuthForbidden,
+    /// 429: `rate_limit`.
+    RateLimited,
+    /// 403: a CORS preflight from an origin, or for a method or header, that `cors` does
+    /// not allow.
+    CorsRefused,
+}
+
+impl HttpPolicyReason {
+    /// Every reason, in label order.
+    pub const ALL: &'static [Self] = &[
+        Self::IpBlocked,
+        Self::AuthMissing,
+        Self::AuthInvalid,
+        Self::AuthForbidden,
+        Self::RateLimited,
+        Self::CorsRefused,
+    ];
+
+    /// The label value (`snake_case`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::IpBlocked => "ip_blocked",
+            Self::AuthMissing => "auth_missing",
+            Self::AuthInvalid => "auth_invalid",
+            Self::AuthForbidden => "auth_forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::CorsRefused => "cors_refused",
+        }
+    }
+
+    /// The status the client gets.
+    #[must_use]
+    pub const fn status(self) -> u16 {
+        match self {
+            Self::AuthMissing | Self::AuthInvalid => 401,
+            Self::RateLimited => 429,
+            Self::IpBlocked | Self::AuthForbidden | Self::CorsRefused => 403,
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for HttpPolicyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const POLICY_REASONS: usize = 6;
 
 /// Status classes 1xx..5xx.
 pub(crate) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -220,6 +299,8 @@ pub(crate) struct HttpStats {
     sum_micros: AtomicU64,
     /// Total requests already folded into the series (written by `tick` only).
     sampled: AtomicU64,
+    /// Requests refused by the route's policies, by [`HttpPolicyReason`].
+    refusals: [AtomicU64; POLICY_REASONS],
 }
 
 impl Default for HttpStats {
@@ -230,6 +311,7 @@ impl Default for HttpStats {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_micros: AtomicU64::new(0),
             sampled: AtomicU64::new(0),
+            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -253,6 +335,15 @@ impl HttpStats {
         let b = BUCKET_MICROS.iter().position(|&le| us <= le).unwrap_or(BUCKETS - 1);
         self.buckets[b].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(us, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn refused(&self, reason: HttpPolicyReason) {
+        self.refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn refused_count(&self, reason: HttpPolicyReason) -> u64 {
+        self.refusals[reason.index()].load(Ordering::Relaxed)
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
@@ -311,11 +402,17 @@ impl HttpStats {
                 }
             }
         }
+        let policy_refusals = HttpPolicyReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), self.refused_count(*r)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         HttpRouteSnapshot {
             in_flight: self.in_flight(),
             requests_total: requests.iter().map(|r| r.count).sum(),
             requests,
             request_duration_seconds: self.histogram(),
+            policy_refusals,
         }
     }
 }
@@ -354,6 +451,10 @@ mod tests {
             );
         }
         for (i, r) in HttpErrorReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        assert_eq!(HttpPolicyReason::ALL.len(), POLICY_REASONS);
+        for (i, r) in HttpPolicyReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
         assert_eq!(HttpMethod::from_token("get"), HttpMethod::Other);
@@ -396,5 +497,11 @@ mod tests {
         assert!((h.sum - 1000.0034).abs() < 1e-9);
         assert_eq!(s.take_delta(), 3);
         assert_eq!(s.take_delta(), 0);
+        s.refused(HttpPolicyReason::RateLimited);
+        s.refused(HttpPolicyReason::RateLimited);
+        s.refused(HttpPolicyReason::AuthMissing);
+        let r = s.snapshot().policy_refusals;
+        assert_eq!(r.len(), 2, "only the non-zero reasons");
+        assert_eq!((r["rate_limited"], r["auth_missing"]), (2, 1));
     }
 }

@@ -85,7 +85,7 @@ pub use self::clock::{Clock, ManualClock, MonotonicClock};
 pub use self::collector::Metrics;
 pub use self::config::{MetricsConfig, PerIp};
 pub use self::conn::ConnectionRecorder;
-pub use self::http::{HttpErrorReason, HttpMethod};
+pub use self::http::{HttpErrorReason, HttpMethod, HttpPolicyReason};
 pub use self::reason::{CloseReason, ProxyVersion, RefuseReason};
 pub use self::route::RouteHandle;
 pub use self::snapshot::{

@@ -367,6 +367,11 @@ pub struct HttpRouteSnapshot {
     /// Time from the request head to the end of the response (for a WebSocket, to its
     /// close), seconds.
     pub request_duration_seconds: HistogramSnapshot,
+    /// Requests the route's policies refused (401, 403, 429), by reason (`ip_blocked`,
+    /// `auth_missing`, `auth_invalid`, `auth_forbidden`, `rate_limited`, `cors_refused`;
+    /// only the non-zero ones).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_refusals: BTreeMap<String, u64>,
 }
 
 /// Finished requests of one status class and method.

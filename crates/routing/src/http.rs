@@ -62,6 +62,18 @@ pub struct HttpOptions {
     /// Rewrites the request path (not the query) with a regular expression before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite_path: Option<Box<RewritePath>>,
+    /// Rewrites a response's `Location` that points at the target back to the client's
+    /// host and scheme, and undoes a prefix `rewrite_path` on its path (default true; as
+    /// nginx's `proxy_redirect default`).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub rewrite_location: bool,
+    /// Cross-origin requests: preflights answered here, CORS headers added to responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Box<crate::policy::Cors>>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `request_headers` / `response_headers`: `{ set = { NAME = "template" }, add = { … },
@@ -79,6 +91,31 @@ pub struct HeaderActions {
     /// Remove these headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+}
+
+impl HeaderActions {
+    /// No operation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets (replaces) header `name` to the template `value`.
+    pub fn with_set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set.insert(name.into(), value.into());
+        self
+    }
+
+    /// Appends the template `value` to header `name`.
+    pub fn with_add(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.add.insert(name.into(), value.into());
+        self
+    }
+
+    /// Removes header `name`.
+    pub fn with_remove(mut self, name: impl Into<String>) -> Self {
+        self.remove.push(name.into());
+        self
+    }
 }
 
 /// `rewrite_path = { from = "^/v1/(.*)$", to = "/api/$1" }`: the first match of `from` in the
@@ -106,6 +143,8 @@ impl Default for HttpOptions {
             request_headers: None,
             response_headers: None,
             rewrite_path: None,
+            rewrite_location: true,
+            cors: None,
         }
     }
 }
@@ -144,6 +183,36 @@ impl HttpOptions {
     /// Sets the per-route response timeout.
     pub fn with_response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = Some(d);
+        self
+    }
+
+    /// Sets `request_headers`.
+    pub fn with_request_headers(mut self, a: HeaderActions) -> Self {
+        self.request_headers = Some(Box::new(a));
+        self
+    }
+
+    /// Sets `response_headers`.
+    pub fn with_response_headers(mut self, a: HeaderActions) -> Self {
+        self.response_headers = Some(Box::new(a));
+        self
+    }
+
+    /// Sets `rewrite_path`.
+    pub fn with_rewrite_path(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.rewrite_path = Some(Box::new(RewritePath { from: from.into(), to: to.into() }));
+        self
+    }
+
+    /// Sets `rewrite_location`.
+    pub fn with_rewrite_location(mut self, v: bool) -> Self {
+        self.rewrite_location = v;
+        self
+    }
+
+    /// Sets `cors`.
+    pub fn with_cors(mut self, c: crate::policy::Cors) -> Self {
+        self.cors = Some(Box::new(c));
         self
     }
 }

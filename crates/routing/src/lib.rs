@@ -43,12 +43,14 @@ mod limits;
 mod matchers;
 mod model;
 mod path;
+mod policy;
 mod table;
 mod target;
 mod template;
 mod timeouts;
 mod validate;
 mod validate_http;
+mod validate_policy;
 
 pub use self::domain::{DomainPattern, DomainPatternError};
 pub use self::dump::{PortGroupDump, RouteDump, TableDump, TargetDump};
@@ -57,7 +59,9 @@ pub use self::http::{
     HeaderActions, HttpOptions, HttpSettings, RewritePath, UpstreamProtocol, Via,
 };
 pub use self::ip::{IpList, IpPattern, IpPatternError, canonical_ip};
-pub use self::limits::{DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, RouteLimits};
+pub use self::limits::{
+    DEFAULT_MAX_TRACKED_IPS, LimitExceeded, LimitGuard, RequestLimiter, RouteLimits,
+};
 pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
     CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, LoadBalancing,
@@ -65,9 +69,10 @@ pub use self::model::{
     RouteSecurity, SendProxyProtocol, Target, TargetPort, TlsConfig, TlsMode, TlsVersion,
 };
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
+pub use self::policy::{BasicAuth, Cors, JwtAlgorithm, JwtAuth, RateLimitKey, RequestRateLimit};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
 pub use self::target::{ConnectFailure, ConnectionGuard, SelectedTarget, TargetHealthSnapshot};
-pub use self::template::{Template, TemplateVars};
+pub use self::template::{TEMPLATE_VARIABLES, Template, TemplateError, TemplateVars};
 pub use self::timeouts::{
     KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,
     RouteTimeouts, TcpKeepalive, multiplier_problem,
@@ -76,3 +81,5 @@ pub use self::validate::{
     BUILTIN_HANDLERS, REDIRECT_STATUSES, UPSTREAM_SNI, ValidationOptions, validate, validate_with,
 };
 pub use self::validate_http::HTTP_HANDLERS;
+pub use self::validate_policy::CORS_SAFELISTED_HEADERS;
+pub use smartproxy_limits::{Rate, RateLimited};

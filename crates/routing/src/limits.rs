@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use smartproxy_limits::{IpLimiter, IpLimits, Refused};
+use std::hash::{BuildHasher, RandomState};
+
+use smartproxy_limits::{IpLimiter, IpLimits, Rate, RateLimited, RateLimiter, Refused};
 
 use crate::ip::canonical_ip;
 use crate::model::RouteSecurity;
+use crate::policy::{RateLimitKey, RequestRateLimit};
 
 /// Default bound on the client addresses a route's rate limiter remembers.
 pub const DEFAULT_MAX_TRACKED_IPS: usize = smartproxy_limits::DEFAULT_MAX_TRACKED;
@@ -67,6 +70,7 @@ pub struct RouteLimits {
     max_connections: Option<u32>,
     open: AtomicU32,
     per_ip: Option<Arc<IpLimiter>>,
+    requests: Option<RequestLimiter>,
 }
 
 impl RouteLimits {
@@ -77,7 +81,17 @@ impl RouteLimits {
         let per_ip = (max_open > 0 || per_minute > 0).then(|| {
             IpLimiter::new(IpLimits { max_open, per_minute, max_tracked: DEFAULT_MAX_TRACKED_IPS })
         });
-        Self { max_connections: security.max_connections, open: AtomicU32::new(0), per_ip }
+        Self {
+            max_connections: security.max_connections,
+            open: AtomicU32::new(0),
+            per_ip,
+            requests: security.rate_limit.as_ref().map(RequestLimiter::new),
+        }
+    }
+
+    /// The per-request rate of an HTTP route (`security.rate_limit`).
+    pub fn requests(&self) -> Option<&RequestLimiter> {
+        self.requests.as_ref()
     }
 
     /// Whether no limit is configured (`try_acquire` always succeeds).
@@ -133,6 +147,67 @@ impl RouteLimits {
     /// Addresses the per-IP limiter remembers (0 without per-IP limits).
     pub fn tracked_ips(&self) -> usize {
         self.per_ip.as_ref().map_or(0, |p| p.tracked())
+    }
+}
+
+/// The per-request rate of an HTTP route (`security.rate_limit`): a GCRA budget of
+/// `requests` per `window` per client address, or per value of a request header (kept as a
+/// keyed 64-bit hash, never stored; requests without the header are counted by address).
+/// Memory: at most [`DEFAULT_MAX_TRACKED_IPS`] keys of each kind.
+#[derive(Debug)]
+pub struct RequestLimiter {
+    /// Lower-case header name of `key = "header:NAME"`.
+    header: Option<Box<str>>,
+    by_ip: RateLimiter<IpAddr>,
+    by_value: Option<(RateLimiter<u64>, RandomState)>,
+}
+
+impl RequestLimiter {
+    /// The limiter of `limit`.
+    pub fn new(limit: &RequestRateLimit) -> Self {
+        let rate = Rate::new(limit.requests, limit.window);
+        let header = match &limit.key {
+            RateLimitKey::Header(h) => Some(h.to_ascii_lowercase().into_boxed_str()),
+            _ => None,
+        };
+        let by_value = header
+            .is_some()
+            .then(|| (RateLimiter::new(rate, DEFAULT_MAX_TRACKED_IPS), RandomState::new()));
+        Self { header, by_ip: RateLimiter::new(rate, DEFAULT_MAX_TRACKED_IPS), by_value }
+    }
+
+    /// The lower-case name of the header the budget is keyed by (`None`: the address).
+    pub fn header(&self) -> Option<&str> {
+        self.header.as_deref()
+    }
+
+    /// The rate.
+    pub fn rate(&self) -> Rate {
+        self.by_ip.rate()
+    }
+
+    /// Counts one request now: by `header_value` when the limit is keyed by a header and the
+    /// request has it, else by `ip`.
+    pub fn check(&self, ip: IpAddr, header_value: Option<&[u8]>) -> Result<(), RateLimited> {
+        self.check_at(ip, header_value, self.by_ip.now())
+    }
+
+    /// [`RequestLimiter::check`] at `now` (any fixed origin, never going backwards).
+    pub fn check_at(
+        &self,
+        ip: IpAddr,
+        header_value: Option<&[u8]>,
+        now: Duration,
+    ) -> Result<(), RateLimited> {
+        match (&self.by_value, header_value) {
+            (Some((l, hasher)), Some(v)) => l.check_at(&hasher.hash_one(v), now),
+            _ => self.by_ip.check_at(&canonical_ip(ip), now),
+        }
+    }
+
+    /// Keys remembered (addresses and header values).
+    pub fn tracked(&self) -> usize {
+        self.by_ip.tracked() + self.by_value.as_ref().map_or(0, |(l, _)| l.tracked())
     }
 }
 
@@ -256,6 +331,37 @@ mod tests {
         });
         assert_eq!(l.open_connections(), 0, "every guard released exactly once");
         assert_eq!(l.tracked_ips(), 0);
+    }
+
+    #[test]
+    fn request_rate_by_ip_and_by_header() {
+        let mut s = RouteSecurity::default()
+            .with_rate_limit(RequestRateLimit::per_ip(2, Duration::from_secs(10)));
+        let l = RouteLimits::new(&s);
+        assert!(l.is_unlimited(), "connection limits are not request limits");
+        let r = l.requests().unwrap();
+        assert_eq!(r.header(), None);
+        let t = Duration::from_secs(1);
+        r.check_at(ip("10.0.0.1"), Some(b"k"), t).unwrap();
+        r.check_at(ip("::ffff:10.0.0.1"), None, t).unwrap();
+        let e = r.check_at(ip("10.0.0.1"), None, t).unwrap_err();
+        assert_eq!(e.retry_after, Duration::from_secs(5));
+        r.check_at(ip("10.0.0.2"), None, t).unwrap();
+
+        s.rate_limit = Some(RequestRateLimit {
+            requests: 1,
+            window: Duration::from_secs(60),
+            key: RateLimitKey::Header("X-Api-Key".into()),
+        });
+        let l = RouteLimits::new(&s);
+        let r = l.requests().unwrap();
+        assert_eq!(r.header(), Some("x-api-key"));
+        r.check_at(ip("10.0.0.1"), Some(b"alpha"), t).unwrap();
+        assert!(r.check_at(ip("10.0.0.2"), Some(b"alpha"), t).is_err(), "same key, any address");
+        r.check_at(ip("10.0.0.1"), Some(b"beta"), t).unwrap();
+        r.check_at(ip("10.0.0.1"), None, t).unwrap();
+        assert!(r.check_at(ip("10.0.0.1"), None, t).is_err(), "no header: by address");
+        assert_eq!(r.tracked(), 3);
     }
 
     #[test]

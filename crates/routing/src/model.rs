@@ -929,4 +929,39 @@ pub struct RouteSecurity {
     /// New connections on this route per client IP and minute at most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<u32>,
+    /// HTTP routes: Basic authentication against an htpasswd file, per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<crate::policy::BasicAuth>,
+    /// HTTP routes: a bearer JWT checked per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<Box<crate::policy::JwtAuth>>,
+    /// HTTP routes: requests per window and client address (or header value) -> 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::policy::RequestRateLimit>,
+}
+
+impl RouteSecurity {
+    /// Sets `basic_auth`.
+    pub fn with_basic_auth(mut self, b: crate::policy::BasicAuth) -> Self {
+        self.basic_auth = Some(b);
+        self
+    }
+
+    /// Sets `jwt`.
+    pub fn with_jwt(mut self, j: crate::policy::JwtAuth) -> Self {
+        self.jwt = Some(Box::new(j));
+        self
+    }
+
+    /// Sets the per-request `rate_limit`.
+    pub fn with_rate_limit(mut self, r: crate::policy::RequestRateLimit) -> Self {
+        self.rate_limit = Some(r);
+        self
+    }
+
+    /// Whether a per-request policy (`basic_auth`, `jwt`, `rate_limit`) is set: those apply
+    /// to HTTP routes only.
+    pub fn has_request_policy(&self) -> bool {
+        self.basic_auth.is_some() || self.jwt.is_some() || self.rate_limit.is_some()
+    }
 }

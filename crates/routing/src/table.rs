@@ -167,6 +167,13 @@ impl CompiledRoute {
         self.config.priority
     }
 
+    /// The parameters of the route's path pattern on `path` (`/users/:id` on `/users/7`:
+    /// `id = 7`), as a lookup that chose this route returned them; empty when the route has
+    /// no path pattern or `path` does not match it.
+    pub fn path_params<'a>(&'a self, path: &'a str) -> PathParams<'a> {
+        self.m.path.as_ref().and_then(|p| p.matches(path)).unwrap_or_default()
+    }
+
     /// The `http` table of a forward route served by the HTTP layer.
     pub fn http(&self) -> Option<&crate::http::HttpOptions> {
         match &self.config.action {

@@ -1,14 +1,42 @@
-//! Templates with request variables (redirect locations), parsed once at load.
+//! Templates with request variables (header values, redirect locations), parsed once at load.
 //!
-//! Variables, as in SmartProxy: `{domain}` `{path}` `{query}` `{clientIp}` `{port}`
-//! `{routeName}` `{headers.NAME}` `{pathParams.NAME}`. Anything else in braces is kept as
-//! written, so a literal `{` needs no escaping.
+//! Variables, as in SmartProxy: `{domain}` `{path}` `{query}` `{uri}` `{clientIp}` `{port}`
+//! `{routeName}` `{headers.NAME}` `{pathParams.NAME}`, and `{jwt.sub}` (the verified subject of
+//! a route with `security.jwt`). [`Template::compile`] refuses an unknown variable name (a
+//! typo is a configuration error); [`Template::parse`] keeps it as written. Braces around
+//! anything that is not a name (`{"a": 1}`, `{ }`) are literal text either way, so a literal
+//! `{` needs no escaping. Expanded values never carry control characters (CR, LF, NUL, ...):
+//! they are dropped, so a value from a request cannot split a header.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::matchers::HeaderSource;
 use crate::path::PathParams;
+
+/// Every template variable, as written in a template (`headers.NAME` and `pathParams.NAME`
+/// take a name after the dot).
+pub const TEMPLATE_VARIABLES: &[&str] = &[
+    "{domain}",
+    "{path}",
+    "{query}",
+    "{uri}",
+    "{clientIp}",
+    "{port}",
+    "{routeName}",
+    "{headers.NAME}",
+    "{pathParams.NAME}",
+    "{jwt.sub}",
+];
+
+/// An unknown variable in a template ([`Template::compile`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown template variable `{{{name}}}`; variables: {}", TEMPLATE_VARIABLES.join(" "))]
+#[non_exhaustive]
+pub struct TemplateError {
+    /// The name between the braces.
+    pub name: String,
+}
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +48,10 @@ enum Part {
     ClientIp,
     Port,
     RouteName,
+    /// Path and `?query` when there is one.
+    Uri,
+    /// The verified JWT subject.
+    JwtSub,
     /// Lower-case header name.
     Header(Box<str>),
     PathParam(Box<str>),
@@ -47,6 +79,34 @@ pub struct Template {
 impl Template {
     /// Parses `s`. Never fails: unknown `{…}` stay literal.
     pub fn parse(s: &str) -> Self {
+        Self::build(s, &mut |_| {})
+    }
+
+    /// Parses `s`, refusing a variable name that is not one of [`TEMPLATE_VARIABLES`]
+    /// (`{domian}`, `{headers.}`). Braces around anything that is not a name stay literal.
+    ///
+    /// ```
+    /// use smartproxy_routing::Template;
+    ///
+    /// assert!(Template::compile("{routeName} {clientIp} {uri}").is_ok());
+    /// assert!(Template::compile(r#"{"json": true}"#).is_ok_and(|t| t.is_literal()));
+    /// let err = Template::compile("https://{domian}{path}").unwrap_err();
+    /// assert_eq!(err.name, "domian");
+    /// ```
+    pub fn compile(s: &str) -> Result<Self, TemplateError> {
+        let mut bad = None;
+        let t = Self::build(s, &mut |name| {
+            if bad.is_none() {
+                bad = Some(name.to_owned());
+            }
+        });
+        match bad {
+            Some(name) => Err(TemplateError { name }),
+            None => Ok(t),
+        }
+    }
+
+    fn build(s: &str, unknown: &mut dyn FnMut(&str)) -> Self {
         let mut parts = Vec::new();
         let mut lit = String::new();
         let mut rest = s;
@@ -62,15 +122,17 @@ impl Template {
                 "domain" => Some(Part::Domain),
                 "path" => Some(Part::Path),
                 "query" => Some(Part::Query),
+                "uri" => Some(Part::Uri),
                 "clientIp" => Some(Part::ClientIp),
                 "port" => Some(Part::Port),
                 "routeName" => Some(Part::RouteName),
+                "jwt.sub" => Some(Part::JwtSub),
                 _ => {
-                    if let Some(h) = name.strip_prefix("headers.").filter(|h| !h.is_empty()) {
+                    if let Some(h) = name.strip_prefix("headers.").filter(|h| valid_header(h)) {
                         Some(Part::Header(h.to_ascii_lowercase().into()))
                     } else {
                         name.strip_prefix("pathParams.")
-                            .filter(|p| !p.is_empty())
+                            .filter(|p| is_name(p))
                             .map(|p| Part::PathParam(p.into()))
                     }
                 }
@@ -83,6 +145,9 @@ impl Template {
                     parts.push(v);
                 }
                 None => {
+                    if looks_like_variable(name) {
+                        unknown(name);
+                    }
                     lit.push('{');
                     lit.push_str(name);
                     lit.push('}');
@@ -97,6 +162,11 @@ impl Template {
         Self { parts: parts.into(), source: s.into() }
     }
 
+    /// Whether the template uses `{jwt.sub}`.
+    pub fn uses_jwt(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::JwtSub))
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.source
@@ -108,29 +178,38 @@ impl Template {
     }
 
     /// Appends the expansion to `out`. A variable with no value expands to nothing, except
-    /// `{domain}`, which falls back to [`TemplateVars::fallback_domain`].
+    /// `{domain}`, which falls back to [`TemplateVars::fallback_domain`]. Control characters
+    /// in values (CR, LF, NUL, DEL, ...; tab included) are dropped.
     pub fn expand(&self, vars: &TemplateVars<'_>, out: &mut String) {
         for p in self.parts.iter() {
             match p {
                 Part::Literal(s) => out.push_str(s),
-                Part::Domain => out.push_str(vars.domain.unwrap_or(vars.fallback_domain)),
-                Part::Path => out.push_str(vars.path),
-                Part::Query => out.push_str(vars.query.unwrap_or("")),
+                Part::Domain => push_clean(out, vars.domain.unwrap_or(vars.fallback_domain)),
+                Part::Path => push_clean(out, vars.path),
+                Part::Query => push_clean(out, vars.query.unwrap_or("")),
+                Part::Uri => {
+                    push_clean(out, vars.path);
+                    if let Some(q) = vars.query.filter(|q| !q.is_empty()) {
+                        out.push('?');
+                        push_clean(out, q);
+                    }
+                }
                 Part::ClientIp => {
                     let _ = write!(out, "{}", vars.client_ip);
                 }
                 Part::Port => {
                     let _ = write!(out, "{}", vars.port);
                 }
-                Part::RouteName => out.push_str(vars.route_name),
+                Part::RouteName => push_clean(out, vars.route_name),
+                Part::JwtSub => push_clean(out, vars.jwt_sub.unwrap_or("")),
                 Part::Header(name) => {
                     if let Some(v) = vars.headers.and_then(|h| h.get(name)) {
-                        out.push_str(v);
+                        push_clean(out, v);
                     }
                 }
                 Part::PathParam(name) => {
                     if let Some(v) = vars.params.and_then(|p| p.get(name)) {
-                        out.push_str(v);
+                        push_clean(out, v);
                     }
                 }
             }
@@ -143,6 +222,32 @@ impl Template {
         self.expand(vars, &mut s);
         s
     }
+}
+
+/// Appends `v` without its control characters (the fast path, no control character, is one
+/// scan and a copy).
+fn push_clean(out: &mut String, v: &str) {
+    if v.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        out.extend(v.chars().filter(|c| !c.is_control()));
+    } else {
+        out.push_str(v);
+    }
+}
+
+/// A name as variables are written: ASCII letters, digits, `_`, `-`, `.`.
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// An HTTP header name (RFC 9110 token).
+fn valid_header(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Braces around a name, or around a known prefix (`headers.` with nothing after it): meant
+/// as a variable.
+fn looks_like_variable(name: &str) -> bool {
+    is_name(name) || name.starts_with("headers.") || name.starts_with("pathParams.")
 }
 
 /// The values a [`Template`] is expanded with.
@@ -167,6 +272,8 @@ pub struct TemplateVars<'a> {
     pub headers: Option<&'a (dyn HeaderSource + Sync)>,
     /// Path parameters of the route's path pattern (`{pathParams.NAME}`).
     pub params: Option<&'a PathParams<'a>>,
+    /// The verified JWT subject (`{jwt.sub}`).
+    pub jwt_sub: Option<&'a str>,
 }
 
 impl<'a> TemplateVars<'a> {
@@ -182,6 +289,7 @@ impl<'a> TemplateVars<'a> {
             route_name: "",
             headers: None,
             params: None,
+            jwt_sub: None,
         }
     }
 
@@ -226,6 +334,12 @@ impl<'a> TemplateVars<'a> {
         self.params = Some(p);
         self
     }
+
+    /// Sets the verified JWT subject.
+    pub fn with_jwt_sub(mut self, sub: &'a str) -> Self {
+        self.jwt_sub = Some(sub);
+        self
+    }
 }
 
 impl std::fmt::Debug for TemplateVars<'_> {
@@ -237,6 +351,7 @@ impl std::fmt::Debug for TemplateVars<'_> {
             .field("client_ip", &self.client_ip)
             .field("port", &self.port)
             .field("route_name", &self.route_name)
+            .field("jwt_sub", &self.jwt_sub)
             .finish_non_exhaustive()
     }
 }
@@ -267,6 +382,50 @@ mod tests {
         );
         assert!(!t.is_literal());
         assert!(Template::parse("https://x/{nope}").is_literal());
+    }
+
+    #[test]
+    fn uri_and_jwt() {
+        let vars = TemplateVars::new("192.0.2.1".parse().unwrap(), 80)
+            .with_path("/a/b")
+            .with_query("x=1&y=2")
+            .with_jwt_sub("alice");
+        let t = Template::compile("{uri} {jwt.sub}").unwrap();
+        assert!(t.uses_jwt());
+        assert_eq!(t.expand_to_string(&vars), "/a/b?x=1&y=2 alice");
+        let no_query = TemplateVars::new("192.0.2.1".parse().unwrap(), 80).with_path("/a");
+        assert_eq!(Template::parse("{uri}|{jwt.sub}").expand_to_string(&no_query), "/a|");
+    }
+
+    #[test]
+    fn compile_refuses_unknown_names_only() {
+        for bad in
+            ["{domian}", "x {routename}", "{headers.}", "{pathParams.}", "{jwt.email}", "{Path}"]
+        {
+            assert!(Template::compile(bad).is_err(), "{bad}");
+        }
+        let e = Template::compile("a {clientIP} b").unwrap_err();
+        assert_eq!(e.name, "clientIP");
+        assert!(e.to_string().contains("{clientIp}"), "{e}");
+        for ok in ["", "plain", "{", "}{", "{ }", r#"{"a":1}"#, "{a b}", "{headers.x-env}"] {
+            assert!(Template::compile(ok).is_ok(), "{ok}");
+        }
+        // parse keeps unknown names as text.
+        assert_eq!(Template::parse("{domian}").as_str(), "{domian}");
+        assert!(Template::parse("{domian}").is_literal());
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_output() {
+        let headers = [("x-in", "a\r\nX-Injected: 1\u{0}\u{7f}\tb")];
+        let sub = "bob\r\nSet-Cookie: x=1";
+        let vars = TemplateVars::new("192.0.2.1".parse().unwrap(), 80)
+            .with_domain("ex\nample")
+            .with_headers(&headers)
+            .with_jwt_sub(sub);
+        let out = Template::parse("{headers.x-in}|{jwt.sub}|{domain}").expand_to_string(&vars);
+        assert_eq!(out, "aX-Injected: 1b|bobSet-Cookie: x=1|example");
+        assert!(!out.bytes().any(|b| b < 0x20 || b == 0x7f));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub(crate) fn check(
     check_names(routes, &mut out);
     check_tls_conflicts(routes, &compiled, &mut out);
     crate::validate_http::check_http(routes, &mut out);
+    crate::validate_policy::check_policies(routes, &mut out);
     check_engine_ports(routes, &mut out);
     // Route by route, in key order within a route as found.
     out.sort_by_key(|e| route_of(&e.path));

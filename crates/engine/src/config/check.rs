@@ -245,10 +245,22 @@ pub(super) fn compile(
     // What nftables cannot honour in the kernel-forwarded routes (`bind`: their addresses).
     errors.extend(crate::kernel::check(routes, bind));
     let tls = TlsFiles::load(routes, &mut errors);
-    match table {
-        Some(table) if errors.is_empty() => {
-            Ok(Compiled { table: Arc::new(table), tls: Arc::new(tls), default_cert })
+    // The htpasswd and JWT key files of authenticating routes, read here once (and again on
+    // every reload, which parses the configuration again).
+    let credentials = match smartproxy_http::Credentials::load(routes) {
+        Ok(c) => c,
+        Err(list) => {
+            errors.extend(list.into_iter().map(|e| ConfigError::new(e.path, e.message)));
+            smartproxy_http::Credentials::new()
         }
+    };
+    match table {
+        Some(table) if errors.is_empty() => Ok(Compiled {
+            table: Arc::new(table),
+            tls: Arc::new(tls),
+            default_cert,
+            credentials: Arc::new(credentials),
+        }),
         _ => Err(errors),
     }
 }

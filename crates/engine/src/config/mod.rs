@@ -96,6 +96,8 @@ pub(crate) struct Compiled {
     pub(crate) tls: Arc<TlsFiles>,
     /// `[tls] default_certificate`, loaded (kept when the routes change).
     pub(crate) default_cert: Option<LoadedCert>,
+    /// The htpasswd users and JWT keys of the routes with `basic_auth` / `jwt`.
+    pub(crate) credentials: Arc<smartproxy_http::Credentials>,
 }
 
 /// `[tls]`.

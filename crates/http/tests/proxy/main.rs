@@ -6,5 +6,6 @@ mod errors;
 mod h2;
 mod nginx;
 mod observe;
+mod policies;
 mod routing;
 mod websocket;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartproxy_metrics::{
-    CloseReason, HttpErrorReason, HttpMethod, ManualClock, Metrics, MetricsConfig, PerIp,
-    ProxyVersion, RefuseReason, Snapshot,
+    CloseReason, HttpErrorReason, HttpMethod, HttpPolicyReason, ManualClock, Metrics,
+    MetricsConfig, PerIp, ProxyVersion, RefuseReason, Snapshot,
 };
 
 pub(crate) const T0: u64 = 1_700_000_000;
@@ -71,6 +71,19 @@ pub(crate) fn metrics() -> (Arc<Metrics>, Arc<ManualClock>) {
     m.http_request_started(Some(&web));
     m.http_error(HttpErrorReason::NoRoute);
     m.http_error(HttpErrorReason::BackendError);
+    // Route policies: two 429s and a 401 on web.
+    for reason in [
+        HttpPolicyReason::RateLimited,
+        HttpPolicyReason::RateLimited,
+        HttpPolicyReason::AuthMissing,
+    ] {
+        m.http_policy_refused(&web, reason);
+        m.http_error(if reason.status() == 429 {
+            HttpErrorReason::RateLimited
+        } else {
+            HttpErrorReason::Unauthorized
+        });
+    }
     std::mem::forget(a); // stays open (leaked on purpose: the story ends with it active)
     (m, clock)
 }
@@ -95,6 +108,8 @@ pub(crate) fn two_snapshots() -> (Snapshot, Snapshot) {
     m.http_request_started(Some(&web));
     m.http_request_finished(Some(&web), HttpMethod::Get, 200, Duration::from_millis(1));
     m.http_error(HttpErrorReason::HeaderTooLarge);
+    m.http_policy_refused(&web, HttpPolicyReason::RateLimited);
+    m.http_policy_refused(&m.route("api \"v2\""), HttpPolicyReason::AuthInvalid);
     m.tick(T0 + 5);
     (first, m.snapshot())
 }

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use smartproxy_http::{
-    AccessLog, ConnInfo, HttpConfig, HttpService, HttpSettings, ServeOutcome, TlsInfo,
+    AccessLog, ConnInfo, Credentials, HttpConfig, HttpService, HttpSettings, ServeOutcome, TlsInfo,
 };
 use smartproxy_metrics::{Metrics, MetricsConfig};
 use smartproxy_routing::{RouteConfig, RouteTable};
@@ -54,14 +54,27 @@ pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Routes from a TOML `[[routes]]` document.
-pub(crate) fn routes(doc: &str) -> Arc<RouteTable> {
+/// The `[[routes]]` of a TOML document.
+pub(crate) fn route_configs(doc: &str) -> Vec<RouteConfig> {
     #[derive(serde::Deserialize)]
     struct F {
         routes: Vec<RouteConfig>,
     }
     let f: F = toml::from_str(doc).unwrap_or_else(|e| panic!("routes: {e}\n{doc}"));
-    Arc::new(RouteTable::compile(f.routes).unwrap_or_else(|e| panic!("routes: {e:?}")))
+    f.routes
+}
+
+/// Routes from a TOML `[[routes]]` document.
+pub(crate) fn routes(doc: &str) -> Arc<RouteTable> {
+    Arc::new(RouteTable::compile(route_configs(doc)).unwrap_or_else(|e| panic!("routes: {e:?}")))
+}
+
+/// The credentials the routes of a document name (their files read now, as the engine does
+/// at load and reload).
+pub(crate) fn credentials(doc: &str) -> Arc<Credentials> {
+    Arc::new(
+        Credentials::load(&route_configs(doc)).unwrap_or_else(|e| panic!("credentials: {e:?}")),
+    )
 }
 
 // ----- PKI -----------------------------------------------------------------------------------
@@ -187,7 +200,9 @@ impl Proxy {
     pub(crate) async fn start(routes_for: impl FnOnce(u16) -> String, opts: Opts) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let table = routes(&routes_for(addr.port()));
+        let doc = routes_for(addr.port());
+        let table = routes(&doc);
+        let creds = credentials(&doc);
         let shared = Arc::new(OptsShared {
             settings: opts.settings.clone().unwrap_or_default(),
             upstream_tls: opts.upstream_tls.clone(),
@@ -202,8 +217,11 @@ impl Proxy {
         } else {
             None
         };
-        let service =
-            HttpService::with_access_log(config(&shared, table), Some(Arc::clone(&metrics)), sink);
+        let service = HttpService::with_access_log(
+            config(&shared, table, creds),
+            Some(Arc::clone(&metrics)),
+            sink,
+        );
         let (shutdown, rx) = watch::channel(false);
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let svc = service.clone();
@@ -266,9 +284,9 @@ impl Proxy {
         format!("http://127.0.0.1:{}{path}", self.port())
     }
 
-    /// Swaps in new routes (same settings).
+    /// Swaps in new routes (same settings); their credential files are read again.
     pub(crate) fn reload(&self, doc: &str) {
-        self.service.reload(config(&self.opts, routes(doc)));
+        self.service.reload(config(&self.opts, routes(doc), credentials(doc)));
     }
 
     pub(crate) fn shutdown(&self) {
@@ -276,8 +294,8 @@ impl Proxy {
     }
 }
 
-fn config(o: &OptsShared, table: Arc<RouteTable>) -> HttpConfig {
-    let mut c = HttpConfig::new(table).with_settings(o.settings.clone());
+fn config(o: &OptsShared, table: Arc<RouteTable>, creds: Arc<Credentials>) -> HttpConfig {
+    let mut c = HttpConfig::new(table).with_settings(o.settings.clone()).with_credentials(creds);
     if let Some(t) = &o.upstream_tls {
         c = c.with_upstream_tls(Arc::clone(t));
     }
@@ -458,6 +476,13 @@ async fn backend_handle(
     }
     if path == "/ws" {
         return Ok(websocket_echo(&mut req));
+    }
+    // A redirect to wherever the client asks (`X-Location`), as an application would send.
+    if let Some(loc) = req.headers().get("x-location").cloned() {
+        let mut resp = Response::new(full("moved\n"));
+        *resp.status_mut() = StatusCode::FOUND;
+        resp.headers_mut().insert(http::header::LOCATION, loc);
+        return Ok(resp);
     }
     if path == "/trailers" {
         let mut trailers = http::HeaderMap::new();
