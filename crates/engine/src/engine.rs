@@ -210,7 +210,7 @@ impl EngineBuilder {
             certs: parking_lot::Mutex::new(None),
             kernel: Arc::new(Kernel::new()),
         });
-        crate::quiet::spawn_flusher(Arc::downgrade(&ctl.shared.obs));
+        crate::observe::spawn_log_flusher(Arc::downgrade(&ctl.shared.obs));
         let st = ctl.shared.state.load_full();
         *ctl.certs.lock() = Some(CertTasks::start(&st.certs, metrics.clone()));
         let bound = bind_ports(&st.config, &st.table.ports(), ctl.runtimes.len())?;

@@ -410,3 +410,18 @@ impl Drop for ConnObserver {
         }
     }
 }
+
+/// Refills the observer's log budgets every [`crate::quiet::INTERVAL`] (and writes the
+/// summaries of suppressed lines) until the observer is gone.
+pub(crate) fn spawn_log_flusher(obs: std::sync::Weak<EngineObserver>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::quiet::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(o) = obs.upgrade() else { return };
+            o.flush_logs();
+        }
+    });
+}

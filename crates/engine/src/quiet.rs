@@ -79,20 +79,6 @@ impl LogLimiter {
     }
 }
 
-/// Refills `limiter` every [`INTERVAL`] until the observer it belongs to is gone.
-pub(crate) fn spawn_flusher(obs: std::sync::Weak<crate::observe::EngineObserver>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(o) = obs.upgrade() else { return };
-            o.flush_logs();
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
