@@ -48,10 +48,14 @@ async fn backend() -> SocketAddr {
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        // The policy route's rewrite must have happened.
-                        assert!(!req.uri().path().starts_with("/v1/"), "not rewritten");
+                        // Whether the path arrived rewritten (the policy route's rewrite),
+                        // checked by the client.
+                        let rewritten =
+                            if req.uri().path().starts_with("/api/") { "1" } else { "0" };
                         let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
                         r.headers_mut().insert("server", http::HeaderValue::from_static("bench"));
+                        r.headers_mut()
+                            .insert("x-rewritten", http::HeaderValue::from_static(rewritten));
                         Ok::<_, Infallible>(r)
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -119,8 +123,8 @@ async fn h1(addr: SocketAddr) -> Tx {
 }
 
 /// The same request for every variant (the bare route and the backend ignore what they do
-/// not use).
-async fn get(tx: &mut Tx) {
+/// not use); only the `policy` variant's path reaches the backend rewritten.
+async fn get(tx: &mut Tx, variant: &str) {
     tx.ready().await.unwrap_or_else(|e| panic!("{e}"));
     let req = Request::get("/v1/items/42?q=1")
         .header("host", "bench.test")
@@ -130,6 +134,8 @@ async fn get(tx: &mut Tx) {
         .unwrap_or_else(|e| panic!("{e}"));
     let resp = tx.send_request(req).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(resp.status().is_success(), "{}", resp.status());
+    let rewritten = resp.headers().get("x-rewritten").is_some_and(|v| v == "1");
+    assert_eq!(rewritten, variant == "policy", "{variant}: rewritten {rewritten}");
     let b = resp.into_body().collect().await.unwrap_or_else(|e| panic!("{e}")).to_bytes();
     assert_eq!(b.len(), BODY.len());
 }
@@ -174,7 +180,7 @@ fn main() {
         s.rt.block_on(async {
             let mut tx = h1(addr).await;
             for _ in 0..n {
-                get(&mut tx).await;
+                get(&mut tx, variant).await;
             }
         });
         return;
@@ -184,7 +190,7 @@ fn main() {
     for (name, addr) in &s.addrs {
         let mut tx = s.rt.block_on(h1(*addr));
         g.bench_function(format!("h1_keepalive_{name}"), |b| {
-            b.iter(|| s.rt.block_on(get(&mut tx)));
+            b.iter(|| s.rt.block_on(get(&mut tx, name)));
         });
     }
     g.finish();
