@@ -168,6 +168,9 @@ pub(crate) struct ConnCtx {
     /// Upgraded connections (WebSocket) being relayed; aborted if the connection is dropped.
     /// Created with the first one.
     pub(crate) tunnels: Mutex<Option<JoinSet<()>>>,
+    /// The last `Authorization` value a `basic_auth` route accepted on this connection
+    /// (crate::policy): the same value again skips the cache lookup and its hash.
+    pub(crate) basic_memo: crate::policy::BasicMemo,
 }
 
 impl ConnCtx {
@@ -195,6 +198,7 @@ impl ConnCtx {
             h2: AtomicBool::new(false),
             private_pools: Mutex::new(Vec::new()),
             tunnels: Mutex::new(None),
+            basic_memo: crate::policy::BasicMemo::default(),
         }
     }
 

@@ -366,8 +366,37 @@ enum BasicStep {
     Slow(SlowBasic),
 }
 
+/// Per connection: the last `Authorization` value that passed a `basic_auth` route, and the
+/// password file it passed against. Clients send the same credentials with every request of
+/// a kept-alive connection; the same bytes against the same file (a reload that re-reads the
+/// file makes a new one) pass without the base64 decode, the keyed hash and the shared cache.
+/// The bytes are compared in constant time.
+#[derive(Debug, Default)]
+pub(crate) struct BasicMemo(parking_lot::Mutex<Option<Remembered>>);
+
+/// The password file a value passed against, and the value.
+type Remembered = (std::sync::Weak<Htpasswd>, Box<[u8]>);
+
+impl BasicMemo {
+    fn knows(&self, store: &Arc<Htpasswd>, value: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.lock().as_ref().is_some_and(|(s, v)| {
+            std::ptr::eq(s.as_ptr(), Arc::as_ptr(store)) && bool::from(v.as_ref().ct_eq(value))
+        })
+    }
+
+    fn remember(&self, store: &Arc<Htpasswd>, value: &[u8]) {
+        *self.0.lock() = Some((Arc::downgrade(store), value.into()));
+    }
+}
+
 impl BasicPolicy {
-    fn check(&self, headers: &HeaderMap) -> BasicStep {
+    fn check(&self, headers: &HeaderMap, memo: &BasicMemo) -> BasicStep {
+        if let (Some(store), Some(v)) = (&self.store, headers.get(header::AUTHORIZATION))
+            && memo.knows(store, v.as_bytes())
+        {
+            return BasicStep::Pass;
+        }
         let Some(b64) = credentials(headers, "basic") else {
             return BasicStep::Refuse(
                 Refusal::new(HttpPolicyReason::AuthMissing, "no basic credentials")
@@ -389,7 +418,12 @@ impl BasicPolicy {
         };
         let (user, password) = (&raw[..colon], &raw[colon + 1..]);
         match store.known(user, password) {
-            None => BasicStep::Pass,
+            None => {
+                if let Some(v) = headers.get(header::AUTHORIZATION) {
+                    memo.remember(store, v.as_bytes());
+                }
+                BasicStep::Pass
+            }
             Some(digest) => BasicStep::Slow(SlowBasic {
                 store: Arc::clone(store),
                 user: user.to_vec(),
@@ -406,6 +440,7 @@ pub(crate) async fn run<B>(
     route: &CompiledRoute,
     pol: &Policies,
     req: &Request<B>,
+    memo: &BasicMemo,
 ) -> Result<Passed, Stop> {
     let mut passed = Passed::default();
     if let Some(c) = &pol.cors {
@@ -424,7 +459,7 @@ pub(crate) async fn run<B>(
     };
     match &pol.auth {
         None => {}
-        Some(Auth::Basic(b)) => match b.check(req.headers()) {
+        Some(Auth::Basic(b)) => match b.check(req.headers(), memo) {
             BasicStep::Pass => {}
             BasicStep::Refuse(r) => return Err(with_cors(r, &passed.cors)),
             BasicStep::Slow(job) => {
@@ -459,6 +494,30 @@ pub(crate) async fn run<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-connection memo passes only the same bytes against the same password file.
+    #[test]
+    fn basic_memo_needs_the_same_value_and_file() {
+        let file = || {
+            Arc::new(
+                Htpasswd::parse(
+                    "alice:$2y$04$abcdefghijklmnopqrstuu5vJ1m1TeL/ma1yYqwM8tYqAq5IOQ5CS\n",
+                )
+                .unwrap(),
+            )
+        };
+        let (a, b) = (file(), file());
+        let memo = BasicMemo::default();
+        assert!(!memo.knows(&a, b"Basic YWxpY2U6czNjcmV0"), "empty");
+        memo.remember(&a, b"Basic YWxpY2U6czNjcmV0");
+        assert!(memo.knows(&a, b"Basic YWxpY2U6czNjcmV0"));
+        assert!(!memo.knows(&a, b"Basic YWxpY2U6czNjcmV1"), "other bytes");
+        assert!(!memo.knows(&a, b"Basic YWxpY2U6czNjcmV0 "), "other length");
+        assert!(!memo.knows(&b, b"Basic YWxpY2U6czNjcmV0"), "another file (a reload)");
+        drop(a);
+        let c = file();
+        assert!(!memo.knows(&c, b"Basic YWxpY2U6czNjcmV0"), "a file made after the old one went");
+    }
 
     #[test]
     fn authorization_schemes() {

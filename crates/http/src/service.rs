@@ -307,7 +307,11 @@ fn decide(snap: &Snapshot, ctx: &ConnCtx, req: &Request<Incoming>) -> Decision {
             Decision::Respond(m.index, Box::new(resp))
         }
         RouteKind::Handler(HandlerRoute::Redirect { location, status }) => {
-            let fallback = ctx.local.map(|a| a.ip().to_string()).unwrap_or_default();
+            // `{domain}` falls back to the local address only without a Host (no allocation else).
+            let fallback = match (host, ctx.local) {
+                (None, Some(a)) => a.ip().to_string(),
+                _ => String::new(),
+            };
             let mut vars = TemplateVars::new(ctx.client.ip(), ctx.port)
                 .with_path(req.uri().path())
                 .with_route_name(route.name())
@@ -368,6 +372,7 @@ fn expand<B>(
     let path = req.uri().path();
     let params = route.path_params(path);
     let fallback = ctx.local.map(|a| a.ip().to_string()).unwrap_or_default();
+    let ip_text = ctx.xff.to_str().ok();
     let mut vars = TemplateVars::new(ctx.client.ip(), ctx.port)
         .with_path(path)
         .with_route_name(route.name())
@@ -379,6 +384,9 @@ fn expand<B>(
     }
     if let Some(q) = req.uri().query() {
         vars = vars.with_query(q);
+    }
+    if let Some(ip) = ip_text {
+        vars = vars.with_client_ip_text(ip);
     }
     if let Some(sub) = passed.token.as_ref().and_then(|t| t.sub.as_deref()) {
         vars = vars.with_jwt_sub(sub);
@@ -558,10 +566,14 @@ pub(crate) async fn handle(
             // Security, in its fixed order (crate::policy), then the request rewrite.
             let passed = match &pr.policy {
                 None => crate::policy::Passed::default(),
-                Some(pol) => match crate::policy::run(ctx.client.ip(), route, pol, &req).await {
-                    Ok(p) => p,
-                    Err(stop) => return Ok(policy_answer(guard, &snap, i, stop)),
-                },
+                Some(pol) => {
+                    match crate::policy::run(ctx.client.ip(), route, pol, &req, &ctx.basic_memo)
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err(stop) => return Ok(policy_answer(guard, &snap, i, stop)),
+                    }
+                }
             };
             let expanded = expand(&ctx, route, pr, &req, passed);
             crate::proxy::forward(&ctx, &snap, i, req, guard, expanded).await

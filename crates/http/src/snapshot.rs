@@ -219,7 +219,8 @@ impl HeaderOps {
             .chain(&self.add)
             .filter_map(|(_, v)| match v {
                 OpValue::Template(t) => Some(
-                    HeaderValue::from_str(&t.expand_to_string(vars))
+                    // From the String itself: no second allocation and copy.
+                    HeaderValue::try_from(t.expand_to_string(vars))
                         .unwrap_or(HeaderValue::from_static("")),
                 ),
                 OpValue::Fixed(_) => None,

@@ -194,12 +194,13 @@ impl Template {
                         push_clean(out, q);
                     }
                 }
-                Part::ClientIp => {
-                    let _ = write!(out, "{}", vars.client_ip);
-                }
-                Part::Port => {
-                    let _ = write!(out, "{}", vars.port);
-                }
+                Part::ClientIp => match vars.client_ip_text {
+                    Some(t) => out.push_str(t),
+                    None => {
+                        let _ = write!(out, "{}", vars.client_ip);
+                    }
+                },
+                Part::Port => push_u16(out, vars.port),
                 Part::RouteName => push_clean(out, vars.route_name),
                 Part::JwtSub => push_clean(out, vars.jwt_sub.unwrap_or("")),
                 Part::Header(name) => {
@@ -222,6 +223,22 @@ impl Template {
         self.expand(vars, &mut s);
         s
     }
+}
+
+/// Appends the decimal digits of `n` (without the formatting machinery).
+fn push_u16(out: &mut String, mut n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits.
+    out.extend(digits[i..].iter().map(|d| char::from(*d)));
 }
 
 /// Appends `v` without its control characters (the fast path, no control character, is one
@@ -264,6 +281,9 @@ pub struct TemplateVars<'a> {
     pub query: Option<&'a str>,
     /// Real client address.
     pub client_ip: IpAddr,
+    /// `client_ip` already written out (the HTTP layer keeps it per connection): `{clientIp}`
+    /// then copies it instead of formatting the address for every request.
+    pub client_ip_text: Option<&'a str>,
     /// Listening port.
     pub port: u16,
     /// Name of the route.
@@ -285,12 +305,19 @@ impl<'a> TemplateVars<'a> {
             path: "/",
             query: None,
             client_ip,
+            client_ip_text: None,
             port,
             route_name: "",
             headers: None,
             params: None,
             jwt_sub: None,
         }
+    }
+
+    /// Sets the text of the client address (it must be `client_ip` written out).
+    pub fn with_client_ip_text(mut self, ip: &'a str) -> Self {
+        self.client_ip_text = Some(ip);
+        self
     }
 
     /// Sets the domain.
@@ -382,6 +409,19 @@ mod tests {
         );
         assert!(!t.is_literal());
         assert!(Template::parse("https://x/{nope}").is_literal());
+    }
+
+    /// `{port}` without the formatter, and `{clientIp}` from the text the caller keeps.
+    #[test]
+    fn port_digits_and_client_ip_text() {
+        let t = Template::parse("{port}");
+        for p in [0u16, 7, 10, 99, 443, 8080, 10000, 65535] {
+            let vars = TemplateVars::new("192.0.2.1".parse().unwrap(), p);
+            assert_eq!(t.expand_to_string(&vars), p.to_string());
+        }
+        let vars =
+            TemplateVars::new("192.0.2.1".parse().unwrap(), 80).with_client_ip_text("192.0.2.1");
+        assert_eq!(Template::parse("{clientIp}").expand_to_string(&vars), "192.0.2.1");
     }
 
     #[test]

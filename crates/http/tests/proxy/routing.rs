@@ -345,6 +345,38 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {bp} }}],
     assert!(!head.contains("x-backend"), "{head}");
 }
 
+/// A `rewrite_path` that is not a prefix swap goes through the regex (captures reordered);
+/// a path it does not match is forwarded as it came. (Prefix swaps take a faster path with
+/// the same result: `header_operations_and_path_rewrite`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_path_rewrite_and_paths_it_does_not_match() {
+    let b = Backend::h1("re").await;
+    let bp = b.port();
+    let proxy = Proxy::start(
+        |p| {
+            format!(
+                r#"[[routes]]
+name = "re"
+match = {{ ports = [{p}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {bp} }}], http = {{
+  rewrite_path = {{ from = "^/(\\w+)/v([0-9])$", to = "/v$2/$1" }} }} }}
+"#
+            )
+        },
+        Opts::default(),
+    )
+    .await;
+    for (path, want) in [
+        ("/books/v2?x=1", "/v2/books?x=1"),
+        ("/books/v2", "/v2/books"),
+        ("/books/latest?y=2", "/books/latest?y=2"),
+    ] {
+        let out = curl(&[&proxy.url(path)]).await;
+        let doc = &json_docs(&stdout(&out))[0];
+        assert_eq!(doc["uri"], want, "{path}: {doc}");
+    }
+}
+
 /// A target that answers in HTTP/1.0 and closes (python's http.server, old appliances): the
 /// client still gets HTTP/1.1 answers on one kept-alive connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
