@@ -68,23 +68,7 @@ pub(crate) async fn connect(
 /// nothing is called (new sockets have no probes). A failure is logged and the connection
 /// goes on without probes.
 pub(crate) fn set_keepalive(sock: &socket2::Socket, keepalive: &TcpKeepalive) {
-    let TcpKeepalive::On { idle, interval, count } = *keepalive else { return };
-    let params = socket2::TcpKeepalive::new().with_time(idle);
-    #[cfg(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "macos",
-        target_os = "freebsd"
-    ))]
-    let params = params.with_interval(interval).with_retries(count);
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "macos",
-        target_os = "freebsd"
-    )))]
-    let _ = (interval, count);
-    if let Err(e) = sock.set_tcp_keepalive(&params) {
+    if let Err(e) = smartproxy_http::set_tcp_keepalive(&socket2::SockRef::from(sock), keepalive) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }

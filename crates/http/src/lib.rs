@@ -49,6 +49,6 @@ pub use self::conn::{CloseReason, Protocol, ServeOutcome};
 pub use self::ctx::{ConnInfo, ProxyHeaderFn, TlsInfo};
 pub use self::service::{HttpConfig, HttpService, RouteConnSettings};
 pub use self::upstream::{
-    TlsConnectFuture, TlsConnectRequest, TlsStream, UpstreamStream, UpstreamTls,
+    TlsConnectFuture, TlsConnectRequest, TlsStream, UpstreamStream, UpstreamTls, set_tcp_keepalive,
 };
 pub use smartproxy_routing::HttpSettings;

@@ -288,7 +288,21 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive probes on a new backend connection (four `setsockopt` calls, once; a failure
 /// leaves the connection without probes).
 fn set_keepalive(s: &TcpStream, k: &smartproxy_routing::TcpKeepalive) {
-    let smartproxy_routing::TcpKeepalive::On { idle, interval, count } = *k else { return };
+    if let Err(e) = set_tcp_keepalive(&socket2::SockRef::from(s), k) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive on a backend connection");
+    }
+}
+
+/// Turns on TCP keepalive probes on `sock` as `k` says (`SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, `TCP_KEEPCNT` where the system has them: four `setsockopt` calls, once per
+/// socket; nothing per packet). [`TcpKeepalive::Off`](smartproxy_routing::TcpKeepalive::Off)
+/// calls nothing (new sockets have no probes). Shared with the engine's client and backend
+/// sockets.
+pub fn set_tcp_keepalive(
+    sock: &socket2::SockRef<'_>,
+    k: &smartproxy_routing::TcpKeepalive,
+) -> std::io::Result<()> {
+    let smartproxy_routing::TcpKeepalive::On { idle, interval, count } = *k else { return Ok(()) };
     let params = socket2::TcpKeepalive::new().with_time(idle);
     #[cfg(any(
         target_os = "linux",
@@ -304,7 +318,5 @@ fn set_keepalive(s: &TcpStream, k: &smartproxy_routing::TcpKeepalive) {
         target_os = "freebsd"
     )))]
     let _ = (interval, count);
-    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&params) {
-        tracing::debug!(error = %e, "cannot set TCP keepalive on a backend connection");
-    }
+    sock.set_tcp_keepalive(&params)
 }
