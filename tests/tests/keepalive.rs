@@ -25,97 +25,32 @@ use std::time::{Duration, Instant};
 
 use smartproxy_tests::*;
 
+// The network namespaces of the nftables tests (crates/nftables/tests/support).
+#[path = "../../crates/nftables/tests/support/mod.rs"]
+mod support;
+use support::{Netns, run};
+
 // ----------------------------------------------------------------------------------------
 // Network namespaces
 
-fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `{cmd}` (apt-get install iproute2 nftables): {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`{cmd} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// `ip netns exec NAME CMD`: `cmd` run inside the namespace.
+fn command_in(ns: &Netns, cmd: &std::path::Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns.name()]).arg(cmd);
+    c
 }
 
-#[track_caller]
-fn must(cmd: &str, args: &[&str]) -> String {
-    run(cmd, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A network namespace made by the test, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(name: String) -> Netns {
-        if let Err(e) = run("ip", &["netns", "add", &name]) {
-            panic!("cannot create a network namespace (the test needs root and iproute2): {e}");
-        }
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    #[track_caller]
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        must("ip", &all)
-    }
-
-    /// `cmd ARGS` run inside the namespace.
-    fn command(&self, cmd: &std::path::Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(cmd);
-        c
-    }
-
-    /// Loads an nftables ruleset in the namespace.
-    fn nft(&self, ruleset: &str) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run nft (apt-get install nftables)");
-        child.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Runs `f` on a thread that entered the namespace: sockets it makes live there (and
-    /// keep working from any thread).
-    fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&file),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
-            eprintln!("cleanup: {e}");
-        }
-    }
+/// Loads an nftables ruleset in the namespace.
+fn load_ruleset(ns: &Netns, ruleset: &str) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nft (apt-get install nftables)");
+    child.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 const A_ADDR: &str = "10.203.0.1";
@@ -142,7 +77,7 @@ fn pair() -> (Netns, Netns) {
     let id = format!("spka-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
     let a = Netns::create(format!("{id}-a"));
     let b = Netns::create(format!("{id}-b"));
-    a.ip(&["link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", &b.name]);
+    a.ip(&["link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", b.name()]);
     a.ip(&["addr", "add", &format!("{A_ADDR}/24"), "dev", "veth-a"]);
     b.ip(&["addr", "add", &format!("{B_ADDR}/24"), "dev", "veth-b"]);
     a.ip(&["link", "set", "veth-a", "up"]);
@@ -165,8 +100,7 @@ impl NsProxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("smartproxy.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = ns
-            .command(&smartproxy_bin())
+        let mut child = command_in(ns, &smartproxy_bin())
             .arg("run")
             .arg("-c")
             .arg(&path)
@@ -329,7 +263,8 @@ timeouts = {{ tcp_keepalive = false }}
     let (_c2, t2) = client_in(&b, format!("{A_ADDR}:7001").parse().unwrap());
     let (mut c3, _) = client_in(&a, local(7002));
     // Namespace B vanishes: every packet in or out is dropped, nothing is answered or reset.
-    b.nft(
+    load_ruleset(
+        &b,
         "table inet vanish {
            chain in { type filter hook input priority 0; policy drop; }
            chain out { type filter hook output priority 0; policy drop; }

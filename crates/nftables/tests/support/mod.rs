@@ -40,7 +40,7 @@ pub const DROPPED: Duration = Duration::from_millis(1500);
 /// The bound of every wait that must succeed.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(cmd)
         .args(args)
         .output()
@@ -58,7 +58,7 @@ fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
 }
 
 #[track_caller]
-fn must(cmd: &str, args: &[&str]) -> String {
+pub fn must(cmd: &str, args: &[&str]) -> String {
     run(cmd, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -69,7 +69,8 @@ pub struct Netns {
 }
 
 impl Netns {
-    fn create(name: String) -> Self {
+    /// Creates the namespace `name` (its loopback up); deleted on drop.
+    pub fn create(name: String) -> Self {
         if let Err(e) = run("ip", &["netns", "add", &name]) {
             panic!(
                 "cannot create network namespaces here, so the nftables tests cannot run \
