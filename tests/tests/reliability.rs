@@ -1,0 +1,409 @@
+//! Reliability under bad backends (issue 17): targets that flap, refuse, reset mid-stream,
+//! accept and never answer, or answer slowly. Every client gets a prompt close (502/504 on
+//! HTTP routes), the proxy's open file descriptors and connection gauges come back to their
+//! values before the round, and load balancing skips a down target for its `health.cooldown`
+//! and returns to it once it answers again.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use smartproxy_tests::*;
+
+/// Open file descriptors of process `pid` (`/proc/PID/fd`).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The open fds of `pid` once none of them is a TCP connection (only its listeners are left):
+/// what the process holds between connections.
+fn quiet_fds(pid: u32) -> usize {
+    let connections = || {
+        let mine = socket_inodes(pid);
+        tcp_table().into_iter().filter(|t| t.state != 0x0A && mine.contains(&t.inode)).count()
+    };
+    wait_for("the proxy without open TCP connections", connections, |&n| n == 0);
+    open_fds(pid)
+}
+
+/// What the open file descriptors of `pid` are (for failure messages): the link of each,
+/// with the TCP ports of sockets from `/proc/net/tcp`.
+fn describe_fds(pid: u32) -> String {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return String::new() };
+    let table = tcp_table();
+    for e in dir.flatten() {
+        let link =
+            std::fs::read_link(e.path()).map(|l| l.display().to_string()).unwrap_or_default();
+        let tcp = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|i| i.parse::<u64>().ok())
+            .and_then(|inode| table.iter().find(|t| t.inode == inode));
+        out.push(match tcp {
+            Some(t) => format!("{link} {}->{} st={}", t.local_port, t.remote_port, t.state),
+            None => link,
+        });
+    }
+    out.sort();
+    out.join("\n")
+}
+
+/// Every connection gauge of `/metrics/json` (each number under a key `active`), by path.
+fn gauges(admin: u16) -> Vec<(String, u64)> {
+    fn walk(v: &serde_json::Value, path: &str, out: &mut Vec<(String, u64)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let p = format!("{path}.{k}");
+                    match v.as_u64() {
+                        Some(n) if k == "active" || k.ends_with("_active") => out.push((p, n)),
+                        _ => walk(v, &p, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&metrics_json(admin), "", &mut out);
+    out
+}
+
+/// Waits until the proxy's fds and gauges are back at `fds` and `gauges` (the values before a
+/// round); fails naming what stayed.
+fn assert_back_to(proxy: &Proxy, admin: u16, fds: usize, before: &[(String, u64)]) {
+    let pid = proxy.pid();
+    let deadline = Instant::now() + WAIT;
+    while quiet_fds(pid) != fds {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy's fds are not back to {fds}: {}\n{}",
+            open_fds(pid),
+            describe_fds(pid)
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+    // A gauge that did not exist before (a route that had no traffic yet) must be 0.
+    wait_for(
+        "every connection gauge back to its start value",
+        || gauges(admin),
+        |now| {
+            now.iter()
+                .all(|(k, v)| *v == before.iter().find(|(b, _)| b == k).map_or(0, |(_, b)| *b))
+        },
+    );
+}
+
+/// A backend that goes up and down on the same port: a socket bound with `SO_REUSEPORT` and
+/// never listening holds the port (no other program can take it meanwhile); up, a second
+/// socket on the port listens and echoes; down, that one is closed and connects are refused.
+struct Flapping {
+    _holder: socket2::Socket,
+    port: u16,
+    served: Arc<AtomicUsize>,
+    running: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+fn reuse_port_socket() -> socket2::Socket {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_reuse_port(true).expect("SO_REUSEPORT");
+    s
+}
+
+impl Flapping {
+    /// Down.
+    fn new() -> Flapping {
+        let holder = reuse_port_socket();
+        holder.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+        let port = holder.local_addr().unwrap().as_socket().unwrap().port();
+        Flapping { _holder: holder, port, served: Arc::default(), running: None }
+    }
+
+    fn up(&mut self) {
+        assert!(self.running.is_none(), "up twice");
+        let l = reuse_port_socket();
+        l.bind(&SocketAddr::from(([127, 0, 0, 1], self.port)).into()).expect("bind the port again");
+        l.listen(128).expect("listen");
+        l.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, n) = (stop.clone(), self.served.clone());
+        let thread = thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((c, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let mut c: TcpStream = c.into();
+                let n = n.clone();
+                thread::spawn(move || {
+                    let _ = c.set_nonblocking(false);
+                    let mut buf = [0u8; 4096];
+                    let mut first = true;
+                    while let Ok(k @ 1..) = c.read(&mut buf) {
+                        // Counted when data came (not a bare connect).
+                        if std::mem::take(&mut first) {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if c.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        self.running = Some((stop, thread));
+    }
+
+    fn down(&mut self) {
+        if let Some((stop, thread)) = self.running.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        let refused = TcpStream::connect(("127.0.0.1", self.port));
+        assert!(refused.is_err(), "the flapping backend still accepts after down()");
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flapping {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.running.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+    }
+}
+
+fn served(port: u16, msg: &[u8]) {
+    let mut s = connect(port);
+    assert_eq!(echo_roundtrip(&mut s, msg).unwrap(), msg, "served through the proxy");
+}
+
+fn target_health(admin: u16, route: &str, index: usize) -> serde_json::Value {
+    let r = get(admin, "/api/routes");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let routes = v["routes"].as_array().expect("routes");
+    let route = routes.iter().find(|x| x["name"] == route).expect("the route in /api/routes");
+    route["targets"][index]["health"].clone()
+}
+
+/// A target that goes down twice and comes back twice, round-robin with a live one and
+/// `health = { cooldown = "1s" }`: no client notices (every connection served), the down
+/// target is tried about once per cool-down instead of once per connection, and it gets its
+/// share again as soon as it answers; fds and gauges end where they started.
+#[test]
+fn a_flapping_target_is_skipped_for_its_cooldown_and_used_again() {
+    let live = Backend::echo();
+    let mut flap = Flapping::new();
+    let (proxy, [port, admin]) = Proxy::start_on(|[port, admin]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[routes]]\nname = \"flap\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", connect_timeout = \"2s\", health = {{ cooldown = \"1s\" }}, \
+             targets = [{{ host = \"127.0.0.1\", port = {} }}, {{ host = \"127.0.0.1\", port = {} }}] }}\n",
+            live.port(),
+            flap.port
+        )
+    });
+    served(port, b"warm-up");
+    let (fds, before) = (quiet_fds(proxy.pid()), gauges(admin));
+    let mut failures_seen = 0;
+    for round in 0..2 {
+        // Down: 100 connections, all served by the live target.
+        let started = Instant::now();
+        for i in 0..100 {
+            served(port, format!("down {round} {i}").as_bytes());
+        }
+        let secs = started.elapsed().as_secs();
+        let h = target_health(admin, "flap", 1);
+        let failures = h["connect_failures"].as_u64().unwrap() - failures_seen;
+        failures_seen += failures;
+        assert!(h["down"] == true || round == 0 && failures == 0, "{h}");
+        // One try when it went down, then one per cool-down (1 s) at most.
+        assert!(
+            failures <= 2 + secs,
+            "{failures} connects to the down target over {secs} s with a 1 s cool-down"
+        );
+        // Up: within a cool-down it is tried again and then takes its share.
+        flap.up();
+        let mut n = 0;
+        wait_until("the target that came back gets a connection", || {
+            n += 1;
+            served(port, format!("probe {round} {n}").as_bytes());
+            flap.served() > 0
+        });
+        let (at, flap_at) = (live.seen().len(), flap.served());
+        for i in 0..20 {
+            served(port, format!("up {round} {i}").as_bytes());
+        }
+        assert_eq!(flap.served() - flap_at, 10, "round-robin again over both");
+        assert_eq!(live.seen().len() - at, 10, "round-robin again over both");
+        let h = target_health(admin, "flap", 1);
+        assert_eq!(h["down"], false, "{h}");
+        assert!(h["recovered_unix_ms"].as_u64().is_some(), "{h}");
+        flap.down();
+        // Counted again from the next round.
+        flap.served.store(0, Ordering::Relaxed);
+    }
+    assert!(failures_seen >= 1, "the down target was tried at least once");
+    assert_back_to(&proxy, admin, fds, &before);
+}
+
+/// How a [`BadBackend`] misbehaves once a connection arrived and sent its first bytes.
+#[derive(Clone, Copy, Debug)]
+enum Bad {
+    /// Writes `partial` and resets the connection (SO_LINGER 0).
+    ResetMidStream,
+    /// Reads and never answers; keeps the connection open until the test ends.
+    Silent,
+    /// Answers an HTTP request with 200 after this long.
+    Slow(Duration),
+}
+
+struct BadBackend {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BadBackend {
+    fn start(how: Bad) -> BadBackend {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = thread::spawn(move || {
+            let mut held = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = l.accept() else {
+                    thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                match how {
+                    Bad::ResetMidStream => {
+                        let mut buf = [0u8; 5];
+                        let _ = c.read_exact(&mut buf);
+                        let _ = c.write_all(b"partial");
+                        let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+                        drop(c);
+                    }
+                    Bad::Silent => held.push(c),
+                    Bad::Slow(d) => {
+                        thread::spawn(move || {
+                            let mut head = Vec::new();
+                            let mut buf = [0u8; 1024];
+                            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match c.read(&mut buf) {
+                                    Ok(k @ 1..) => head.extend_from_slice(&buf[..k]),
+                                    _ => return,
+                                }
+                            }
+                            // The backend's behaviour under test, not a synchronisation.
+                            thread::sleep(d);
+                            let _ = c.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+                            );
+                        });
+                    }
+                }
+            }
+        });
+        BadBackend { port, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for BadBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Plain and HTTP routes over backends that refuse, reset mid-stream, never answer or answer
+/// slowly: each client gets its bytes and a close, a 502, a 504 or the slow 200, promptly;
+/// then the proxy's fds and gauges are where they were before.
+#[test]
+fn misbehaving_backends_close_every_client_promptly_and_leak_nothing() {
+    let dead = DeadPort::new();
+    let reset = BadBackend::start(Bad::ResetMidStream);
+    let silent = BadBackend::start(Bad::Silent);
+    let slow = BadBackend::start(Bad::Slow(Duration::from_millis(300)));
+    let route = |name: &str, port: u16, target: u16, http: bool| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", connect_timeout = \"1s\", targets = [{{ host = \"127.0.0.1\", port = {target} }}]{} }}\n",
+            if http { ", http = { }" } else { "" }
+        )
+    };
+    let (proxy, [p_reset, p_silent, h_dead, h_reset, h_silent, h_slow, admin]) =
+        Proxy::start_on(|[p_reset, p_silent, h_dead, h_reset, h_silent, h_slow, admin]| {
+            format!(
+                "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                 [defaults]\ninactivity_timeout = \"1s\"\nhttp_response_timeout = \"1s\"\n\
+                 max_connections_per_ip = 100000\n{}{}{}{}{}{}",
+                route("p-reset", p_reset, reset.port, false),
+                route("p-silent", p_silent, silent.port, false),
+                route("h-dead", h_dead, dead.port(), true),
+                route("h-reset", h_reset, reset.port, true),
+                route("h-silent", h_silent, silent.port, true),
+                route("h-slow", h_slow, slow.port, true),
+            )
+        });
+    let bound = Duration::from_secs(3);
+    let round = || {
+        // Plain, reset mid-stream: the bytes before the reset, then a close.
+        let started = Instant::now();
+        let mut s = connect(p_reset);
+        s.write_all(b"hello").unwrap();
+        let (got, _) = read_to_end(&mut s);
+        assert_eq!(got, b"partial");
+        assert!(started.elapsed() < bound, "reset passed on in {:?}", started.elapsed());
+        // Plain, never answers: the inactivity timeout (1 s) closes it.
+        let started = Instant::now();
+        let mut s = connect(p_silent);
+        s.write_all(b"hello").unwrap();
+        expect_closed_without_data(&mut s);
+        assert!(started.elapsed() < bound, "silent closed in {:?}", started.elapsed());
+        // HTTP: 502, 502, 504, 200.
+        for (port, want, body) in
+            [(h_dead, 502, ""), (h_reset, 502, ""), (h_silent, 504, ""), (h_slow, 200, "slow")]
+        {
+            let started = Instant::now();
+            let r = http(port, "GET", "/", &[]);
+            assert_eq!(r.status, want, "port {port}: {}", r.body);
+            if !body.is_empty() {
+                assert_eq!(r.body, body);
+            }
+            assert!(started.elapsed() < bound, "answered in {:?}", started.elapsed());
+        }
+    };
+    // The first round warms up what the process keeps (pools, runtime); the measured rounds
+    // must then leave nothing behind.
+    round();
+    let pid = proxy.pid();
+    wait_for("the warm-up connections gone", || gauges(admin), |g| g.iter().all(|(_, v)| *v == 0));
+    let (fds, before) = (quiet_fds(pid), gauges(admin));
+    for _ in 0..5 {
+        round();
+    }
+    assert_back_to(&proxy, admin, fds, &before);
+}
