@@ -407,3 +407,138 @@ fn misbehaving_backends_close_every_client_promptly_and_leak_nothing() {
     }
     assert_back_to(&proxy, admin, fds, &before);
 }
+
+/// A ClientHello for `sni`, as rustls writes it.
+fn client_hello(sni: &str) -> Vec<u8> {
+    let roots = rustls::RootCertStore::empty();
+    let cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut c = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// One slowloris connection: what it sends one byte at a time, and when it was closed.
+struct Slow {
+    s: TcpStream,
+    opened: Instant,
+    payload: Arc<[u8]>,
+    sent: usize,
+    closed: Option<Instant>,
+}
+
+/// Slowloris (issue 17): `N` connections (`SMARTPROXY_SLOWLORIS`, default 200) sending a PROXY
+/// header and `N` sending a ClientHello, one byte a second, against a 3 s deadline: every one
+/// is cut at the deadline, other clients are served meanwhile without an error, and the
+/// proxy's RSS per slow connection is printed (and bounded).
+#[test]
+fn slowloris_connections_are_cut_at_their_deadline_while_others_are_served() {
+    let n: usize =
+        std::env::var("SMARTPROXY_SLOWLORIS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let backend = Backend::echo();
+    let (proxy, [pp, tls, plain, admin]) = Proxy::start_on(|[pp, tls, plain, admin]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\nproxy_ips = [\"127.0.0.1\"]\nproxy_protocol_timeout = \"3s\"\n\
+             [defaults]\ninitial_data_timeout = \"3s\"\nmax_connections_per_ip = 1000000\n\
+             max_connections = 1000000\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[routes]]\nname = \"pp\"\nmatch = {{ ports = [{pp}] }}\n\
+             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {b} }}] }}\n\
+             [[routes]]\nname = \"tls\"\nmatch = {{ ports = [{tls}], domains = [\"a.test\"] }}\n\
+             action = {{ type = \"forward\", tls = {{ mode = \"passthrough\" }}, targets = [{{ host = \"127.0.0.1\", port = {b} }}] }}\n\
+             [[routes]]\nname = \"plain\"\nmatch = {{ ports = [{plain}] }}\n\
+             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {b} }}] }}\n",
+            b = backend.port()
+        )
+    });
+    let deadline = Duration::from_secs(3);
+    let pid = proxy.pid();
+    // Warm up the paths, then the baseline.
+    served_from(plain);
+    let fds = quiet_fds(pid);
+    let rss_before = proxy.rss_kib();
+
+    // Other clients (127.0.0.2: not a trusted PROXY peer, no header) all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let others = thread::spawn(move || {
+        let mut ok = 0usize;
+        while !st.load(Ordering::Relaxed) {
+            served_from(plain);
+            ok += 1;
+        }
+        ok
+    });
+
+    let header: Arc<[u8]> = Arc::from(&b"PROXY TCP4 192.0.2.1 127.0.0.1 5000 80\r\n"[..]);
+    let hello: Arc<[u8]> = Arc::from(client_hello("a.test"));
+    let mut conns: Vec<Slow> = (0..2 * n)
+        .map(|i| {
+            // ClientHellos from 127.0.0.3, which is not a trusted PROXY peer.
+            let (from, port, payload) =
+                if i % 2 == 0 { (1, pp, &header) } else { (3, tls, &hello) };
+            let s =
+                connect_from([127, 0, 0, from].into(), SocketAddr::from(([127, 0, 0, 1], port)))
+                    .unwrap();
+            s.set_nonblocking(true).unwrap();
+            Slow { s, opened: Instant::now(), payload: payload.clone(), sent: 0, closed: None }
+        })
+        .collect();
+    let mut rss_during = 0;
+    let mut next_byte = Instant::now();
+    let give_up = Instant::now() + deadline + WAIT;
+    let mut buf = [0u8; 64];
+    while conns.iter().any(|c| c.closed.is_none()) {
+        assert!(Instant::now() < give_up, "slow connections still open after the deadline");
+        let now = Instant::now();
+        if now >= next_byte {
+            // One byte a second on each open connection: the attack's pace.
+            for c in conns.iter_mut().filter(|c| c.closed.is_none()) {
+                if c.sent < c.payload.len() && c.s.write_all(&c.payload[c.sent..=c.sent]).is_ok() {
+                    c.sent += 1;
+                }
+            }
+            next_byte = now + Duration::from_secs(1);
+            if rss_during == 0 && conns.iter().all(|c| c.sent > 0) {
+                rss_during = proxy.rss_kib();
+            }
+        }
+        for c in conns.iter_mut().filter(|c| c.closed.is_none()) {
+            match c.s.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(k) => {
+                    assert_eq!(k, 0, "a slow connection got data");
+                    c.closed = Some(Instant::now());
+                }
+                Err(_) => c.closed = Some(Instant::now()),
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ok = others.join().expect("other clients served without an error");
+    let lives: Vec<Duration> = conns.iter().map(|c| c.closed.unwrap() - c.opened).collect();
+    let (min, max) = (lives.iter().min().unwrap(), lives.iter().max().unwrap());
+    assert!(*min >= deadline - Duration::from_millis(50), "one cut early: {min:?}");
+    assert!(*max <= deadline + Duration::from_millis(1500), "one cut late: {max:?}");
+    assert!(conns.iter().all(|c| c.sent < c.payload.len()), "a payload completed");
+    let per_conn = (rss_during.saturating_sub(rss_before)) as f64 / (2 * n) as f64;
+    eprintln!(
+        "slowloris: {} connections cut {min:?}..{max:?} after their accept (deadline {deadline:?}); \
+         RSS {rss_before} KiB -> {rss_during} KiB with all open ({per_conn:.2} KiB per connection); \
+         {ok} other connections served meanwhile",
+        2 * n
+    );
+    assert!(ok >= 10, "other clients served: {ok}");
+    assert!(per_conn < 32.0, "{per_conn:.2} KiB of RSS per slow connection");
+    drop(conns);
+    assert_back_to(&proxy, admin, fds, &[]);
+}
+
+/// One echo round trip through `port` from 127.0.0.2.
+fn served_from(port: u16) {
+    let mut s =
+        connect_from([127, 0, 0, 2].into(), SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(echo_roundtrip(&mut s, b"other client").unwrap(), b"other client");
+}
