@@ -52,6 +52,9 @@ pub enum ConnectFailure {
     Resolve,
     /// Any other error (unreachable network, reset during setup, TLS to the target, ...).
     Other,
+    /// The proxy itself is out of resources (no file descriptor: EMFILE / ENFILE; no buffer
+    /// or memory: ENOBUFS / ENOMEM): not the target's fault, so it is not marked down.
+    Local,
 }
 
 impl ConnectFailure {
@@ -61,6 +64,7 @@ impl ConnectFailure {
             Self::Timeout => 2,
             Self::Resolve => 3,
             Self::Other => 4,
+            Self::Local => 5,
         }
     }
 
@@ -70,12 +74,17 @@ impl ConnectFailure {
             2 => Self::Timeout,
             3 => Self::Resolve,
             4 => Self::Other,
+            5 => Self::Local,
             _ => return None,
         })
     }
 
     /// Classifies an I/O error of a connect.
     pub fn of_io(e: &std::io::Error) -> Self {
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+        if matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12)) {
+            return Self::Local;
+        }
         match e.kind() {
             std::io::ErrorKind::ConnectionRefused => Self::Refused,
             std::io::ErrorKind::TimedOut => Self::Timeout,
@@ -306,6 +315,9 @@ impl TargetSet {
     }
 
     pub(crate) fn connect_failed(&self, index: usize, now_unix_ms: u64, why: ConnectFailure) {
+        if why == ConnectFailure::Local {
+            return;
+        }
         if let Some(h) = self.health.get(index) {
             h.failed(now_unix_ms, why, self.cooldown_ms);
         }

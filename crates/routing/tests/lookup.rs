@@ -573,6 +573,13 @@ action = { type = "forward", health = { cooldown = "0s" }, targets = [{ host = "
     assert_eq!(least.next_target(&busy, 1, 82).unwrap().index(), busy.index());
     drop(busy);
 
+    // The proxy out of fds is not the target's fault.
+    let emfile = std::io::Error::from_raw_os_error(24);
+    assert_eq!(ConnectFailure::of_io(&emfile), ConnectFailure::Local);
+    let hash = t.route("hash").unwrap();
+    hash.target_connect_failed(1, now_ms(), ConnectFailure::Local);
+    assert!(!hash.target_health(1).down);
+
     let never = t.route("never").unwrap();
     never.target_connect_failed(0, now_ms(), ConnectFailure::Refused);
     assert_eq!(picks(never, 4), [0, 1, 0, 1], "cooldown 0s: a down target is not skipped");
