@@ -234,6 +234,10 @@ fn a_flapping_target_is_skipped_for_its_cooldown_and_used_again() {
         failures_seen += failures;
         assert!(h["down"] == true || round == 0 && failures == 0, "{h}");
         // One try when it went down, then one per cool-down (1 s) at most.
+        eprintln!(
+            "flapping: round {round}: {failures} connects to the down target during 100 connections over {:?}",
+            started.elapsed()
+        );
         assert!(
             failures <= 2 + secs,
             "{failures} connects to the down target over {secs} s with a 1 s cool-down"
@@ -602,6 +606,13 @@ fn fd_exhaustion_backs_off_and_recovers_by_itself() {
     eprintln!("fd exhaustion: {open} fds open, CPU {cpu:?} over {wall:?} ({:.1} %)", share * 100.0);
     assert!(share < 0.10, "the proxy used {:.0} % of a core while out of fds", share * 100.0);
     assert!(open >= 250, "the limit was reached: {open} fds");
+    // The admin API shares the fd table: its accept fails too (axum retries every second),
+    // so a health check made now is answered once clients leave.
+    let asked = Instant::now();
+    let (tx, health) = std::sync::mpsc::channel();
+    thread::spawn(move || tx.send((get(admin, "/healthz").status, asked.elapsed())));
+    let during = health.recv_timeout(Duration::from_secs(3)).ok();
+    eprintln!("fd exhaustion: /healthz while out of fds: {during:?} (None: no answer within 3 s)");
     // Each client in turn gets its echo and leaves: the ones in the accept queue are taken
     // as fds come free. A client accepted with the last free fd has none left for its backend
     // connect: it is closed at once without data and counted as `backend_unavailable`.
@@ -648,6 +659,16 @@ fn fd_exhaustion_backs_off_and_recovers_by_itself() {
         // The sweep's pace, not a synchronisation: the loop ends on the clients' state.
         thread::sleep(Duration::from_millis(5));
     }
+    let (status, waited) = match during {
+        Some(answer) => answer,
+        None => health.recv_timeout(WAIT).expect("/healthz answered once clients left"),
+    };
+    assert_eq!(status, 200);
+    eprintln!(
+        "fd exhaustion: /healthz answered {waited:?} after it was asked; the clients began \
+         leaving {:?} after it",
+        asked.elapsed().saturating_sub(started.elapsed())
+    );
     let m = metrics_json(admin);
     assert_eq!(m["refused"]["backend_unavailable"], closed, "{}", m["refused"]);
     // The accept loop takes the queued clients as fast as fds come free, and about every
