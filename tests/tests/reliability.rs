@@ -730,3 +730,126 @@ fn max_connections_below_the_fd_limit_refuses_cleanly() {
     served(port, b"after");
     assert_back_to(&proxy, admin, fds, &[]);
 }
+
+/// A backend that reads each connection to its end and answers with the SHA-256 of what came.
+fn hashing_backend() -> (u16, Arc<AtomicBool>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            let Ok((mut c, _)) = l.accept() else {
+                thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            thread::spawn(move || {
+                let _ = c.set_nonblocking(false);
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                let mut buf = [0u8; 64 * 1024];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(k) => ctx.update(&buf[..k]),
+                        Err(_) => return,
+                    }
+                }
+                let _ = c.write_all(ctx.finish().as_ref());
+            });
+        }
+    });
+    (port, stop)
+}
+
+/// Graceful drain (issue 17): SIGTERM while 100 transfers are in flight (`shutdown_grace` 2 s).
+/// The 80 that finish within the grace complete byte-exact (SHA-256 of 1 MiB each, computed by
+/// the backend); the 20 that keep sending past it are closed, counted (`forced=20`) and
+/// logged; the process exits 0.
+#[test]
+fn sigterm_drains_transfers_byte_exact_and_closes_the_rest() {
+    let (backend, stop_backend) = hashing_backend();
+    let (mut proxy, [port]) = Proxy::start_on(|[port]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[defaults]\nshutdown_grace = \"2s\"\nmax_connections_per_ip = 0\n\
+             [[routes]]\nname = \"r\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {backend} }}] }}\n"
+        )
+    });
+    const SHORT: usize = 80;
+    const LONG: usize = 20;
+    let go = Arc::new(std::sync::Barrier::new(SHORT + LONG + 1));
+    let ended = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for i in 0..SHORT + LONG {
+        let (go, ended) = (go.clone(), ended.clone());
+        threads.push(thread::spawn(move || -> Result<(), String> {
+            let mut s = connect(port);
+            // 1 MiB of bytes particular to this transfer.
+            let data: Vec<u8> =
+                (0..1 << 20).map(|k: usize| (k * 31 + i * 7 + k / 997) as u8).collect();
+            let half = data.len() / 2;
+            s.write_all(&data[..half]).map_err(|e| format!("first half: {e}"))?;
+            go.wait(); // Every transfer is in flight; the test sends SIGTERM.
+            go.wait(); // The proxy is draining.
+            if i < SHORT {
+                s.write_all(&data[half..]).map_err(|e| format!("second half: {e}"))?;
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut digest = Vec::new();
+                s.read_to_end(&mut digest).map_err(|e| format!("digest: {e}"))?;
+                let want = ring::digest::digest(&ring::digest::SHA256, &data);
+                if digest != want.as_ref() {
+                    return Err(format!("transfer {i}: not byte-exact"));
+                }
+                Ok(())
+            } else {
+                // Never finishes: a kilobyte every 50 ms until the proxy closes it.
+                let started = Instant::now();
+                for chunk in data[half..].chunks(1024) {
+                    if s.write_all(chunk).is_err() || ended.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // The slow sender's pace, not a synchronisation.
+                    thread::sleep(Duration::from_millis(50));
+                }
+                let mut rest = Vec::new();
+                let closed = s.read_to_end(&mut rest).is_ok_and(|_| rest.len() < 32);
+                let at = started.elapsed();
+                if !(closed || rest.is_empty()) {
+                    return Err(format!("transfer {i} got {} bytes", rest.len()));
+                }
+                if at > Duration::from_secs(5) {
+                    return Err(format!("transfer {i} closed only after {at:?}"));
+                }
+                Ok(())
+            }
+        }));
+    }
+    go.wait();
+    proxy.signal("TERM");
+    proxy.wait_for_log("shutting down: draining connections");
+    let drain_started = Instant::now();
+    go.wait();
+    let code = proxy.wait_exit();
+    ended.store(true, Ordering::Relaxed);
+    let took = drain_started.elapsed();
+    let results: Vec<Result<(), String>> =
+        threads.into_iter().map(|t| t.join().expect("transfer thread")).collect();
+    stop_backend.store(true, Ordering::Relaxed);
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(code, Some(0), "{}", proxy.output());
+    let out = proxy.output();
+    assert!(
+        out.lines().any(|l| is_event(
+            l,
+            "grace period over: closing remaining connections",
+            &[("forced", "20")]
+        )),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| is_event(l, "stopped", &[("forced", "20")])), "{out}");
+    eprintln!(
+        "drain: {SHORT} transfers of 1 MiB completed byte-exact, {LONG} closed at the 2 s grace; exit after {took:?}"
+    );
+}
