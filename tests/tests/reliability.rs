@@ -853,3 +853,129 @@ fn sigterm_drains_transfers_byte_exact_and_closes_the_rest() {
         "drain: {SHORT} transfers of 1 MiB completed byte-exact, {LONG} closed at the 2 s grace; exit after {took:?}"
     );
 }
+
+/// What the half-close backend does on its connection.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    /// The client closes its write side first: the backend reads to EOF, then answers with
+    /// `reply` bytes and closes.
+    ClientFirst,
+    /// The backend sends `reply` bytes and closes its write side at once, then reads the
+    /// client's bytes to EOF.
+    BackendFirst,
+    /// Neither sends; the backend never closes (the proxy's inactivity timeout must).
+    Silent,
+}
+
+/// A backend for one half-close case: records the SHA-256 of what it read and whether the
+/// proxy closed the connection (EOF seen).
+fn half_close_backend(side: Side, reply: Vec<u8>) -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let Ok((mut c, _)) = l.accept() else { return };
+        let _ = c.set_read_timeout(Some(WAIT));
+        if matches!(side, Side::BackendFirst) {
+            let _ = c.write_all(&reply);
+            let _ = c.shutdown(std::net::Shutdown::Write);
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => ctx.update(&buf[..k]),
+                Err(_) => return,
+            }
+        }
+        if matches!(side, Side::ClientFirst) {
+            let _ = c.write_all(&reply);
+        }
+        let _ = tx.send(ctx.finish().as_ref().to_vec());
+        if matches!(side, Side::Silent) {
+            // Keeps its side open: only the proxy may end the connection.
+            thread::park_timeout(WAIT);
+        }
+        drop(c);
+    });
+    (port, rx)
+}
+
+/// The half-close matrix (issue 17) through plain copy and splice: each side closing first,
+/// with 4 MiB in flight each way and with none, every byte arrives (SHA-256 on both sides);
+/// a connection half-closed by one side and left silent by the other is closed whole at the
+/// inactivity timeout (1 s), with every gauge back to 0.
+#[test]
+fn half_close_matrix_plain_and_splice() {
+    let mk = |len: usize, a: usize, b: usize| -> Vec<u8> {
+        (0..len).map(|k| (k * a + k / b) as u8).collect()
+    };
+    for splice in [false, true] {
+        // Four transfers (each side first, 4 MiB or nothing) and two silent half-opens.
+        let cases: Vec<(Side, usize)> = vec![
+            (Side::ClientFirst, 0),
+            (Side::ClientFirst, 4 << 20),
+            (Side::BackendFirst, 0),
+            (Side::BackendFirst, 4 << 20),
+            (Side::Silent, 0),
+            (Side::Silent, 0),
+        ];
+        let backends: Vec<(u16, std::sync::mpsc::Receiver<Vec<u8>>)> =
+            cases.iter().map(|&(side, len)| half_close_backend(side, mk(len, 7, 127))).collect();
+        let (_proxy, ports) = Proxy::start_on(|ports: [u16; 7]| {
+            let mut c = format!(
+                "bind = [\"127.0.0.1\"]\n[defaults]\nsplice = {splice}\ninactivity_timeout = \"1s\"\n\
+                 [admin]\nlisten = \"127.0.0.1:{}\"\n",
+                ports[6]
+            );
+            for (i, (b, _)) in backends.iter().enumerate() {
+                c.push_str(&format!(
+                    "[[routes]]\nname = \"r{i}\"\nmatch = {{ ports = [{}] }}\n\
+                     action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {b} }}] }}\n",
+                    ports[i]
+                ));
+            }
+            c
+        });
+        let admin = ports[6];
+        for (i, &(side, len)) in cases.iter().enumerate().take(4) {
+            let what = format!("{side:?} {len} B splice={splice}");
+            let (up, down) = (mk(len, 13, 251), mk(len, 7, 127));
+            let mut s = connect(ports[i]);
+            let writer = {
+                let mut w = s.try_clone().unwrap();
+                let up = up.clone();
+                thread::spawn(move || {
+                    w.write_all(&up).unwrap();
+                    w.shutdown(std::net::Shutdown::Write).unwrap();
+                })
+            };
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap_or_else(|e| panic!("{what}: {e}"));
+            writer.join().unwrap();
+            assert!(got == down, "{what}: {} of {} bytes back", got.len(), down.len());
+            let d = backends[i].1.recv_timeout(WAIT).expect("the backend read to EOF");
+            assert_eq!(d, ring::digest::digest(&ring::digest::SHA256, &up).as_ref(), "{what}");
+        }
+        // Half-open and silent on the other side: closed whole by the inactivity timeout.
+        for (i, client_closes) in [(4, true), (5, false)] {
+            let mut s = connect(ports[i]);
+            if client_closes {
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            let at = started.elapsed();
+            assert!(rest.is_empty());
+            assert!(
+                at >= Duration::from_millis(950) && at < Duration::from_millis(2500),
+                "client_closes={client_closes} splice={splice}: closed after {at:?}"
+            );
+            // The backend saw the close too (its read ended).
+            backends[i].1.recv_timeout(WAIT).expect("the backend's side closed");
+        }
+        wait_for("no open connection", || metrics_json(admin), |m| m["connections"]["active"] == 0);
+    }
+}
