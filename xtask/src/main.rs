@@ -19,6 +19,9 @@
 //!                                of the release binary, in network namespaces (root, iperf3):
 //!                                machine and proxy CPU per GB
 //! cargo xtask fuzz [--secs N] [TARGET..] run the fuzz targets (all by default) for N s each
+//! cargo xtask soak [--connections N] [--debug]   N connections (default 1,000,000) through two
+//!                                hops with PROXY v2 (release build): fds, RSS and gauges of both
+//!                                hops at start vs end (tests/tests/reliability.rs `soak`)
 //! cargo xtask release [--version X [--bump CRATE=major|minor|patch].. [--plan]]
 //!                                with --version: bump the binary to X and every crate changed
 //!                                since the last vX tag (--plan: print, change nothing); then
@@ -78,6 +81,7 @@ fn run() -> Result<()> {
         "package" => package_check().map(|_| ()),
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
+        "soak" => soak(rest),
         "release" => release::release(rest),
         "help" | "--help" | "-h" => {
             println!("{}", help());
@@ -289,6 +293,38 @@ fn fuzz(args: &[String]) -> Result<()> {
                 bail!("fuzz target {target} failed: see the artifacts folder in {}", dir.display());
             }
         }
+    }
+    Ok(())
+}
+
+/// The soak test of `tests/tests/reliability.rs` (ignored in CI) with N connections.
+fn soak(args: &[String]) -> Result<()> {
+    let mut connections = 1_000_000u64;
+    let mut release = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--connections" => {
+                connections = it
+                    .next()
+                    .context("--connections needs a number")?
+                    .parse()
+                    .context("--connections")?;
+            }
+            "--debug" => release = false,
+            other => bail!("soak: unknown argument `{other}`"),
+        }
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "-p", "smartproxy-tests", "--test", "reliability"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["soak", "--", "--ignored", "--nocapture", "--exact"])
+        .env("SMARTPROXY_SOAK_CONNECTIONS", connections.to_string());
+    println!("$ {cmd:?}");
+    if !cmd.status().context("cargo test")?.success() {
+        bail!("the soak failed");
     }
     Ok(())
 }

@@ -209,3 +209,22 @@ connect_timeout = \"5\"\n",
     assert!(e.contains("line 2: defaults.inactivity_timeout: invalid duration `30`: a number needs a unit: \"30s\" (seconds) or \"30ms\""), "{e}");
     assert!(e.contains("line 3: defaults.connect_timeout: invalid duration `5`"), "{e}");
 }
+
+/// `health` in `[defaults]` and on a route: bad values name the key and the line.
+#[test]
+fn health_cooldown_errors_with_lines() {
+    let e = errors(
+        "[defaults]\nhealth = { cooldown = \"25h\" }\n\n[[routes]]\nname = \"r\"\nmatch = { ports = 80 }\naction = { type = \"forward\", targets = [{ host = \"a\", port = 1 }], health = { cooldown = \"2d\" } }\n[[routes]]\nname = \"s\"\nmatch = { ports = 81 }\naction = { type = \"forward\", targets = [{ host = \"a\", port = 1 }], health = { cooldwn = \"1s\" } }\n",
+        Format::Toml,
+    );
+    assert!(e.contains("line 2: defaults.health.cooldown: cooldown must be at most 24h"), "{e}");
+    assert!(
+        e.contains("line 7: routes[0].action.health.cooldown: cooldown must be at most 24h"),
+        "{e}"
+    );
+    assert!(e.contains("routes[1].action") && e.contains("cooldwn"), "{e}");
+    let c = Config::from_str("[defaults]\nhealth = { cooldown = \"3s\" }\n", Format::Toml).unwrap();
+    assert_eq!(c.defaults.health.cooldown, std::time::Duration::from_secs(3));
+    let c = Config::from_str("", Format::Toml).unwrap();
+    assert_eq!(c.defaults.health.cooldown, std::time::Duration::from_secs(10));
+}

@@ -64,9 +64,10 @@ pub use self::limits::{
 };
 pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
-    CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, LoadBalancing,
-    NftablesOptions, NftablesProtocol, PortRange, PortSpec, RouteAction, RouteConfig, RouteMatch,
-    RouteSecurity, SendProxyProtocol, Target, TargetPort, TlsConfig, TlsMode, TlsVersion,
+    CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, HealthOptions,
+    LoadBalancing, MAX_HEALTH_COOLDOWN, NftablesOptions, NftablesProtocol, PortRange, PortSpec,
+    RouteAction, RouteConfig, RouteMatch, RouteSecurity, SendProxyProtocol, Target, TargetPort,
+    TlsConfig, TlsMode, TlsVersion,
 };
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::policy::{BasicAuth, Cors, JwtAlgorithm, JwtAuth, RateLimitKey, RequestRateLimit};

@@ -375,6 +375,48 @@ pub struct ForwardAction {
     /// Options of kernel forwarding; only with `forwarding_engine = "nftables"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nftables: Option<NftablesOptions>,
+    /// Passive health of the targets (default: `[defaults] health`, a 10 s cool-down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthOptions>,
+}
+
+/// `health = { cooldown = "10s" }`: passive health checks of a route's targets. A failed
+/// connect marks a target down; load balancing skips a down target until `cooldown` has
+/// passed since the failure, then lets one connection try it again (a success marks it up, a
+/// failure starts another cool-down). When every target is down they are tried anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthOptions {
+    /// How long a target that failed a connect is skipped (default 10 s; `"0s"`: never
+    /// skipped, every connection may try it).
+    #[serde(default = "default_cooldown", with = "crate::duration")]
+    pub cooldown: Duration,
+}
+
+/// The longest `health.cooldown` accepted.
+pub const MAX_HEALTH_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+
+fn default_cooldown() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl HealthOptions {
+    /// A cool-down of `cooldown`.
+    pub const fn with_cooldown(cooldown: Duration) -> Self {
+        Self { cooldown }
+    }
+
+    /// What is wrong with these options, if anything.
+    pub fn problem(&self) -> Option<&'static str> {
+        (self.cooldown > MAX_HEALTH_COOLDOWN).then_some("cooldown must be at most 24h")
+    }
+}
+
+impl Default for HealthOptions {
+    fn default() -> Self {
+        Self { cooldown: default_cooldown() }
+    }
 }
 
 impl ForwardAction {
@@ -389,7 +431,14 @@ impl ForwardAction {
             http: None,
             forwarding_engine: ForwardingEngine::Proxy,
             nftables: None,
+            health: None,
         }
+    }
+
+    /// Sets the passive health options of the targets.
+    pub fn with_health(mut self, health: HealthOptions) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Serves the route with the HTTP layer (request by request).

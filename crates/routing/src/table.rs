@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::domain::{DomainKind, MAX_NAME, normalize};
 use crate::error::ValidationError;
@@ -320,12 +321,16 @@ impl RouteTable {
             let name: Arc<str> = route_name(&config, index).into();
             let (mut targets, has_tls_block, terminates) = match &config.action {
                 RouteAction::Forward(f) => (
-                    TargetSet::new(f.targets.clone(), f.load_balancing),
+                    TargetSet::new(
+                        f.targets.clone(),
+                        f.load_balancing,
+                        f.health.unwrap_or(opts.default_health).cooldown,
+                    ),
                     f.tls.is_some(),
                     f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough),
                 ),
                 RouteAction::SocketHandler(_) => {
-                    (TargetSet::new(Vec::new(), Default::default()), false, false)
+                    (TargetSet::new(Vec::new(), Default::default(), Duration::ZERO), false, false)
                 }
             };
             let security = config.security.clone().unwrap_or_default();

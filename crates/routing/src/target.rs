@@ -4,6 +4,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::ip::canonical_ip;
 use crate::model::{LoadBalancing, Target};
@@ -17,11 +18,14 @@ pub(crate) struct TargetSet {
     pub(crate) active: Arc<[AtomicUsize]>,
     /// Outcome of the latest connects, per target (kept across reloads with `active`).
     pub(crate) health: Arc<[TargetHealth]>,
+    /// How long a target that failed a connect is skipped (milliseconds; 0: never skipped).
+    cooldown_ms: u64,
 }
 
 /// What the proxy saw of a target's connects: written only when a connect fails, or when the
 /// first connect after a failure succeeds (one relaxed load per connect otherwise), so the
-/// connection path stays free of locks and clock reads.
+/// connection path stays free of locks and clock reads while every target is up. The clock is
+/// read only to decide whether a down target's cool-down is over.
 #[derive(Debug, Default)]
 pub(crate) struct TargetHealth {
     down: AtomicBool,
@@ -31,6 +35,8 @@ pub(crate) struct TargetHealth {
     last_error: AtomicU8,
     /// UNIX milliseconds of the latest success after a failure (0: none).
     recovered_ms: AtomicU64,
+    /// While down: UNIX milliseconds from which one connection may try the target again.
+    retry_at_ms: AtomicU64,
 }
 
 /// Why a connect to a target failed, as the caller classified it.
@@ -46,6 +52,9 @@ pub enum ConnectFailure {
     Resolve,
     /// Any other error (unreachable network, reset during setup, TLS to the target, ...).
     Other,
+    /// The proxy itself is out of resources (no file descriptor: EMFILE / ENFILE; no buffer
+    /// or memory: ENOBUFS / ENOMEM): not the target's fault, so it is not marked down.
+    Local,
 }
 
 impl ConnectFailure {
@@ -55,6 +64,7 @@ impl ConnectFailure {
             Self::Timeout => 2,
             Self::Resolve => 3,
             Self::Other => 4,
+            Self::Local => 5,
         }
     }
 
@@ -64,12 +74,17 @@ impl ConnectFailure {
             2 => Self::Timeout,
             3 => Self::Resolve,
             4 => Self::Other,
+            5 => Self::Local,
             _ => return None,
         })
     }
 
     /// Classifies an I/O error of a connect.
     pub fn of_io(e: &std::io::Error) -> Self {
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux.
+        if matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12)) {
+            return Self::Local;
+        }
         match e.kind() {
             std::io::ErrorKind::ConnectionRefused => Self::Refused,
             std::io::ErrorKind::TimedOut => Self::Timeout,
@@ -80,6 +95,8 @@ impl ConnectFailure {
 
 /// A target's connect health as last observed: the engine marks a target down when a connect
 /// fails and up again at the next successful connect (passive checks: no probes are sent).
+/// Load balancing skips a down target until `retry_at_unix_ms` (the route's `health.cooldown`
+/// after the failure), then offers it to one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct TargetHealthSnapshot {
@@ -96,12 +113,16 @@ pub struct TargetHealthSnapshot {
     /// UNIX milliseconds of the first successful connect after the latest failure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered_unix_ms: Option<u64>,
+    /// While down: UNIX milliseconds from which a connection may try the target again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at_unix_ms: Option<u64>,
 }
 
 impl TargetHealth {
-    fn failed(&self, now_unix_ms: u64, why: ConnectFailure) {
+    fn failed(&self, now_unix_ms: u64, why: ConnectFailure, cooldown_ms: u64) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         self.last_failure_ms.store(now_unix_ms, Ordering::Relaxed);
+        self.retry_at_ms.store(now_unix_ms.saturating_add(cooldown_ms), Ordering::Relaxed);
         self.last_error.store(why.code(), Ordering::Relaxed);
         self.down.store(true, Ordering::Relaxed);
     }
@@ -114,10 +135,37 @@ impl TargetHealth {
         }
     }
 
+    /// Whether a connection may be sent to this target now: it is up, or its cool-down is
+    /// over and this caller wins the one try of the next cool-down (the others keep skipping
+    /// it while that connect runs). `now` reads the clock, at most once per selection.
+    fn available(&self, cooldown_ms: u64, now: &mut impl FnMut() -> u64) -> bool {
+        if cooldown_ms == 0 || !self.down.load(Ordering::Relaxed) {
+            return true;
+        }
+        let retry_at = self.retry_at_ms.load(Ordering::Relaxed);
+        let now = now();
+        now >= retry_at
+            && self
+                .retry_at_ms
+                .compare_exchange(
+                    retry_at,
+                    now.saturating_add(cooldown_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     fn snapshot(&self) -> TargetHealthSnapshot {
         let opt = |v: u64| (v != 0).then_some(v);
+        let down = self.down.load(Ordering::Relaxed);
         TargetHealthSnapshot {
-            down: self.down.load(Ordering::Relaxed),
+            down,
+            retry_at_unix_ms: if down {
+                opt(self.retry_at_ms.load(Ordering::Relaxed))
+            } else {
+                None
+            },
             connect_failures: self.failures.load(Ordering::Relaxed),
             last_failure_unix_ms: opt(self.last_failure_ms.load(Ordering::Relaxed)),
             last_error: ConnectFailure::from_code(self.last_error.load(Ordering::Relaxed)),
@@ -127,10 +175,30 @@ impl TargetHealth {
 }
 
 impl TargetSet {
-    pub(crate) fn new(list: Vec<Target>, lb: LoadBalancing) -> Self {
+    pub(crate) fn new(list: Vec<Target>, lb: LoadBalancing, cooldown: Duration) -> Self {
         let active: Arc<[AtomicUsize]> = list.iter().map(|_| AtomicUsize::new(0)).collect();
         let health: Arc<[TargetHealth]> = list.iter().map(|_| TargetHealth::default()).collect();
-        Self { list: list.into_boxed_slice(), lb, rr: AtomicUsize::new(0), active, health }
+        let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            list: list.into_boxed_slice(),
+            lb,
+            rr: AtomicUsize::new(0),
+            active,
+            health,
+            cooldown_ms,
+        }
+    }
+
+    /// `index` when its target may be tried now, else the next one in ring order that may;
+    /// `index` itself when none may (every target down and cooling down: try anyway).
+    fn skip_down(&self, index: usize) -> usize {
+        let n = self.list.len();
+        let mut now_ms = None;
+        let mut now = || *now_ms.get_or_insert_with(unix_ms);
+        (0..n)
+            .map(|d| (index + d) % n)
+            .find(|&i| self.health.get(i).is_none_or(|h| h.available(self.cooldown_ms, &mut now)))
+            .unwrap_or(index)
     }
 
     /// Keeps the live counts, health and the cursor of `prev` when the target list is the
@@ -169,7 +237,7 @@ impl TargetSet {
                 }
             }
         };
-        Some(self.make(index, listen_port))
+        Some(self.make(self.skip_down(index), listen_port))
     }
 
     /// The candidate after `prev` (in ring order), or `None` when `attempts` targets
@@ -194,7 +262,7 @@ impl TargetSet {
             }
             _ => (prev_index + 1) % n,
         };
-        Some(self.make(index, listen_port))
+        Some(self.make(self.skip_down(index), listen_port))
     }
 
     /// The `rank`-th least loaded target; ties broken in ring order from the round-robin
@@ -247,8 +315,11 @@ impl TargetSet {
     }
 
     pub(crate) fn connect_failed(&self, index: usize, now_unix_ms: u64, why: ConnectFailure) {
+        if why == ConnectFailure::Local {
+            return;
+        }
         if let Some(h) = self.health.get(index) {
-            h.failed(now_unix_ms, why);
+            h.failed(now_unix_ms, why, self.cooldown_ms);
         }
     }
 
@@ -261,6 +332,13 @@ impl TargetSet {
     pub(crate) fn health(&self, index: usize) -> TargetHealthSnapshot {
         self.health.get(index).map(TargetHealth::snapshot).unwrap_or_default()
     }
+}
+
+/// UNIX milliseconds, read only when a candidate target is down.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn ip_hash(ip: IpAddr) -> u64 {

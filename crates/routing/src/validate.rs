@@ -7,8 +7,8 @@ use crate::error::ValidationError;
 use crate::ip::IpList;
 use crate::matchers::{HeaderMatcher, Matchers};
 use crate::model::{
-    CertificateConfig, ForwardAction, HandlerAction, LoadBalancing, RouteAction, RouteConfig,
-    TargetPort, TlsMode, TlsVersion,
+    CertificateConfig, ForwardAction, HandlerAction, HealthOptions, LoadBalancing, RouteAction,
+    RouteConfig, TargetPort, TlsMode, TlsVersion,
 };
 use crate::path::PathPattern;
 
@@ -27,6 +27,8 @@ pub const REDIRECT_STATUSES: &[u16] = &[301, 302, 307, 308];
 pub struct ValidationOptions {
     /// Socket handler names registered by a library user, accepted besides the built-ins.
     pub custom_handlers: Vec<String>,
+    /// Passive health of the targets of routes that set no `health` (`[defaults] health`).
+    pub default_health: HealthOptions,
 }
 
 impl ValidationOptions {
@@ -36,6 +38,12 @@ impl ValidationOptions {
         names: I,
     ) -> Self {
         self.custom_handlers.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Routes without a `health` key use these options.
+    pub fn with_default_health(mut self, health: HealthOptions) -> Self {
+        self.default_health = health;
         self
     }
 }
@@ -186,6 +194,9 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
             }
             if f.connect_timeout.is_some_and(|d| d.is_zero()) {
                 e.push("action.connect_timeout", "connect timeout must be longer than zero");
+            }
+            if let Some(msg) = f.health.and_then(|h| h.problem()) {
+                e.push("action.health.cooldown", msg);
             }
             if f.is_kernel_forwarded() {
                 check_kernel_forwarded(r, f, e);
@@ -370,6 +381,15 @@ fn check_kernel_forwarded(r: &RouteConfig, f: &ForwardAction, e: &mut Errs<'_>) 
             format!(
                 "{WHY} cannot balance by least connections: the kernel does not count open \
                  connections per target; use \"round-robin\" or \"ip-hash\""
+            ),
+        );
+    }
+    if f.health.is_some() {
+        e.push(
+            "action.health",
+            format!(
+                "{WHY} picks targets in the kernel, which sees no failed connect: there is no \
+                 health to keep"
             ),
         );
     }

@@ -498,3 +498,110 @@ action = { type = "forward", targets = [{ host = "a", port = 1 }, { host = "b", 
     assert_eq!(dump["routes"][0]["targets"][1]["health"]["connect_failures"], 1);
     assert_eq!(dump["routes"][0]["targets"][1]["health"]["last_error"], "refused");
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Passive health with a cool-down: a target whose connect failed is skipped by every
+/// algorithm until `health.cooldown` has passed, then offered to exactly one connection (a
+/// failure there starts another cool-down, a success brings it back into the rotation); when
+/// every target is down they are tried anyway; `cooldown = "0s"` never skips.
+#[test]
+fn a_down_target_is_skipped_for_its_cooldown_then_tried_once() {
+    let t = table(
+        r#"
+[[routes]]
+name = "rr"
+match = { ports = 80 }
+action = { type = "forward", health = { cooldown = "1h" }, targets = [{ host = "a", port = 1 }, { host = "b", port = 2 }, { host = "c", port = 3 }] }
+[[routes]]
+name = "hash"
+match = { ports = 81 }
+action = { type = "forward", load_balancing = "ip-hash", targets = [{ host = "a", port = 1 }, { host = "b", port = 2 }] }
+[[routes]]
+name = "least"
+match = { ports = 82 }
+action = { type = "forward", load_balancing = "least-connections", targets = [{ host = "a", port = 1 }, { host = "b", port = 2 }] }
+[[routes]]
+name = "never"
+match = { ports = 83 }
+action = { type = "forward", health = { cooldown = "0s" }, targets = [{ host = "a", port = 1 }, { host = "b", port = 2 }] }
+"#,
+    );
+    let c = ip(C);
+    let picks = |r: &CompiledRoute, n: usize| -> Vec<usize> {
+        (0..n).map(|_| r.select_target(c, 80, 0).unwrap().index()).collect()
+    };
+
+    let rr = t.route("rr").unwrap();
+    rr.target_connect_failed(1, now_ms(), ConnectFailure::Refused);
+    let h = rr.target_health(1);
+    assert!(h.down);
+    assert!(h.retry_at_unix_ms.unwrap() >= h.last_failure_unix_ms.unwrap() + 3_600_000);
+    assert!(!picks(rr, 30).contains(&1), "b is skipped while it cools down");
+    // Cool-down over (the failure an hour and a second ago): one connection gets it, then
+    // it is skipped for another hour unless that connection succeeds.
+    rr.target_connect_failed(1, now_ms() - 3_601_000, ConnectFailure::Refused);
+    let got = picks(rr, 30);
+    assert_eq!(got.iter().filter(|&&i| i == 1).count(), 1, "one try after the cool-down: {got:?}");
+    rr.target_connected(1, now_ms);
+    let got = picks(rr, 30);
+    assert_eq!(got.iter().filter(|&&i| i == 1).count(), 10, "back in the rotation: {got:?}");
+    // Every target down: they are tried anyway.
+    for i in 0..3 {
+        rr.target_connect_failed(i, now_ms(), ConnectFailure::Timeout);
+    }
+    let got = picks(rr, 30);
+    assert_eq!(got.iter().filter(|&&i| i == 0).count(), 10, "all down, plain rotation: {got:?}");
+
+    // ip-hash: the client moves to the next target while its own is down, and back after.
+    let hash = t.route("hash").unwrap();
+    let mine = hash.select_target(c, 81, 0).unwrap().index();
+    hash.target_connect_failed(mine, now_ms(), ConnectFailure::Refused);
+    assert_eq!(hash.select_target(c, 81, 0).unwrap().index(), 1 - mine);
+    hash.target_connected(mine, now_ms);
+    assert_eq!(hash.select_target(c, 81, 0).unwrap().index(), mine);
+
+    // least-connections: the idle but down target is skipped for the loaded one.
+    let least = t.route("least").unwrap();
+    let busy = least.select_target(c, 82, 0).unwrap();
+    let idle = 1 - busy.index();
+    least.target_connect_failed(idle, now_ms(), ConnectFailure::Refused);
+    assert_eq!(least.select_target(c, 82, 0).unwrap().index(), busy.index());
+    // And the retry after a refusal does not go back to the down one either.
+    assert_eq!(least.next_target(&busy, 1, 82).unwrap().index(), busy.index());
+    drop(busy);
+
+    // The proxy out of fds is not the target's fault.
+    let emfile = std::io::Error::from_raw_os_error(24);
+    assert_eq!(ConnectFailure::of_io(&emfile), ConnectFailure::Local);
+    let hash = t.route("hash").unwrap();
+    hash.target_connect_failed(1, now_ms(), ConnectFailure::Local);
+    assert!(!hash.target_health(1).down);
+
+    let never = t.route("never").unwrap();
+    never.target_connect_failed(0, now_ms(), ConnectFailure::Refused);
+    assert_eq!(picks(never, 4), [0, 1, 0, 1], "cooldown 0s: a down target is not skipped");
+}
+
+#[test]
+fn health_keys_are_validated() {
+    #[derive(serde::Deserialize)]
+    struct F {
+        routes: Vec<RouteConfig>,
+    }
+    let routes = |h: &str| {
+        let src = format!(
+            "[[routes]]\nname = \"x\"\nmatch = {{ ports = 80 }}\naction = {{ type = \"forward\", {h}, targets = [{{ host = \"a\", port = 1 }}] }}\n"
+        );
+        toml::from_str::<F>(&src).map(|f| f.routes)
+    };
+    let e = RouteTable::compile(routes("health = { cooldown = \"2d\" }").unwrap()).unwrap_err();
+    assert_eq!(e[0].path, "routes[0].action.health.cooldown");
+    assert!(e[0].message.contains("at most 24h"), "{}", e[0].message);
+    let e = routes("health = { cooldwn = \"2s\" }").unwrap_err().to_string();
+    assert!(e.contains("cooldwn"), "{e}");
+    let e = routes("health = { cooldown = 5 }").unwrap_err().to_string();
+    assert!(e.contains("unit"), "{e}");
+}

@@ -88,6 +88,9 @@ pub(super) fn build(
     for (key, msg) in d.tcp_keepalive.problems() {
         err(&format!("defaults.tcp_keepalive.{key}"), msg);
     }
+    if let Some(msg) = d.health.problem() {
+        err("defaults.health.cooldown", msg.into());
+    }
     for (key, msg) in d.http_settings().check() {
         err(&format!("defaults.{key}"), msg);
     }
@@ -179,7 +182,7 @@ pub(super) fn build(
         },
         None => None,
     };
-    let compiled = match compile(&routes, handlers, default_cert, &bind) {
+    let compiled = match compile(&routes, handlers, default_cert, &bind, f.defaults.health) {
         Ok(c) => Some(c),
         Err(list) => {
             for mut e in list {
@@ -231,9 +234,11 @@ pub(super) fn compile(
     handlers: &[&str],
     default_cert: Option<LoadedCert>,
     bind: &[IpAddr],
+    health: smartproxy_routing::HealthOptions,
 ) -> Result<Compiled, Vec<ConfigError>> {
-    let opts =
-        ValidationOptions::default().with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()));
+    let opts = ValidationOptions::default()
+        .with_custom_handlers(handlers.iter().map(|h| (*h).to_owned()))
+        .with_default_health(health);
     let mut errors = Vec::new();
     let table = match RouteTable::compile_with(routes.to_vec(), &opts) {
         Ok(t) => Some(t),

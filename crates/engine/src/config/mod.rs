@@ -242,6 +242,10 @@ pub struct Defaults {
     /// HTTP routes: streams a client may open at once on an HTTP/2 connection. Default 256.
     #[serde(default = "d256u32")]
     pub http2_max_concurrent_streams: u32,
+    /// Passive health of the targets of routes without their own `health` key (default
+    /// `{ cooldown = "10s" }`): a target whose connect failed is skipped for the cool-down.
+    #[serde(default)]
+    pub health: smartproxy_routing::HealthOptions,
 }
 
 impl Defaults {
@@ -296,6 +300,7 @@ impl Default for Defaults {
             http_pool_max_idle: d256(),
             http_pool_idle_timeout: d60s(),
             http2_max_concurrent_streams: d256u32(),
+            health: smartproxy_routing::HealthOptions::default(),
         }
     }
 }
@@ -769,7 +774,8 @@ impl Config {
             errors.extend(check::default_cert_name(&routes, &[]));
         }
         let default = self.compiled.default_cert.clone();
-        let compiled = match check::compile(&routes, handlers, default, &self.bind) {
+        let health = self.defaults.health;
+        let compiled = match check::compile(&routes, handlers, default, &self.bind, health) {
             Ok(c) if errors.is_empty() => c,
             Ok(_) => return Err(ConfigErrors { file: None, errors }),
             Err(mut list) => {
@@ -840,7 +846,8 @@ impl Config {
         if let Some(prev) = previous {
             if Arc::get_mut(&mut self.compiled.table).is_none() {
                 let default = self.compiled.default_cert.clone();
-                if let Ok(c) = check::compile(&self.routes, handlers, default, &self.bind) {
+                let health = self.defaults.health;
+                if let Ok(c) = check::compile(&self.routes, handlers, default, &self.bind, health) {
                     self.compiled.table = c.table;
                 }
             }
