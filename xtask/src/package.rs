@@ -1,7 +1,7 @@
 //! The packaging check: every publishable crate is packaged and built from its `.crate` file
 //! alone, all in one `cargo package` run so that the workspace's unpublished crates see each
 //! other (cargo's multi-package packaging puts the fresh `.crate` files in a local overlay
-//! registry, target/package/tmp-registry). Then the contents of each `.crate` are checked;
+//! registry, target/package-verify/package/tmp-registry). Then the contents of each `.crate` are checked;
 //! for a release, `cargo publish --dry-run --no-verify` follows.
 
 use std::fmt::Write as _;
@@ -50,16 +50,20 @@ pub(crate) fn check(ws: &Workspace, crates: &[&Member], mode: Mode) -> Result<Ve
     let all: Vec<&Member> = ws.publishable().collect();
     let crates = if crates.is_empty() { &all[..] } else { crates };
     check_sources(ws, crates)?;
-    let target = ws.target.join("package");
-    // A `.crate` left from an earlier run must not pass for this one.
-    for m in crates {
-        let old = target.join(format!("{}-{}.crate", m.name, m.version));
-        if old.exists() {
-            std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
-        }
+    // A target directory of its own, emptied first. The verify builds see the workspace's
+    // crates through cargo's overlay registry, and cargo never rebuilds a registry crate of the
+    // same version: with a shared, warm target a verify build compiled against an older
+    // packaging of a sibling crate (a method added since was "not found"). A `.crate` left
+    // from an earlier run can not pass for this one either.
+    let build = ws.target.join("package-verify");
+    if build.exists() {
+        std::fs::remove_dir_all(&build).with_context(|| format!("removing {}", build.display()))?;
     }
+    let target = build.join("package");
+    let build_dir = build.to_string_lossy().into_owned();
     // --allow-dirty: CI and a release in progress package the working tree as it is.
-    let mut args: Vec<&str> = vec!["package", "--locked", "--allow-dirty"];
+    let mut args: Vec<&str> =
+        vec!["package", "--locked", "--allow-dirty", "--target-dir", build_dir.as_str()];
     for m in crates {
         args.extend(["-p", m.name.as_str()]);
     }

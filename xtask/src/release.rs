@@ -117,7 +117,7 @@ fn run(root: &Path, opts: &Options, steps: &mut Steps) -> Result<()> {
     })?;
     let bin = steps.run("release binary", || release_binary(&ws))?;
     let dist = steps.run("artifacts in target/dist", || artifacts(&ws, &bin))?;
-    println!("\nreleased crates (.crate files in target/package):");
+    println!("\nreleased crates (.crate files in target/package-verify/package):");
     print!("{}", package::table(&packaged));
     println!("\nartifacts:");
     for f in &dist.files {
