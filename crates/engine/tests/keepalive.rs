@@ -263,7 +263,10 @@ async fn immortal_connections_close_at_a_route_max_lifetime() {
         let at = at.unwrap_or_else(|| panic!("{kind}: not closed at its lifetime"));
         let life = at - accepted;
         assert!(
-            life + EARLY >= Duration::from_millis(1500) && life <= Duration::from_millis(2400),
+            // Late by up to 2 s: the lifetime check is periodic and a loaded 2-core CI machine
+            // delays timers (3.1 s measured once while four builds ran); never closing is
+            // caught by the 5 s wait above.
+            life + EARLY >= Duration::from_millis(1500) && life <= Duration::from_millis(3500),
             "{kind}: closed {life:?} after the accept, lifetime 1.5 s"
         );
     });
