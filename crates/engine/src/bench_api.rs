@@ -23,10 +23,14 @@ pub async fn copy_tcp(a: &TcpStream, b: &TcpStream) -> std::io::Result<(u64, u64
     Ok((up.into_inner(), down.into_inner()))
 }
 
-/// The TCP keepalive options a connection sets on each of its sockets at setup
-/// (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`), with the default values.
+/// The TCP keepalive options a connection sets on its backend socket at setup
+/// (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`), with the default values;
+/// its accepted socket inherits them from the listener on Linux, at no cost.
 pub fn set_tcp_keepalive(s: &TcpStream) {
-    crate::net::set_stream_keepalive(s, &smartproxy_routing::TcpKeepalive::default());
+    crate::net::set_keepalive(
+        &socket2::SockRef::from(s),
+        &smartproxy_routing::TcpKeepalive::default(),
+    );
 }
 
 /// The per-IP limiter (open connections and rate per minute) as a connection uses it.

@@ -188,6 +188,11 @@ impl EngineBuilder {
         );
         let (force_close, _) = watch::channel(false);
         let (draining, _) = watch::channel(false);
+        let listener_keepalive = if cfg!(target_os = "linux") {
+            state.config.defaults.tcp_keepalive
+        } else {
+            smartproxy_routing::TcpKeepalive::Off
+        };
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(state),
             handlers: self.handlers,
@@ -197,6 +202,7 @@ impl EngineBuilder {
             draining,
             force_close,
             http,
+            listener_keepalive,
         });
         let ctl = Arc::new(Control {
             shared,
@@ -213,7 +219,7 @@ impl EngineBuilder {
         crate::observe::spawn_log_flusher(Arc::downgrade(&ctl.shared.obs));
         let st = ctl.shared.state.load_full();
         *ctl.certs.lock() = Some(CertTasks::start(&st.certs, metrics.clone()));
-        let bound = bind_ports(&st.config, &st.table.ports(), ctl.runtimes.len())?;
+        let bound = bind_ports(&st.config, &st.table.ports(), &ctl.shared, ctl.runtimes.len())?;
         {
             let mut ls = ctl.listeners.lock();
             for (port, socks) in bound {
@@ -313,8 +319,13 @@ type Bound = Vec<(u16, Vec<(SocketAddr, std::net::TcpListener)>)>;
 /// Binds every port on every bind address, `copies` times each when there are worker
 /// runtimes (with `SO_REUSEPORT`, one socket per runtime), once otherwise. An IPv6 address
 /// that the host does not support is skipped with a warning; any other failure fails the
-/// whole set.
-fn bind_ports(config: &Config, ports: &[u16], copies: usize) -> Result<Bound, StartError> {
+/// whole set. Every socket gets the keepalive probes of `shared.listener_keepalive`.
+fn bind_ports(
+    config: &Config,
+    ports: &[u16],
+    shared: &Shared,
+    copies: usize,
+) -> Result<Bound, StartError> {
     let reuse_port = config.reuse_port || copies > 1;
     let mut out = Vec::new();
     for &port in ports {
@@ -322,7 +333,7 @@ fn bind_ports(config: &Config, ports: &[u16], copies: usize) -> Result<Bound, St
         for &ip in &config.bind {
             let mut addr = SocketAddr::new(ip, port);
             for _ in 0..copies.max(1) {
-                match accept::bind(addr, reuse_port) {
+                match accept::bind(addr, reuse_port, &shared.listener_keepalive) {
                     // The copies bind the port the first one got (port 0 picks one).
                     Ok(l) => {
                         addr = l.local_addr().unwrap_or(addr);
@@ -601,7 +612,7 @@ impl Engine {
             return Ok(());
         }
         let config = self.config();
-        let bound = bind_ports(&config, &[port], self.ctl.runtimes.len())?;
+        let bound = bind_ports(&config, &[port], &self.ctl.shared, self.ctl.runtimes.len())?;
         let mut ls = self.ctl.listeners.lock();
         for (port, socks) in bound {
             ls.insert(port, spawn_listeners(&self.ctl, port, socks, true));
@@ -649,12 +660,13 @@ impl Engine {
         let old_ports: BTreeSet<u16> = ctl.listeners.lock().keys().copied().collect();
         let added: Vec<u16> = new_ports.difference(&old_ports).copied().collect();
         let removed: Vec<u16> = old_ports.difference(&new_ports).copied().collect();
-        let bound = bind_ports(&state.config, &added, ctl.runtimes.len()).map_err(|e| {
-            if certs::reusable(&old.certs, &state.config) {
-                old.restore_certs();
-            }
-            ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
-        })?;
+        let bound =
+            bind_ports(&state.config, &added, &ctl.shared, ctl.runtimes.len()).map_err(|e| {
+                if certs::reusable(&old.certs, &state.config) {
+                    old.restore_certs();
+                }
+                ConfigErrors::one(ConfigError::new("routes", format!("{e}: {}", source_of(&e))))
+            })?;
         // A new `[acme]` table came with a new manager: its renewal loop replaces the old one.
         let new_certs = !certs::reusable(&old.certs, &state.config);
         let routes = state.config.routes.len();

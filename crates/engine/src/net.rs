@@ -73,9 +73,21 @@ pub(crate) fn set_keepalive(sock: &socket2::Socket, keepalive: &TcpKeepalive) {
     }
 }
 
-/// [`set_keepalive`] on an accepted (or connected) tokio stream.
-pub(crate) fn set_stream_keepalive(tcp: &tokio::net::TcpStream, keepalive: &TcpKeepalive) {
-    if keepalive.is_on() {
-        set_keepalive(&socket2::SockRef::from(tcp), keepalive);
+/// The keepalive probes `want` on an accepted socket that came with `inherited` from its
+/// listening socket: nothing to do when they are the same (the usual case: no system call),
+/// probes set when they differ, and turned off when the route wants none.
+pub(crate) fn set_accepted_keepalive(
+    tcp: &tokio::net::TcpStream,
+    want: &TcpKeepalive,
+    inherited: &TcpKeepalive,
+) {
+    if want == inherited {
+        return;
+    }
+    let sock = socket2::SockRef::from(tcp);
+    if want.is_on() {
+        set_keepalive(&sock, want);
+    } else if let Err(e) = sock.set_keepalive(false) {
+        tracing::debug!(error = %e, "cannot turn TCP keepalive off");
     }
 }

@@ -33,4 +33,9 @@ pub(crate) struct Shared {
     pub(crate) force_close: watch::Sender<bool>,
     /// The HTTP layer (pools, per-request routing on the state's table) for HTTP ports.
     pub(crate) http: smartproxy_http::HttpService,
+    /// The TCP keepalive probes every listening socket has, and so every accepted socket
+    /// inherits (Linux copies them from the listener): `[defaults] tcp_keepalive` at start,
+    /// for the life of the engine (a reload that changes the defaults leaves the listeners
+    /// alone; its connections then set their probes themselves). `Off` elsewhere.
+    pub(crate) listener_keepalive: smartproxy_routing::TcpKeepalive,
 }

@@ -16,7 +16,11 @@ use crate::shared::Shared;
 
 /// Opens a listening socket: `SO_REUSEADDR`, `SO_REUSEPORT` when asked, IPv6-only for IPv6.
 /// It is registered with a runtime by [`spawn`], on the runtime that will accept on it.
-pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+    keepalive: &smartproxy_routing::TcpKeepalive,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -30,6 +34,13 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::T
     // connection (set per connection on other systems).
     #[cfg(target_os = "linux")]
     socket.set_tcp_nodelay(true)?;
+    // The same for the keepalive probes (`SO_KEEPALIVE` and the three `TCP_KEEP*` options):
+    // four setsockopt calls here instead of four per connection (see
+    // `Shared::listener_keepalive`).
+    #[cfg(target_os = "linux")]
+    crate::net::set_keepalive(&socket, keepalive);
+    #[cfg(not(target_os = "linux"))]
+    let _ = keepalive;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())

@@ -105,7 +105,7 @@ async fn setup(
         let probes = serve_http::first_http_route(&c)
             .and_then(|i| c.state.timeouts.get(i))
             .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
-        crate::net::set_stream_keepalive(sock.get_ref(), &probes);
+        crate::net::set_accepted_keepalive(sock.get_ref(), &probes, &c.shared.listener_keepalive);
         let local = conn::local_addr(sock.get_ref(), port);
         let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
         serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
@@ -114,9 +114,11 @@ async fn setup(
     let info = classify::classify(&c, &mut sock).await?;
     let Some(sock) = challenge::answer(&c, sock, &info).await? else { return Ok(None) };
     let index = route::route(&mut c, &info)?;
-    // TCP keepalive probes on the client socket, as the route says (its backend socket gets
-    // them when it is made, in `upstream`).
-    crate::net::set_stream_keepalive(sock.get_ref(), &c.effective().tcp_keepalive);
+    // TCP keepalive probes on the client socket, as the route says (usually inherited from
+    // the listening socket already; its backend socket gets them when it is made, in
+    // `upstream`).
+    let inherited = &c.shared.listener_keepalive;
+    crate::net::set_accepted_keepalive(sock.get_ref(), &c.effective().tcp_keepalive, inherited);
     let state = Arc::clone(&c.state);
     let route = &state.table.routes()[index];
     match &route.config().action {
