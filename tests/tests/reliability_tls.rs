@@ -472,7 +472,12 @@ fn matrix(reencrypt: bool, version: &'static rustls::SupportedProtocolVersion) {
             }
             Case::ClientHalfOpen | Case::BothSilent => {
                 let after = after.expect("timed");
-                assert_within(&format!("{what}: the client's connection closed"), after, IDLE_MIN, IDLE_MAX);
+                assert_within(
+                    &format!("{what}: the client's connection closed"),
+                    after,
+                    IDLE_MIN,
+                    IDLE_MAX,
+                );
             }
         }
     }

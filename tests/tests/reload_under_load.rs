@@ -52,7 +52,8 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {echo} }}
         c = leaf.cert.display(),
         k = leaf.key.display()
     );
-    for (i, port) in extra.iter().enumerate().take(generation + 1).skip(generation.saturating_sub(1))
+    for (i, port) in
+        extra.iter().enumerate().take(generation + 1).skip(generation.saturating_sub(1))
     {
         c.push_str(&format!(
             "\n[[routes]]\nname = \"generation-{i}\"\nmatch = {{ ports = [{port}] }}\naction = {{ type = \"socket-handler\", handler = \"static\", body = \"generation {i} of {generation}\" }}\n"

@@ -196,7 +196,11 @@ async fn head_or_400(s: &mut ClientStream, info: &ConnInfo) -> io::Result<Option
     }
 }
 
-async fn static_response(mut s: ClientStream, a: &HandlerAction, info: &ConnInfo) -> io::Result<()> {
+async fn static_response(
+    mut s: ClientStream,
+    a: &HandlerAction,
+    info: &ConnInfo,
+) -> io::Result<()> {
     if head_or_400(&mut s, info).await?.is_none() {
         return Ok(());
     }
