@@ -13,7 +13,7 @@ use super::classify::PeekInfo;
 use super::close::log_close;
 use super::conn::{Conn, local_addr};
 use crate::copy::{self, Counted, Outcome};
-use crate::handler::{self, ClientStream, HandlerContext};
+use crate::handler::{self, ClientStream, ConnInfo};
 
 /// Runs the handler of the route at `index` on the connection.
 pub(crate) async fn serve(
@@ -25,19 +25,17 @@ pub(crate) async fn serve(
     stop: &mut watch::Receiver<bool>,
 ) {
     let route = &c.state.table.routes()[index];
-    let ctx = HandlerContext {
+    let conn = ConnInfo {
         client_addr: sock.client_addr(),
         peer_addr: sock.peer_addr(),
         local_addr: local_addr(sock.get_ref(), c.port),
         port: c.port,
-        route_name: route.name().to_owned(),
-        action: h.clone(),
         domain: info.domain,
         initial_data_deadline: Instant::now() + c.effective().initial_data,
     };
     let stream = ClientStream { inner: Counted { inner: sock, obs: Arc::clone(&c.obs) } };
     // Boxed: a handler's future is large and would size every connection's setup.
-    let fut = Box::pin(handler::run(&c.shared.handlers, stream, ctx));
+    let fut = Box::pin(handler::run(&c.shared.handlers, stream, route.name(), h, conn));
     let outcome = match copy::supervise(fut, &c.obs, c.timeouts(), stop).await {
         Ok(Ok(())) => Outcome::Done,
         Ok(Err(e)) => Outcome::Error(e),
