@@ -48,8 +48,15 @@ pub enum StartError {
     NoConfig,
 }
 
-/// A listening socket's address and its accept task.
-type Listening = (SocketAddr, JoinHandle<()>);
+/// A listening socket: its address, its accept task, and a second descriptor of the socket
+/// (`dup(2)`) that keeps it open once the task is aborted at shutdown, so that the
+/// connections already waiting in its accept queue are taken and served in the drain
+/// instead of reset when the socket closes ([`Engine::shutdown`]).
+struct Listening {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+    queue: Option<(u16, std::net::TcpListener)>,
+}
 
 /// What only the engine's owner touches.
 struct Control {
@@ -71,16 +78,19 @@ struct Control {
 }
 
 impl Control {
-    fn stop_listening(&self) -> Vec<JoinHandle<()>> {
-        let mut stopped = Vec::new();
+    /// Aborts every accept task; returns them, and the second descriptors of their sockets
+    /// (see [`Listening`]).
+    fn stop_listening(&self) -> (Vec<JoinHandle<()>>, Vec<(u16, std::net::TcpListener)>) {
+        let (mut stopped, mut queues) = (Vec::new(), Vec::new());
         for (_, ls) in std::mem::take(&mut *self.listeners.lock()) {
-            for (addr, task) in ls {
+            for Listening { addr, task, queue } in ls {
                 tracing::debug!(%addr, "stopped listening");
                 task.abort();
                 stopped.push(task);
+                queues.extend(queue);
             }
         }
-        stopped
+        (stopped, queues)
     }
 }
 
@@ -370,7 +380,11 @@ fn spawn_listeners(
             }
             last = Some(addr);
             let rt = (!ctl.runtimes.is_empty()).then(|| &ctl.runtimes[i % ctl.runtimes.len()]);
-            (addr, accept::spawn(Arc::downgrade(&ctl.shared), l, port, rt))
+            // Without a second descriptor (out of fds) the queue is reset at shutdown, as
+            // before.
+            let queue = l.try_clone().ok().map(|q| (port, q));
+            let task = accept::spawn(Arc::downgrade(&ctl.shared), l, port, rt);
+            Listening { addr, task, queue }
         })
         .collect()
 }
@@ -502,7 +516,7 @@ impl Engine {
     /// Every listening socket's address, by port.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         let mut addrs: Vec<SocketAddr> =
-            self.ctl.listeners.lock().values().flatten().map(|(a, _)| *a).collect();
+            self.ctl.listeners.lock().values().flatten().map(|l| l.addr).collect();
         // With worker runtimes an address has one socket per runtime.
         addrs.dedup();
         addrs
@@ -633,7 +647,7 @@ impl Engine {
         }
         let Some(ls) = self.ctl.listeners.lock().remove(&port) else { return false };
         let mut stopped = Vec::new();
-        for (addr, task) in ls {
+        for Listening { addr, task, .. } in ls {
             tracing::info!(%addr, "stopped listening");
             task.abort();
             stopped.push(task);
@@ -693,7 +707,7 @@ impl Engine {
         let mut stopped = Vec::new();
         for port in &removed {
             let mut last = None;
-            for (addr, task) in ls.remove(port).unwrap_or_default() {
+            for Listening { addr, task, .. } in ls.remove(port).unwrap_or_default() {
                 if last != Some(addr) {
                     tracing::info!(%addr, "stopped listening");
                 }
@@ -723,7 +737,15 @@ impl Engine {
         }
         // No new certificate order while draining (one in flight is abandoned).
         drop(ctl.certs.lock().take());
-        closed(ctl.stop_listening()).await;
+        let (tasks, queues) = ctl.stop_listening();
+        closed(tasks).await;
+        // The connections the kernel had accepted but the accept loops had not taken yet
+        // are in flight too: take them and serve them in the drain (closing the sockets
+        // would reset them). One that completes its handshake after this is reset.
+        let queued = take_queued(&ctl.shared, queues);
+        if queued > 0 {
+            tracing::info!(queued, "took the connections waiting in the accept queues");
+        }
         // HTTP connections close after the request they serve (HTTP/2: GOAWAY).
         let _ = ctl.shared.draining.send(true);
         let obs = &ctl.shared.obs;
@@ -770,6 +792,40 @@ impl Engine {
     pub fn connections_from(&self, ip: std::net::IpAddr) -> u32 {
         self.ctl.shared.ip_limits.open(ip)
     }
+}
+
+/// Accepts every connection waiting in the queues of `listeners` (non-blocking, until
+/// `EAGAIN`) and spawns its task as the accept loop would; then closes them. Returns how
+/// many connections were taken.
+fn take_queued(shared: &Arc<Shared>, listeners: Vec<(u16, std::net::TcpListener)>) -> usize {
+    let mut taken = 0;
+    for (port, l) in listeners {
+        loop {
+            let (tcp, peer) = match l.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if accept::is_per_connection(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "accept failed while taking the queue");
+                    break;
+                }
+            };
+            let accepted = Instant::now();
+            // `accept` on a non-blocking listener gives a blocking socket.
+            let tcp =
+                match tcp.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(tcp))
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, "cannot register a queued connection");
+                        continue;
+                    }
+                };
+            taken += 1;
+            tokio::spawn(crate::pipeline::serve(Arc::clone(shared), tcp, peer, port, accepted));
+        }
+    }
+    taken
 }
 
 /// Waits (up to a second) until aborted accept tasks are gone, so that their sockets are
