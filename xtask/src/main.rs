@@ -18,7 +18,8 @@
 //! cargo xtask bench --kernel     bulk1 through a kernel-forwarded (nftables) and a proxied route
 //!                                of the release binary, in network namespaces (root, iperf3):
 //!                                machine and proxy CPU per GB
-//! cargo xtask fuzz [--secs N] [TARGET..] run the fuzz targets (all by default) for N s each
+//! cargo xtask fuzz [--secs N] [--runs N] [TARGET..] run the fuzz targets (all by default)
+//!                                for N s each (and at most N executions with --runs)
 //! cargo xtask soak [--connections N] [--debug]   N connections (default 1,000,000) through two
 //!                                hops with PROXY v2 (release build): fds, RSS and gauges of both
 //!                                hops at start vs end (tests/tests/reliability.rs `soak`)
@@ -266,26 +267,34 @@ fn fuzz_check() -> Result<()> {
 fn fuzz(args: &[String]) -> Result<()> {
     deps::ensure_cargo_tool(deps::CARGO_FUZZ)?;
     let mut secs = 60u64;
+    let mut runs: Option<u64> = None;
     let mut wanted = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--secs" {
             secs = it.next().context("--secs needs a number")?.parse().context("--secs")?;
+        } else if a == "--runs" {
+            let n = it.next().context("--runs needs a number")?;
+            runs = Some(n.replace(['_', ','], "").parse().context("--runs")?);
         } else {
             wanted.push(a.clone());
         }
     }
+    // With --runs, a target stops at N executions or at --secs, whichever comes first.
+    let limits: Vec<String> = std::iter::once(format!("-max_total_time={secs}"))
+        .chain(runs.map(|n| format!("-runs={n}")))
+        .collect();
     for dir in fuzz_dirs()? {
         for target in fuzz_targets(&dir)? {
             if !wanted.is_empty() && !wanted.contains(&target) {
                 continue;
             }
-            println!("$ (cd {}) cargo fuzz run {target} -- -max_total_time={secs}", dir.display());
+            println!("$ (cd {}) cargo fuzz run {target} -- {}", dir.display(), limits.join(" "));
             let corpus = dir.join("corpus").join(&target);
             std::fs::create_dir_all(&corpus)?;
             let st = Command::new("cargo")
                 .args(["fuzz", "run", "--fuzz-dir", ".", &target, "--"])
-                .arg(format!("-max_total_time={secs}"))
+                .args(&limits)
                 .current_dir(&dir)
                 .env("RUSTC_BOOTSTRAP", "1")
                 .status()?;
