@@ -197,6 +197,7 @@ impl EngineBuilder {
             draining,
             force_close,
             http,
+            fds: Arc::new(crate::fds::FdWait::new()),
         });
         let ctl = Arc::new(Control {
             shared,

@@ -103,6 +103,7 @@ mod certs;
 mod config;
 mod copy;
 mod engine;
+mod fds;
 mod handler;
 mod http;
 mod kernel;

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use smartproxy_limits::IpLimiter;
 use tokio::sync::watch;
 
+use crate::fds::FdWait;
 use crate::handler::Registry;
 use crate::limits::Gauge;
 use crate::observe::EngineObserver;
@@ -33,4 +34,6 @@ pub(crate) struct Shared {
     pub(crate) force_close: watch::Sender<bool>,
     /// The HTTP layer (pools, per-request routing on the state's table) for HTTP ports.
     pub(crate) http: smartproxy_http::HttpService,
+    /// Connections waiting for a file descriptor; the accept loops pause while there are any.
+    pub(crate) fds: Arc<FdWait>,
 }
