@@ -1164,3 +1164,159 @@ fn tls_termination_slow_readers_keep_memory_bounded() {
     }
     assert!(per_conn < 1024.0, "{per_conn:.0} KiB of RSS per stalled TLS connection");
 }
+
+/// A target for active checks: a listener that counts the connections it accepts (and
+/// closes them at once).
+fn counting_target() -> (u16, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (count, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let (n, st) = (count.clone(), stop.clone());
+    thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok(_) => {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    (port, count, stop)
+}
+
+/// Active TCP health checks (`health.check`, interval 200 ms, fall 3, rise 2): a target that
+/// stops listening is marked down by the checker alone, with no client traffic, within
+/// interval × fall (+ slack); clients meanwhile all go to the live target and the proxy never
+/// connects to the down one (no failed connect counted); once it listens again it is marked up
+/// after `rise` passes and takes its share. `/api/routes` and `/metrics` show the state.
+#[test]
+fn active_checks_mark_a_stopped_target_down_and_bring_it_back() {
+    let live = Backend::echo();
+    let mut flap = Flapping::new();
+    flap.up();
+    let (_proxy, [port, admin]) = Proxy::start_on(|[port, admin]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[routes]]\nname = \"checked\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", health = {{ cooldown = \"10s\", check = {{ \
+             interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 3 }} }}, \
+             targets = [{{ host = \"127.0.0.1\", port = {} }}, {{ host = \"127.0.0.1\", port = {} }}] }}\n",
+            live.port(),
+            flap.port
+        )
+    });
+    let check = |i| target_health(admin, "checked", i)["check"].clone();
+    wait_for("the first checks passed", || check(1), |c| c["last_result"] == "passed");
+    assert_eq!(check(1)["state"], "up");
+    assert_eq!(check(0)["state"], "up");
+    let gauge = |target: &str| {
+        let m = get(admin, "/metrics").body;
+        let line = format!("smartproxy_target_up{{route=\"checked\",target=\"{target}\"}}");
+        m.lines().find_map(|l| l.strip_prefix(line.as_str()).map(|v| v.trim().to_owned()))
+    };
+    let flap_label = format!("127.0.0.1:{}", flap.port);
+    assert_eq!(gauge(&flap_label).as_deref(), Some("1"), "target up in /metrics");
+
+    // Down: no client connects; the checker alone marks it down.
+    flap.down();
+    let stopped = Instant::now();
+    wait_for("the checker marks the target down", || check(1), |c| c["state"] == "down");
+    let took = stopped.elapsed();
+    let h = target_health(admin, "checked", 1);
+    eprintln!("active checks: down after {took:?} (interval 200 ms x fall 3): {h}");
+    assert!(took < Duration::from_millis(600 + 1000), "marked down after {took:?}");
+    assert_eq!(h["down"], true, "{h}");
+    assert_eq!(h["check"]["last_result"], "failed", "{h}");
+    assert_eq!(h["check"]["last_error"], "refused", "{h}");
+    assert!(h["check"]["consecutive"].as_u64().unwrap() >= 3, "{h}");
+    assert_eq!(h["connect_failures"], 0, "no client connection was sent to it: {h}");
+    assert_eq!(gauge(&flap_label).as_deref(), Some("0"), "target down in /metrics");
+    let at = live.seen().len();
+    for i in 0..20 {
+        served(port, format!("while down {i}").as_bytes());
+    }
+    assert_eq!(live.seen().len() - at, 20, "every client went to the live target");
+    let h = target_health(admin, "checked", 1);
+    assert_eq!(h["connect_failures"], 0, "the down target was never tried: {h}");
+
+    // Up again: `rise` passed checks bring it back, then round-robin over both.
+    flap.up();
+    let started = Instant::now();
+    wait_for("the checker marks the target up", || check(1), |c| c["state"] == "up");
+    let took = started.elapsed();
+    eprintln!("active checks: up after {took:?} (interval 200 ms x rise 2)");
+    assert!(took < Duration::from_millis(400 + 1000), "marked up after {took:?}");
+    assert_eq!(gauge(&flap_label).as_deref(), Some("1"), "target up again in /metrics");
+    let (at, flap_at) = (live.seen().len(), flap.served());
+    for i in 0..20 {
+        served(port, format!("up {i}").as_bytes());
+    }
+    assert_eq!(flap.served() - flap_at, 10, "round-robin again over both");
+    assert_eq!(live.seen().len() - at, 10, "round-robin again over both");
+}
+
+/// Active checks across reloads: one checker per engine, reading the table in force. After
+/// five reloads that keep the route, its target is still checked once per interval (no
+/// checker per reload); a reload that drops the checks stops them; a reload that adds them
+/// back starts them again.
+#[test]
+fn active_checks_follow_reloads_without_leaking_checkers() {
+    let (target, count, stop) = counting_target();
+    let config = |check: bool, extra: usize| {
+        let health = if check {
+            ", health = { check = { interval = \"200ms\", timeout = \"100ms\" } }"
+        } else {
+            ""
+        };
+        move |[port, admin]: [u16; 2]| {
+            let mut c = format!(
+                "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+                 [[routes]]\nname = \"c\"\nmatch = {{ ports = [{port}] }}\n\
+                 action = {{ type = \"forward\"{health}, targets = [{{ host = \"127.0.0.1\", port = {target} }}] }}\n"
+            );
+            for i in 0..extra {
+                c.push_str(&format!(
+                    "[[routes]]\nname = \"x{i}\"\nmatch = {{ ports = [{port}], domains = [\"x{i}.example\"] }}\n\
+                     action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = 1 }}] }}\n"
+                ));
+            }
+            c
+        }
+    };
+    let (proxy, ports) = Proxy::start_on(config(true, 0));
+    let admin = ports[1];
+    let reload = |text: String| {
+        std::fs::write(&proxy.config_path, text).unwrap();
+        let r = http(admin, "POST", "/reload", &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    let rate = || {
+        // Checks per second over 2 s (10 at one check per 200 ms).
+        let c0 = count.load(Ordering::Relaxed);
+        thread::sleep(Duration::from_secs(2));
+        count.load(Ordering::Relaxed) - c0
+    };
+    wait_until("the target is checked", || count.load(Ordering::Relaxed) >= 3);
+    let before = rate();
+    for extra in 1..=5 {
+        reload(config(true, extra)(ports));
+    }
+    let after = rate();
+    eprintln!("active checks: {before} checks in 2 s before 5 reloads, {after} after");
+    assert!((7..=13).contains(&before), "{before} checks in 2 s at a 200 ms interval");
+    assert!((7..=13).contains(&after), "{after} checks in 2 s after 5 reloads: one checker");
+    let h = target_health(admin, "c", 0);
+    assert!(h["check"]["checks"].as_u64().unwrap() >= before as u64 + after as u64, "kept: {h}");
+    // Checks off: they stop (the table in force has none).
+    reload(config(false, 0)(ports));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(rate(), 0, "no check after the reload that removed them");
+    assert!(target_health(admin, "c", 0).get("check").is_none_or(|c| c.is_null()));
+    // And back on.
+    let off = count.load(Ordering::Relaxed);
+    reload(config(true, 0)(ports));
+    wait_until("checked again", || count.load(Ordering::Relaxed) >= off + 3);
+    stop.store(true, Ordering::Relaxed);
+}

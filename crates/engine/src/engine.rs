@@ -64,6 +64,8 @@ struct Control {
     /// Worker runtimes, each with its own listener per address (empty: the current runtime).
     runtimes: Vec<Handle>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// The active health checks of every route that has them (one task).
+    checker: JoinHandle<()>,
     /// The renewal loop (and expiry metric task) of the certificate manager in force.
     certs: parking_lot::Mutex<Option<CertTasks>>,
     /// The nftables table of the kernel-forwarded routes.
@@ -90,6 +92,7 @@ impl Drop for Control {
         if let Some(p) = self.sampler.lock().take() {
             p.abort();
         }
+        self.checker.abort();
     }
 }
 
@@ -199,6 +202,7 @@ impl EngineBuilder {
             http,
             fds: Arc::new(crate::fds::FdWait::new()),
         });
+        let checker = crate::health::spawn_checker(Arc::downgrade(&shared));
         let ctl = Arc::new(Control {
             shared,
             draining: AtomicBool::new(false),
@@ -208,6 +212,7 @@ impl EngineBuilder {
             cut_drain: tokio::sync::Notify::new(),
             runtimes: self.runtimes,
             sampler: parking_lot::Mutex::new(None),
+            checker,
             certs: parking_lot::Mutex::new(None),
             kernel: Arc::new(Kernel::new()),
         });

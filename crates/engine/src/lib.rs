@@ -105,6 +105,7 @@ mod copy;
 mod engine;
 mod fds;
 mod handler;
+mod health;
 mod http;
 mod kernel;
 mod limits;
