@@ -608,7 +608,14 @@ fn fd_exhaustion_backs_off_and_recovers_by_itself() {
     let share = cpu.as_secs_f64() / wall.as_secs_f64();
     let open = open_fds(pid);
     eprintln!("fd exhaustion: {open} fds open, CPU {cpu:?} over {wall:?} ({:.1} %)", share * 100.0);
-    assert!(share < 0.10, "the proxy used {:.0} % of a core while out of fds", share * 100.0);
+    if share >= 0.10 {
+        let out = proxy.output();
+        panic!(
+            "the proxy used {:.0} % of a core while out of fds; its log ends with:\n{}",
+            share * 100.0,
+            &out[out.len().saturating_sub(4000)..]
+        );
+    }
     assert!(open >= 250, "the limit was reached: {open} fds");
     // The admin API answers while the proxy is out of fds (no client has left yet).
     let asked = Instant::now();
@@ -1186,7 +1193,7 @@ fn counting_target() -> (u16, Arc<AtomicUsize>, Arc<AtomicBool>) {
     (port, count, stop)
 }
 
-/// Active TCP health checks (`health.check`, interval 200 ms, fall 3, rise 2): a target that
+/// Active TCP health checks (`health.check`, interval 300 ms, fall 3, rise 2): a target that
 /// stops listening is marked down by the checker alone, with no client traffic, within
 /// interval × fall (+ slack); clients meanwhile all go to the live target and the proxy never
 /// connects to the down one (no failed connect counted); once it listens again it is marked up
@@ -1201,7 +1208,7 @@ fn active_checks_mark_a_stopped_target_down_and_bring_it_back() {
             "bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [[routes]]\nname = \"checked\"\nmatch = {{ ports = [{port}] }}\n\
              action = {{ type = \"forward\", health = {{ cooldown = \"10s\", check = {{ \
-             interval = \"200ms\", timeout = \"100ms\", rise = 2, fall = 3 }} }}, \
+             interval = \"300ms\", timeout = \"300ms\", rise = 2, fall = 3 }} }}, \
              targets = [{{ host = \"127.0.0.1\", port = {} }}, {{ host = \"127.0.0.1\", port = {} }}] }}\n",
             live.port(),
             flap.port
@@ -1225,8 +1232,8 @@ fn active_checks_mark_a_stopped_target_down_and_bring_it_back() {
     wait_for("the checker marks the target down", || check(1), |c| c["state"] == "down");
     let took = stopped.elapsed();
     let h = target_health(admin, "checked", 1);
-    eprintln!("active checks: down after {took:?} (interval 200 ms x fall 3): {h}");
-    assert!(took < Duration::from_millis(600 + 1000), "marked down after {took:?}");
+    eprintln!("active checks: down after {took:?} (interval 300 ms x fall 3): {h}");
+    assert!(took < Duration::from_millis(900 + 1000), "marked down after {took:?}");
     assert_eq!(h["down"], true, "{h}");
     assert_eq!(h["check"]["last_result"], "failed", "{h}");
     assert_eq!(h["check"]["last_error"], "refused", "{h}");
@@ -1237,7 +1244,13 @@ fn active_checks_mark_a_stopped_target_down_and_bring_it_back() {
     for i in 0..20 {
         served(port, format!("while down {i}").as_bytes());
     }
-    assert_eq!(live.seen().len() - at, 20, "every client went to the live target");
+    assert_eq!(
+        live.seen().len() - at,
+        20,
+        "every client went to the live target: {} / {}",
+        target_health(admin, "checked", 0),
+        target_health(admin, "checked", 1)
+    );
     let h = target_health(admin, "checked", 1);
     assert_eq!(h["connect_failures"], 0, "the down target was never tried: {h}");
 
@@ -1246,8 +1259,8 @@ fn active_checks_mark_a_stopped_target_down_and_bring_it_back() {
     let started = Instant::now();
     wait_for("the checker marks the target up", || check(1), |c| c["state"] == "up");
     let took = started.elapsed();
-    eprintln!("active checks: up after {took:?} (interval 200 ms x rise 2)");
-    assert!(took < Duration::from_millis(400 + 1000), "marked up after {took:?}");
+    eprintln!("active checks: up after {took:?} (interval 300 ms x rise 2)");
+    assert!(took < Duration::from_millis(600 + 1000), "marked up after {took:?}");
     assert_eq!(gauge(&flap_label).as_deref(), Some("1"), "target up again in /metrics");
     let (at, flap_at) = (live.seen().len(), flap.served());
     for i in 0..20 {
@@ -1266,7 +1279,7 @@ fn active_checks_follow_reloads_without_leaking_checkers() {
     let (target, count, stop) = counting_target();
     let config = |check: bool, extra: usize| {
         let health = if check {
-            ", health = { check = { interval = \"200ms\", timeout = \"100ms\" } }"
+            ", health = { check = { interval = \"200ms\", timeout = \"200ms\" } }"
         } else {
             ""
         };
@@ -1305,8 +1318,10 @@ fn active_checks_follow_reloads_without_leaking_checkers() {
     }
     let after = rate();
     eprintln!("active checks: {before} checks in 2 s before 5 reloads, {after} after");
-    assert!((7..=13).contains(&before), "{before} checks in 2 s at a 200 ms interval");
-    assert!((7..=13).contains(&after), "{after} checks in 2 s after 5 reloads: one checker");
+    // At most 10 (a busy machine delays rounds, never adds them); six checkers would make
+    // about 60.
+    assert!((3..=13).contains(&before), "{before} checks in 2 s at a 200 ms interval");
+    assert!((3..=13).contains(&after), "{after} checks in 2 s after 5 reloads: one checker");
     let h = target_health(admin, "c", 0);
     assert!(h["check"]["checks"].as_u64().unwrap() >= before as u64 + after as u64, "kept: {h}");
     // Checks off: they stop (the table in force has none).

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, Notify};
@@ -40,6 +40,10 @@ pub(crate) struct FdWait {
     spare: parking_lot::Mutex<Vec<File>>,
     /// Fewer than [`SPARE_FDS`] spares are open (the accept loops then reopen them).
     spare_short: AtomicBool,
+    /// UNIX seconds of the latest "out of file descriptors" log (one a second at most), and
+    /// whether the episode it began was logged (its end is logged then).
+    last_log_s: AtomicU64,
+    logged: AtomicBool,
 }
 
 /// The error is the process (or the system) out of file descriptors: EMFILE or ENFILE.
@@ -73,6 +77,19 @@ impl FdWait {
         if self.spare_short.load(Ordering::Relaxed) {
             self.refill();
         }
+    }
+
+    /// Whether to log the start of an episode now (at most one a second).
+    fn log_now(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_log_s.swap(now, Ordering::Relaxed);
+        let log = last != now;
+        if log {
+            self.logged.store(true, Ordering::Relaxed);
+        }
+        log
     }
 
     /// Closes one spare: its slot is free for the caller's socket.
@@ -110,11 +127,13 @@ impl FdWait {
     }
 
     /// Waits, in turn with the other waiters, until a file descriptor can be had (a probe
-    /// socket was made and closed, or a spare closed), or `deadline` passes (`false`). The caller then makes its
-    /// own socket; when another thread took the fd first it fails again and comes back.
-    pub(crate) async fn wait_for_fd(&self, deadline: Instant) -> bool {
-        let _waiting = Waiting::new(self);
-        tokio::time::timeout_at(deadline, async {
+    /// socket was made and closed, or a spare closed), or `deadline` passes (`None`). The
+    /// caller then makes its own socket, holding the returned guard until it has: the accept
+    /// loops stay paused meanwhile, so that they do not take the freed slot. When another
+    /// thread took it first the caller fails again and comes back.
+    pub(crate) async fn wait_for_fd(&self, deadline: Instant) -> Option<Waiting<'_>> {
+        let waiting = Waiting::new(self);
+        let got = tokio::time::timeout_at(deadline, async {
             let _turn = self.turn.lock().await;
             let mut pause = FIRST_PROBE;
             loop {
@@ -129,17 +148,18 @@ impl FdWait {
                 pause = (pause * 2).min(LONGEST_PROBE);
             }
         })
-        .await
-        .is_ok()
+        .await;
+        got.ok().map(|()| waiting)
     }
 }
 
 /// Counts one waiting connection; the accept loops resume when the last one is dropped.
-struct Waiting<'a>(&'a FdWait);
+#[derive(Debug)]
+pub(crate) struct Waiting<'a>(&'a FdWait);
 
 impl<'a> Waiting<'a> {
     fn new(fds: &'a FdWait) -> Self {
-        if fds.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+        if fds.waiting.fetch_add(1, Ordering::Relaxed) == 0 && fds.log_now() {
             tracing::warn!(
                 "out of file descriptors: connections wait for one (up to their connect \
                  timeout); accepting paused"
@@ -152,7 +172,10 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
-            tracing::info!("file descriptors available again; accepting resumed");
+            if self.0.logged.load(Ordering::Relaxed) {
+                self.0.logged.store(false, Ordering::Relaxed);
+                tracing::info!("file descriptors available again; accepting resumed");
+            }
             self.0.refill();
             self.0.resumed.notify_waiters();
         }
@@ -193,11 +216,14 @@ mod tests {
         assert_eq!(fds.spare.lock().len(), SPARE_FDS);
         assert!(!fds.spare_short.load(Ordering::Relaxed));
         // The test process has fds: the first probe succeeds.
-        assert!(fds.wait_for_fd(Instant::now() + Duration::from_secs(1)).await);
+        let turn = fds.wait_for_fd(Instant::now() + Duration::from_secs(1)).await;
+        assert!(turn.is_some());
+        assert!(fds.any_waiting(), "still counted until the caller made its socket");
+        drop(turn);
         assert!(!fds.any_waiting());
         // A waiter whose turn does not come before its deadline gives up.
         let turn = fds.turn.lock().await;
-        assert!(!fds.wait_for_fd(Instant::now() + Duration::from_millis(100)).await);
+        assert!(fds.wait_for_fd(Instant::now() + Duration::from_millis(100)).await.is_none());
         drop(turn);
         assert!(!fds.any_waiting());
         // A spare used is opened again by the next refill.

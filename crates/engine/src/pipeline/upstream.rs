@@ -105,7 +105,9 @@ where
         let mut started = Instant::now();
         // Out of fds (EMFILE / ENFILE: the proxy's own limit, not the target's fault): wait
         // for one, up to `connect_timeout`, and try the same target again.
-        let mut fd_deadline = None;
+        // The turn is held over the next attempt: the accept loops stay paused until it made
+        // its socket (replaced without a gap when it has to wait again).
+        let (mut fd_deadline, mut turn) = (None, None);
         let outcome = loop {
             match tokio::time::timeout(connect_timeout, connect(t.host(), t.port())).await {
                 Ok(Err(e)) if crate::fds::is_out_of_fds(&e) => {
@@ -115,7 +117,8 @@ where
                         waiting = fds.waiting(),
                         "no file descriptor for the backend socket: waiting for one"
                     );
-                    if !fds.wait_for_fd(deadline).await {
+                    turn = fds.wait_for_fd(deadline).await;
+                    if turn.is_none() {
                         break Ok(Err(e));
                     }
                     started = Instant::now();
@@ -123,6 +126,7 @@ where
                 r => break r,
             }
         };
+        drop(turn);
         match outcome {
             Ok(Ok(s)) => {
                 engine.backend_connected(obs, &label, started.elapsed());
