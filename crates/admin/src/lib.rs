@@ -53,6 +53,7 @@
 mod auth;
 mod certs;
 mod dashboard;
+mod listener;
 
 use std::fmt;
 use std::future::Future;
@@ -198,6 +199,9 @@ pub fn router(state: AdminState) -> Router {
 /// Serves [`router`] on `listener` until `shutdown` resolves, then finishes the requests in
 /// flight and returns.
 ///
+/// The listener holds a few spare file descriptors (`/dev/null`): when the process is out of
+/// fds (EMFILE / ENFILE), it closes them to accept, so that `/healthz` still answers.
+///
 /// # Errors
 /// When accepting fails in a way hyper does not retry.
 pub async fn serve(
@@ -216,7 +220,10 @@ pub async fn serve(
         shutdown.await;
         let _ = tx.send(true);
     };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    // Spare fds keep the API answering when the process is out of them (`listener`).
+    axum::serve(listener::AdminListener::new(listener), router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response {

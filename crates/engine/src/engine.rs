@@ -71,6 +71,8 @@ struct Control {
     /// Worker runtimes, each with its own listener per address (empty: the current runtime).
     runtimes: Vec<Handle>,
     sampler: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// The active health checks of every route that has them (one task).
+    checker: JoinHandle<()>,
     /// The renewal loop (and expiry metric task) of the certificate manager in force.
     certs: parking_lot::Mutex<Option<CertTasks>>,
     /// The nftables table of the kernel-forwarded routes.
@@ -100,6 +102,7 @@ impl Drop for Control {
         if let Some(p) = self.sampler.lock().take() {
             p.abort();
         }
+        self.checker.abort();
     }
 }
 
@@ -213,7 +216,9 @@ impl EngineBuilder {
             force_close,
             http,
             listener_keepalive,
+            fds: Arc::new(crate::fds::FdWait::new()),
         });
+        let checker = crate::health::spawn_checker(Arc::downgrade(&shared));
         let ctl = Arc::new(Control {
             shared,
             draining: AtomicBool::new(false),
@@ -223,6 +228,7 @@ impl EngineBuilder {
             cut_drain: tokio::sync::Notify::new(),
             runtimes: self.runtimes,
             sampler: parking_lot::Mutex::new(None),
+            checker,
             certs: parking_lot::Mutex::new(None),
             kernel: Arc::new(Kernel::new()),
         });

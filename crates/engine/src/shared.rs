@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use smartproxy_limits::IpLimiter;
 use tokio::sync::watch;
 
+use crate::fds::FdWait;
 use crate::handler::Registry;
 use crate::limits::Gauge;
 use crate::observe::EngineObserver;
@@ -38,4 +39,6 @@ pub(crate) struct Shared {
     /// for the life of the engine (a reload that changes the defaults leaves the listeners
     /// alone; its connections then set their probes themselves). `Off` elsewhere.
     pub(crate) listener_keepalive: smartproxy_routing::TcpKeepalive,
+    /// Connections waiting for a file descriptor; the accept loops pause while there are any.
+    pub(crate) fds: Arc<FdWait>,
 }

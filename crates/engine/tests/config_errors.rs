@@ -228,3 +228,32 @@ fn health_cooldown_errors_with_lines() {
     let c = Config::from_str("", Format::Toml).unwrap();
     assert_eq!(c.defaults.health.cooldown, std::time::Duration::from_secs(10));
 }
+
+/// `health.check` (active checks): every bad value names its key and line, in `[defaults]`
+/// and on a route; a check on a `"preserve"` target is refused; the defaults fill the rest.
+#[test]
+fn health_check_errors_with_lines() {
+    let e = errors(
+        "[defaults]\nhealth = { check = { interval = \"50ms\", rise = 0 } }\n\n[[routes]]\nname = \"r\"\nmatch = { ports = 80 }\naction = { type = \"forward\", targets = [{ host = \"a\", port = 1 }], health = { check = { interval = \"1s\", timeout = \"2s\", fall = 1001 } } }\n[[routes]]\nname = \"s\"\nmatch = { ports = 81 }\naction = { type = \"forward\", targets = [{ host = \"a\", port = \"preserve\" }], health = { check = { timeout = \"0s\" } } }\n[[routes]]\nname = \"t\"\nmatch = { ports = 82 }\naction = { type = \"forward\", targets = [{ host = \"a\", port = 1 }], health = { check = { intervall = \"1s\" } } }\n",
+        Format::Toml,
+    );
+    for want in [
+        "line 2: defaults.health.check.interval: interval must be at least 100ms",
+        "line 2: defaults.health.check.rise: rise must be between 1 and 1000",
+        "line 7: routes[0].action.health.check.timeout: timeout must not be longer than check.interval",
+        "line 7: routes[0].action.health.check.fall: fall must be between 1 and 1000",
+        "line 11: routes[1].action.health.check.timeout: timeout must be longer than zero",
+        "line 11: routes[1].action.health.check: a target with port = \"preserve\" has no port to check",
+    ] {
+        assert!(e.contains(want), "{want:?} in:\n{e}");
+    }
+    assert!(e.contains("routes[2].action") && e.contains("intervall"), "{e}");
+    let c = Config::from_str("[defaults]\nhealth = { check = {} }\n", Format::Toml).unwrap();
+    let check = c.defaults.health.check.expect("check");
+    assert_eq!(check, smartproxy_engine::routing::HealthCheck::default());
+    assert_eq!(
+        (check.interval, check.timeout, check.rise, check.fall),
+        (std::time::Duration::from_secs(5), std::time::Duration::from_secs(1), 2, 3)
+    );
+    assert!(Config::from_str("", Format::Toml).unwrap().defaults.health.check.is_none());
+}

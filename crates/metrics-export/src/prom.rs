@@ -322,6 +322,17 @@ impl Collector for SnapshotCollector {
                 .collect(),
             |e, v| ConstGauge::new(*v).encode(e),
         )?;
+        w.gauge_u(
+            "target_up",
+            "Whether a target of a route with active health checks is up (1) or down (0).",
+            s.targets
+                .iter()
+                .map(|t| {
+                    let labels = vec![("route", t.route.clone()), ("target", t.target.clone())];
+                    (labels, u64::from(t.up))
+                })
+                .collect(),
+        )?;
 
         // HTTP requests: bounded labels (route, status class, method), always written.
         let http_routes: Vec<(&str, &smartproxy_metrics::HttpRouteSnapshot)> =

@@ -276,6 +276,10 @@ pub fn statsd_lines(
             c.expiry_timestamp_seconds as f64,
         );
     }
+    for t in &s.targets {
+        let tags = [("route", t.route.as_str()), ("target", t.target.as_str())];
+        l.gauge("target_up", &tags, if t.up { 1.0 } else { 0.0 });
+    }
     if o.per_route {
         for r in &s.routes {
             let pr = p.and_then(|p| p.routes.iter().find(|x| x.name == r.name));

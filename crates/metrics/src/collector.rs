@@ -24,7 +24,7 @@ use crate::route::RouteHandle;
 use crate::snapshot::{
     Backend, CertificateExpiry, Connections, Histograms, HttpSnapshot, IpCount, IpSnapshot, Meta,
     Pct, Percentiles, ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot,
-    Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
+    TargetUp, Throughput, ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 
 /// Keeps a value on its own cache line (128 bytes covers adjacent-line prefetch on x86 and
@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     http_errors: Box<[AtomicU64]>,
     /// Set by the owner of the certificates; copied into every snapshot.
     certificates: RwLock<Vec<CertificateExpiry>>,
+    /// Set by the engine's health checker; copied into every snapshot.
+    targets: RwLock<Vec<TargetUp>>,
     /// Served connections closed, by [`CloseReason`] (indexed by `CloseReason::index`).
     closed: [AtomicU64; CloseReason::ALL.len()],
 }
@@ -166,6 +168,7 @@ impl Metrics {
             http_unrouted: HttpStats::default(),
             http_errors: HttpErrorReason::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             certificates: RwLock::new(Vec::new()),
+            targets: RwLock::new(Vec::new()),
             closed: std::array::from_fn(|_| AtomicU64::new(0)),
             cfg,
         };
@@ -825,6 +828,7 @@ impl Metrics {
             http,
             certificates: inner.certificates.read().clone(),
             closed,
+            targets: inner.targets.read().clone(),
         }
     }
 
@@ -834,6 +838,17 @@ impl Metrics {
     pub fn set_certificate_expiries(&self, mut expiries: Vec<CertificateExpiry>) {
         expiries.sort_by(|a, b| (&a.route, &a.domain).cmp(&(&b.route, &b.domain)));
         *self.inner.certificates.write() = expiries;
+    }
+
+    /// Replaces the target states that snapshots report (the series of
+    /// `target_up{route,target}`), sorted by route and target. Called by the engine's health
+    /// checker; not on any data path.
+    pub fn set_target_health(&self, mut targets: Vec<TargetUp>) {
+        targets.sort_by(|a, b| (&a.route, &a.target).cmp(&(&b.route, &b.target)));
+        let mut now = self.inner.targets.write();
+        if *now != targets {
+            *now = targets;
+        }
     }
 
     /// The certificate expiries last set.

@@ -91,7 +91,7 @@ pub use self::route::RouteHandle;
 pub use self::snapshot::{
     Backend, Bucket, CertificateExpiry, Connections, HistogramSnapshot, Histograms,
     HttpRequestCount, HttpRouteSnapshot, HttpSnapshot, IpCount, IpSnapshot, Meta, Pct, Percentiles,
-    ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, Throughput,
+    ProxyHeaders, ProxyRejection, Reloads, Requests, RouteSnapshot, Snapshot, TargetUp, Throughput,
     ThroughputPoint, ThroughputRate, Totals, WindowRate,
 };
 pub use smartproxy_throughput;

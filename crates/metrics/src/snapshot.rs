@@ -55,6 +55,31 @@ pub struct Snapshot {
     /// `shutdown`, `error` (every reason listed, zeros included).
     #[serde(default)]
     pub closed: BTreeMap<String, u64>,
+    /// Up/down of every target of the routes with active health checks (set by the engine's
+    /// checker with [`Metrics::set_target_health`]; left out of JSON when there is none).
+    ///
+    /// [`Metrics::set_target_health`]: crate::Metrics::set_target_health
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetUp>,
+}
+
+/// Whether one target of one route is up, as its route's health checks say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TargetUp {
+    /// Route name.
+    pub route: String,
+    /// `host:port`.
+    pub target: String,
+    /// Up (`true`) or down.
+    pub up: bool,
+}
+
+impl TargetUp {
+    /// One target's state.
+    pub fn new(route: impl Into<String>, target: impl Into<String>, up: bool) -> Self {
+        Self { route: route.into(), target: target.into(), up }
+    }
 }
 
 /// Snapshot metadata.

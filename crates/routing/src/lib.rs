@@ -64,15 +64,17 @@ pub use self::limits::{
 };
 pub use self::matchers::{HeaderSource, MatchInput};
 pub use self::model::{
-    CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, HealthOptions,
-    LoadBalancing, MAX_HEALTH_COOLDOWN, NftablesOptions, NftablesProtocol, PortRange, PortSpec,
-    RouteAction, RouteConfig, RouteMatch, RouteSecurity, SendProxyProtocol, Target, TargetPort,
-    TlsConfig, TlsMode, TlsVersion,
+    CertificateConfig, ForwardAction, ForwardingEngine, HandlerAction, HealthCheck, HealthOptions,
+    LoadBalancing, MAX_HEALTH_CHECK_STREAK, MAX_HEALTH_COOLDOWN, MIN_HEALTH_CHECK_INTERVAL,
+    NftablesOptions, NftablesProtocol, PortRange, PortSpec, RouteAction, RouteConfig, RouteMatch,
+    RouteSecurity, SendProxyProtocol, Target, TargetPort, TlsConfig, TlsMode, TlsVersion,
 };
 pub use self::path::{MAX_PARAMS, PathParams, PathPattern, PathPatternError};
 pub use self::policy::{BasicAuth, Cors, JwtAlgorithm, JwtAuth, RateLimitKey, RequestRateLimit};
 pub use self::table::{CompiledRoute, Matched, PeekNeed, RouteTable};
-pub use self::target::{ConnectFailure, ConnectionGuard, SelectedTarget, TargetHealthSnapshot};
+pub use self::target::{
+    CheckSnapshot, ConnectFailure, ConnectionGuard, SelectedTarget, TargetHealthSnapshot,
+};
 pub use self::template::{TEMPLATE_VARIABLES, Template, TemplateError, TemplateVars};
 pub use self::timeouts::{
     KeepaliveTreatment, MAX_INACTIVITY_MULTIPLIER, MAX_KEEPALIVE_COUNT, MAX_KEEPALIVE_SECS,

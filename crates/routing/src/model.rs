@@ -338,6 +338,9 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 #[non_exhaustive]
+// Configuration, built once per load and kept in the compiled route (never moved on a data
+// path); boxing `ForwardAction` would change the public API for a few hundred bytes per route.
+#[allow(clippy::large_enum_variant)]
 pub enum RouteAction {
     /// Forward to one of the targets (plain TCP, TLS passthrough, termination, re-encryption).
     Forward(ForwardAction),
@@ -384,6 +387,9 @@ pub struct ForwardAction {
 /// connect marks a target down; load balancing skips a down target until `cooldown` has
 /// passed since the failure, then lets one connection try it again (a success marks it up, a
 /// failure starts another cool-down). When every target is down they are tried anyway.
+///
+/// `check = { interval = "5s", timeout = "1s", rise = 2, fall = 3 }` adds active checks
+/// ([`HealthCheck`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -392,30 +398,132 @@ pub struct HealthOptions {
     /// skipped, every connection may try it).
     #[serde(default = "default_cooldown", with = "crate::duration")]
     pub cooldown: Duration,
+    /// Active TCP checks of every target (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<HealthCheck>,
+}
+
+/// `health.check`: active TCP checks. Every `interval` the engine connects to each target
+/// (closing at once; no bytes sent) within `timeout`; `fall` failed checks in a row mark the
+/// target down (load balancing skips it, as a passive down, but no connection is offered to
+/// it after a cool-down), `rise` passed checks in a row mark it up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthCheck {
+    /// Time between two checks of a target (default 5 s; 100 ms to 24 h).
+    #[serde(default = "default_check_interval", with = "crate::duration")]
+    pub interval: Duration,
+    /// Deadline of one check's connect (default 1 s; at most `interval`).
+    #[serde(default = "default_check_timeout", with = "crate::duration")]
+    pub timeout: Duration,
+    /// Passed checks in a row that bring a down target back (default 2).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failed checks in a row that mark a target down (default 3).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
 }
 
 /// The longest `health.cooldown` accepted.
 pub const MAX_HEALTH_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 
+/// The shortest `health.check.interval` accepted.
+pub const MIN_HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The largest `health.check.rise` and `fall` accepted.
+pub const MAX_HEALTH_CHECK_STREAK: u32 = 1000;
+
 fn default_cooldown() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
+}
+
 impl HealthOptions {
-    /// A cool-down of `cooldown`.
+    /// A cool-down of `cooldown`, no active checks.
     pub const fn with_cooldown(cooldown: Duration) -> Self {
-        Self { cooldown }
+        Self { cooldown, check: None }
     }
 
-    /// What is wrong with these options, if anything.
+    /// Adds active checks.
+    #[must_use]
+    pub const fn with_check(mut self, check: HealthCheck) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// What is wrong with the cool-down, if anything ([`problems`](Self::problems) has
+    /// every key).
     pub fn problem(&self) -> Option<&'static str> {
         (self.cooldown > MAX_HEALTH_COOLDOWN).then_some("cooldown must be at most 24h")
+    }
+
+    /// Every problem of these options: the key under `health` (`cooldown`,
+    /// `check.interval`, ...) and what is wrong with it.
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if let Some(msg) = self.problem() {
+            out.push(("cooldown", msg));
+        }
+        if let Some(c) = &self.check {
+            if c.interval < MIN_HEALTH_CHECK_INTERVAL {
+                out.push(("check.interval", "interval must be at least 100ms"));
+            } else if c.interval > MAX_HEALTH_COOLDOWN {
+                out.push(("check.interval", "interval must be at most 24h"));
+            }
+            if c.timeout.is_zero() {
+                out.push(("check.timeout", "timeout must be longer than zero"));
+            } else if c.timeout > c.interval {
+                out.push(("check.timeout", "timeout must not be longer than check.interval"));
+            }
+            if c.rise == 0 || c.rise > MAX_HEALTH_CHECK_STREAK {
+                out.push(("check.rise", "rise must be between 1 and 1000"));
+            }
+            if c.fall == 0 || c.fall > MAX_HEALTH_CHECK_STREAK {
+                out.push(("check.fall", "fall must be between 1 and 1000"));
+            }
+        }
+        out
     }
 }
 
 impl Default for HealthOptions {
     fn default() -> Self {
-        Self { cooldown: default_cooldown() }
+        Self { cooldown: default_cooldown(), check: None }
+    }
+}
+
+impl HealthCheck {
+    /// Checks every `interval` within `timeout`; `rise` passes bring a target up, `fall`
+    /// failures take it down.
+    pub const fn new(interval: Duration, timeout: Duration, rise: u32, fall: u32) -> Self {
+        Self { interval, timeout, rise, fall }
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        Self {
+            interval: default_check_interval(),
+            timeout: default_check_timeout(),
+            rise: default_rise(),
+            fall: default_fall(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::ValidationError;
 use crate::ip::IpList;
 use crate::limits::RouteLimits;
 use crate::matchers::{MatchInput, Matchers};
-use crate::model::{PortRange, RouteAction, RouteConfig, TlsMode};
+use crate::model::{HealthCheck, HealthOptions, PortRange, RouteAction, RouteConfig, TlsMode};
 use crate::path::{PathParams, PathPattern, first_segment};
 use crate::target::{ConnectFailure, SelectedTarget, TargetHealthSnapshot, TargetSet};
 use crate::validate::{ValidationOptions, check, route_name};
@@ -136,9 +136,40 @@ impl CompiledRoute {
         self.targets.connected(index, now_unix_ms);
     }
 
-    /// What the connects to target `index` showed last (up/down, failures, last failure).
+    /// What the connects to target `index` showed last (up/down, failures, last failure),
+    /// and its active checks when the route has them.
     pub fn target_health(&self, index: usize) -> TargetHealthSnapshot {
         self.targets.health(index)
+    }
+
+    /// The route's active checks (`health.check`, or the `[defaults] health` it inherits).
+    pub fn health_check(&self) -> Option<HealthCheck> {
+        self.targets.check()
+    }
+
+    /// The targets whose active check is due at `now_unix_ms` (UNIX milliseconds): each is
+    /// claimed (the next one is due an interval later), so that one checker runs it. Index,
+    /// host and port of each. Empty without `health.check`.
+    pub fn claim_due_checks(&self, now_unix_ms: u64) -> Vec<(usize, &str, u16)> {
+        self.targets.claim_due_checks(now_unix_ms)
+    }
+
+    /// The earliest UNIX millisecond at which a check of this route's targets is due
+    /// (`None` without `health.check`).
+    pub fn next_check_unix_ms(&self) -> Option<u64> {
+        self.targets.next_check_ms()
+    }
+
+    /// Records the outcome of an active check of target `index` (`Ok`: the connect
+    /// succeeded within the timeout). `Some(true)` when it brought the target up (`rise`
+    /// passes in a row), `Some(false)` when it took it down (`fall` failures in a row).
+    pub fn target_checked(
+        &self,
+        index: usize,
+        now_unix_ms: u64,
+        result: Result<(), ConnectFailure>,
+    ) -> Option<bool> {
+        self.targets.checked(index, now_unix_ms, result)
     }
 
     /// Counts a connection refused after this route was chosen (allow/block lists, route
@@ -324,14 +355,20 @@ impl RouteTable {
                     TargetSet::new(
                         f.targets.clone(),
                         f.load_balancing,
-                        f.health.unwrap_or(opts.default_health).cooldown,
+                        f.health.unwrap_or(opts.default_health),
                     ),
                     f.tls.is_some(),
                     f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough),
                 ),
-                RouteAction::SocketHandler(_) => {
-                    (TargetSet::new(Vec::new(), Default::default(), Duration::ZERO), false, false)
-                }
+                RouteAction::SocketHandler(_) => (
+                    TargetSet::new(
+                        Vec::new(),
+                        Default::default(),
+                        HealthOptions::with_cooldown(Duration::ZERO),
+                    ),
+                    false,
+                    false,
+                ),
             };
             let security = config.security.clone().unwrap_or_default();
             let mut limits = None;

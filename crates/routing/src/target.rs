@@ -3,11 +3,11 @@
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::ip::canonical_ip;
-use crate::model::{LoadBalancing, Target};
+use crate::model::{HealthCheck, HealthOptions, LoadBalancing, Target, TargetPort};
 
 /// The targets of a forward route, with a round-robin cursor and open-connection counts.
 #[derive(Debug)]
@@ -20,6 +20,8 @@ pub(crate) struct TargetSet {
     pub(crate) health: Arc<[TargetHealth]>,
     /// How long a target that failed a connect is skipped (milliseconds; 0: never skipped).
     cooldown_ms: u64,
+    /// Active checks (`health.check`), run by the engine's checker.
+    check: Option<HealthCheck>,
 }
 
 /// What the proxy saw of a target's connects: written only when a connect fails, or when the
@@ -37,6 +39,19 @@ pub(crate) struct TargetHealth {
     recovered_ms: AtomicU64,
     /// While down: UNIX milliseconds from which one connection may try the target again.
     retry_at_ms: AtomicU64,
+    /// Active checks (written by the checker only): down after `fall` failures in a row,
+    /// up after `rise` passes in a row. A target starts up.
+    check_down: AtomicBool,
+    /// Results in a row of the same kind as the latest one.
+    check_streak: AtomicU32,
+    checks: AtomicU64,
+    check_failures: AtomicU64,
+    /// UNIX milliseconds of the latest check (0: none yet).
+    last_check_ms: AtomicU64,
+    /// 0: passed; else the [`ConnectFailure`] code of the latest failed check.
+    last_check_error: AtomicU8,
+    /// UNIX milliseconds from which the next check is due (claimed by the checker).
+    next_check_ms: AtomicU64,
 }
 
 /// Why a connect to a target failed, as the caller classified it.
@@ -116,6 +131,56 @@ pub struct TargetHealthSnapshot {
     /// While down: UNIX milliseconds from which a connection may try the target again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at_unix_ms: Option<u64>,
+    /// Active checks, when the route has `health.check` (`down` is then true while either
+    /// the connects or the checks say so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSnapshot>,
+}
+
+/// The active checks of a target (`health.check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[non_exhaustive]
+pub struct CheckSnapshot {
+    /// `"up"`, or `"down"` after `fall` failed checks in a row (until `rise` passed ones).
+    pub state: CheckState,
+    /// `"passed"`, `"failed"`, or absent before the first check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<CheckResult>,
+    /// Why the latest check failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ConnectFailure>,
+    /// UNIX milliseconds of the latest check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check_unix_ms: Option<u64>,
+    /// Results in a row like the latest one.
+    pub consecutive: u32,
+    /// Checks run, and failed, since the target first appeared (kept across reloads).
+    pub checks: u64,
+    /// Failed checks.
+    pub failures: u64,
+}
+
+/// The state active checks put a target in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CheckState {
+    /// Serving (the initial state).
+    #[default]
+    Up,
+    /// `fall` failed checks in a row: skipped by load balancing until `rise` pass.
+    Down,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum CheckResult {
+    /// The connect succeeded within the timeout.
+    Passed,
+    /// It failed or timed out.
+    Failed,
 }
 
 impl TargetHealth {
@@ -139,6 +204,10 @@ impl TargetHealth {
     /// over and this caller wins the one try of the next cool-down (the others keep skipping
     /// it while that connect runs). `now` reads the clock, at most once per selection.
     fn available(&self, cooldown_ms: u64, now: &mut impl FnMut() -> u64) -> bool {
+        if self.check_down.load(Ordering::Relaxed) {
+            // Down by the active checks: only they bring it back.
+            return false;
+        }
         if cooldown_ms == 0 || !self.down.load(Ordering::Relaxed) {
             return true;
         }
@@ -156,11 +225,89 @@ impl TargetHealth {
                 .is_ok()
     }
 
-    fn snapshot(&self) -> TargetHealthSnapshot {
+    /// Records a check's outcome (`Ok` passed); `Some(up)` when it changed the state.
+    fn checked(
+        &self,
+        now_unix_ms: u64,
+        result: Result<(), ConnectFailure>,
+        c: &HealthCheck,
+    ) -> Option<bool> {
+        let first = self.checks.fetch_add(1, Ordering::Relaxed) == 0;
+        self.last_check_ms.store(now_unix_ms, Ordering::Relaxed);
+        let code = match result {
+            Ok(()) => 0,
+            Err(why) => {
+                self.check_failures.fetch_add(1, Ordering::Relaxed);
+                why.code()
+            }
+        };
+        let previous = self.last_check_error.swap(code, Ordering::Relaxed);
+        let same_kind = !first && (previous == 0) == (code == 0);
+        let streak = if same_kind {
+            self.check_streak.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+        } else {
+            self.check_streak.store(1, Ordering::Relaxed);
+            1
+        };
+        let down = self.check_down.load(Ordering::Relaxed);
+        match result {
+            Ok(()) if down && streak >= c.rise => {
+                self.check_down.store(false, Ordering::Relaxed);
+                Some(true)
+            }
+            Err(_) if !down && streak >= c.fall => {
+                self.check_down.store(true, Ordering::Relaxed);
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// Claims the check due at `now_unix_ms` (`true`: the caller runs it); the next one is
+    /// due `interval_ms` later.
+    fn claim_check(&self, now_unix_ms: u64, interval_ms: u64) -> bool {
+        let next = self.next_check_ms.load(Ordering::Relaxed);
+        now_unix_ms >= next
+            && self
+                .next_check_ms
+                .compare_exchange(
+                    next,
+                    now_unix_ms.saturating_add(interval_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn check_snapshot(&self) -> CheckSnapshot {
+        let checks = self.checks.load(Ordering::Relaxed);
+        let code = self.last_check_error.load(Ordering::Relaxed);
+        CheckSnapshot {
+            state: if self.check_down.load(Ordering::Relaxed) {
+                CheckState::Down
+            } else {
+                CheckState::Up
+            },
+            last_result: (checks > 0).then_some(if code == 0 {
+                CheckResult::Passed
+            } else {
+                CheckResult::Failed
+            }),
+            last_error: ConnectFailure::from_code(code),
+            last_check_unix_ms: (checks > 0).then(|| self.last_check_ms.load(Ordering::Relaxed)),
+            consecutive: self.check_streak.load(Ordering::Relaxed),
+            checks,
+            failures: self.check_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    fn snapshot(&self, checked: bool) -> TargetHealthSnapshot {
         let opt = |v: u64| (v != 0).then_some(v);
         let down = self.down.load(Ordering::Relaxed);
+        let check = checked.then(|| self.check_snapshot());
         TargetHealthSnapshot {
-            down,
+            down: down || check.is_some_and(|c| c.state == CheckState::Down),
+            check,
             retry_at_unix_ms: if down {
                 opt(self.retry_at_ms.load(Ordering::Relaxed))
             } else {
@@ -175,17 +322,18 @@ impl TargetHealth {
 }
 
 impl TargetSet {
-    pub(crate) fn new(list: Vec<Target>, lb: LoadBalancing, cooldown: Duration) -> Self {
+    pub(crate) fn new(list: Vec<Target>, lb: LoadBalancing, health: HealthOptions) -> Self {
         let active: Arc<[AtomicUsize]> = list.iter().map(|_| AtomicUsize::new(0)).collect();
-        let health: Arc<[TargetHealth]> = list.iter().map(|_| TargetHealth::default()).collect();
-        let cooldown_ms = u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX);
+        let states: Arc<[TargetHealth]> = list.iter().map(|_| TargetHealth::default()).collect();
+        let cooldown_ms = millis(health.cooldown);
         Self {
             list: list.into_boxed_slice(),
             lb,
             rr: AtomicUsize::new(0),
             active,
-            health,
+            health: states,
             cooldown_ms,
+            check: health.check,
         }
     }
 
@@ -330,8 +478,52 @@ impl TargetSet {
     }
 
     pub(crate) fn health(&self, index: usize) -> TargetHealthSnapshot {
-        self.health.get(index).map(TargetHealth::snapshot).unwrap_or_default()
+        let checked = self.check.is_some();
+        self.health.get(index).map(|h| h.snapshot(checked)).unwrap_or_default()
     }
+
+    pub(crate) fn check(&self) -> Option<HealthCheck> {
+        self.check
+    }
+
+    /// The targets whose check is due at `now_unix_ms`, claimed for the caller: their index,
+    /// host and port (targets with `port = "preserve"` have no port to check and are left
+    /// out).
+    pub(crate) fn claim_due_checks(&self, now_unix_ms: u64) -> Vec<(usize, &str, u16)> {
+        let Some(c) = self.check else { return Vec::new() };
+        let interval = millis(c.interval);
+        self.list
+            .iter()
+            .zip(self.health.iter())
+            .enumerate()
+            .filter_map(|(i, (t, h))| match t.port {
+                TargetPort::Port(p) if h.claim_check(now_unix_ms, interval) => {
+                    Some((i, t.host.as_str(), p))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The earliest UNIX millisecond at which a check is due (`None`: no checks).
+    pub(crate) fn next_check_ms(&self) -> Option<u64> {
+        self.check?;
+        self.health.iter().map(|h| h.next_check_ms.load(Ordering::Relaxed)).min()
+    }
+
+    pub(crate) fn checked(
+        &self,
+        index: usize,
+        now_unix_ms: u64,
+        result: Result<(), ConnectFailure>,
+    ) -> Option<bool> {
+        let c = self.check.as_ref()?;
+        self.health.get(index)?.checked(now_unix_ms, result, c)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// UNIX milliseconds, read only when a candidate target is down.

@@ -195,8 +195,16 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
             if f.connect_timeout.is_some_and(|d| d.is_zero()) {
                 e.push("action.connect_timeout", "connect timeout must be longer than zero");
             }
-            if let Some(msg) = f.health.and_then(|h| h.problem()) {
-                e.push("action.health.cooldown", msg);
+            if let Some(h) = f.health {
+                for (key, msg) in h.problems() {
+                    e.push(format!("action.health.{key}"), msg);
+                }
+                if h.check.is_some() && f.targets.iter().any(|t| t.port == TargetPort::Preserve) {
+                    e.push(
+                        "action.health.check",
+                        "a target with port = \"preserve\" has no port to check",
+                    );
+                }
             }
             if f.is_kernel_forwarded() {
                 check_kernel_forwarded(r, f, e);

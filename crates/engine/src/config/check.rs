@@ -88,8 +88,8 @@ pub(super) fn build(
     for (key, msg) in d.tcp_keepalive.problems() {
         err(&format!("defaults.tcp_keepalive.{key}"), msg);
     }
-    if let Some(msg) = d.health.problem() {
-        err("defaults.health.cooldown", msg.into());
+    for (key, msg) in d.health.problems() {
+        err(&format!("defaults.health.{key}"), msg.into());
     }
     for (key, msg) in d.http_settings().check() {
         err(&format!("defaults.{key}"), msg);

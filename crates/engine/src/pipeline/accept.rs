@@ -69,10 +69,19 @@ pub(crate) fn spawn(
                 return;
             }
         };
+        // Kept apart from `shared` (a weak reference, upgraded per connection).
+        let Some(fds) = shared.upgrade().map(|s| std::sync::Arc::clone(&s.fds)) else { return };
         loop {
+            if fds.any_waiting() {
+                // Connections wait for an fd: new clients wait in the kernel's accept queue
+                // until those are served, rather than take the fds they need.
+                fds.until_none_waiting().await;
+            }
             match listener.accept().await {
                 Ok((tcp, peer)) => {
                     let accepted = Instant::now();
+                    // Spare fds used during an exhaustion are reopened here (a flag otherwise).
+                    fds.refill_if_short();
                     let Some(shared) = shared.upgrade() else { return };
                     // The connection's task: its future (about 650 bytes; see
                     // tests/task_size.rs) is most of the memory of an idle connection.

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::conn::{Closed, Conn};
+use crate::fds::FdWait;
 use crate::observe::{ConnObserver, EngineObserver, Refusal};
 
 /// A connected target: the stream and the target's host (for TLS server names).
@@ -46,12 +47,21 @@ pub(crate) async fn connect(
     }
     first.extend_from_slice(replay);
     let (obs, engine) = (&*c.obs, &*c.shared.obs);
-    let connected =
-        connect_target(engine, obs, route, f, client_ip, c.port, connect_timeout, |host, port| {
+    let connected = connect_target(
+        engine,
+        &c.shared.fds,
+        obs,
+        route,
+        f,
+        client_ip,
+        c.port,
+        connect_timeout,
+        |host, port| {
             // Boxed: the connect state is only alive for the connect.
             Box::pin(crate::net::connect(host, port, &first, &keepalive))
-        })
-        .await;
+        },
+    )
+    .await;
     let Some(((mut stream, done), target)) = connected else {
         route.count_refusal();
         return Err(c.refuse(Refusal::BackendUnavailable, route.name()));
@@ -70,11 +80,13 @@ pub(crate) async fn connect(
 }
 
 /// Tries up to three of the route's targets (fewer when it has fewer), each under
-/// `connect_timeout`, a refused or silent one skipped for the next. Every attempt is observed
+/// `connect_timeout`, a refused or silent one skipped for the next; a connect that failed for
+/// want of a file descriptor waits for one (`fds`, up to `connect_timeout`) and tries again. Every attempt is observed
 /// (log, metrics). Returns the connection and the target it went to.
 #[allow(clippy::too_many_arguments)] // The retry loop's own inputs; one caller.
 async fn connect_target<'r, T, F, Fut>(
     engine: &EngineObserver,
+    fds: &FdWait,
     obs: &ConnObserver,
     route: &'r CompiledRoute,
     f: &ForwardAction,
@@ -90,8 +102,32 @@ where
     for attempt in 0..f.targets.len().clamp(1, 3) {
         let t = route.select_target(client_ip, listen_port, attempt)?;
         let label = HostPort(t.host(), t.port());
-        let started = Instant::now();
-        match tokio::time::timeout(connect_timeout, connect(t.host(), t.port())).await {
+        let mut started = Instant::now();
+        // Out of fds (EMFILE / ENFILE: the proxy's own limit, not the target's fault): wait
+        // for one, up to `connect_timeout`, and try the same target again.
+        // The turn is held over the next attempt: the accept loops stay paused until it made
+        // its socket (replaced without a gap when it has to wait again).
+        let (mut fd_deadline, mut turn) = (None, None);
+        let outcome = loop {
+            match tokio::time::timeout(connect_timeout, connect(t.host(), t.port())).await {
+                Ok(Err(e)) if crate::fds::is_out_of_fds(&e) => {
+                    let deadline = *fd_deadline.get_or_insert_with(|| started + connect_timeout);
+                    tracing::debug!(
+                        target = %label,
+                        waiting = fds.waiting(),
+                        "no file descriptor for the backend socket: waiting for one"
+                    );
+                    turn = fds.wait_for_fd(deadline).await;
+                    if turn.is_none() {
+                        break Ok(Err(e));
+                    }
+                    started = Instant::now();
+                }
+                r => break r,
+            }
+        };
+        drop(turn);
+        match outcome {
             Ok(Ok(s)) => {
                 engine.backend_connected(obs, &label, started.elapsed());
                 route.target_connected(t.index(), unix_ms);
