@@ -33,6 +33,9 @@ fn sigterm_serves_the_connections_waiting_in_the_accept_queue() {
     assert_eq!(echo_roundtrip(&mut warm, b"warm-up").unwrap(), b"warm-up");
     drop(warm);
     proxy.signal("STOP");
+    // `kill` returns before the process has stopped: wait for every thread's state `T`.
+    let pid = proxy.pid();
+    wait_until("the proxy stopped", || stopped(pid));
     let mut clients: Vec<(TcpStream, Vec<u8>)> = (0..QUEUED)
         .map(|i| {
             let mut s = connect(port);
@@ -60,6 +63,18 @@ fn sigterm_serves_the_connections_waiting_in_the_accept_queue() {
         "accept queue at SIGTERM: {waiting} connections, all {QUEUED} served; taken from the \
          queue by the drain: {took:?}"
     );
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn stopped(pid: u32) -> bool {
+    let state = |stat: String| {
+        // After the command name, which is in parentheses and may contain spaces.
+        stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned))
+    };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).ok().and_then(state).as_deref() == Some("T")
+    })
 }
 
 /// The length of the accept queue of the socket listening on `127.0.0.1:port`: the
