@@ -562,6 +562,20 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 /// Lowers the open-file limit of a running process (as `prlimit --nofile=N --pid PID`).
+/// The proxy with the admin API and one forward route to `backend`, no per-IP limit and
+/// `max_connections` (0: none); returns it with its port and the admin port.
+fn forward_with_admin(backend: &Backend, max_connections: u32) -> (Proxy, [u16; 2]) {
+    Proxy::start_on(|[port, admin]| {
+        format!(
+            "bind = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 0\n\
+             max_connections = {max_connections}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [[routes]]\nname = \"r\"\nmatch = {{ ports = [{port}] }}\n\
+             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
+            backend.port()
+        )
+    })
+}
+
 fn limit_fds(pid: u32, n: u64) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
     let old = rustix::process::getrlimit(rustix::process::Resource::Nofile);
@@ -579,15 +593,7 @@ fn limit_fds(pid: u32, n: u64) {
 #[test]
 fn fd_exhaustion_backs_off_and_recovers_by_itself() {
     let backend = Backend::echo();
-    let (mut proxy, [port, admin]) = Proxy::start_on(|[port, admin]| {
-        format!(
-            "bind = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 0\nmax_connections = 0\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[routes]]\nname = \"r\"\nmatch = {{ ports = [{port}] }}\n\
-             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
-            backend.port()
-        )
-    });
+    let (mut proxy, [port, admin]) = forward_with_admin(&backend, 0);
     let pid = proxy.pid();
     served(port, b"warm-up");
     let fds = quiet_fds(pid);
@@ -688,15 +694,7 @@ fn fd_exhaustion_backs_off_and_recovers_by_itself() {
 #[test]
 fn max_connections_below_the_fd_limit_refuses_cleanly() {
     let backend = Backend::echo();
-    let (proxy, [port, admin]) = Proxy::start_on(|[port, admin]| {
-        format!(
-            "bind = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 0\nmax_connections = 100\n\
-             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-             [[routes]]\nname = \"r\"\nmatch = {{ ports = [{port}] }}\n\
-             action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
-            backend.port()
-        )
-    });
+    let (proxy, [port, admin]) = forward_with_admin(&backend, 100);
     let pid = proxy.pid();
     served(port, b"warm-up");
     let fds = quiet_fds(pid);

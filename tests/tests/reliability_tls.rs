@@ -151,19 +151,9 @@ impl End {
                 if !close_notify {
                     // Tells rustls about the EOF; what it still holds is drained below.
                     c.read_tls(&mut &[][..])?;
-                    loop {
-                        match c.reader().read(&mut plain) {
-                            Ok(0) => close_notify = true,
-                            Ok(k) => {
-                                data.extend_from_slice(&plain[..k]);
-                                continue;
-                            }
-                            // No close_notify: the TCP connection ended without one.
-                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {}
-                            Err(e) => return Err(e),
-                        }
-                        break;
-                    }
+                    // UnexpectedEof: the TCP connection ended without a close_notify.
+                    let end = io::ErrorKind::UnexpectedEof;
+                    close_notify = drain_plaintext(c.reader(), &mut plain, &mut data, end)?;
                 }
                 return Ok(Ended { data, close_notify, at });
             }
@@ -175,18 +165,8 @@ impl End {
             while !rest.is_empty() && !close_notify {
                 c.read_tls(&mut rest)?;
                 c.process_new_packets().map_err(io::Error::other)?;
-                loop {
-                    match c.reader().read(&mut plain) {
-                        Ok(0) => close_notify = true,
-                        Ok(k) => {
-                            data.extend_from_slice(&plain[..k]);
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                    break;
-                }
+                let more = io::ErrorKind::WouldBlock;
+                close_notify = drain_plaintext(c.reader(), &mut plain, &mut data, more)?;
             }
             if close_notify && !rest.is_empty() {
                 let e = format!("{} bytes after the peer's close_notify", rest.len());
@@ -501,4 +481,23 @@ fn half_close_matrix_tls_termination() {
 #[test]
 fn half_close_matrix_tls_reencryption() {
     matrix(true, &rustls::version::TLS13);
+}
+
+/// Reads what rustls holds decrypted into `data`: `Ok(true)` once the peer's close_notify was
+/// read, `Ok(false)` when rustls stops with `until` (nothing more for now, or the end of the
+/// stream without a close_notify).
+fn drain_plaintext(
+    mut r: rustls::Reader<'_>,
+    plain: &mut [u8],
+    data: &mut Vec<u8>,
+    until: io::ErrorKind,
+) -> io::Result<bool> {
+    loop {
+        match r.read(plain) {
+            Ok(0) => return Ok(true),
+            Ok(k) => data.extend_from_slice(&plain[..k]),
+            Err(e) if e.kind() == until => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
 }
