@@ -95,8 +95,7 @@
 //! (200 ms) for the first bytes, and forwards a client that stays silent (server-speaks-first
 //! protocols) after that wait.
 #![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
-// Without the io-uring experiment (off by default) the crate has no unsafe code at all.
-#![cfg_attr(not(feature = "io-uring"), forbid(unsafe_code))]
+#![forbid(unsafe_code)]
 
 #[doc(hidden)]
 pub mod bench_api;

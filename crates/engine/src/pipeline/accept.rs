@@ -61,13 +61,6 @@ pub(crate) fn spawn(
     on: Option<&Handle>,
 ) -> JoinHandle<()> {
     let accept = async move {
-        // The io_uring experiment (cargo feature `io-uring`); the epoll loop below when the
-        // ring cannot be set up.
-        #[cfg(all(feature = "io-uring", target_os = "linux"))]
-        let listener = match super::accept_uring::run(shared.clone(), listener, port).await {
-            Ok(()) => return,
-            Err(l) => l,
-        };
         // Registered here, so that the socket belongs to the runtime that polls it.
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,

@@ -19,9 +19,6 @@
 //! handlers are served inside the setup future.
 
 pub(crate) mod accept;
-#[cfg(all(feature = "io-uring", target_os = "linux"))]
-#[allow(unsafe_code)]
-mod accept_uring;
 mod admit;
 mod challenge;
 mod classify;
