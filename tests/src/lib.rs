@@ -217,6 +217,14 @@ pub fn metrics_json(admin: u16) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
 }
 
+/// The fields of a `/proc/PID/stat` or `/proc/PID/task/TID/stat` line after the command
+/// name (which is in parentheses and may contain spaces): the first is the state (`R`, `S`,
+/// `T`, ...), the 12th and 13th `utime` and `stime`.
+pub fn stat_fields(stat: &str) -> impl Iterator<Item = &str> {
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    rest.split_whitespace()
+}
+
 /// Waits until `f` is true, polling; panics with `what` after [`WAIT`].
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

@@ -67,13 +67,10 @@ fn sigterm_serves_the_connections_waiting_in_the_accept_queue() {
 
 /// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
 fn stopped(pid: u32) -> bool {
-    let state = |stat: String| {
-        // After the command name, which is in parentheses and may contain spaces.
-        stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned))
-    };
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task");
     tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat")).ok().and_then(state).as_deref() == Some("T")
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        stat_fields(&stat).next() == Some("T")
     })
 }
 

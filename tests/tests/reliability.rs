@@ -550,9 +550,7 @@ fn served_from(port: u16) {
 /// CPU time of process `pid` so far (user + system, from `/proc/PID/stat`).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-    // The fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<u64> = rest.split(' ').skip(11).take(2).map(|v| v.parse().unwrap()).collect();
+    let f: Vec<u64> = stat_fields(&stat).skip(11).take(2).map(|v| v.parse().unwrap()).collect();
     static TCK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let tck = *TCK.get_or_init(|| {
         let out = std::process::Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
@@ -561,7 +559,6 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((f[0] + f[1]) * 1000 / tck)
 }
 
-/// Lowers the open-file limit of a running process (as `prlimit --nofile=N --pid PID`).
 /// The proxy with the admin API and one forward route to `backend`, no per-IP limit and
 /// `max_connections` (0: none); returns it with its port and the admin port.
 fn forward_with_admin(backend: &Backend, max_connections: u32) -> (Proxy, [u16; 2]) {
@@ -576,6 +573,7 @@ fn forward_with_admin(backend: &Backend, max_connections: u32) -> (Proxy, [u16; 
     })
 }
 
+/// Lowers the open-file limit of a running process (as `prlimit --nofile=N --pid PID`).
 fn limit_fds(pid: u32, n: u64) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
     let old = rustix::process::getrlimit(rustix::process::Resource::Nofile);
