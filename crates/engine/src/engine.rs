@@ -376,6 +376,7 @@ fn spawn_listeners(
     socks: Vec<(SocketAddr, std::net::TcpListener)>,
     log: bool,
 ) -> Vec<Listening> {
+    let defer = defer_accept(&ctl.shared.state.load().config, port);
     let mut last: Option<SocketAddr> = None;
     socks
         .into_iter()
@@ -385,6 +386,9 @@ fn spawn_listeners(
                 tracing::info!(%addr, "listening");
             }
             last = Some(addr);
+            if defer {
+                set_defer_accept(&l, addr, true);
+            }
             let rt = (!ctl.runtimes.is_empty()).then(|| &ctl.runtimes[i % ctl.runtimes.len()]);
             // Without a second descriptor (out of fds) the queue is reset at shutdown, as
             // before.
@@ -393,6 +397,21 @@ fn spawn_listeners(
             Listening { addr, task, queue }
         })
         .collect()
+}
+
+/// Whether `port`'s listening sockets get `TCP_DEFER_ACCEPT`: `defer_accept` is on and every
+/// client there must speak first.
+fn defer_accept(config: &Config, port: u16) -> bool {
+    config.defer_accept && config.table().client_speaks_first(port)
+}
+
+/// Sets or clears `TCP_DEFER_ACCEPT` on one listening socket; a failure is logged (the
+/// socket then hands connections over at once, as without the option).
+fn set_defer_accept(sock: &impl std::os::fd::AsFd, addr: SocketAddr, on: bool) {
+    match accept::set_defer_accept(sock, on) {
+        Ok(()) => tracing::debug!(%addr, on, "TCP_DEFER_ACCEPT"),
+        Err(e) => tracing::warn!(%addr, on, error = %e, "cannot set TCP_DEFER_ACCEPT"),
+    }
 }
 
 /// The running proxy. Cheap to clone; every clone controls the same engine. When the last
@@ -705,8 +724,23 @@ impl Engine {
             drop(tasks.take());
             *tasks = Some(CertTasks::start(&state.certs, ctl.shared.obs.metrics().cloned()));
         }
+        // Ports that stay: their routes may now need the client to speak first, or no longer.
+        let changed: Vec<(u16, bool)> = old_ports
+            .intersection(&new_ports)
+            .filter_map(|&p| {
+                let on = defer_accept(&state.config, p);
+                (on != defer_accept(&old.config, p)).then_some((p, on))
+            })
+            .collect();
         ctl.shared.state.store(Arc::new(state));
         let mut ls = ctl.listeners.lock();
+        for (port, on) in changed {
+            for l in ls.get(&port).into_iter().flatten() {
+                if let Some((_, q)) = &l.queue {
+                    set_defer_accept(q, l.addr, on);
+                }
+            }
+        }
         for (port, socks) in bound {
             ls.insert(port, spawn_listeners(ctl, port, socks, true));
         }

@@ -23,8 +23,11 @@ const LATE: Duration = Duration::from_millis(700);
 #[tokio::test]
 async fn initial_data_timeout_closes_a_silent_client_on_a_peeking_port() {
     let (baddr, _b) = echo_backend().await;
+    // `defer_accept = false`: the timer starts at the accept, and this test measures it from
+    // the connect (with the option, the kernel hands a silent client over after about a
+    // second; tests/tests/defer_accept.rs).
     let (engine, [port]) = engine_on(|[port]| format!(
-        "[defaults]\ninitial_data_timeout = \"300ms\"\n[[routes]]\nmatch = {{ ports = [{port}], path = \"/api/*\" }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
+        "defer_accept = false\n[defaults]\ninitial_data_timeout = \"300ms\"\n[[routes]]\nmatch = {{ ports = [{port}], path = \"/api/*\" }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
         baddr.port()
     ))
     .await;

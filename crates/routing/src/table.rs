@@ -262,6 +262,9 @@ pub(crate) struct PortGroup {
     pub(crate) http: bool,
     /// Some enabled route on these ports has a `tls` block.
     pub(crate) tls: bool,
+    /// Every connection on these ports must send first (see
+    /// [`RouteTable::client_speaks_first`]).
+    pub(crate) client_first: bool,
 }
 
 type DomainIndex = HashMap<Box<str>, Vec<u32>>;
@@ -506,7 +509,21 @@ impl RouteTable {
             peek,
             http: order.iter().any(|&i| routes[i as usize].http().is_some()),
             tls: order.iter().any(|&i| routes[i as usize].has_tls_block),
+            client_first: Self::client_first(routes, order, peek),
         }
+    }
+
+    /// Whether nothing happens on a connection before the client's first bytes: the port
+    /// reads them for routing (`peek`), or every route waits for them anyway (an HTTP route
+    /// reads a request, a `tls` route a ClientHello). Validation guarantees that an HTTP
+    /// port has HTTP routes and per-request handlers only.
+    fn client_first(routes: &[CompiledRoute], order: &[u32], peek: PeekNeed) -> bool {
+        if order.is_empty() {
+            return false;
+        }
+        peek != PeekNeed::None
+            || order.iter().any(|&i| routes[i as usize].http().is_some())
+            || order.iter().all(|&i| routes[i as usize].has_tls_block)
     }
 
     fn peek_for(routes: &[CompiledRoute], order: &[u32]) -> PeekNeed {
@@ -580,6 +597,15 @@ impl RouteTable {
     /// per-request handler, see [`crate::HTTP_HANDLERS`]).
     pub fn is_http_port(&self, port: u16) -> bool {
         self.group_for(port).is_some_and(|g| g.http)
+    }
+
+    /// Whether every connection on `port` must send before anything happens: its first bytes
+    /// are read for routing, or every route on the port waits for them (an HTTP route, a
+    /// `tls` block). Then the kernel may hold a connection until its first data arrives
+    /// (`TCP_DEFER_ACCEPT`) without changing what the client sees. False for a port no
+    /// enabled route listens on.
+    pub fn client_speaks_first(&self, port: u16) -> bool {
+        self.group_for(port).is_some_and(|g| g.client_first)
     }
 
     /// Whether some enabled route on `port` has a `tls` block (passthrough or terminating):

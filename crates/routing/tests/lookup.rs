@@ -605,3 +605,66 @@ fn health_keys_are_validated() {
     let e = routes("health = { cooldown = 5 }").unwrap_err().to_string();
     assert!(e.contains("unit"), "{e}");
 }
+
+/// `client_speaks_first`: true where the port reads the client's first bytes for routing, or
+/// every route waits for them (HTTP, a `tls` block); false where a route is decided by port
+/// and address alone and may forward a server-first protocol (SMTP's banner), or a handler
+/// may answer before the client sends.
+#[test]
+fn client_speaks_first() {
+    let t = table(
+        r#"
+[[routes]]
+name = "l4"
+match = { ports = 25 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }] }
+[[routes]]
+name = "http"
+match = { ports = 80 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], http = {} }
+[[routes]]
+name = "redirect-on-http-port"
+match = { ports = 80, path = "/old" }
+action = { type = "socket-handler", handler = "redirect", status = 301, location = "https://example.com/" }
+[[routes]]
+name = "tls-only"
+match = { ports = 443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough" } }
+[[routes]]
+name = "sni"
+match = { ports = 8443, domains = "a.example" }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough" } }
+[[routes]]
+name = "sni-fallback"
+match = { ports = 8443 }
+action = { type = "forward", targets = [{ host = "h", port = 2 }] }
+[[routes]]
+name = "tls-or-plain"
+match = { ports = 9443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough" } }
+[[routes]]
+name = "plain-too"
+match = { ports = 9443, client_ip = ["10.0.0.0/8"] }
+action = { type = "forward", targets = [{ host = "h", port = 2 }] }
+[[routes]]
+name = "echo"
+match = { ports = 7 }
+action = { type = "socket-handler", handler = "echo" }
+[[routes]]
+name = "off"
+enabled = false
+match = { ports = 9999 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], http = {} }
+"#,
+    );
+    assert!(!t.client_speaks_first(25), "port-only L4 route: the backend may speak first");
+    assert!(t.client_speaks_first(80), "HTTP port");
+    assert!(t.client_speaks_first(443), "every route has a tls block");
+    assert!(t.client_speaks_first(8443), "domains are read from the first bytes");
+    // A plain route by port and address beside a TLS one: the first bytes decide (peek).
+    assert_eq!(t.peek_need(9443), PeekNeed::TlsOrHttp);
+    assert!(t.client_speaks_first(9443));
+    assert!(!t.client_speaks_first(7), "a handler by port alone");
+    assert!(!t.client_speaks_first(9999), "disabled routes listen nowhere");
+    assert!(!t.client_speaks_first(12345), "no route");
+}

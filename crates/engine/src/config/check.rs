@@ -201,6 +201,7 @@ pub(super) fn build(
         runtime: f.runtime,
         bind,
         reuse_port: f.reuse_port,
+        defer_accept: f.defer_accept.unwrap_or(true),
         proxy_ips,
         accept_proxy_protocol,
         proxy_protocol_timeout,

@@ -22,6 +22,8 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) reuse_port: bool,
     #[serde(default)]
+    pub(crate) defer_accept: Option<bool>,
+    #[serde(default)]
     pub(crate) proxy_ips: Vec<String>,
     #[serde(default)]
     pub(crate) accept_proxy_protocol: Option<bool>,

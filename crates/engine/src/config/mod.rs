@@ -45,6 +45,13 @@ pub struct Config {
     /// Set `SO_REUSEPORT` on listening sockets (default false), so that several processes can
     /// share a port.
     pub reuse_port: bool,
+    /// `TCP_DEFER_ACCEPT` on the listening sockets of ports where the client must speak first
+    /// (default true; see [`smartproxy_routing::RouteTable::client_speaks_first`]): the
+    /// kernel hands a connection over when its first data arrives, which saves a wake-up and
+    /// a read that would block per connection. A client that sends nothing is handed over
+    /// after about a second (then `initial_data_timeout` and the others apply as usual).
+    /// Linux only; ignored elsewhere.
+    pub defer_accept: bool,
     /// Peers trusted to send PROXY headers: addresses, CIDR blocks, ranges or wildcards.
     #[serde(serialize_with = "display_all")]
     pub proxy_ips: Vec<IpPattern>,

@@ -46,6 +46,37 @@ pub(crate) fn bind(
     Ok(socket.into())
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on a listening socket (`on`: the kernel queues a connection for
+/// `accept` once its first data has arrived, or after about a second without any: one SYN-ACK
+/// retransmission) or clears it. Set where every client speaks first
+/// ([`smartproxy_routing::RouteTable::client_speaks_first`]): accept, the first read and
+/// routing then happen in one wake-up, with no read that would block and no second trip
+/// through the event loop per connection.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) fn set_defer_accept(sock: &impl std::os::fd::AsFd, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = i32::from(on);
+    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a
+    // `c_int` that lives across the call, and its size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `TCP_DEFER_ACCEPT` exists on Linux only: nothing to set elsewhere.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_defer_accept(_: &impl std::os::fd::AsFd, _: bool) -> io::Result<()> {
+    Ok(())
+}
+
 /// The host has no IPv6 (the family or the address is not available).
 pub(crate) fn ipv6_unavailable(e: &io::Error) -> bool {
     // EAFNOSUPPORT (97) and EADDRNOTAVAIL (99) on Linux.

@@ -1,0 +1,166 @@
+//! `TCP_DEFER_ACCEPT` on ports where every client speaks first (issue 19): the kernel keeps a
+//! connection that has sent nothing (its server side in `SYN_RECV`, although the client's
+//! connect has completed) and hands it to the proxy with its first data, so that accept, the
+//! first read and routing take one wake-up. Observed in the kernel's own socket table
+//! (`/proc/net/tcp`), not by timing: the proxy's side of a connection is `SYN_RECV` (03)
+//! while held, `ESTABLISHED` (01) once the kernel queued it for `accept`.
+
+use std::io::Write;
+use std::net::TcpStream;
+
+use smartproxy_tests::*;
+
+/// TCP states in `/proc/net/tcp`.
+const ESTABLISHED: u8 = 0x01;
+const SYN_RECV: u8 = 0x03;
+
+/// The state of the proxy's side of the connection from local port `client` to `port` on
+/// 127.0.0.1, if the kernel lists it yet.
+fn server_side_state(port: u16, client: u16) -> Option<u8> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let want_local = format!("0100007F:{port:04X}");
+    let want_remote = format!("0100007F:{client:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_remote.as_str()))
+            .then(|| u8::from_str_radix(f[3], 16).expect("hex state"))
+    })
+}
+
+/// Connects to `port` and waits until the kernel lists the proxy's side of the connection.
+fn connect_and_find(port: u16) -> TcpStream {
+    let s = connect(port);
+    let client = s.local_addr().unwrap().port();
+    wait_for(
+        &format!("the server side of 127.0.0.1:{client} -> :{port} in /proc/net/tcp"),
+        || server_side_state(port, client),
+        Option::is_some,
+    );
+    s
+}
+
+/// Waits until the proxy's side of `s` (connected to `port`) is `ESTABLISHED`: the kernel
+/// queued it for `accept`.
+fn wait_handed_over(s: &TcpStream, port: u16) {
+    let client = s.local_addr().unwrap().port();
+    wait_for(
+        &format!("127.0.0.1:{client} -> :{port} ESTABLISHED on the proxy's side"),
+        || server_side_state(port, client),
+        |st| *st == Some(ESTABLISHED),
+    );
+}
+
+/// Connects to `port` and returns the state of the proxy's side once the handshake's last
+/// ACK has certainly been processed: after a later connection to `l4_port` (no deferral) was
+/// handed over. Without deferral the first is then `ESTABLISHED` too; held, `SYN_RECV`.
+fn connect_and_look(port: u16, probe: u16) -> (TcpStream, u8) {
+    let s = connect_and_find(port);
+    let later = connect_and_find(probe);
+    wait_handed_over(&later, probe);
+    let client = s.local_addr().unwrap().port();
+    (s, server_side_state(port, client).expect("still listed"))
+}
+
+/// Sends one request on `s` and returns the response's status line.
+fn request(mut s: TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").unwrap();
+    let (raw, _) = read_to_end(&mut s);
+    String::from_utf8_lossy(&raw).lines().next().unwrap_or_default().to_owned()
+}
+
+/// Routes on four ports: HTTP, port-only layer 4, TLS passthrough only, and a second layer-4
+/// port (`probe`) that [`connect_and_look`] uses as its barrier and no reload changes.
+fn config(ports: [u16; 4], backend: u16, defer: Option<bool>) -> String {
+    let [http_port, l4_port, tls_port, probe] = ports;
+    let defer = defer.map(|d| format!("defer_accept = {d}\n")).unwrap_or_default();
+    format!(
+        r#"bind = ["127.0.0.1"]
+{defer}
+[[routes]]
+name = "http"
+match = {{ ports = [{http_port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}], http = {{}} }}
+
+[[routes]]
+name = "l4"
+match = {{ ports = [{l4_port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}] }}
+
+[[routes]]
+name = "tls"
+match = {{ ports = [{tls_port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}], tls = {{ mode = "passthrough" }} }}
+
+[[routes]]
+name = "probe"
+match = {{ ports = [{probe}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}] }}
+"#
+    )
+}
+
+/// Default on: the HTTP port and the TLS-only port hold a silent connection in the kernel;
+/// the port-only layer-4 route (whose backend might speak first, like SMTP) does not. The
+/// held connection is served as soon as it sends, and one that stays silent is handed over
+/// anyway after the kernel's SYN-ACK retransmission (about a second), so that the proxy's
+/// own timeouts apply to it.
+#[test]
+fn client_first_ports_hold_silent_connections_in_the_kernel() {
+    let backend = HttpBackend::start("deferred");
+    let (proxy, [http_port, l4_port, tls_port, probe]) =
+        Proxy::start_on(|ports| config(ports, backend.port(), None));
+
+    let (s, state) = connect_and_look(http_port, probe);
+    assert_eq!(state, SYN_RECV, "HTTP port: held until the first data");
+    let status = request(s);
+    assert!(status.starts_with("HTTP/1.1 200"), "served once it sent: {status:?}");
+
+    let (_tls, state) = connect_and_look(tls_port, probe);
+    assert_eq!(state, SYN_RECV, "TLS-only port: held until the ClientHello");
+
+    let (_l4, state) = connect_and_look(l4_port, probe);
+    assert_eq!(state, ESTABLISHED, "layer-4 port-only route: handed over at once");
+
+    // Silent: handed over after the retransmitted SYN-ACK is acknowledged, without data.
+    let (silent, state) = connect_and_look(http_port, probe);
+    assert_eq!(state, SYN_RECV);
+    wait_handed_over(&silent, http_port);
+    let status = request(silent);
+    assert!(status.starts_with("HTTP/1.1 200"), "silent, then a request: {status:?}");
+    drop(proxy);
+}
+
+/// `defer_accept = false`: every port hands connections over at once.
+#[test]
+fn defer_accept_false_accepts_at_once() {
+    let backend = HttpBackend::start("at once");
+    let (_proxy, [http_port, _, tls_port, probe]) =
+        Proxy::start_on(|ports| config(ports, backend.port(), Some(false)));
+    let (s, state) = connect_and_look(http_port, probe);
+    assert_eq!(state, ESTABLISHED, "HTTP port with defer_accept = false");
+    assert!(request(s).starts_with("HTTP/1.1 200"));
+    let (_tls, state) = connect_and_look(tls_port, probe);
+    assert_eq!(state, ESTABLISHED, "TLS port with defer_accept = false");
+}
+
+/// A reload that turns a layer-4 port into an HTTP port sets the option on the socket that
+/// keeps listening, and the reverse clears it.
+#[test]
+fn reload_sets_and_clears_defer_accept_on_kept_ports() {
+    let backend = HttpBackend::start("reloaded");
+    let (proxy, [http_port, l4_port, tls_port, probe]) =
+        Proxy::start_on(|ports| config(ports, backend.port(), None));
+    let (_s, state) = connect_and_look(http_port, probe);
+    assert_eq!(state, SYN_RECV, "the HTTP port before the reload");
+    let (_s, state) = connect_and_look(l4_port, probe);
+    assert_eq!(state, ESTABLISHED, "the layer-4 port before the reload");
+
+    // Swap the two ports' routes.
+    proxy.reload(&config([l4_port, http_port, tls_port, probe], backend.port(), None));
+    wait_until("the reload", || !proxy.events("configuration reloaded", &[]).is_empty());
+    let (s, state) = connect_and_look(l4_port, probe);
+    assert_eq!(state, SYN_RECV, "now an HTTP port: held");
+    assert!(request(s).starts_with("HTTP/1.1 200"));
+    let (_s, state) = connect_and_look(http_port, probe);
+    assert_eq!(state, ESTABLISHED, "now a layer-4 port: handed over at once");
+}
