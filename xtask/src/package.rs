@@ -59,6 +59,7 @@ pub(crate) fn check(ws: &Workspace, crates: &[&Member], mode: Mode) -> Result<Ve
     if build.exists() {
         std::fs::remove_dir_all(&build).with_context(|| format!("removing {}", build.display()))?;
     }
+    clear_overlay_sources(crates)?;
     let target = build.join("package");
     let build_dir = build.to_string_lossy().into_owned();
     // --allow-dirty: CI and a release in progress package the working tree as it is.
@@ -93,6 +94,37 @@ pub(crate) fn check(ws: &Workspace, crates: &[&Member], mode: Mode) -> Result<Ve
         crate::sh("cargo", &args)?;
     }
     Ok(out)
+}
+
+/// Removes cargo's unpacked copies of earlier packagings of `crates` from the overlay
+/// registry (`$CARGO_HOME/registry/src/-HASH/NAME-VERSION`; an overlay registry has no name,
+/// hence the leading `-`). Cargo unpacks a registry crate once per name and version and then
+/// trusts the copy, so a verify build used the sources of the first packaging of a sibling
+/// crate that has not changed its version since (a method added since was "not found").
+fn clear_overlay_sources(crates: &[&Member]) -> Result<()> {
+    let home = match std::env::var_os("CARGO_HOME") {
+        Some(h) => std::path::PathBuf::from(h),
+        None => match std::env::var_os("HOME") {
+            Some(h) => Path::new(&h).join(".cargo"),
+            None => return Ok(()),
+        },
+    };
+    let Ok(registries) = std::fs::read_dir(home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    for reg in registries.flatten() {
+        if !reg.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for m in crates {
+            let dir = reg.path().join(format!("{}-{}", m.name, m.version));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What can be checked before packaging: the licence text matches the `license` field, and
