@@ -94,10 +94,10 @@
 //! bytes are inspected; on other ports the engine waits up to `proxy_protocol_detect_timeout`
 //! (200 ms) for the first bytes, and forwards a client that stays silent (server-speaks-first
 //! protocols) after that wait.
-#![cfg_attr(doctest, doc = include_str!("../README.md"))]
-// README examples run as doc tests
-// One item allows `unsafe`: the `setsockopt(TCP_DEFER_ACCEPT)` call in
-// `pipeline::accept::set_defer_accept`, an option no safe wrapper offers.
+//!
+//! `unsafe` is denied; one function allows it: the `setsockopt(TCP_DEFER_ACCEPT)` call on
+//! listening sockets, an option that no safe wrapper offers.
+#![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![deny(unsafe_code)]
 
 #[doc(hidden)]

@@ -57,8 +57,8 @@ pub(crate) fn bind(
 pub(crate) fn set_defer_accept(sock: &impl std::os::fd::AsFd, on: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let secs: libc::c_int = i32::from(on);
-    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a
-    // `c_int` that lives across the call, and its size is passed with it.
+    // SAFETY: the descriptor is `sock`'s, open and borrowed for the call; the option value
+    // is a `c_int` that lives across the call, and its size is passed with it.
     let r = unsafe {
         libc::setsockopt(
             sock.as_fd().as_raw_fd(),
