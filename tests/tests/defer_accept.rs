@@ -14,48 +14,39 @@ use smartproxy_tests::*;
 const ESTABLISHED: u8 = 0x01;
 const SYN_RECV: u8 = 0x03;
 
-/// The state of the proxy's side of the connection from local port `client` to `port` on
-/// 127.0.0.1, if the kernel lists it yet.
+/// The state of the proxy's side of the connection from local port `client` to `port`, if
+/// the kernel lists it yet (the shared `/proc/net/tcp` reader).
 fn server_side_state(port: u16, client: u16) -> Option<u8> {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let want_local = format!("0100007F:{port:04X}");
-    let want_remote = format!("0100007F:{client:04X}");
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_remote.as_str()))
-            .then(|| u8::from_str_radix(f[3], 16).expect("hex state"))
-    })
+    tcp_table()
+        .into_iter()
+        .find(|e| e.local_port == port && e.remote_port == client)
+        .map(|e| e.state)
 }
 
-/// Connects to `port` and waits until the kernel lists the proxy's side of the connection.
-fn connect_and_find(port: u16) -> TcpStream {
-    let s = connect(port);
+/// Waits until the proxy's side of `s` (connected to `port`) is listed in a state `want`
+/// accepts; returns that state.
+fn wait_state(s: &TcpStream, port: u16, what: &str, want: impl Fn(u8) -> bool) -> u8 {
     let client = s.local_addr().unwrap().port();
-    wait_for(
-        &format!("the server side of 127.0.0.1:{client} -> :{port} in /proc/net/tcp"),
+    let state = wait_for(
+        &format!("127.0.0.1:{client} -> :{port} {what} on the proxy's side"),
         || server_side_state(port, client),
-        Option::is_some,
+        |st| st.is_some_and(&want),
     );
-    s
+    state.expect("listed")
 }
 
-/// Waits until the proxy's side of `s` (connected to `port`) is `ESTABLISHED`: the kernel
-/// queued it for `accept`.
+/// Waits until the proxy's side of `s` is `ESTABLISHED`: the kernel queued it for `accept`.
 fn wait_handed_over(s: &TcpStream, port: u16) {
-    let client = s.local_addr().unwrap().port();
-    wait_for(
-        &format!("127.0.0.1:{client} -> :{port} ESTABLISHED on the proxy's side"),
-        || server_side_state(port, client),
-        |st| *st == Some(ESTABLISHED),
-    );
+    wait_state(s, port, "ESTABLISHED", |st| st == ESTABLISHED);
 }
 
 /// Connects to `port` and returns the state of the proxy's side once the handshake's last
-/// ACK has certainly been processed: after a later connection to `l4_port` (no deferral) was
+/// ACK has certainly been processed: after a later connection to `probe` (no deferral) was
 /// handed over. Without deferral the first is then `ESTABLISHED` too; held, `SYN_RECV`.
 fn connect_and_look(port: u16, probe: u16) -> (TcpStream, u8) {
-    let s = connect_and_find(port);
-    let later = connect_and_find(probe);
+    let s = connect(port);
+    wait_state(&s, port, "listed", |_| true);
+    let later = connect(probe);
     wait_handed_over(&later, probe);
     let client = s.local_addr().unwrap().port();
     (s, server_side_state(port, client).expect("still listed"))

@@ -497,6 +497,14 @@ impl RouteTable {
             }
         }
         let peek = Self::peek_for(routes, order);
+        let http = order.iter().any(|&i| routes[i as usize].http().is_some());
+        // Nothing happens before the client's first bytes: the port reads them for routing, or
+        // every route waits for them anyway (an HTTP route reads a request, a `tls` route a
+        // ClientHello; validation keeps an HTTP port to HTTP routes and per-request handlers).
+        let client_first = !order.is_empty()
+            && (peek != PeekNeed::None
+                || http
+                || order.iter().all(|&i| routes[i as usize].has_tls_block));
         let freeze = |m: HashMap<Box<str>, Vec<u32>>| {
             m.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect()
         };
@@ -507,23 +515,10 @@ impl RouteTable {
             scan: scan.into_boxed_slice(),
             scan_path: freeze(scan_path),
             peek,
-            http: order.iter().any(|&i| routes[i as usize].http().is_some()),
+            http,
             tls: order.iter().any(|&i| routes[i as usize].has_tls_block),
-            client_first: Self::client_first(routes, order, peek),
+            client_first,
         }
-    }
-
-    /// Whether nothing happens on a connection before the client's first bytes: the port
-    /// reads them for routing (`peek`), or every route waits for them anyway (an HTTP route
-    /// reads a request, a `tls` route a ClientHello). Validation guarantees that an HTTP
-    /// port has HTTP routes and per-request handlers only.
-    fn client_first(routes: &[CompiledRoute], order: &[u32], peek: PeekNeed) -> bool {
-        if order.is_empty() {
-            return false;
-        }
-        peek != PeekNeed::None
-            || order.iter().any(|&i| routes[i as usize].http().is_some())
-            || order.iter().all(|&i| routes[i as usize].has_tls_block)
     }
 
     fn peek_for(routes: &[CompiledRoute], order: &[u32]) -> PeekNeed {
