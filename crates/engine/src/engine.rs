@@ -783,16 +783,32 @@ impl Engine {
         // are in flight too: take them and serve them in the drain (closing the sockets
         // would reset them). One that completes its handshake after this is reset.
         let queued = take_queued(&ctl.shared, queues);
-        if queued > 0 {
-            tracing::info!(queued, "took the connections waiting in the accept queues");
+        if !queued.is_empty() {
+            tracing::info!(
+                queued = queued.len(),
+                "took the connections waiting in the accept queues"
+            );
         }
         // HTTP connections close after the request they serve (HTTP/2: GOAWAY).
         let _ = ctl.shared.draining.send(true);
         let obs = &ctl.shared.obs;
         let active = self.stats().active_connections;
         tracing::info!(active, ?grace, "shutting down: draining connections");
+        let deadline = Instant::now() + grace;
+        let drained = async {
+            // A connection counts as open once its task has admitted it, which the tasks
+            // just spawned for the queued ones may not have done yet: wait for those tasks
+            // themselves, then for every open connection.
+            let _ = tokio::time::timeout_at(deadline, async {
+                for t in queued {
+                    let _ = t.await;
+                }
+            })
+            .await;
+            obs.wait_idle(deadline).await
+        };
         tokio::select! {
-            _ = obs.wait_idle(Instant::now() + grace) => {}
+            _ = drained => {}
             () = ctl.cut_drain.notified() => {}
         }
         let forced = self.stats().active_connections;
@@ -835,10 +851,13 @@ impl Engine {
 }
 
 /// Accepts every connection waiting in the queues of `listeners` (non-blocking, until
-/// `EAGAIN`) and spawns its task as the accept loop would; then closes them. Returns how
-/// many connections were taken.
-fn take_queued(shared: &Arc<Shared>, listeners: Vec<(u16, std::net::TcpListener)>) -> usize {
-    let mut taken = 0;
+/// `EAGAIN`) and spawns its task as the accept loop would; then closes them. Returns the
+/// tasks of the connections taken.
+fn take_queued(
+    shared: &Arc<Shared>,
+    listeners: Vec<(u16, std::net::TcpListener)>,
+) -> Vec<JoinHandle<()>> {
+    let mut taken = Vec::new();
     for (port, l) in listeners {
         loop {
             let (tcp, peer) = match l.accept() {
@@ -861,8 +880,13 @@ fn take_queued(shared: &Arc<Shared>, listeners: Vec<(u16, std::net::TcpListener)
                         continue;
                     }
                 };
-            taken += 1;
-            tokio::spawn(crate::pipeline::serve(Arc::clone(shared), tcp, peer, port, accepted));
+            taken.push(tokio::spawn(crate::pipeline::serve(
+                Arc::clone(shared),
+                tcp,
+                peer,
+                port,
+                accepted,
+            )));
         }
     }
     taken
