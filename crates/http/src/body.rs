@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::access::AccessEntry;
 use crate::ctx::ConnCtx;
+use crate::h1::{BoxError, H1Body};
 use crate::pool::{Pool, Sender};
 use crate::snapshot::Snapshot;
 
@@ -96,6 +97,13 @@ impl Body for UpBody {
     }
 }
 
+/// A target's response body: hyper's, or read directly by the client connection's task.
+#[derive(Debug)]
+pub(crate) enum BackBody {
+    Hyper(Incoming),
+    Direct(H1Body),
+}
+
 /// The backend side of a proxied request, kept until its response body is done.
 pub(crate) struct Upstream {
     pub(crate) sender: Option<Sender>,
@@ -157,9 +165,13 @@ impl Drop for RequestGuard {
         let now = Instant::now();
         if let Some(up) = self.upstream.take()
             && self.complete
-            && let (Some(Sender::H1(tx)), Some(pool)) = (up.sender, &up.pool)
+            && let Some(pool) = &up.pool
         {
-            pool.put_h1(tx, now);
+            match up.sender {
+                Some(Sender::H1(tx)) => pool.put_h1(tx, now),
+                Some(Sender::Raw(conn)) => pool.put_raw(conn, now),
+                _ => {}
+            }
         }
         let took = now.saturating_duration_since(self.started);
         if let (Some(m), Some(snap)) = (&self.ctx.service.metrics, &self.snap) {
@@ -183,6 +195,8 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Proxied(Incoming),
+    /// Read by this task from a backend connection it owns (`h1.rs`).
+    Direct(H1Body),
 }
 
 /// The body of every response the HTTP layer sends: a target's body streamed through, or
@@ -198,6 +212,7 @@ impl std::fmt::Debug for ResponseBody {
             Kind::Empty => "empty",
             Kind::Full(_) => "full",
             Kind::Proxied(_) => "proxied",
+            Kind::Direct(_) => "direct",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish_non_exhaustive()
     }
@@ -216,8 +231,12 @@ impl ResponseBody {
         Self { kind: Kind::Full(Some(b)), guard: None }
     }
 
-    pub(crate) fn proxied(b: Incoming) -> Self {
-        Self { kind: Kind::Proxied(b), guard: None }
+    pub(crate) fn proxied(b: BackBody) -> Self {
+        let kind = match b {
+            BackBody::Hyper(b) => Kind::Proxied(b),
+            BackBody::Direct(b) => Kind::Direct(b),
+        };
+        Self { kind, guard: None }
     }
 
     /// Attaches the request guard, which learns the response status.
@@ -225,6 +244,19 @@ impl ResponseBody {
         g.status = status;
         self.guard = Some(g);
         self
+    }
+
+    /// A direct body read to the end gives its connection to the guard, which puts it back
+    /// in its pool when the request is finished.
+    fn release(&mut self) {
+        if let (Kind::Direct(b), Some(g)) = (&mut self.kind, &mut self.guard)
+            && b.is_end_stream()
+        {
+            g.complete = true;
+            if let (Some(conn), Some(up)) = (b.take_reusable(), &mut g.upstream) {
+                up.sender = Some(Sender::Raw(conn));
+            }
+        }
     }
 
     fn count(&mut self, n: usize) {
@@ -236,12 +268,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
@@ -269,6 +301,21 @@ impl Body for ResponseBody {
                     }
                     _ => {}
                 }
+                r.map(|o| o.map(|r| r.map_err(BoxError::from)))
+            }
+            Kind::Direct(inner) => {
+                let r = inner.poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            let n = d.len();
+                            this.count(n);
+                        }
+                        this.release();
+                    }
+                    Poll::Ready(None) => this.release(),
+                    _ => {}
+                }
                 r
             }
         }
@@ -279,6 +326,7 @@ impl Body for ResponseBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Proxied(inner) => inner.is_end_stream(),
+            Kind::Direct(inner) => inner.is_end_stream(),
         }
     }
 
@@ -287,6 +335,7 @@ impl Body for ResponseBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Proxied(inner) => inner.size_hint(),
+            Kind::Direct(inner) => inner.size_hint(),
         }
     }
 }
@@ -298,6 +347,10 @@ impl Drop for ResponseBody {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Proxied(inner) => inner.is_end_stream(),
+            Kind::Direct(_) => {
+                self.release();
+                return;
+            }
         };
         if let Some(g) = &mut self.guard {
             g.complete |= done;

@@ -30,6 +30,7 @@ mod body;
 mod conn;
 mod cors;
 mod ctx;
+mod h1;
 mod headers;
 mod io;
 mod location;

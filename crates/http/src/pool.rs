@@ -1,8 +1,10 @@
 //! Upstream connection pools: one per target (and upstream protocol / TLS), sharded by worker
 //! thread so that a thread takes its own connections back without contending for a lock.
 //!
-//! HTTP/1.1 connections are idle in a stack (the most recently used first: its socket is the
-//! warmest) of at most `max_idle` per shard; HTTP/2 connections are shared, one per shard,
+//! HTTP/1.1 connections are idle in stacks (the most recently used first: its socket is the
+//! warmest), one for hyper's connections and one for the in-task exchanges of `h1.rs`, of at
+//! most `max_idle` together per shard (an in-task connection the target closed while idle is
+//! dropped when taken or by the next reaper round); HTTP/2 connections are shared, one per shard,
 //! and multiplexed. A reaper task per shard drops connections idle longer than the idle
 //! timeout and stops when the shard is empty. Pools for connections that carry a client's
 //! PROXY header are private to that client connection (see `ConnCtx::private_pools`).
@@ -16,6 +18,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::body::UpBody;
+use crate::h1::H1Conn;
 
 pub(crate) type H1Sender = http1::SendRequest<UpBody>;
 pub(crate) type H2Sender = http2::SendRequest<UpBody>;
@@ -25,6 +28,8 @@ pub(crate) type H2Sender = http2::SendRequest<UpBody>;
 pub(crate) enum Sender {
     H1(H1Sender),
     H2(H2Sender),
+    /// A connection for in-task exchanges (`h1.rs`), owned by the request using it.
+    Raw(Box<H1Conn>),
 }
 
 impl Sender {
@@ -38,9 +43,15 @@ struct Idle {
     since: Instant,
 }
 
+struct IdleRaw {
+    conn: Box<H1Conn>,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct Shard {
     h1: Vec<Idle>,
+    raw: Vec<IdleRaw>,
     h2: Option<(H2Sender, Instant)>,
     reaper: bool,
 }
@@ -133,11 +144,57 @@ impl Pool {
         let (i, shard) = self.shard();
         let start_reaper = {
             let mut s = shard.lock();
-            if s.h1.len() >= self.max_idle {
+            if s.h1.len() + s.raw.len() >= self.max_idle {
                 // Full: the oldest goes.
-                s.h1.remove(0);
+                if s.h1.is_empty() {
+                    s.raw.remove(0);
+                } else {
+                    s.h1.remove(0);
+                }
             }
             s.h1.push(Idle { tx, since: now });
+            !std::mem::replace(&mut s.reaper, true)
+        };
+        if start_reaper {
+            self.spawn_reaper(i);
+        }
+    }
+
+    /// An idle connection for an in-task exchange, the most recently used first; those the
+    /// target closed (or sent anything on) and expired ones are dropped on the way. Also
+    /// returns how long the connection was idle.
+    pub(crate) fn take_raw(&self, now: Instant) -> Option<(Box<H1Conn>, Duration)> {
+        let (own, _) = self.shard();
+        let n = self.shards.len();
+        for k in 0..n {
+            let mut s = self.shards[(own + k) % n].lock();
+            while let Some(idle) = s.raw.pop() {
+                let idle_for = now.saturating_duration_since(idle.since);
+                if idle_for < self.idle_timeout && idle.conn.usable() {
+                    return Some((idle.conn, idle_for));
+                }
+            }
+        }
+        None
+    }
+
+    /// Gives an in-task connection back after a complete exchange.
+    pub(crate) fn put_raw(&self, conn: Box<H1Conn>, now: Instant) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let (i, shard) = self.shard();
+        let start_reaper = {
+            let mut s = shard.lock();
+            if s.h1.len() + s.raw.len() >= self.max_idle {
+                // Full: the oldest goes.
+                if s.raw.is_empty() {
+                    s.h1.remove(0);
+                } else {
+                    s.raw.remove(0);
+                }
+            }
+            s.raw.push(IdleRaw { conn, since: now });
             !std::mem::replace(&mut s.reaper, true)
         };
         if start_reaper {
@@ -182,7 +239,7 @@ impl Pool {
             .iter()
             .map(|s| {
                 let s = s.lock();
-                s.h1.len() + usize::from(s.h2.is_some())
+                s.h1.len() + s.raw.len() + usize::from(s.h2.is_some())
             })
             .sum()
     }
@@ -194,12 +251,13 @@ impl Pool {
         let now = Instant::now();
         let timeout = self.idle_timeout;
         s.h1.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+        s.raw.retain(|c| now.duration_since(c.since) < timeout && c.conn.usable());
         if let Some((tx, used)) = &s.h2
             && (tx.is_closed() || now.duration_since(*used) >= timeout)
         {
             s.h2 = None;
         }
-        let empty = s.h1.is_empty() && s.h2.is_none();
+        let empty = s.h1.is_empty() && s.raw.is_empty() && s.h2.is_none();
         if empty {
             s.reaper = false;
         }
@@ -211,7 +269,10 @@ impl Pool {
             return;
         }
         let weak = self.weak.clone();
-        let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        // Idle in-task connections have no task watching them: a connection the target
+        // closed waits for the next round (at most 5 s) to be closed on this side too.
+        let period =
+            (self.idle_timeout / 2).min(Duration::from_secs(5)).max(Duration::from_millis(100));
         // Outside a runtime (tests of the pool alone) nothing is reaped lazily.
         if tokio::runtime::Handle::try_current().is_err() {
             if let Some(shard) = self.shards.get(i) {

@@ -13,13 +13,14 @@ use smartproxy_metrics::HttpErrorReason;
 use smartproxy_routing::{CompiledRoute, SendProxyProtocol, UpstreamProtocol};
 use tokio::time::Instant;
 
-use crate::body::{Progress, RequestGuard, ResponseBody, UpBody, Upstream};
+use crate::body::{BackBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
 use crate::ctx::ConnCtx;
+use crate::h1::{BoxError, ExchangeError};
 use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookies};
 use crate::pool::{Pool, Sender};
 use crate::service::{Expanded, TEXT_PLAIN, error_response};
 use crate::snapshot::{ProxyRoute, RouteKind, Snapshot, TargetState};
-use crate::upstream::{ConnectError, ConnectParams, connect, is_timeout, unix_ms};
+use crate::upstream::{ConnectError, ConnectParams, adopt, connect, is_timeout, unix_ms};
 
 const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
 const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
@@ -30,10 +31,13 @@ const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
 /// The outcome of one exchange on one backend connection.
 enum Sent {
-    Response(Response<Incoming>, Sender),
-    /// The pooled connection was gone before the request went out: here it is back.
+    /// The response, and the connection to pool once its body is read (hyper's; a direct
+    /// body carries its connection itself).
+    Response(Response<BackBody>, Option<Sender>),
+    /// The pooled connection was gone before the request went out (or, for an idempotent
+    /// request on a direct connection, closed without a byte of response): here it is back.
     Retry(Request<UpBody>),
-    Failed(hyper::Error),
+    Failed(BoxError),
     Timeout,
 }
 
@@ -177,7 +181,12 @@ pub(crate) async fn forward(
             let sni = ctx.tls.as_ref().and_then(|t| t.sni.as_deref());
             snap.pool(&ctx.service.pools, route, pr, t, port, sni)
         };
-        // A pooled connection first (never for an upgrade: that one is dedicated).
+        // A pooled connection first (never for an upgrade: that one is dedicated). A request
+        // without a body to a plain HTTP/1.1 target runs in this task (`h1.rs`).
+        let direct = !ws
+            && !pr.tls
+            && pr.upstream != UpstreamProtocol::Http2
+            && matches!(prep.req.body(), UpBody::Empty);
         let mut idle_for = Duration::ZERO;
         let mut pooled = if ws {
             None
@@ -186,9 +195,23 @@ pub(crate) async fn forward(
         {
             Some(Sender::H2(tx))
         } else {
-            pool.take_h1(guard.started).map(|(tx, idle)| {
+            let found = if direct {
+                pool.take_raw(guard.started)
+                    .map(|(c, idle)| (Sender::Raw(c), idle))
+                    .or_else(|| pool.take_h1(guard.started).map(|(tx, i)| (Sender::H1(tx), i)))
+            } else {
+                match pool.take_h1(guard.started) {
+                    Some((tx, idle)) => Some((Sender::H1(tx), idle)),
+                    // A request with a body: hyper takes over an idle direct connection.
+                    None => match pool.take_raw(guard.started) {
+                        Some((c, idle)) => adopt(c).await.map(|s| (s, idle)),
+                        None => None,
+                    },
+                }
+            };
+            found.map(|(s, idle)| {
                 idle_for = idle;
-                Sender::H1(tx)
+                s
             })
         };
         let outcome = loop {
@@ -213,6 +236,7 @@ pub(crate) async fn forward(
                         port,
                         tls: snap.tls.as_deref(),
                         upgrade: ws,
+                        direct,
                     };
                     // Boxed: rare (pooled connections), and its state would make every
                     // request's future (moved and polled per request) larger.
@@ -287,7 +311,7 @@ pub(crate) async fn forward(
                     a.upstream = t.authority(port);
                 }
                 let upstream = Upstream {
-                    sender: (!ws).then_some(sender),
+                    sender: sender.filter(|_| !ws),
                     pool: Some(pool),
                     _target: sel.into_guard(),
                 };
@@ -430,10 +454,10 @@ async fn send(
                     return Sent::Retry(req);
                 }
                 match tx.try_send_request(req).await {
-                    Ok(resp) => Sent::Response(resp, Sender::H1(tx)),
+                    Ok(resp) => Sent::Response(resp.map(BackBody::Hyper), Some(Sender::H1(tx))),
                     Err(mut e) => match e.take_message() {
                         Some(req) => Sent::Retry(req),
-                        None => Sent::Failed(e.into_error()),
+                        None => Sent::Failed(e.into_error().into()),
                     },
                 }
             }
@@ -442,13 +466,24 @@ async fn send(
                     return Sent::Retry(req);
                 }
                 match tx.try_send_request(req).await {
-                    Ok(resp) => Sent::Response(resp, Sender::H2(tx)),
+                    Ok(resp) => Sent::Response(resp.map(BackBody::Hyper), Some(Sender::H2(tx))),
                     Err(mut e) => match e.take_message() {
                         Some(req) => Sent::Retry(req),
-                        None => Sent::Failed(e.into_error()),
+                        None => Sent::Failed(e.into_error().into()),
                     },
                 }
             }
+            Sender::Raw(conn) => match conn.exchange(&req).await {
+                Ok(resp) => Sent::Response(resp.map(BackBody::Direct), None),
+                // Nothing was taken from the request: it can go out again on a new
+                // connection if the target cannot have acted on it, or if acting twice is
+                // harmless (RFC 9110 §9.2.2).
+                Err((_, ExchangeError::Write(_))) => Sent::Retry(req),
+                Err((_, ExchangeError::Closed(_))) if req.method().is_idempotent() => {
+                    Sent::Retry(req)
+                }
+                Err((_, e)) => Sent::Failed(e.to_string().into()),
+            },
         }
     };
     let mut exchange = std::pin::pin!(exchange);
@@ -483,7 +518,7 @@ fn respond(
     ctx: &Arc<ConnCtx>,
     route: &CompiledRoute,
     pr: &ProxyRoute,
-    mut resp: Response<Incoming>,
+    mut resp: Response<BackBody>,
     upstream: Upstream,
     mut guard: RequestGuard,
     ws: bool,

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::body::UpBody;
 use crate::ctx::ConnCtx;
+use crate::h1::H1Conn;
 use crate::pool::Sender;
 use crate::snapshot::{ProxyRoute, TargetState};
 
@@ -172,6 +173,8 @@ pub(crate) struct ConnectParams<'a> {
     pub(crate) tls: Option<&'a dyn UpstreamTls>,
     /// HTTP/1.1 whatever `upstream` says (WebSocket), with upgrades enabled.
     pub(crate) upgrade: bool,
+    /// A connection for the in-task exchange (`h1.rs`): plain TCP, HTTP/1.1, no hyper.
+    pub(crate) direct: bool,
 }
 
 async fn tcp(p: &ConnectParams<'_>) -> io::Result<TcpStream> {
@@ -195,7 +198,10 @@ pub(crate) async fn connect(p: ConnectParams<'_>) -> Result<Sender, ConnectError
         Ok(Err(e)) => return Err(ConnectError::Failed(e)),
         Ok(Ok(io)) => io,
     };
-    let (io, negotiated_h2) = io;
+    let (io, negotiated_h2) = match io {
+        (UpIo::Tcp(tcp), _) if p.direct => return Ok(Sender::Raw(Box::new(H1Conn::new(tcp)))),
+        io => io,
+    };
     let h2 = !p.upgrade
         && match p.pr.upstream {
             UpstreamProtocol::Http2 => true,
@@ -216,25 +222,7 @@ pub(crate) async fn connect(p: ConnectParams<'_>) -> Result<Sender, ConnectError
             });
             Ok::<_, hyper::Error>(Sender::H2(tx))
         } else {
-            let (tx, conn) = http1::Builder::new()
-                // As towards clients: one buffer, one `send` (see conn.rs).
-                .writev(false)
-                .handshake::<_, UpBody>(io)
-                .await?;
-            if p.upgrade {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!("backend connection ended: {e}");
-                    }
-                });
-            } else {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("backend connection ended: {e}");
-                    }
-                });
-            }
-            Ok(Sender::H1(tx))
+            http1(io, p.upgrade).await.map(Sender::H1)
         }
     };
     match tokio::time::timeout(timeout, hs).await {
@@ -242,6 +230,39 @@ pub(crate) async fn connect(p: ConnectParams<'_>) -> Result<Sender, ConnectError
         Ok(Err(e)) => Err(ConnectError::Failed(io::Error::other(e))),
         Ok(Ok(s)) => Ok(s),
     }
+}
+
+/// hyper's HTTP/1.1 client on `io` (no I/O: the handshake only sets up the connection's
+/// task).
+async fn http1(
+    io: TokioIo<UpIo>,
+    upgrade: bool,
+) -> Result<http1::SendRequest<UpBody>, hyper::Error> {
+    let (tx, conn) = http1::Builder::new()
+        // As towards clients: one buffer, one `send` (see conn.rs).
+        .writev(false)
+        .handshake::<_, UpBody>(io)
+        .await?;
+    if upgrade {
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("backend connection ended: {e}");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("backend connection ended: {e}");
+            }
+        });
+    }
+    Ok(tx)
+}
+
+/// Hands an idle connection of the in-task exchange over to hyper's client (for a request
+/// with a body). `None` if hyper cannot take it.
+pub(crate) async fn adopt(conn: Box<H1Conn>) -> Option<Sender> {
+    http1(TokioIo::new(UpIo::Tcp((*conn).into_tcp())), false).await.ok().map(Sender::H1)
 }
 
 async fn open(p: &ConnectParams<'_>) -> io::Result<(UpIo, bool)> {

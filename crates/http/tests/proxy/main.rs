@@ -2,6 +2,7 @@
 //! backends (hyper servers, nginx). One test binary (faster to link); modules by area.
 
 mod common;
+mod direct;
 mod errors;
 mod h2;
 mod nginx;

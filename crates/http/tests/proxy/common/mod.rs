@@ -310,7 +310,7 @@ fn config(o: &OptsShared, table: Arc<RouteTable>, creds: Arc<Credentials>) -> Ht
 
 // ----- backends ------------------------------------------------------------------------------
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(crate) type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn full(s: impl Into<Bytes>) -> BoxBody {
     Full::new(s.into()).boxed()

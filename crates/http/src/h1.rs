@@ -1,0 +1,661 @@
+//! The HTTP/1.1 exchange the proxy runs most: a request without a body to a target over plain
+//! TCP, answered by a response streamed back to the client. It runs inside the client
+//! connection's task, on a socket the request owns while it lasts: no connection task, no
+//! request channel, no response-body channel, and no buffers while the connection is idle in
+//! its pool. Everything else (request bodies, WebSocket upgrades, TLS to the target, HTTP/2)
+//! goes through hyper's client (`upstream.rs`).
+//!
+//! The response head is parsed with `httparse` (at most [`MAX_HEADERS`] fields,
+//! [`MAX_HEAD_BYTES`] bytes, as hyper's client); the body is framed by `Content-Length`,
+//! `chunked` (trailers passed on) or the close of the connection (RFC 9112 §6.3). A connection
+//! goes back to its pool only after a complete exchange with a response that keeps it alive.
+
+use std::error::Error as StdError;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+use crate::body::UpBody;
+
+/// Most header fields in a response head (hyper's client: 100).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Largest response head, and largest chunk-size or trailer section (hyper's client: 408 KiB).
+pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+/// First read of an exchange; a read that fills the buffer doubles the next one up to
+/// [`MAX_READ`] (large bodies: fewer, larger reads).
+const FIRST_READ: usize = 8192;
+const MAX_READ: usize = 256 * 1024;
+
+/// Errors of this module, boxed for the response body.
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What went wrong in an exchange.
+#[derive(Debug)]
+pub(crate) enum ExchangeError {
+    /// The connection closed or failed before a byte of the response: the target may never
+    /// have seen the request (a pooled connection it had just closed).
+    Closed(io::Error),
+    /// The request could not be written.
+    Write(io::Error),
+    /// Anything after the first byte of the response.
+    Failed(BoxError),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Closed(e) => write!(f, "connection closed before the response: {e}"),
+            Self::Write(e) => write!(f, "cannot send the request: {e}"),
+            Self::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn invalid(msg: &'static str) -> BoxError {
+    Box::new(io::Error::new(io::ErrorKind::InvalidData, msg))
+}
+
+/// A backend connection for this exchange: the socket and the bytes read from it but not
+/// used yet (none between exchanges).
+#[derive(Debug)]
+pub(crate) struct H1Conn {
+    tcp: TcpStream,
+    buf: BytesMut,
+    next_read: usize,
+}
+
+impl H1Conn {
+    pub(crate) fn new(tcp: TcpStream) -> Self {
+        Self { tcp, buf: BytesMut::new(), next_read: FIRST_READ }
+    }
+
+    /// The socket, for hyper's client (between exchanges: nothing is buffered).
+    pub(crate) fn into_tcp(self) -> TcpStream {
+        self.tcp
+    }
+
+    /// Whether an idle connection can take a request: nothing arrived on it since its last
+    /// exchange (a FIN, a reset or stray bytes mean the target is done with it). No system call
+    /// unless the reactor saw the socket become readable.
+    pub(crate) fn usable(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last read: ask the socket.
+            Poll::Ready(Ok(())) => {
+                let mut b = [0u8; 1];
+                matches!(self.tcp.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads once into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
+            self.buf.reserve(self.next_read);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.buf))?;
+        if n == room && self.next_read < MAX_READ {
+            self.next_read *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Sends the head of `req` (which has no body) and reads the response head. The body
+    /// comes with the response; the connection goes with the body.
+    pub(crate) async fn exchange(
+        mut self: Box<Self>,
+        req: &Request<UpBody>,
+    ) -> Result<Response<H1Body>, (Box<Self>, ExchangeError)> {
+        let mut out = Vec::with_capacity(256);
+        encode_head(req, &mut out);
+        if let Err(e) = self.tcp.write_all(&out).await {
+            return Err((self, ExchangeError::Write(e)));
+        }
+        drop(out);
+        let head_request = req.method() == Method::HEAD;
+        loop {
+            match parse_head(&mut self.buf, head_request) {
+                Ok(Some(Parsed::Informational)) => continue,
+                Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
+                    let decode = match framing {
+                        Framing::Empty => Decode::Done,
+                        Framing::Length(0) => Decode::Done,
+                        Framing::Length(n) => Decode::Length(n),
+                        Framing::Chunked => Decode::ChunkSize,
+                        Framing::Eof => Decode::Eof,
+                    };
+                    let reuse = keep_alive && !matches!(framing, Framing::Eof);
+                    let body = H1Body { conn: Some(self), decode, reuse, hint: framing };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Ok(None) => {}
+                Err(e) => return Err((self, ExchangeError::Failed(e))),
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err((self, ExchangeError::Failed(invalid("response head too large"))));
+            }
+            let started = self.buf.is_empty();
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if started => {
+                    let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Err((self, ExchangeError::Closed(e)));
+                }
+                Ok(0) => {
+                    return Err((
+                        self,
+                        ExchangeError::Failed(invalid(
+                            "connection closed inside the response head",
+                        )),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if started => return Err((self, ExchangeError::Closed(e))),
+                Err(e) => return Err((self, ExchangeError::Failed(Box::new(e)))),
+            }
+        }
+    }
+}
+
+/// `METHOD path HTTP/1.1`, the fields as they are (lower-case names, as hyper writes them),
+/// and `content-length: 0` where the method defines a body and the request has none.
+fn encode_head(req: &Request<UpBody>, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    match req.uri().path_and_query() {
+        Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
+        None => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_payload_semantics =
+        matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT);
+    if !no_payload_semantics && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    Eof,
+}
+
+enum Parsed {
+    /// A 1xx (not 101) response, consumed: the final one follows.
+    Informational,
+    Final(http::response::Parts, Framing, bool),
+}
+
+/// Parses a response head at the start of `buf` and consumes it; `None` if incomplete.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, BoxError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut fields);
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many response headers")),
+        Err(_) => return Err(invalid("malformed response head")),
+    };
+    let code = res.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid response status"))?;
+    let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    // The fields as offsets into the head, which is then split off without a copy.
+    let base = buf.as_ptr() as usize;
+    let mut names = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("invalid header name"))?;
+        let start = h.value.as_ptr() as usize - base;
+        names.push((name, start, start + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(invalid("backend switched protocols unasked"));
+        }
+        return Ok(Some(Parsed::Informational));
+    }
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, start, end) in names {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let connection_has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let mut keep_alive = match version {
+        Version::HTTP_10 => connection_has("keep-alive"),
+        _ => !connection_has("close"),
+    };
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Empty
+        } else if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+            // With both, Transfer-Encoding wins and the connection is not reused (RFC 9112 §6.3).
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                keep_alive = false;
+            }
+            let last = te.to_str().ok().and_then(|v| v.rsplit(',').next()).map(str::trim);
+            if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+                Framing::Chunked
+            } else {
+                Framing::Eof
+            }
+        } else {
+            let mut length = None;
+            for v in headers.get_all(header::CONTENT_LENGTH) {
+                for part in v.to_str().map_err(|_| invalid("invalid content-length"))?.split(',') {
+                    let n = part
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|_| part.trim().bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| invalid("invalid content-length"))?;
+                    if length.is_some_and(|l| l != n) {
+                        return Err(invalid("conflicting content-length values"));
+                    }
+                    length = Some(n);
+                }
+            }
+            length.map_or(Framing::Eof, Framing::Length)
+        };
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    *resp.headers_mut() = headers;
+    let (parts, ()) = resp.into_parts();
+    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    /// Bytes of the body left.
+    Length(u64),
+    /// At a chunk-size line.
+    ChunkSize,
+    /// Bytes of the current chunk left.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailers,
+    /// Until the target closes the connection.
+    Eof,
+    Done,
+}
+
+/// A response body read from the target by whoever polls it (the client connection's task).
+#[derive(Debug)]
+pub(crate) struct H1Body {
+    conn: Option<Box<H1Conn>>,
+    decode: Decode,
+    /// The connection may serve another request once the body is read to the end.
+    reuse: bool,
+    hint: Framing,
+}
+
+impl H1Body {
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.decode == Decode::Done
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match (self.hint, self.decode) {
+            (_, Decode::Done) | (Framing::Empty, _) => SizeHint::with_exact(0),
+            (Framing::Length(_), Decode::Length(n)) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// The connection, once the body was read to the end and the response keeps it alive.
+    pub(crate) fn take_reusable(&mut self) -> Option<Box<H1Conn>> {
+        if self.decode != Decode::Done || !self.reuse {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        // Bytes past the response (a target that answers more than asked) make the connection
+        // unusable; an empty buffer's memory is freed while the connection is idle.
+        if !conn.buf.is_empty() {
+            return None;
+        }
+        let mut conn = conn;
+        conn.buf = BytesMut::new();
+        Some(conn)
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = self.poll_inner(cx);
+        if let Poll::Ready(Some(Err(_))) = &r {
+            self.decode = Decode::Done;
+            self.reuse = false;
+            self.conn = None;
+        }
+        r
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+        loop {
+            match self.decode {
+                Decode::Done => return Poll::Ready(None),
+                Decode::Length(left) | Decode::ChunkData(left) => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => {
+                                return Poll::Ready(Some(Err(invalid(
+                                    "connection closed before the end of the response body",
+                                ))));
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                        }
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(conn.buf.len());
+                    let data = conn.buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.decode = match self.decode {
+                        Decode::Length(_) if left == 0 => Decode::Done,
+                        Decode::Length(_) => Decode::Length(left),
+                        _ if left == 0 => Decode::ChunkEnd,
+                        _ => Decode::ChunkData(left),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decode::Eof => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => {
+                        self.decode = Decode::Done;
+                        return Poll::Ready(None);
+                    }
+                    Ok(_) => {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                },
+                Decode::ChunkSize => {
+                    let Some(line) = take_line(&mut conn.buf)? else {
+                        ready!(fill_more(conn, cx, "chunk size"))?;
+                        continue;
+                    };
+                    let size = chunk_size(&line)?;
+                    self.decode =
+                        if size == 0 { Decode::Trailers } else { Decode::ChunkData(size) };
+                }
+                Decode::ChunkEnd => {
+                    let Some(line) = take_line(&mut conn.buf)? else {
+                        ready!(fill_more(conn, cx, "chunk"))?;
+                        continue;
+                    };
+                    if !line.is_empty() {
+                        return Poll::Ready(Some(Err(invalid("chunk data longer than its size"))));
+                    }
+                    self.decode = Decode::ChunkSize;
+                }
+                Decode::Trailers => {
+                    // The trailer section ends with an empty line; parse it whole.
+                    let Some(end) = find_blank_line(&conn.buf) else {
+                        ready!(fill_more(conn, cx, "trailer section"))?;
+                        continue;
+                    };
+                    let section = conn.buf.split_to(end);
+                    self.decode = Decode::Done;
+                    let trailers = parse_trailers(&section)?;
+                    if trailers.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+            }
+        }
+    }
+}
+
+/// Reads more for an incomplete line or section, within [`MAX_HEAD_BYTES`].
+fn fill_more(
+    conn: &mut H1Conn,
+    cx: &mut Context<'_>,
+    what: &'static str,
+) -> Poll<Result<(), BoxError>> {
+    if conn.buf.len() >= MAX_HEAD_BYTES {
+        return Poll::Ready(Err(invalid("chunked framing line too long")));
+    }
+    match ready!(conn.poll_fill(cx)) {
+        Ok(0) => Poll::Ready(Err(Box::new(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("connection closed inside a {what}"),
+        )))),
+        Ok(_) => Poll::Ready(Ok(())),
+        Err(e) => Poll::Ready(Err(Box::new(e))),
+    }
+}
+
+/// A line (without its CRLF or bare LF) taken off the front of `buf`, if complete.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else { return Ok(None) };
+    let mut line = buf.split_to(lf + 1);
+    line.truncate(lf);
+    if line.last() == Some(&b'\r') {
+        line.truncate(lf - 1);
+    }
+    Ok(Some(line.freeze()))
+}
+
+/// A chunk-size line: hex digits, then optional whitespace and `;extensions`.
+fn chunk_size(line: &[u8]) -> Result<u64, BoxError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(invalid("invalid chunk size"));
+    }
+    let rest = &line[digits..];
+    let rest_ok = rest.iter().position(|&b| b == b';').map_or(rest, |i| &rest[..i]);
+    if !rest_ok.iter().all(|&b| b == b' ' || b == b'\t') {
+        return Err(invalid("invalid chunk size"));
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| invalid("invalid chunk size"))?;
+    u64::from_str_radix(hex, 16).map_err(|_| invalid("invalid chunk size"))
+}
+
+/// The length of the trailer section at the front of `buf`, its final empty line included.
+fn find_blank_line(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    loop {
+        let lf = buf[start..].iter().position(|&b| b == b'\n')? + start;
+        let line = &buf[start..lf];
+        if line.is_empty() || line == b"\r" {
+            return Some(lf + 1);
+        }
+        start = lf + 1;
+    }
+}
+
+fn parse_trailers(section: &[u8]) -> Result<HeaderMap, BoxError> {
+    let mut map = HeaderMap::new();
+    if section.len() <= 2 {
+        return Ok(map);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| invalid("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| invalid("invalid trailer value"))?;
+                map.append(name, value);
+            }
+            Ok(map)
+        }
+        _ => Err(invalid("malformed trailer section")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(s: &str, head_request: bool) -> Result<Option<Parsed>, BoxError> {
+        let mut b = BytesMut::from(s.as_bytes());
+        parse_head(&mut b, head_request)
+    }
+
+    fn framing(s: &str) -> (Framing, bool) {
+        match head(s, false) {
+            Ok(Some(Parsed::Final(_, f, k))) => (f, k),
+            _ => panic!("not a final head: {s:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            (Framing::Chunked, true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"),
+            (Framing::Chunked, false)
+        );
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), (Framing::Eof, true));
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n").0,
+            Framing::Empty
+        );
+        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n").0, Framing::Empty);
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"),
+            (Framing::Length(1), true)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n"),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 4, 4\r\n\r\n"),
+            (Framing::Length(4), true)
+        );
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", true),
+            Ok(Some(Parsed::Final(_, Framing::Empty, true)))
+        ));
+    }
+
+    #[test]
+    fn bad_heads_are_errors() {
+        for s in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 4x\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "NOTHTTP 200 OK\r\n\r\n",
+        ] {
+            assert!(head(s, false).is_err(), "{s:?}");
+        }
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(MAX_HEADERS + 1));
+        assert!(head(&many, false).is_err());
+    }
+
+    #[test]
+    fn informational_and_partial_heads() {
+        let mut b = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
+        );
+        assert!(matches!(parse_head(&mut b, false), Ok(Some(Parsed::Informational))));
+        let Ok(Some(Parsed::Final(parts, Framing::Length(0), true))) = parse_head(&mut b, false)
+        else {
+            panic!("no final response after the 100");
+        };
+        assert_eq!(parts.status, StatusCode::OK);
+        assert!(b.is_empty());
+        assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-le", false), Ok(None)));
+        assert!(matches!(head("", false), Ok(None)));
+    }
+
+    #[test]
+    fn header_values_are_kept_exactly() {
+        let Ok(Some(Parsed::Final(parts, _, _))) =
+            head("HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: two words\r\nSet-Cookie: k=v\r\n\r\n", false)
+        else {
+            panic!("no head");
+        };
+        let v: Vec<_> = parts.headers.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(v, ["1", "two words"]);
+        assert_eq!(parts.headers["set-cookie"], "k=v");
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"0").unwrap(), 0);
+        assert_eq!(chunk_size(b"10;name=value").unwrap(), 16);
+        assert_eq!(chunk_size(b"10 ;x").unwrap(), 16);
+        assert!(chunk_size(b"").is_err());
+        assert!(chunk_size(b"zz").is_err());
+        assert!(chunk_size(b"1 2").is_err());
+        assert!(chunk_size(b"11111111111111111").is_err());
+    }
+
+    #[test]
+    fn trailer_sections() {
+        assert_eq!(find_blank_line(b"\r\nrest"), Some(2));
+        assert_eq!(find_blank_line(b"a: b\r\nc: d\r\n\r\nrest"), Some(14));
+        assert_eq!(find_blank_line(b"a: b\r\n"), None);
+        let t = parse_trailers(b"a: b\r\nc: d\r\n\r\n").unwrap();
+        assert_eq!(t["a"], "b");
+        assert_eq!(t["c"], "d");
+        assert!(parse_trailers(b"\r\n").unwrap().is_empty());
+        assert!(parse_trailers(b"bad line\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn request_heads() {
+        let mut req = Request::new(UpBody::Empty);
+        *req.uri_mut() = "/a?b=c".parse().unwrap();
+        req.headers_mut().insert("host", HeaderValue::from_static("example.com"));
+        let mut out = Vec::new();
+        encode_head(&req, &mut out);
+        assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\r\n");
+        *req.method_mut() = Method::POST;
+        out.clear();
+        encode_head(&req, &mut out);
+        assert_eq!(out, b"POST /a?b=c HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n\r\n");
+    }
+}
