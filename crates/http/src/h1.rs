@@ -32,7 +32,7 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// First read of an exchange; a read that fills the buffer doubles the next one up to
 /// [`MAX_READ`] (large bodies: fewer, larger reads).
-const FIRST_READ: usize = 8192;
+const FIRST_READ: usize = 4096;
 const MAX_READ: usize = 256 * 1024;
 
 /// Errors of this module, boxed for the response body.
