@@ -125,6 +125,8 @@ impl H1Conn {
         }
         drop(out);
         let head_request = req.method() == Method::HEAD;
+        // Whether any byte of a response came (a 1xx counts: the target saw the request).
+        let mut answered = false;
         loop {
             match parse_head(&mut self.buf, head_request) {
                 Ok(Some(Parsed::Informational)) => continue,
@@ -146,7 +148,8 @@ impl H1Conn {
             if self.buf.len() >= MAX_HEAD_BYTES {
                 return Err((self, ExchangeError::Failed(invalid("response head too large"))));
             }
-            let started = self.buf.is_empty();
+            let started = !answered && self.buf.is_empty();
+            answered = true;
             match poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) if started => {
                     let e = io::Error::from(io::ErrorKind::UnexpectedEof);
@@ -389,6 +392,11 @@ impl H1Body {
                         _ if left == 0 => Decode::ChunkEnd,
                         _ => Decode::ChunkData(left),
                     };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // Body bytes that came with the head (or the last read) go first.
+                Decode::Eof if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Decode::Eof => match ready!(conn.poll_fill(cx)) {

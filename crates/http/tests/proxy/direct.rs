@@ -35,7 +35,9 @@ fn script(method: &str, path: &str) -> (Vec<u8>, bool) {
         (_, "/chunked-plain") => {
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false)
         }
-        (_, "/close") => (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", true),
+        (_, "/close" | "/close-once") => {
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", true)
+        }
         (_, "/http10") => (b"HTTP/1.0 200 OK\r\n\r\nold", true),
         ("HEAD", "/head") => (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", false),
         (_, "/hints") => (
@@ -54,8 +56,8 @@ fn script(method: &str, path: &str) -> (Vec<u8>, bool) {
 }
 
 /// A backend that answers each request head from [`script`], 7 bytes per write with a
-/// millisecond between writes (so the proxy sees heads, chunk lines and trailers in pieces).
-/// Counts accepted connections.
+/// millisecond between writes (so the proxy sees heads, chunk lines and trailers in pieces;
+/// paths ending in `-once` in one write). Counts accepted connections.
 async fn scripted() -> (u16, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -81,7 +83,9 @@ async fn scripted() -> (u16, Arc<AtomicUsize>) {
                     let mut words = head.split(' ');
                     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
                     let (answer, close) = script(method, path);
-                    for piece in answer.chunks(7) {
+                    // `-once`: the whole answer in one write (head and body in one read).
+                    let piece_len = if path.ends_with("-once") { answer.len() } else { 7 };
+                    for piece in answer.chunks(piece_len) {
                         if s.write_all(piece).await.is_err() {
                             return;
                         }
@@ -146,19 +150,21 @@ async fn response_framings_and_connection_reuse() {
     assert_eq!(get(&mut tx, &proxy, "GET", "/close").await, (200, "until the end".into()));
     assert_eq!(get(&mut tx, &proxy, "GET", "/plain").await, (200, "ok".into()));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // Head, body and close at once: the body bytes read with the head are not lost.
+    assert_eq!(get(&mut tx, &proxy, "GET", "/close-once").await, (200, "until the end".into()));
     assert_eq!(get(&mut tx, &proxy, "GET", "/http10").await, (200, "old".into()));
     assert_eq!(get(&mut tx, &proxy, "GET", "/plain").await, (200, "ok".into()));
-    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
     // Bytes past the announced length: the response is cut at its length and the
     // connection, out of step, is dropped.
     assert_eq!(get(&mut tx, &proxy, "GET", "/extra").await, (200, "ok".into()));
     assert_eq!(get(&mut tx, &proxy, "GET", "/plain").await, (200, "ok".into()));
-    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
     // The backend closes right after a keep-alive answer: the next request gets a new
     // connection (the pool sees the close, or the request is sent again), never an error.
     assert_eq!(get(&mut tx, &proxy, "GET", "/bye").await, (200, "ok".into()));
     assert_eq!(get(&mut tx, &proxy, "GET", "/plain").await, (200, "ok".into()));
-    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    assert_eq!(accepted.load(Ordering::SeqCst), 6);
     let outcomes = proxy.metrics.snapshot();
     assert!(outcomes.http.errors.values().all(|&n| n == 0), "{:?}", outcomes.http.errors);
 }
