@@ -859,6 +859,7 @@ fn take_queued(
 ) -> Vec<JoinHandle<()>> {
     let mut taken = Vec::new();
     for (port, l) in listeners {
+        let bound = accept::bound_ip(l.local_addr().ok());
         loop {
             let (tcp, peer) = match l.accept() {
                 Ok(c) => c,
@@ -885,6 +886,7 @@ fn take_queued(
                 tcp,
                 peer,
                 port,
+                bound,
                 accepted,
             )));
         }

@@ -83,6 +83,12 @@ pub(crate) fn ipv6_unavailable(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::AddrNotAvailable || matches!(e.raw_os_error(), Some(97 | 99))
 }
 
+/// The IP address a listener is bound to (its `local_addr`), unless it is a wildcard
+/// (`0.0.0.0`, `::`): then each accepted socket's own address must be asked for.
+pub(crate) fn bound_ip(listener_addr: Option<std::net::SocketAddr>) -> Option<std::net::IpAddr> {
+    listener_addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
+}
+
 /// Runs the accept loop of one socket on `on` (a worker runtime) or on the current runtime;
 /// abort the task to stop listening. The connections it accepts run on the same runtime.
 pub(crate) fn spawn(
@@ -100,6 +106,9 @@ pub(crate) fn spawn(
                 return;
             }
         };
+        // The address every accepted socket has on this side when the listener is bound to
+        // one (no `getsockname` per connection then); `None` for a wildcard bind.
+        let bound = bound_ip(listener.local_addr().ok());
         // Kept apart from `shared` (a weak reference, upgraded per connection).
         let Some(fds) = shared.upgrade().map(|s| std::sync::Arc::clone(&s.fds)) else { return };
         loop {
@@ -116,7 +125,7 @@ pub(crate) fn spawn(
                     let Some(shared) = shared.upgrade() else { return };
                     // The connection's task: its future (about 650 bytes; see
                     // tests/task_size.rs) is most of the memory of an idle connection.
-                    tokio::spawn(super::serve(shared, tcp, peer, port, accepted));
+                    tokio::spawn(super::serve(shared, tcp, peer, port, bound, accepted));
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {
@@ -141,4 +150,25 @@ pub(crate) fn is_per_connection(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionRefused
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bound_ip;
+
+    #[test]
+    fn bound_ip_is_the_listeners_unless_a_wildcard() {
+        let wildcard = ["0.0.0.0:8080", "[::]:8080"].map(|a| Some(a.parse().unwrap()));
+        assert_eq!(wildcard.map(bound_ip), [None, None]);
+        assert_eq!(bound_ip(None), None);
+        // A connection accepted on a listener bound to one address has exactly that local
+        // address.
+        let specific = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ip = bound_ip(specific.local_addr().ok());
+        assert_eq!(ip, Some([127, 0, 0, 1].into()));
+        let port = specific.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = specific.accept().unwrap();
+        assert_eq!(Some(accepted.local_addr().unwrap().ip()), ip);
+    }
 }

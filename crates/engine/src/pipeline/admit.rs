@@ -17,6 +17,7 @@ pub(crate) fn admit(
     shared: Arc<Shared>,
     peer: SocketAddr,
     port: u16,
+    bound: Option<std::net::IpAddr>,
     accepted: Instant,
 ) -> Result<Conn, Closed> {
     let obs = shared.obs.conn_opened(peer, port);
@@ -31,6 +32,7 @@ pub(crate) fn admit(
         state,
         obs,
         port,
+        bound,
         peer,
         client: peer,
         trusted,

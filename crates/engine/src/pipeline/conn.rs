@@ -1,7 +1,7 @@
 //! The per-connection context that every stage takes: who (peer, real client), where (port),
 //! under which configuration, its observer, and the places it holds in the limits.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use smartproxy_limits::IpGuard;
@@ -28,6 +28,9 @@ pub(crate) struct Conn {
     pub(crate) state: Arc<State>,
     pub(crate) obs: Arc<ConnObserver>,
     pub(crate) port: u16,
+    /// The address of the listener when it is bound to one (the local address of every
+    /// socket it accepts); `None` for a wildcard bind.
+    pub(crate) bound: Option<IpAddr>,
     /// The TCP peer.
     pub(crate) peer: SocketAddr,
     /// The real client: the peer, or the source of a trusted PROXY header.
@@ -94,7 +97,14 @@ pub(crate) struct Established {
     pub(crate) conn: PlainConn,
 }
 
-/// The local address of an accepted socket (one `getsockname`, so only when needed).
-pub(crate) fn local_addr(tcp: &TcpStream, port: u16) -> SocketAddr {
-    tcp.local_addr().unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+impl Conn {
+    /// The local address of the accepted socket: the listener's, or one `getsockname` when
+    /// the listener is bound to a wildcard address (so only when needed).
+    pub(crate) fn local_addr(&self, tcp: &TcpStream) -> SocketAddr {
+        if let Some(ip) = self.bound {
+            return SocketAddr::new(ip, self.port);
+        }
+        tcp.local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.port))
+    }
 }

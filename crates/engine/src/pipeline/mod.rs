@@ -31,7 +31,7 @@ mod serve_http;
 mod serve_tls;
 mod upstream;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use smartproxy_routing::{RouteAction, TlsMode};
@@ -52,11 +52,12 @@ pub(crate) fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     port: u16,
+    bound: Option<IpAddr>,
     accepted: Instant,
 ) -> impl Future<Output = ()> + Send {
     // Boxed: the setup's state (header, peek, routing, connect) is freed once it is done;
     // created here, so that the task does not also keep its arguments.
-    let setup = Box::pin(setup(Arc::clone(&shared), tcp, peer, port, accepted));
+    let setup = Box::pin(setup(Arc::clone(&shared), tcp, peer, port, bound, accepted));
     async move {
         let mut stop = shared.force_close.subscribe();
         let est = match tokio::select! {
@@ -90,9 +91,10 @@ async fn setup(
     tcp: TcpStream,
     peer: SocketAddr,
     port: u16,
+    bound: Option<IpAddr>,
     accepted: Instant,
 ) -> Result<Option<Established>, Closed> {
-    let mut c = admit::admit(shared, peer, port, accepted)?;
+    let mut c = admit::admit(shared, peer, port, bound, accepted)?;
     // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
@@ -106,7 +108,7 @@ async fn setup(
             .and_then(|i| c.state.timeouts.get(i))
             .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
         crate::net::set_accepted_keepalive(sock.get_ref(), &probes, &c.shared.listener_keepalive);
-        let local = conn::local_addr(sock.get_ref(), port);
+        let local = c.local_addr(sock.get_ref());
         let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
         serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
         return Ok(None);
@@ -132,7 +134,7 @@ async fn setup(
         }
         // An HTTP port that mixes TLS and plain connections, this one plain.
         _ if http_port => {
-            let local = conn::local_addr(sock.get_ref(), port);
+            let local = c.local_addr(sock.get_ref());
             let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
             serve_http::serve(c, sock, None, dst.unwrap_or(local), local).await;
             Ok(None)
@@ -146,7 +148,7 @@ async fn setup(
                 None if f.send_proxy_protocol.is_off() => {
                     SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)
                 }
-                None => conn::local_addr(sock.get_ref(), port),
+                None => c.local_addr(sock.get_ref()),
             };
             let (client_tcp, replay) = sock.into_parts();
             c.obs.add_in(replay.len() as u64);
@@ -166,7 +168,7 @@ async fn setup(
 pub(crate) fn task_size() -> usize {
     fn output_size<F, R>(_: F) -> usize
     where
-        F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Instant) -> R,
+        F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Option<IpAddr>, Instant) -> R,
     {
         std::mem::size_of::<R>()
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::classify::PeekInfo;
 use super::close::log_close;
-use super::conn::{Conn, local_addr};
+use super::conn::Conn;
 use crate::copy::{self, Counted, Outcome};
 use crate::handler::{self, ClientStream, ConnInfo};
 
@@ -28,7 +28,7 @@ pub(crate) async fn serve(
     let conn = ConnInfo {
         client_addr: sock.client_addr(),
         peer_addr: sock.peer_addr(),
-        local_addr: local_addr(sock.get_ref(), c.port),
+        local_addr: c.local_addr(sock.get_ref()),
         port: c.port,
         domain: info.domain,
         initial_data_deadline: Instant::now() + c.effective().initial_data,

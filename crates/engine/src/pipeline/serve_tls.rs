@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::close::log_close;
-use super::conn::{Closed, Conn, local_addr};
+use super::conn::{Closed, Conn};
 use super::route;
 use super::upstream;
 use crate::config::tls_files::terminating;
@@ -36,7 +36,7 @@ pub(crate) async fn serve(
     let Some(rt) = state.tls.route(index) else {
         return Err(c.refuse(Refusal::NoRoute, "TLS configuration missing for the route"));
     };
-    let local = local_addr(sock.get_ref(), c.port);
+    let local = c.local_addr(sock.get_ref());
     let proxy_dst = sock.proxy_header().and_then(Header::destination).unwrap_or(local);
     let (client, port) = (c.client, c.port);
 
