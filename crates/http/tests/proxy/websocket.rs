@@ -129,3 +129,58 @@ async fn websocket_off_strips_upgrade() {
     assert!(doc["headers"].get("upgrade").is_none(), "{doc}");
     assert!(doc["headers"].get("connection").is_none(), "{doc}");
 }
+
+/// A half-close passes through a WebSocket tunnel: the target sends its last bytes and shuts
+/// its side down; the client reads them and the end of the stream while its own side stays
+/// open, and what it sends afterwards still reaches the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnel_passes_half_close_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn head(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed inside a head: {buf:?}");
+            buf.push(b[0]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bp = l.local_addr().unwrap().port();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let req = head(&mut s).await;
+        assert!(req.to_ascii_lowercase().contains("upgrade: websocket"), "{req}");
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nbye",
+        )
+        .await
+        .unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        let _ = got_tx.send(rest);
+    });
+    let proxy = Proxy::start(|p| route(p, bp, ""), Opts::default()).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let resp = head(&mut c).await;
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, c.read_to_end(&mut rest))
+        .await
+        .expect("the target's FIN did not reach the client")
+        .unwrap();
+    assert_eq!(rest, b"bye");
+    c.write_all(b"still here").await.unwrap();
+    c.shutdown().await.unwrap();
+    let got = tokio::time::timeout(WAIT, got_rx).await.unwrap().unwrap();
+    assert_eq!(got, b"still here");
+}
