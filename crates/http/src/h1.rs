@@ -60,6 +60,15 @@ impl std::fmt::Display for ExchangeError {
     }
 }
 
+impl StdError for ExchangeError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Closed(e) | Self::Write(e) => Some(e),
+            Self::Failed(e) => Some(&**e),
+        }
+    }
+}
+
 fn invalid(msg: &'static str) -> BoxError {
     Box::new(io::Error::new(io::ErrorKind::InvalidData, msg))
 }
@@ -113,15 +122,16 @@ impl H1Conn {
     }
 
     /// Sends the head of `req` (which has no body) and reads the response head. The body
-    /// comes with the response; the connection goes with the body.
+    /// comes with the response; the connection goes with the body (and is closed on an
+    /// error).
     pub(crate) async fn exchange(
         mut self: Box<Self>,
         req: &Request<UpBody>,
-    ) -> Result<Response<H1Body>, (Box<Self>, ExchangeError)> {
+    ) -> Result<Response<H1Body>, ExchangeError> {
         let mut out = Vec::with_capacity(256);
         encode_head(req, &mut out);
         if let Err(e) = self.tcp.write_all(&out).await {
-            return Err((self, ExchangeError::Write(e)));
+            return Err(ExchangeError::Write(e));
         }
         drop(out);
         let head_request = req.method() == Method::HEAD;
@@ -143,29 +153,25 @@ impl H1Conn {
                     return Ok(Response::from_parts(parts, body));
                 }
                 Ok(None) => {}
-                Err(e) => return Err((self, ExchangeError::Failed(e))),
+                Err(e) => return Err(ExchangeError::Failed(e)),
             }
             if self.buf.len() >= MAX_HEAD_BYTES {
-                return Err((self, ExchangeError::Failed(invalid("response head too large"))));
+                return Err(ExchangeError::Failed(invalid("response head too large")));
             }
             let started = !answered && self.buf.is_empty();
             answered = true;
             match poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) if started => {
                     let e = io::Error::from(io::ErrorKind::UnexpectedEof);
-                    return Err((self, ExchangeError::Closed(e)));
+                    return Err(ExchangeError::Closed(e));
                 }
                 Ok(0) => {
-                    return Err((
-                        self,
-                        ExchangeError::Failed(invalid(
-                            "connection closed inside the response head",
-                        )),
-                    ));
+                    let e = invalid("connection closed inside the response head");
+                    return Err(ExchangeError::Failed(e));
                 }
                 Ok(_) => {}
-                Err(e) if started => return Err((self, ExchangeError::Closed(e))),
-                Err(e) => return Err((self, ExchangeError::Failed(Box::new(e)))),
+                Err(e) if started => return Err(ExchangeError::Closed(e)),
+                Err(e) => return Err(ExchangeError::Failed(Box::new(e))),
             }
         }
     }

@@ -478,11 +478,9 @@ async fn send(
                 // Nothing was taken from the request: it can go out again on a new
                 // connection if the target cannot have acted on it, or if acting twice is
                 // harmless (RFC 9110 §9.2.2).
-                Err((_, ExchangeError::Write(_))) => Sent::Retry(req),
-                Err((_, ExchangeError::Closed(_))) if req.method().is_idempotent() => {
-                    Sent::Retry(req)
-                }
-                Err((_, e)) => Sent::Failed(e.to_string().into()),
+                Err(ExchangeError::Write(_)) => Sent::Retry(req),
+                Err(ExchangeError::Closed(_)) if req.method().is_idempotent() => Sent::Retry(req),
+                Err(e) => Sent::Failed(Box::new(e)),
             },
         }
     };
