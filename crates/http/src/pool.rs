@@ -38,22 +38,50 @@ impl Sender {
     }
 }
 
-struct Idle {
-    tx: H1Sender,
+/// A connection idle on one of a shard's HTTP/1.1 stacks.
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-struct IdleRaw {
-    conn: Box<H1Conn>,
-    since: Instant,
+/// Whether an idle HTTP/1.1 connection can still take a request.
+trait Reusable {
+    fn reusable(&self) -> bool;
 }
+
+impl Reusable for H1Sender {
+    /// hyper's connection task saw no close.
+    fn reusable(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+impl Reusable for Box<H1Conn> {
+    /// Nothing arrived on the socket since its last exchange (see [`H1Conn::usable`]).
+    fn reusable(&self) -> bool {
+        self.usable()
+    }
+}
+
+/// One of a shard's HTTP/1.1 stacks.
+type Stack<C> = fn(&mut Shard) -> &mut Vec<Idle<C>>;
 
 #[derive(Default)]
 struct Shard {
-    h1: Vec<Idle>,
-    raw: Vec<IdleRaw>,
+    h1: Vec<Idle<H1Sender>>,
+    raw: Vec<Idle<Box<H1Conn>>>,
     h2: Option<(H2Sender, Instant)>,
     reaper: bool,
+}
+
+impl Shard {
+    fn h1(&mut self) -> &mut Vec<Idle<H1Sender>> {
+        &mut self.h1
+    }
+
+    fn raw(&mut self) -> &mut Vec<Idle<Box<H1Conn>>> {
+        &mut self.raw
+    }
 }
 
 /// The pool of one target.
@@ -115,62 +143,44 @@ impl Pool {
         (i, &self.shards[i])
     }
 
-    /// An idle HTTP/1.1 connection, the most recently used first; closed and expired ones
-    /// are dropped on the way. This thread's shard first, then the others (tasks of a
+    /// An idle hyper HTTP/1.1 connection (see [`Pool::take`]).
+    pub(crate) fn take_h1(&self, now: Instant) -> Option<(H1Sender, Duration)> {
+        self.take(now, Shard::h1)
+    }
+
+    /// An idle connection for an in-task exchange (see [`Pool::take`]); one the target closed
+    /// (or sent anything on) while idle is dropped.
+    pub(crate) fn take_raw(&self, now: Instant) -> Option<(Box<H1Conn>, Duration)> {
+        self.take(now, Shard::raw)
+    }
+
+    /// Gives a hyper connection back after a complete exchange (`now`: the caller's clock
+    /// read); one hyper saw closed is dropped.
+    pub(crate) fn put_h1(&self, tx: H1Sender, now: Instant) {
+        if !tx.is_closed() {
+            self.put(tx, now, Shard::h1);
+        }
+    }
+
+    /// Gives an in-task connection back after a complete exchange.
+    pub(crate) fn put_raw(&self, conn: Box<H1Conn>, now: Instant) {
+        self.put(conn, now, Shard::raw);
+    }
+
+    /// An idle connection from `stack`, the most recently used first; closed and expired
+    /// ones are dropped on the way. This thread's shard first, then the others (tasks of a
     /// work-stealing runtime move between threads; with one runtime per thread the own
     /// shard nearly always has one).
     /// Also returns how long the connection was idle.
     /// `now` is the caller's clock read (the request's start).
-    pub(crate) fn take_h1(&self, now: Instant) -> Option<(H1Sender, Duration)> {
+    fn take<C: Reusable>(&self, now: Instant, stack: Stack<C>) -> Option<(C, Duration)> {
         let (own, _) = self.shard();
         let n = self.shards.len();
         for k in 0..n {
             let mut s = self.shards[(own + k) % n].lock();
-            while let Some(idle) = s.h1.pop() {
+            while let Some(idle) = stack(&mut s).pop() {
                 let idle_for = now.saturating_duration_since(idle.since);
-                if !idle.tx.is_closed() && idle_for < self.idle_timeout {
-                    return Some((idle.tx, idle_for));
-                }
-            }
-        }
-        None
-    }
-
-    /// Gives a connection back after a complete exchange (`now`: the caller's clock read).
-    pub(crate) fn put_h1(&self, tx: H1Sender, now: Instant) {
-        if tx.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        let (i, shard) = self.shard();
-        let start_reaper = {
-            let mut s = shard.lock();
-            if s.h1.len() + s.raw.len() >= self.max_idle {
-                // Full: the oldest goes.
-                if s.h1.is_empty() {
-                    s.raw.remove(0);
-                } else {
-                    s.h1.remove(0);
-                }
-            }
-            s.h1.push(Idle { tx, since: now });
-            !std::mem::replace(&mut s.reaper, true)
-        };
-        if start_reaper {
-            self.spawn_reaper(i);
-        }
-    }
-
-    /// An idle connection for an in-task exchange, the most recently used first; those the
-    /// target closed (or sent anything on) and expired ones are dropped on the way. Also
-    /// returns how long the connection was idle.
-    pub(crate) fn take_raw(&self, now: Instant) -> Option<(Box<H1Conn>, Duration)> {
-        let (own, _) = self.shard();
-        let n = self.shards.len();
-        for k in 0..n {
-            let mut s = self.shards[(own + k) % n].lock();
-            while let Some(idle) = s.raw.pop() {
-                let idle_for = now.saturating_duration_since(idle.since);
-                if idle_for < self.idle_timeout && idle.conn.usable() {
+                if idle_for < self.idle_timeout && idle.conn.reusable() {
                     return Some((idle.conn, idle_for));
                 }
             }
@@ -178,8 +188,9 @@ impl Pool {
         None
     }
 
-    /// Gives an in-task connection back after a complete exchange.
-    pub(crate) fn put_raw(&self, conn: Box<H1Conn>, now: Instant) {
+    /// Puts `conn` on this thread's `stack`; the two HTTP/1.1 stacks hold at most `max_idle`
+    /// together.
+    fn put<C>(&self, conn: C, now: Instant, stack: Stack<C>) {
         if self.max_idle == 0 {
             return;
         }
@@ -187,14 +198,16 @@ impl Pool {
         let start_reaper = {
             let mut s = shard.lock();
             if s.h1.len() + s.raw.len() >= self.max_idle {
-                // Full: the oldest goes.
-                if s.raw.is_empty() {
-                    s.h1.remove(0);
-                } else {
+                // Full: the oldest of this kind goes, or of the other kind if none.
+                if !stack(&mut s).is_empty() {
+                    stack(&mut s).remove(0);
+                } else if s.h1.is_empty() {
                     s.raw.remove(0);
+                } else {
+                    s.h1.remove(0);
                 }
             }
-            s.raw.push(IdleRaw { conn, since: now });
+            stack(&mut s).push(Idle { conn, since: now });
             !std::mem::replace(&mut s.reaper, true)
         };
         if start_reaper {
@@ -250,8 +263,8 @@ impl Pool {
         let mut s = shard.lock();
         let now = Instant::now();
         let timeout = self.idle_timeout;
-        s.h1.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
-        s.raw.retain(|c| now.duration_since(c.since) < timeout && c.conn.usable());
+        s.h1.retain(|c| now.duration_since(c.since) < timeout && c.conn.reusable());
+        s.raw.retain(|c| now.duration_since(c.since) < timeout && c.conn.reusable());
         if let Some((tx, used)) = &s.h2
             && (tx.is_closed() || now.duration_since(*used) >= timeout)
         {
