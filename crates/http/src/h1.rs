@@ -128,12 +128,15 @@ impl H1Conn {
         mut self: Box<Self>,
         req: &Request<UpBody>,
     ) -> Result<Response<H1Body>, ExchangeError> {
-        let mut out = Vec::with_capacity(256);
-        encode_head(req, &mut out);
-        if let Err(e) = self.tcp.write_all(&out).await {
+        // The head goes out from the read buffer (empty between exchanges), which the
+        // response then fills: one allocation for both.
+        self.buf.reserve(FIRST_READ);
+        encode_head(req, &mut self.buf);
+        let sent = self.tcp.write_all(&self.buf).await;
+        self.buf.clear();
+        if let Err(e) = sent {
             return Err(ExchangeError::Write(e));
         }
-        drop(out);
         let head_request = req.method() == Method::HEAD;
         // Whether any byte of a response came (a 1xx counts: the target saw the request).
         let mut answered = false;
@@ -179,12 +182,12 @@ impl H1Conn {
 
 /// `METHOD path HTTP/1.1`, the fields as they are (lower-case names, as hyper writes them),
 /// and `content-length: 0` where the method defines a body and the request has none.
-fn encode_head(req: &Request<UpBody>, out: &mut Vec<u8>) {
+fn encode_head(req: &Request<UpBody>, out: &mut BytesMut) {
     out.extend_from_slice(req.method().as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     match req.uri().path_and_query() {
         Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
-        None => out.push(b'/'),
+        None => out.extend_from_slice(b"/"),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
@@ -664,12 +667,15 @@ mod tests {
         let mut req = Request::new(UpBody::Empty);
         *req.uri_mut() = "/a?b=c".parse().unwrap();
         req.headers_mut().insert("host", HeaderValue::from_static("example.com"));
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_head(&req, &mut out);
-        assert_eq!(out, b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\r\n");
+        assert_eq!(&out[..], b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\r\n");
         *req.method_mut() = Method::POST;
         out.clear();
         encode_head(&req, &mut out);
-        assert_eq!(out, b"POST /a?b=c HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            &out[..],
+            b"POST /a?b=c HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 }
