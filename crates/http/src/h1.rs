@@ -152,7 +152,7 @@ impl H1Conn {
                         Framing::Eof => Decode::Eof,
                     };
                     let reuse = keep_alive && !matches!(framing, Framing::Eof);
-                    let body = H1Body { conn: Some(self), decode, reuse, hint: framing };
+                    let body = H1Body { conn: Some(self), decode, reuse };
                     return Ok(Response::from_parts(parts, body));
                 }
                 Ok(None) => {}
@@ -330,7 +330,6 @@ pub(crate) struct H1Body {
     decode: Decode,
     /// The connection may serve another request once the body is read to the end.
     reuse: bool,
-    hint: Framing,
 }
 
 impl H1Body {
@@ -339,9 +338,10 @@ impl H1Body {
     }
 
     pub(crate) fn size_hint(&self) -> SizeHint {
-        match (self.hint, self.decode) {
-            (_, Decode::Done) | (Framing::Empty, _) => SizeHint::with_exact(0),
-            (Framing::Length(_), Decode::Length(n)) => SizeHint::with_exact(n),
+        // `Length` only comes from a Content-Length, and an empty body starts `Done`.
+        match self.decode {
+            Decode::Done => SizeHint::with_exact(0),
+            Decode::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
     }
