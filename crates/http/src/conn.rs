@@ -167,6 +167,8 @@ where
         let mut closing: Option<CloseReason> = None;
         loop {
             tokio::select! {
+                // In this order, without a random pick each time the connection wakes.
+                biased;
                 r = conn.as_mut() => {
                     break match r {
                         Ok(()) => closing.unwrap_or(CloseReason::ClientClosed),
@@ -208,6 +210,8 @@ where
         let mut closing: Option<CloseReason> = None;
         loop {
             tokio::select! {
+                // In this order, without a random pick each time the connection wakes.
+                biased;
                 r = &mut conn => break h1_end(&ctx, r, closing),
                 () = sleep.as_mut(), if closing.is_none() => match timers.tick(&ctx) {
                     Tick::Next(at) => sleep.as_mut().reset(at),

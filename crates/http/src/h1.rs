@@ -13,6 +13,7 @@
 use std::error::Error as StdError;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 
@@ -219,14 +220,90 @@ enum Parsed {
     Final(http::response::Parts, Framing, bool),
 }
 
+/// What one pass over a head's raw fields found: the framing and persistence fields, and
+/// whether the hop-by-hop fields can be left out of the map here (not when `Connection`
+/// names other fields: the generic removal handles that rare case).
+#[derive(Default)]
+struct Scan<'a> {
+    close: bool,
+    keep_alive: bool,
+    /// `Connection` names a field other than `close` / `keep-alive`.
+    names_others: bool,
+    /// The last `Transfer-Encoding` field.
+    transfer_encoding: Option<&'a [u8]>,
+    /// The `Content-Length` (all values equal), or why not.
+    length: Option<Result<u64, &'static str>>,
+}
+
+/// The hop-by-hop fields (RFC 9110 §7.6.1, as `headers::remove_hop_by_hop` removes them
+/// from a response): `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`,
+/// `Transfer-Encoding`, `Upgrade`.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"upgrade"),
+        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
+        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        _ => false,
+    }
+}
+
+/// `Content-Length: 4` and `4, 4` are 4; anything but digits, or differing values, is an error.
+fn content_length(value: &[u8], length: &mut Option<Result<u64, &'static str>>) {
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        let n = if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            Err("invalid content-length")
+        } else {
+            std::str::from_utf8(part)
+                .ok()
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or("invalid content-length")
+        };
+        *length = Some(match (*length, n) {
+            (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+            (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting content-length values"),
+            (_, Ok(n)) => Ok(n),
+        });
+    }
+}
+
+impl<'a> Scan<'a> {
+    fn field(&mut self, name: &[u8], value: &'a [u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length(value, &mut self.length);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !t.is_empty() {
+                    self.names_others = true;
+                }
+            }
+        }
+    }
+}
+
 /// Parses a response head at the start of `buf` and consumes it; `None` if incomplete.
+/// Framing and persistence are read off the raw fields in one pass; the hop-by-hop fields
+/// (which the response to the client must not carry) do not go into the map.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, BoxError> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many response headers")),
@@ -234,70 +311,63 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     };
     let code = res.code.unwrap_or(0);
     let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid response status"))?;
-    let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    // The fields as offsets into the head, which is then split off without a copy.
-    let base = buf.as_ptr() as usize;
-    let mut names = Vec::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| invalid("invalid header name"))?;
-        let start = h.value.as_ptr() as usize - base;
-        names.push((name, start, start + h.value.len()));
-    }
-    let head = buf.split_to(len).freeze();
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(invalid("backend switched protocols unasked"));
         }
+        let _ = buf.split_to(len);
         return Ok(Some(Parsed::Informational));
     }
-    let mut headers = HeaderMap::with_capacity(names.len());
-    for (name, start, end) in names {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| invalid("invalid header value"))?;
-        headers.append(name, value);
+    let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let mut scan = Scan::default();
+    for h in res.headers.iter() {
+        scan.field(h.name.as_bytes(), h.value);
     }
-    let connection_has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
+    let strip = !scan.names_others;
+    // The fields as offsets into the head, which is then split off without a copy.
+    let base = buf.as_ptr() as usize;
+    let mut kept = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        if strip && is_hop_by_hop(h.name.as_bytes()) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| invalid("invalid header name"))?;
+        let start = h.value.as_ptr() as usize - base;
+        kept.push((name, start, start + h.value.len()));
+    }
     let mut keep_alive = match version {
-        Version::HTTP_10 => connection_has("keep-alive"),
-        _ => !connection_has("close"),
+        Version::HTTP_10 => scan.keep_alive,
+        _ => !scan.close,
     };
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Empty
-        } else if let Some(te) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        } else if let Some(te) = scan.transfer_encoding {
             // With both, Transfer-Encoding wins and the connection is not reused (RFC 9112 §6.3).
-            if headers.contains_key(header::CONTENT_LENGTH) {
+            if scan.length.is_some() {
                 keep_alive = false;
             }
-            let last = te.to_str().ok().and_then(|v| v.rsplit(',').next()).map(str::trim);
-            if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            let last = te.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+            if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
                 Framing::Chunked
             } else {
                 Framing::Eof
             }
         } else {
-            let mut length = None;
-            for v in headers.get_all(header::CONTENT_LENGTH) {
-                for part in v.to_str().map_err(|_| invalid("invalid content-length"))?.split(',') {
-                    let n = part
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|_| part.trim().bytes().all(|b| b.is_ascii_digit()))
-                        .ok_or_else(|| invalid("invalid content-length"))?;
-                    if length.is_some_and(|l| l != n) {
-                        return Err(invalid("conflicting content-length values"));
-                    }
-                    length = Some(n);
-                }
+            match scan.length {
+                None => Framing::Eof,
+                Some(Ok(n)) => Framing::Length(n),
+                Some(Err(e)) => return Err(invalid(e)),
             }
-            length.map_or(Framing::Eof, Framing::Length)
         };
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    for (name, start, end) in kept {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
@@ -636,6 +706,30 @@ mod tests {
         let v: Vec<_> = parts.headers.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(v, ["1", "two words"]);
         assert_eq!(parts.headers["set-cookie"], "k=v");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_out_unless_connection_names_others() {
+        let Ok(Some(Parsed::Final(parts, Framing::Chunked, true))) = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nTE: a\r\n\
+             Server: s\r\n\r\n",
+            false,
+        ) else {
+            panic!("no head");
+        };
+        let names: Vec<_> = parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["server"]);
+        // `Connection: x-private` makes `x-private` hop-by-hop too: everything stays for the
+        // generic removal, which knows the named fields.
+        let Ok(Some(Parsed::Final(parts, Framing::Length(0), false))) = head(
+            "HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nX-Private: 1\r\n\
+             Content-Length: 0\r\n\r\n",
+            false,
+        ) else {
+            panic!("no head");
+        };
+        assert_eq!(parts.headers.len(), 3);
     }
 
     #[test]

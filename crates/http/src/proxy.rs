@@ -488,6 +488,9 @@ async fn send(
     let mut deadline = started + timeout;
     loop {
         tokio::select! {
+            // The exchange first (no random pick per poll): the timer only matters once the
+            // exchange is pending.
+            biased;
             sent = &mut exchange => return sent,
             () = tokio::time::sleep_until(deadline) => {
                 let last = progress.map_or(started, Progress::last).max(started);
