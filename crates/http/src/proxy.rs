@@ -1,5 +1,6 @@
 //! Forwarding one request to a target of its route and streaming the response back.
 
+use std::future::{Future, Ready, ready};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use hyper::upgrade::OnUpgrade;
 use smartproxy_metrics::HttpErrorReason;
 use smartproxy_routing::{CompiledRoute, SendProxyProtocol, UpstreamProtocol};
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use crate::body::{BackBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
 use crate::ctx::ConnCtx;
@@ -35,8 +37,9 @@ enum Sent {
     /// body carries its connection itself).
     Response(Response<BackBody>, Option<Sender>),
     /// The pooled connection was gone before the request went out (or, for an idempotent
-    /// request on a direct connection, closed without a byte of response): here it is back.
-    Retry(Request<UpBody>),
+    /// request on a direct connection, closed without a byte of response): the request is
+    /// back in its slot.
+    Retry,
     Failed(BoxError),
     Timeout,
 }
@@ -49,21 +52,48 @@ struct Prepared {
     host: Option<HeaderValue>,
     te_trailers: bool,
     client_h2: bool,
+    /// A WebSocket upgrade (HTTP/1.1 Upgrade, or RFC 8441 extended CONNECT when
+    /// `ext_connect`), with the client side's upgrade.
+    ws: bool,
+    ext_connect: bool,
+    client_upgrade: Option<OnUpgrade>,
 }
 
-pub(crate) async fn forward(
-    ctx: &Arc<ConnCtx>,
-    snap: &Arc<Snapshot>,
+/// What [`forward`] resolves to: the request's response (the HTTP layer's own on an error).
+pub(crate) type Answer = Result<Response<ResponseBody>, std::convert::Infallible>;
+
+/// Forwards `req` on route `index` of `snap`. The request is rewritten here, before the
+/// future exists: the future of every request is moved whole (into hyper's slot, into a
+/// task for an HTTP/2 stream), and what it holds only to rewrite it would be moved too.
+pub(crate) fn forward(
+    ctx: Arc<ConnCtx>,
+    snap: Arc<Snapshot>,
     index: usize,
     req: Request<Incoming>,
     mut guard: RequestGuard,
     expanded: Option<Box<Expanded>>,
-) -> Response<ResponseBody> {
-    let Some((route, state)) = snap.route(index) else {
-        return error_response(guard, HttpErrorReason::NoRoute, &"route vanished");
+) -> Either<Ready<Answer>, impl Future<Output = Answer> + Send + 'static> {
+    match prepare(&ctx, &snap, index, req, &mut guard, expanded.as_deref()) {
+        Ok(prep) => Either::Right(exchange(ctx, snap, index, prep, guard, expanded)),
+        Err((reason, detail)) => Either::Left(ready(Ok(error_response(guard, reason, &detail)))),
+    }
+}
+
+/// The request as it goes to a target of the route: hop-by-hop fields out, forwarding
+/// fields and the route's header operations in, the path rewritten, the body wrapped.
+fn prepare(
+    ctx: &ConnCtx,
+    snap: &Snapshot,
+    index: usize,
+    req: Request<Incoming>,
+    guard: &mut RequestGuard,
+    expanded: Option<&Expanded>,
+) -> Result<Prepared, (HttpErrorReason, String)> {
+    let Some((_, state)) = snap.route(index) else {
+        return Err((HttpErrorReason::NoRoute, "route vanished".to_owned()));
     };
     let RouteKind::Proxy(pr) = &state.kind else {
-        return error_response(guard, HttpErrorReason::NoRoute, &"not an HTTP route");
+        return Err((HttpErrorReason::NoRoute, "not an HTTP route".to_owned()));
     };
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
@@ -91,7 +121,7 @@ pub(crate) async fn forward(
         append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
     }
     if let Some(ops) = &pr.request_ops {
-        ops.apply(&mut parts.headers, expanded.as_ref().map_or(&[][..], |e| &e.request[..]));
+        ops.apply(&mut parts.headers, expanded.map_or(&[][..], |e| &e.request[..]));
     }
     if ws {
         // The target gets an HTTP/1.1 upgrade, whatever the client spoke.
@@ -139,11 +169,10 @@ pub(crate) async fn forward(
         match PathAndQuery::try_from(rewritten) {
             Ok(p) => pq = p,
             Err(e) => {
-                return error_response(
-                    guard,
+                return Err((
                     HttpErrorReason::BadRequest,
-                    &format_args!("rewritten path is not valid: {e}"),
-                );
+                    format!("rewritten path is not valid: {e}"),
+                ));
             }
         }
     }
@@ -154,15 +183,38 @@ pub(crate) async fn forward(
         guard.bytes_in = Some(Arc::clone(&progress));
         UpBody::Stream { inner: body, progress }
     };
-    let progress = guard.bytes_in.clone();
-    let mut prep = Prepared {
+    Ok(Prepared {
         req: Request::from_parts(parts, body),
         pq,
         host,
         te_trailers,
         client_h2: client_version == Version::HTTP_2,
-    };
+        ws,
+        ext_connect,
+        client_upgrade,
+    })
+}
 
+/// Sends the prepared request to a target of the route (a pooled connection, else a new
+/// one; the next target after a failed connect) and passes the response on.
+async fn exchange(
+    ctx: Arc<ConnCtx>,
+    snap: Arc<Snapshot>,
+    index: usize,
+    mut prep: Prepared,
+    mut guard: RequestGuard,
+    expanded: Option<Box<Expanded>>,
+) -> Answer {
+    let ctx = &ctx;
+    let Some((route, state)) = snap.route(index) else {
+        return Ok(error_response(guard, HttpErrorReason::NoRoute, &"route vanished"));
+    };
+    let RouteKind::Proxy(pr) = &state.kind else {
+        return Ok(error_response(guard, HttpErrorReason::NoRoute, &"not an HTTP route"));
+    };
+    let (ws, ext_connect) = (prep.ws, prep.ext_connect);
+    let client_upgrade = prep.client_upgrade.take();
+    let progress = guard.bytes_in.clone();
     // Targets: the route's choice, then the next ones after a failed connect (at most 3).
     let client_ip = ctx.client.ip();
     let max_attempts = pr.targets.len().clamp(1, 3);
@@ -176,7 +228,7 @@ pub(crate) async fn forward(
         let Some(t) = pr.targets.get(sel.index()) else { break };
         let port = sel.port();
         let pool = if pr.proxy_protocol != SendProxyProtocol::Off {
-            private_pool(ctx, snap, t, port)
+            private_pool(ctx, &snap, t, port)
         } else {
             let sni = ctx.tls.as_ref().and_then(|t| t.sni.as_deref());
             snap.pool(&ctx.service.pools, route, pr, t, port, sni)
@@ -204,7 +256,7 @@ pub(crate) async fn forward(
                     Some((tx, idle)) => Some((Sender::H1(tx), idle)),
                     // A request with a body: hyper takes over an idle direct connection.
                     None => match pool.take_raw(guard.started) {
-                        Some((c, idle)) => adopt(c).await.map(|s| (s, idle)),
+                        Some((c, idle)) => Box::pin(adopt(c)).await.map(|s| (s, idle)),
                         None => None,
                     },
                 }
@@ -268,13 +320,14 @@ pub(crate) async fn forward(
             };
             let h2 = sender.is_h2();
             finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
-            let req = std::mem::replace(&mut prep.req, Request::new(UpBody::Empty));
-            match send(sender, req, pr.response_timeout, progress.as_deref(), sent_from).await {
-                Sent::Retry(req) if reused => {
-                    // A stale keep-alive connection: the same target, a new connection.
-                    prep.req = req;
-                }
-                Sent::Retry(_) => {
+            // The request stays in `prep` (its slot, not a copy in the future: the future of
+            // every request is moved whole, so what it holds twice costs twice).
+            match send(sender, &mut prep.req, pr.response_timeout, progress.as_deref(), sent_from)
+                .await
+            {
+                // A stale keep-alive connection: the same target, a new connection.
+                Sent::Retry if reused => {}
+                Sent::Retry => {
                     break Ok(Err((
                         HttpErrorReason::BackendError,
                         "the new backend connection closed at once".to_owned(),
@@ -283,7 +336,7 @@ pub(crate) async fn forward(
                 Sent::Failed(e) => {
                     if let Some(req) = spare {
                         tracing::debug!(client = %ctx.client, route = route.name(), "idle backend connection failed ({e}); sending again on a new one");
-                        prep.req = req;
+                        prep.req = *req;
                         idle_for = Duration::ZERO;
                         continue;
                     }
@@ -305,7 +358,7 @@ pub(crate) async fn forward(
                     next = route.next_target(&sel, attempts, ctx.port);
                 }
             }
-            Ok(Err((reason, detail))) => return error_response(guard, reason, &detail),
+            Ok(Err((reason, detail))) => return Ok(error_response(guard, reason, &detail)),
             Ok(Ok((resp, sender))) => {
                 if let Some(a) = &mut guard.access {
                     a.upstream = t.authority(port);
@@ -321,7 +374,7 @@ pub(crate) async fn forward(
                     client_host: prep.host.as_ref(),
                     extras: expanded.as_deref(),
                 };
-                return respond(
+                return Ok(respond(
                     ctx,
                     route,
                     pr,
@@ -332,7 +385,7 @@ pub(crate) async fn forward(
                     client_upgrade,
                     ext_connect,
                     &back,
-                );
+                ));
             }
         }
     }
@@ -343,14 +396,15 @@ pub(crate) async fn forward(
         }
         None => (HttpErrorReason::BackendUnavailable, "the route has no target".to_owned()),
     };
-    error_response(guard, reason, &detail)
+    Ok(error_response(guard, reason, &detail))
 }
 
 /// Idle time after which a pooled connection's first request is kept for a resend.
 const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// A copy of `req` if it can be sent again: no body and an idempotent method.
-fn replayable(req: &Request<UpBody>) -> Option<Request<UpBody>> {
+/// Boxed: rare, and kept across the exchange (in every request's future otherwise).
+fn replayable(req: &Request<UpBody>) -> Option<Box<Request<UpBody>>> {
     if !matches!(req.body(), UpBody::Empty)
         || !matches!(
             *req.method(),
@@ -369,7 +423,7 @@ fn replayable(req: &Request<UpBody>) -> Option<Request<UpBody>> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+    Some(Box::new(copy))
 }
 
 /// The pool of connections that carry this client's PROXY header.
@@ -441,7 +495,9 @@ fn target_index(pr: &ProxyRoute, t: &TargetState) -> usize {
 /// byte of the request body that went out, so a long upload is not cut.
 async fn send(
     sender: Sender,
-    req: Request<UpBody>,
+    // Taken by hyper's senders (and put back if they hand it back); only read by a direct
+    // exchange.
+    slot: &mut Request<UpBody>,
     timeout: Duration,
     progress: Option<&Progress>,
     // When the request starts going out (the caller's clock read, saved here).
@@ -451,35 +507,43 @@ async fn send(
         match sender {
             Sender::H1(mut tx) => {
                 if tx.ready().await.is_err() {
-                    return Sent::Retry(req);
+                    return Sent::Retry;
                 }
+                let req = std::mem::replace(slot, Request::new(UpBody::Empty));
                 match tx.try_send_request(req).await {
                     Ok(resp) => Sent::Response(resp.map(BackBody::Hyper), Some(Sender::H1(tx))),
                     Err(mut e) => match e.take_message() {
-                        Some(req) => Sent::Retry(req),
+                        Some(req) => {
+                            *slot = req;
+                            Sent::Retry
+                        }
                         None => Sent::Failed(e.into_error().into()),
                     },
                 }
             }
             Sender::H2(mut tx) => {
                 if tx.ready().await.is_err() {
-                    return Sent::Retry(req);
+                    return Sent::Retry;
                 }
+                let req = std::mem::replace(slot, Request::new(UpBody::Empty));
                 match tx.try_send_request(req).await {
                     Ok(resp) => Sent::Response(resp.map(BackBody::Hyper), Some(Sender::H2(tx))),
                     Err(mut e) => match e.take_message() {
-                        Some(req) => Sent::Retry(req),
+                        Some(req) => {
+                            *slot = req;
+                            Sent::Retry
+                        }
                         None => Sent::Failed(e.into_error().into()),
                     },
                 }
             }
-            Sender::Raw(conn) => match conn.exchange(&req).await {
+            Sender::Raw(conn) => match conn.exchange(slot).await {
                 Ok(resp) => Sent::Response(resp.map(BackBody::Direct), None),
                 // Nothing was taken from the request: it can go out again on a new
                 // connection if the target cannot have acted on it, or if acting twice is
                 // harmless (RFC 9110 §9.2.2).
-                Err(ExchangeError::Write(_)) => Sent::Retry(req),
-                Err(ExchangeError::Closed(_)) if req.method().is_idempotent() => Sent::Retry(req),
+                Err(ExchangeError::Write(_)) => Sent::Retry,
+                Err(ExchangeError::Closed(_)) if slot.method().is_idempotent() => Sent::Retry,
                 Err(e) => Sent::Failed(Box::new(e)),
             },
         }
