@@ -1,6 +1,7 @@
 //! What one client connection shares between its serve loop, its requests and its IO.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
@@ -9,7 +10,7 @@ use parking_lot::Mutex;
 use smartproxy_routing::SendProxyProtocol;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::pool::Pool;
 use crate::service::Inner;
@@ -171,6 +172,12 @@ pub(crate) struct ConnCtx {
     /// The last `Authorization` value a `basic_auth` route accepted on this connection
     /// (crate::policy): the same value again skips the cache lookup and its hash.
     pub(crate) basic_memo: crate::policy::BasicMemo,
+    /// The response timer of an HTTP/1 connection's requests, kept between them: set again
+    /// to a later deadline, a registered timer only moves its expiry (one atomic operation),
+    /// where a timer per request registers with the time driver and deregisters (a lock
+    /// each). HTTP/2 streams (concurrent, each in its own task, whose waker a kept timer
+    /// would hold on to) make their own.
+    response_timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ConnCtx {
@@ -199,6 +206,32 @@ impl ConnCtx {
             private_pools: Mutex::new(Vec::new()),
             tunnels: Mutex::new(None),
             basic_memo: crate::policy::BasicMemo::default(),
+            response_timer: Mutex::new(None),
+        }
+    }
+
+    /// The connection's response timer set to `deadline` (HTTP/1; `None` for HTTP/2, or
+    /// while another request has it: the request then makes its own).
+    pub(crate) fn take_response_timer(&self, deadline: Instant) -> Option<Pin<Box<Sleep>>> {
+        if self.h2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut t = self.response_timer.lock().take().unwrap_or_else(|| {
+            // The first request of the connection: made once, kept between requests.
+            Box::pin(tokio::time::sleep_until(deadline))
+        });
+        t.as_mut().reset(deadline);
+        Some(t)
+    }
+
+    /// Keeps a response timer for the connection's next request (HTTP/1).
+    pub(crate) fn put_response_timer(&self, t: Pin<Box<Sleep>>) {
+        if self.h2.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut slot = self.response_timer.lock();
+        if slot.is_none() {
+            *slot = Some(t);
         }
     }
 

@@ -1,6 +1,7 @@
 //! Forwarding one request to a target of its route and streaming the response back.
 
 use std::future::{Future, Ready, ready};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use smartproxy_metrics::HttpErrorReason;
 use smartproxy_routing::{CompiledRoute, SendProxyProtocol, UpstreamProtocol};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 
 use crate::body::{BackBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
@@ -322,8 +323,15 @@ async fn exchange(
             finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
             // The request stays in `prep` (its slot, not a copy in the future: the future of
             // every request is moved whole, so what it holds twice costs twice).
-            match send(sender, &mut prep.req, pr.response_timeout, progress.as_deref(), sent_from)
-                .await
+            match send(
+                ctx,
+                sender,
+                &mut prep.req,
+                pr.response_timeout,
+                progress.as_deref(),
+                sent_from,
+            )
+            .await
             {
                 // A stale keep-alive connection: the same target, a new connection.
                 Sent::Retry if reused => {}
@@ -494,6 +502,7 @@ fn target_index(pr: &ProxyRoute, t: &TargetState) -> usize {
 /// Sends `req` and waits for the response head. The response timeout counts from the last
 /// byte of the request body that went out, so a long upload is not cut.
 async fn send(
+    ctx: &ConnCtx,
     sender: Sender,
     // Taken by hyper's senders (and put back if they hand it back); only read by a direct
     // exchange.
@@ -548,20 +557,43 @@ async fn send(
             },
         }
     };
-    let mut exchange = std::pin::pin!(exchange);
-    let mut deadline = started + timeout;
+    let exchange = std::pin::pin!(exchange);
+    let deadline = started + timeout;
+    match ctx.take_response_timer(deadline) {
+        Some(mut kept) => {
+            let sent = timed(exchange, kept.as_mut(), started, timeout, progress).await;
+            ctx.put_response_timer(kept);
+            sent
+        }
+        None => {
+            let own = std::pin::pin!(tokio::time::sleep_until(deadline));
+            timed(exchange, own, started, timeout, progress).await
+        }
+    }
+}
+
+/// Runs `exchange` until it ends or no response head came within `timeout` of `started` or
+/// of the last byte of the request body that went out (`progress`); `timer` is set to the
+/// first deadline.
+async fn timed<F: Future<Output = Sent>>(
+    mut exchange: Pin<&mut F>,
+    mut timer: Pin<&mut Sleep>,
+    started: Instant,
+    timeout: Duration,
+    progress: Option<&Progress>,
+) -> Sent {
     loop {
         tokio::select! {
             // The exchange first (no random pick per poll): the timer only matters once the
             // exchange is pending.
             biased;
-            sent = &mut exchange => return sent,
-            () = tokio::time::sleep_until(deadline) => {
+            sent = exchange.as_mut() => return sent,
+            () = timer.as_mut() => {
                 let last = progress.map_or(started, Progress::last).max(started);
                 if Instant::now() >= last + timeout {
                     return Sent::Timeout;
                 }
-                deadline = last + timeout;
+                timer.as_mut().reset(last + timeout);
             }
         }
     }

@@ -143,6 +143,57 @@ async fn silent_backend_is_504_on_response_timeout() {
     assert_eq!(status_and_body(&proxy, "/sleep").await.0, "504");
 }
 
+/// Each request's response timeout counts from its own start, also on a kept-alive
+/// connection (whose timer is kept between requests and set again for each): a request that
+/// outlives the previous request's deadline (but not its own) is answered, a silent one gets
+/// its 504 after its own second, and the next one is answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timer_is_per_request_on_a_kept_alive_connection() {
+    let b = Backend::h1("slow").await;
+    let bp = b.port();
+    let proxy = Proxy::start(|p| route(p, bp, "response_timeout = \"1s\""), Opts::default()).await;
+    let w = "%{http_code} %{num_connects} %{time_total}\n";
+    let started = Instant::now();
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &proxy.url("/delay/600"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &proxy.url("/delay/600"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &proxy.url("/sleep"),
+        "--next",
+        "-o",
+        "/dev/null",
+        "-w",
+        w,
+        &proxy.url("/x"),
+    ])
+    .await;
+    let text = stdout(&out);
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let codes: Vec<&str> = lines.iter().map(|l| l[0]).collect();
+    assert_eq!(codes, ["200", "200", "504", "200"], "{text}");
+    // One connection for all four (curl counts the connects it made per transfer).
+    let connects: Vec<&str> = lines.iter().map(|l| l[1]).collect();
+    assert_eq!(connects, ["1", "0", "0", "0"], "{text}");
+    // The 504 came after its own second, not the previous request's.
+    let t504: f64 = lines[2][2].parse().unwrap();
+    assert!(t504 >= 0.9, "the silent request was cut after {t504} s\n{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(proxy.metrics.snapshot().http.errors["backend_response_timeout"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_backend_is_504_on_connect_timeout() {
     let (_l, _held, bp) = full_backlog();
