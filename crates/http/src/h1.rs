@@ -79,13 +79,26 @@ fn invalid(msg: &'static str) -> BoxError {
 #[derive(Debug)]
 pub(crate) struct H1Conn {
     tcp: TcpStream,
+    /// Empty between exchanges. A connection back in its pool keeps the allocation of a
+    /// small one (the next exchange reuses it in place: no `malloc` and `free` per request)
+    /// until the pool's reaper finds it idle for [`SHED_AFTER`](crate::pool::SHED_AFTER).
     buf: BytesMut,
+    /// The largest allocation `buf` had in this exchange.
+    allocated: usize,
     next_read: usize,
 }
 
 impl H1Conn {
     pub(crate) fn new(tcp: TcpStream) -> Self {
-        Self { tcp, buf: BytesMut::new(), next_read: FIRST_READ }
+        Self { tcp, buf: BytesMut::new(), allocated: 0, next_read: FIRST_READ }
+    }
+
+    /// Frees the (empty) read buffer of a connection idle in its pool.
+    pub(crate) fn shed_buffer(&mut self) {
+        if self.allocated != 0 && self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.allocated = 0;
+        }
     }
 
     /// The socket, for hyper's client (between exchanges: nothing is buffered).
@@ -113,6 +126,7 @@ impl H1Conn {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.next_read / 2 {
             self.buf.reserve(self.next_read);
+            self.allocated = self.allocated.max(self.buf.capacity());
         }
         let room = self.buf.capacity() - self.buf.len();
         let n = ready!(poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.buf))?;
@@ -132,6 +146,7 @@ impl H1Conn {
         // The head goes out from the read buffer (empty between exchanges), which the
         // response then fills: one allocation for both.
         self.buf.reserve(FIRST_READ);
+        self.allocated = self.allocated.max(self.buf.capacity());
         encode_head(req, &mut self.buf);
         let sent = self.tcp.write_all(&self.buf).await;
         self.buf.clear();
@@ -423,12 +438,16 @@ impl H1Body {
         }
         let conn = self.conn.take()?;
         // Bytes past the response (a target that answers more than asked) make the connection
-        // unusable; an empty buffer's memory is freed while the connection is idle.
+        // unusable. A buffer grown for a large body is freed; a small one is kept for the
+        // next exchange (see `H1Conn::buf`).
         if !conn.buf.is_empty() {
             return None;
         }
         let mut conn = conn;
-        conn.buf = BytesMut::new();
+        if conn.allocated > 2 * FIRST_READ {
+            conn.buf = BytesMut::new();
+            conn.allocated = 0;
+        }
         Some(conn)
     }
 
@@ -730,6 +749,70 @@ mod tests {
             panic!("no head");
         };
         assert_eq!(parts.headers.len(), 3);
+    }
+
+    /// A target that answers each request head on one connection with `bodies[i]` bytes.
+    async fn target(bodies: Vec<usize>) -> std::net::SocketAddr {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            for n in bodies {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut b = [0u8; 1024];
+                    let k = s.read(&mut b).await.unwrap();
+                    assert!(k > 0, "the proxy side closed");
+                    head.extend_from_slice(&b[..k]);
+                }
+                head.clear();
+                let mut resp =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n").into_bytes();
+                resp.resize(resp.len() + n, b'x');
+                s.write_all(&resp).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    /// One exchange to the end of its body; the connection if it can be reused.
+    async fn exchange_once(conn: Box<H1Conn>) -> (Option<Box<H1Conn>>, usize) {
+        let mut req = Request::new(UpBody::Empty);
+        req.headers_mut().insert("host", HeaderValue::from_static("t"));
+        let Ok(resp) = conn.exchange(&req).await else { panic!("exchange failed") };
+        let mut body = resp.into_body();
+        let mut n = 0;
+        while let Some(f) = poll_fn(|cx| body.poll_frame(cx)).await {
+            n += f.unwrap().into_data().map_or(0, |d| d.len());
+        }
+        (body.take_reusable(), n)
+    }
+
+    /// A pooled connection keeps a small read buffer between exchanges (reused in place by
+    /// the next one), gives it back when shed (idle in its pool), and never keeps one grown
+    /// for a large body.
+    #[tokio::test]
+    async fn read_buffer_kept_small_between_exchanges_and_shed_when_idle() {
+        let addr = target(vec![2, 3, 300_000, 2]).await;
+        let conn = Box::new(H1Conn::new(TcpStream::connect(addr).await.unwrap()));
+        let (conn, n) = exchange_once(conn).await;
+        assert_eq!(n, 2);
+        let conn = conn.expect("reusable after a complete exchange");
+        assert!(conn.buf.is_empty() && conn.buf.capacity() > 0, "a small buffer is kept");
+        let (conn, n) = exchange_once(conn).await;
+        assert_eq!(n, 3);
+        let mut conn = conn.expect("reusable");
+        assert!(conn.allocated <= 2 * FIRST_READ, "the kept buffer was reused, not grown");
+        conn.shed_buffer();
+        assert_eq!((conn.buf.capacity(), conn.allocated), (0, 0), "shed when idle");
+        let (conn, n) = exchange_once(conn).await;
+        assert_eq!(n, 300_000);
+        let conn = conn.expect("reusable");
+        assert_eq!(conn.buf.capacity(), 0, "a buffer grown for a large body is not kept");
+        let (conn, n) = exchange_once(conn).await;
+        assert_eq!(n, 2);
+        assert!(conn.is_some());
     }
 
     #[test]

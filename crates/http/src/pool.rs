@@ -39,6 +39,10 @@ impl Sender {
 }
 
 /// A connection idle on one of a shard's HTTP/1.1 stacks.
+/// An in-task connection idle this long in its pool gives its read buffer back at the
+/// reaper's next round (busy connections keep theirs between requests).
+pub(crate) const SHED_AFTER: Duration = Duration::from_secs(1);
+
 struct Idle<C> {
     conn: C,
     since: Instant,
@@ -265,6 +269,11 @@ impl Pool {
         let timeout = self.idle_timeout;
         s.h1.retain(|c| now.duration_since(c.since) < timeout && c.conn.reusable());
         s.raw.retain(|c| now.duration_since(c.since) < timeout && c.conn.reusable());
+        for c in &mut s.raw {
+            if now.duration_since(c.since) >= SHED_AFTER {
+                c.conn.shed_buffer();
+            }
+        }
         if let Some((tx, used)) = &s.h2
             && (tx.is_closed() || now.duration_since(*used) >= timeout)
         {
