@@ -15,6 +15,11 @@
 //!                                alone, check contents (README, LICENSE, CHANGELOG, size caps)
 //! cargo xtask bench [--whole] [ARGS..]   criterion benches; --whole runs ../shared/bench/run with
 //!                                the release binary (ARGS are passed to it)
+//! cargo xtask bench --instructions [WORKLOAD] [--binary PATH]   user-space instructions per
+//!                                request of the proxy (callgrind; the profiling build by
+//!                                default) under l7-ka (default), l7-close, h2-term, http-ka or
+//!                                http-close against an nginx backend: repeatable where CPU
+//!                                time is noisy
 //! cargo xtask bench --kernel     bulk1 through a kernel-forwarded (nftables) and a proxied route
 //!                                of the release binary, in network namespaces (root, iperf3):
 //!                                machine and proxy CPU per GB
@@ -43,6 +48,7 @@ use anyhow::{Context, Result, bail};
 
 mod bump;
 mod deps;
+mod instructions;
 mod package;
 mod release;
 mod steps;
@@ -339,6 +345,9 @@ fn soak(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("--instructions") {
+        return instructions::run(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("--kernel") {
         deps::ensure_kernel_bench_tools()?;
         sh("cargo", &["build", "--release", "--locked", "-p", "smartproxy"])?;

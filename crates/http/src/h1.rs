@@ -1,9 +1,10 @@
 //! The HTTP/1.1 exchange the proxy runs most: a request without a body to a target over plain
 //! TCP, answered by a response streamed back to the client. It runs inside the client
 //! connection's task, on a socket the request owns while it lasts: no connection task, no
-//! request channel, no response-body channel, and no buffers while the connection is idle in
-//! its pool. Everything else (request bodies, WebSocket upgrades, TLS to the target, HTTP/2)
-//! goes through hyper's client (`upstream.rs`).
+//! request channel, no response-body channel; a connection back in its pool keeps its small
+//! read buffer for the next request and frees it after a second idle. Everything else (request
+//! bodies, WebSocket upgrades, TLS to the target, HTTP/2) goes through hyper's client
+//! (`upstream.rs`).
 //!
 //! The response head is parsed with `httparse` (at most [`MAX_HEADERS`] fields,
 //! [`MAX_HEAD_BYTES`] bytes, as hyper's client); the body is framed by `Content-Length`,
