@@ -223,15 +223,25 @@ struct Clock {
     idle_since: Instant,
 }
 
+/// A plain connection's backend gets its TCP keepalive probes this long after the copy
+/// starts: a connection that ends sooner (most: a request and its answer) never pays the four
+/// `setsockopt` calls, and a long one gets them long before the first probe could be due.
+pub(crate) const KEEPALIVE_AFTER: Duration = Duration::from_secs(1);
+
 impl Clock {
     /// Starts counting idle time now.
     fn start(obs: &ConnObserver) -> Self {
         Self { last: obs.activity(), idle_since: Instant::now() }
     }
 
-    /// The timer's deadline right after [`Clock::start`].
-    fn first_deadline(&self, t: &Timeouts) -> Instant {
-        Self::next(self.idle_since, t)
+    /// The timer's deadline right after [`Clock::start`]; with `keepalive` (probes to set on
+    /// the backend) no later than [`KEEPALIVE_AFTER`] from now.
+    fn first_deadline(&self, t: &Timeouts, keepalive: bool) -> Instant {
+        let n = Self::next(self.idle_since, t);
+        match self.idle_since.checked_add(KEEPALIVE_AFTER) {
+            Some(k) if keepalive => k.min(n),
+            _ => n,
+        }
     }
 
     /// The timer's next deadline after a check at `from`: the next inactivity check, or the
@@ -267,15 +277,22 @@ impl Clock {
     }
 
     /// Polls the timer, rearming it after each check; `Ready` with the outcome when a timeout
-    /// ends the connection.
+    /// ends the connection. `backend`: the socket that gets its keepalive probes at the
+    /// timer's first firing (see [`PlainConn::backend_keepalive`]).
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         timer: &mut Pin<&mut Sleep>,
         obs: &ConnObserver,
         t: &Timeouts,
+        backend: Option<(&TcpStream, &BackendKeepalive)>,
     ) -> Poll<Outcome> {
         while timer.as_mut().poll(cx).is_ready() {
+            if let Some((sock, k)) = backend
+                && k.pending.swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                crate::net::set_keepalive(&socket2::SockRef::from(sock), &k.secs.expand());
+            }
             match self.fired(timer.deadline(), obs, t) {
                 Ok(next) => timer.as_mut().reset(next),
                 Err(o) => return Poll::Ready(o),
@@ -297,13 +314,13 @@ where
     S: Future<Output = ()>,
 {
     let mut clock = Clock::start(obs);
-    let timer = tokio::time::sleep_until(clock.first_deadline(t));
+    let timer = tokio::time::sleep_until(clock.first_deadline(t, false));
     tokio::pin!(timer, stop);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = Pin::new(&mut fut).poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        if let Poll::Ready(o) = clock.poll(cx, &mut timer, obs, t) {
+        if let Poll::Ready(o) = clock.poll(cx, &mut timer, obs, t, None) {
             return Poll::Ready(Err(o));
         }
         match stop.as_mut().poll(cx) {
@@ -334,7 +351,9 @@ where
     // The arguments are moved into `pipe` before the `async` block, which stores only it and
     // the timer.
     async move {
-        let timer = tokio::time::sleep_until(pipe.clock.first_deadline(&pipe.conn.timeouts));
+        let keepalive = pipe.conn.backend_keepalive.is_some();
+        let timer =
+            tokio::time::sleep_until(pipe.clock.first_deadline(&pipe.conn.timeouts, keepalive));
         tokio::pin!(timer);
         std::future::poll_fn(|cx| pipe.poll(cx, &mut timer)).await
     }
@@ -347,6 +366,55 @@ pub(crate) struct PlainConn {
     pub(crate) client: TcpStream,
     pub(crate) obs: Arc<ConnObserver>,
     pub(crate) timeouts: Timeouts,
+    /// The route's TCP keepalive probes, set on `backend` by [`pipe_tcp`] once the
+    /// connection is [`KEEPALIVE_AFTER`] old (the client socket inherits its probes from the
+    /// listener at accept). Six bytes: it is in every connection's task.
+    pub(crate) backend_keepalive: Option<BackendKeepalive>,
+}
+
+/// The backend's keepalive probes, and whether they are still to be set.
+#[derive(Debug)]
+pub(crate) struct BackendKeepalive {
+    secs: KeepaliveSecs,
+    pending: std::sync::atomic::AtomicBool,
+}
+
+impl BackendKeepalive {
+    /// Probes to set later; `None` for `Off`, or for values this cannot hold (then the
+    /// caller sets them before the connect, as for other connections).
+    pub(crate) fn deferred(k: &smartproxy_routing::TcpKeepalive) -> Option<Self> {
+        Some(Self { secs: KeepaliveSecs::pack(k)?, pending: true.into() })
+    }
+}
+
+/// TCP keepalive probes in whole seconds (as configured: 1 to 32767 s, 1 to 127 probes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeepaliveSecs {
+    idle: std::num::NonZeroU16,
+    interval: u16,
+    count: u8,
+}
+
+impl KeepaliveSecs {
+    fn pack(k: &smartproxy_routing::TcpKeepalive) -> Option<Self> {
+        let smartproxy_routing::TcpKeepalive::On { idle, interval, count } = *k else {
+            return None;
+        };
+        let secs = |d: Duration| u16::try_from(d.as_secs()).ok().filter(|_| d.subsec_nanos() == 0);
+        Some(Self {
+            idle: std::num::NonZeroU16::new(secs(idle)?)?,
+            interval: secs(interval)?,
+            count: u8::try_from(count).ok()?,
+        })
+    }
+
+    fn expand(self) -> smartproxy_routing::TcpKeepalive {
+        smartproxy_routing::TcpKeepalive::On {
+            idle: Duration::from_secs(self.idle.get().into()),
+            interval: Duration::from_secs(self.interval.into()),
+            count: self.count.into(),
+        }
+    }
 }
 
 /// The state of [`pipe_tcp`] but its timer (which must be pinned).
@@ -367,7 +435,8 @@ impl<S: Future<Output = ()>> PipeTcp<'_, S> {
             Poll::Ready(Err(e)) => return Poll::Ready(Outcome::Error(e)),
             Poll::Pending => {}
         }
-        if let Poll::Ready(o) = self.clock.poll(cx, timer, obs, &c.timeouts) {
+        let backend = c.backend_keepalive.as_ref().map(|k| (&c.backend, k));
+        if let Poll::Ready(o) = self.clock.poll(cx, timer, obs, &c.timeouts, backend) {
             return Poll::Ready(o);
         }
         match self.stop.as_mut().poll(cx) {

@@ -416,7 +416,20 @@ timeouts = {{ tcp_keepalive = {{ idle = "23s" }} }}
     for (s, kind) in [(&mut c_on, "on"), (&mut c_off, "off"), (&mut c_h, "handler")] {
         roundtrip(s, kind).await;
     }
-    let sockets = kernel_sockets();
+    // A plain connection's backend gets its probes once the connection is a second old
+    // (KEEPALIVE_AFTER): wait for the kernel to show them, at most 10 s.
+    let started = std::time::Instant::now();
+    let sockets = loop {
+        let sockets = kernel_sockets();
+        if sockets.iter().any(|s| s.remote == backend && s.timer == 2) {
+            break sockets;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "no backend socket of the `on` route got keepalive probes: {sockets:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     // The proxy's accepted socket of a client: local = the proxy port, remote = the client.
     let accepted = |c: &tokio::net::TcpStream| {
         let me = c.local_addr().unwrap();

@@ -76,11 +76,15 @@ impl Conn {
     }
 
     /// Hands the sockets and the guards over to the copy.
+    /// The backend socket has no keepalive probes yet: the copy sets the route's once the
+    /// connection is a second old (`upstream::connect` with `defer_keepalive`).
     pub(crate) fn establish(self, client: TcpStream, backend: TcpStream) -> Established {
         let timeouts = self.timeouts();
+        let backend_keepalive =
+            crate::copy::BackendKeepalive::deferred(&self.effective().tcp_keepalive);
         Established {
             _guards: self.guards,
-            conn: PlainConn { backend, client, obs: self.obs, timeouts },
+            conn: PlainConn { backend, client, obs: self.obs, timeouts, backend_keepalive },
         }
     }
 }

@@ -93,7 +93,7 @@ pub(crate) async fn serve(
         return Err(c.refuse(Refusal::NoRoute, &detail));
     };
 
-    let up = upstream::connect(&mut c, route, f, proxy_dst, &[]).await?;
+    let up = upstream::connect(&mut c, route, f, proxy_dst, &[], false).await?;
     let timeouts = c.timeouts();
     let mut client_side = Counted { inner: tls, obs: Arc::clone(&c.obs) };
     let outcome = match &rt.upstream {

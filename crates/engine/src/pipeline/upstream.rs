@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use smartproxy_limits::canonical_ip;
 use smartproxy_proxy_protocol::Header;
-use smartproxy_routing::{CompiledRoute, ConnectFailure, ForwardAction, SendProxyProtocol};
+use smartproxy_routing::{
+    CompiledRoute, ConnectFailure, ForwardAction, SendProxyProtocol, TcpKeepalive,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,16 +27,21 @@ pub(crate) struct Upstream {
 /// Connects a target of `route` for the connection and writes, in this order, the PROXY
 /// header (when the route sends one; `dst` is the address the client connected to) and
 /// `replay` (bytes already read from the client). The target's guard joins the connection's.
+/// `defer_keepalive`: the caller's copy sets the route's TCP keepalive probes on the new
+/// socket once the connection is a second old (a short connection never pays the four
+/// `setsockopt`s); otherwise they are set before the connect.
 pub(crate) async fn connect(
     c: &mut Conn,
     route: &CompiledRoute,
     f: &ForwardAction,
     dst: SocketAddr,
     replay: &[u8],
+    defer_keepalive: bool,
 ) -> Result<Upstream, Closed> {
     let client_ip = canonical_ip(c.client.ip());
     let t = c.effective();
-    let (connect_timeout, keepalive) = (t.connect, t.tcp_keepalive);
+    let connect_timeout = t.connect;
+    let keepalive = if defer_keepalive { TcpKeepalive::Off } else { t.tcp_keepalive };
     let mut first = Vec::new();
     if !f.send_proxy_protocol.is_off() {
         let encoded = proxy_header(f.send_proxy_protocol, c.client, dst)
