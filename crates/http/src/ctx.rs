@@ -216,12 +216,15 @@ impl ConnCtx {
         if self.h2.load(Ordering::Relaxed) {
             return None;
         }
-        let mut t = self.response_timer.lock().take().unwrap_or_else(|| {
+        let kept = self.response_timer.lock().take();
+        Some(match kept {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
             // The first request of the connection: made once, kept between requests.
-            Box::pin(tokio::time::sleep_until(deadline))
-        });
-        t.as_mut().reset(deadline);
-        Some(t)
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        })
     }
 
     /// Keeps a response timer for the connection's next request (HTTP/1).

@@ -251,20 +251,6 @@ struct Scan<'a> {
     length: Option<Result<u64, &'static str>>,
 }
 
-/// The hop-by-hop fields (RFC 9110 §7.6.1, as `headers::remove_hop_by_hop` removes them
-/// from a response): `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`,
-/// `Transfer-Encoding`, `Upgrade`.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    match name.len() {
-        2 => name.eq_ignore_ascii_case(b"te"),
-        7 => name.eq_ignore_ascii_case(b"upgrade"),
-        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
-        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
-        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
-        _ => false,
-    }
-}
-
 /// `Content-Length: 4` and `4, 4` are 4; anything but digits, or differing values, is an error.
 fn content_length(value: &[u8], length: &mut Option<Result<u64, &'static str>>) {
     for part in value.split(|&b| b == b',') {
@@ -344,7 +330,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     let base = buf.as_ptr() as usize;
     let mut kept = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
-        if strip && is_hop_by_hop(h.name.as_bytes()) {
+        if strip && crate::headers::is_hop_by_hop(h.name.as_bytes()) {
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes())

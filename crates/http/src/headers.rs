@@ -89,6 +89,20 @@ pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_t
     }
 }
 
+/// Whether a raw field name is one of the fixed hop-by-hop fields [`remove_hop_by_hop`]
+/// removes from a response (for a head not yet in a map; the test
+/// `hop_by_hop_names_agree` keeps the two lists the same).
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"upgrade"),
+        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
+        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        _ => false,
+    }
+}
+
 /// `X-Forwarded-For/-Proto/-Host` from the real client: appended to (For) or kept
 /// (Proto, Host) when the peer is trusted, replaced otherwise.
 pub(crate) fn forwarded_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<&HeaderValue>) {
@@ -296,6 +310,26 @@ mod tests {
         let mut h = map(&[("x-a", "1")]);
         remove_hop_by_hop(&mut h, false, false);
         assert_eq!(names(&h), ["x-a"]);
+    }
+
+    #[test]
+    fn hop_by_hop_names_agree() {
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "proxy-connection",
+            "te",
+            "Transfer-Encoding",
+            "upgrade",
+            "trailer",
+            "content-length",
+            "x-forwarded-for",
+            "server",
+        ] {
+            let mut h = map(&[(name, "x")]);
+            remove_hop_by_hop(&mut h, false, false);
+            assert_eq!(h.is_empty(), is_hop_by_hop(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

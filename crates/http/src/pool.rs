@@ -38,11 +38,11 @@ impl Sender {
     }
 }
 
-/// A connection idle on one of a shard's HTTP/1.1 stacks.
 /// An in-task connection idle this long in its pool gives its read buffer back at the
 /// reaper's next round (busy connections keep theirs between requests).
 pub(crate) const SHED_AFTER: Duration = Duration::from_secs(1);
 
+/// A connection idle on one of a shard's HTTP/1.1 stacks.
 struct Idle<C> {
     conn: C,
     since: Instant,
@@ -268,12 +268,13 @@ impl Pool {
         let now = Instant::now();
         let timeout = self.idle_timeout;
         s.h1.retain(|c| now.duration_since(c.since) < timeout && c.conn.reusable());
-        s.raw.retain(|c| now.duration_since(c.since) < timeout && c.conn.reusable());
-        for c in &mut s.raw {
-            if now.duration_since(c.since) >= SHED_AFTER {
+        s.raw.retain_mut(|c| {
+            let idle = now.duration_since(c.since);
+            if idle >= SHED_AFTER {
                 c.conn.shed_buffer();
             }
-        }
+            idle < timeout && c.conn.reusable()
+        });
         if let Some((tx, used)) = &s.h2
             && (tx.is_closed() || now.duration_since(*used) >= timeout)
         {

@@ -75,13 +75,16 @@ impl Conn {
         self.effective().for_connection(self.accepted, self.peer)
     }
 
-    /// Hands the sockets and the guards over to the copy.
-    /// The backend socket has no keepalive probes yet: the copy sets the route's once the
-    /// connection is a second old (`upstream::connect` with `defer_keepalive`).
-    pub(crate) fn establish(self, client: TcpStream, backend: TcpStream) -> Established {
+    /// Hands the sockets and the guards over to the copy. `backend_keepalive`: the probes
+    /// the copy sets on the backend once the connection is a second old (the socket was
+    /// connected without them: `upstream::connect` with `defer_keepalive`).
+    pub(crate) fn establish(
+        self,
+        client: TcpStream,
+        backend: TcpStream,
+        backend_keepalive: Option<crate::copy::BackendKeepalive>,
+    ) -> Established {
         let timeouts = self.timeouts();
-        let backend_keepalive =
-            crate::copy::BackendKeepalive::deferred(&self.effective().tcp_keepalive);
         Established {
             _guards: self.guards,
             conn: PlainConn { backend, client, obs: self.obs, timeouts, backend_keepalive },

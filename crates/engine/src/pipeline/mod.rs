@@ -153,11 +153,10 @@ async fn setup(
             let (client_tcp, replay) = sock.into_parts();
             c.obs.add_in(replay.len() as u64);
             // The plain copy (`pipe_tcp`) sets the backend's keepalive probes itself, once
-            // the connection is a second old (`establish`), when it can hold them.
-            let defer =
-                crate::copy::BackendKeepalive::deferred(&c.effective().tcp_keepalive).is_some();
-            let up = upstream::connect(&mut c, route, f, dst, &replay, defer).await?;
-            Ok(Some(c.establish(client_tcp, up.stream)))
+            // the connection is a second old, when it can hold them.
+            let keepalive = crate::copy::BackendKeepalive::deferred(&c.effective().tcp_keepalive);
+            let up = upstream::connect(&mut c, route, f, dst, &replay, keepalive.is_some()).await?;
+            Ok(Some(c.establish(client_tcp, up.stream, keepalive)))
         }
         RouteAction::SocketHandler(h) => {
             let mut stop = c.shared.force_close.subscribe();

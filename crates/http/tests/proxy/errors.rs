@@ -154,32 +154,16 @@ async fn response_timer_is_per_request_on_a_kept_alive_connection() {
     let proxy = Proxy::start(|p| route(p, bp, "response_timeout = \"1s\""), Opts::default()).await;
     let w = "%{http_code} %{num_connects} %{time_total}\n";
     let started = Instant::now();
-    let out = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        w,
-        &proxy.url("/delay/600"),
-        "--next",
-        "-o",
-        "/dev/null",
-        "-w",
-        w,
-        &proxy.url("/delay/600"),
-        "--next",
-        "-o",
-        "/dev/null",
-        "-w",
-        w,
-        &proxy.url("/sleep"),
-        "--next",
-        "-o",
-        "/dev/null",
-        "-w",
-        w,
-        &proxy.url("/x"),
-    ])
-    .await;
+    let urls: Vec<String> =
+        ["/delay/600", "/delay/600", "/sleep", "/x"].iter().map(|p| proxy.url(p)).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        if i > 0 {
+            args.push("--next");
+        }
+        args.extend(["-o", "/dev/null", "-w", w, url]);
+    }
+    let out = curl(&args).await;
     let text = stdout(&out);
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
     let codes: Vec<&str> = lines.iter().map(|l| l[0]).collect();
