@@ -63,3 +63,10 @@ impl Limits {
 pub fn connection_future_size() -> usize {
     crate::pipeline::task_size()
 }
+
+/// The size in bytes of a connection's setup future (admission, PROXY header, peek, route,
+/// connect), boxed at the accept and freed when the copy starts. Guarded by
+/// `tests/task_size.rs`.
+pub fn setup_future_size() -> usize {
+    crate::pipeline::setup_size()
+}
