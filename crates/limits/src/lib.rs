@@ -58,7 +58,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -122,9 +122,54 @@ struct Entry {
     tat: u64,
 }
 
+/// An address with its keyed hash, computed once per operation: the shard is chosen by some
+/// of its bits and the shard's map uses all of it (through [`Prehashed`]), so that an
+/// acquire or a release hashes the address once, not once per lookup. The hash is the
+/// limiter's keyed SipHash, so client-chosen addresses cannot be made to collide.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    hash: u64,
+    ip: IpAddr,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.ip == other.ip
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of a shard's map: the key's hash as it was computed.
+#[derive(Debug, Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used ([`Key`]'s `Hash`); anything else still hashes.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
-    map: HashMap<IpAddr, Entry>,
+    map: HashMap<Key, Entry, BuildHasherDefault<Prehashed>>,
     /// Entries with no open connection (rate state only).
     idle: usize,
     /// When expired rate states were last dropped (ns).
@@ -192,8 +237,15 @@ impl IpLimiter {
         (self.max_open.load(Ordering::Relaxed), self.per_minute.load(Ordering::Relaxed))
     }
 
-    fn shard(&self, ip: &IpAddr) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
+    /// `ip` (canonical) with its hash.
+    fn key(&self, ip: IpAddr) -> Key {
+        Key { hash: self.hasher.hash_one(ip), ip }
+    }
+
+    /// The shard of `key`: bits 40..46 of its hash, which the map inside neither uses for
+    /// the bucket (the low bits) nor for its tags (the top seven).
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+        &self.shards[((key.hash >> 40) as usize) % SHARDS]
     }
 
     /// Time on the limiter's own monotonic clock.
@@ -209,12 +261,12 @@ impl IpLimiter {
     /// Admits one more connection from `ip` at `now` (since any fixed origin; it must not go
     /// backwards between calls). The rate is checked first, then the open connections.
     pub fn try_acquire_at(self: &Arc<Self>, ip: IpAddr, now: Duration) -> Result<IpGuard, Refused> {
-        let ip = canonical_ip(ip);
+        let key = self.key(canonical_ip(ip));
         let now = nanos(now);
         let max_open = self.max_open.load(Ordering::Relaxed);
         let interval = self.interval.load(Ordering::Relaxed);
-        let mut shard = self.shard(&ip).lock();
-        let existing = shard.map.get(&ip).copied();
+        let mut shard = self.shard(&key).lock();
+        let existing = shard.map.get(&key).copied();
         let mut e = existing.unwrap_or_default();
         if interval > 0 {
             let per_minute = self.per_minute.load(Ordering::Relaxed);
@@ -235,17 +287,17 @@ impl IpLimiter {
         if e.open == 0 && e.tat == 0 {
             // Nothing to remember (refused with no rate limit).
         } else {
-            self.store(&mut shard, ip, existing, e, now);
+            self.store(&mut shard, key, existing, e, now);
         }
         drop(shard);
         if refused {
             return Err(Refused::TooManyOpen { limit: max_open });
         }
-        Ok(IpGuard { limiter: Arc::clone(self), ip })
+        Ok(IpGuard { limiter: Arc::clone(self), key })
     }
 
     /// Writes `e` for `ip`, keeping the idle entries of the shard within bounds.
-    fn store(&self, shard: &mut Shard, ip: IpAddr, old: Option<Entry>, e: Entry, now: u64) {
+    fn store(&self, shard: &mut Shard, key: Key, old: Option<Entry>, e: Entry, now: u64) {
         let was_idle = old.is_some_and(|o| o.open == 0);
         let is_idle = e.open == 0;
         if is_idle && !was_idle && shard.idle >= self.idle_per_shard {
@@ -256,7 +308,7 @@ impl IpLimiter {
             (true, false) => shard.idle -= 1,
             _ => {}
         }
-        shard.map.insert(ip, e);
+        shard.map.insert(key, e);
     }
 
     /// Drops expired rate states (at most once a second), then, if the shard is still full,
@@ -276,9 +328,9 @@ impl IpLimiter {
         }
     }
 
-    fn release(&self, ip: IpAddr) {
-        let mut shard = self.shard(&ip).lock();
-        let Some(e) = shard.map.get_mut(&ip) else { return };
+    fn release(&self, key: Key) {
+        let mut shard = self.shard(&key).lock();
+        let Some(e) = shard.map.get_mut(&key) else { return };
         e.open = e.open.saturating_sub(1);
         if e.open > 0 {
             return;
@@ -286,7 +338,7 @@ impl IpLimiter {
         let now = nanos(self.now());
         if e.tat <= now {
             // No rate state left that matters.
-            shard.map.remove(&ip);
+            shard.map.remove(&key);
             return;
         }
         shard.idle += 1;
@@ -299,9 +351,9 @@ impl IpLimiter {
     /// caller that already pairs opens and closes exactly once (a metrics recorder's drop).
     /// Every call must be matched by one [`IpLimiter::remove_open`].
     pub fn add_open(&self, ip: IpAddr) {
-        let ip = canonical_ip(ip);
-        let mut shard = self.shard(&ip).lock();
-        let e = shard.map.entry(ip).or_default();
+        let key = self.key(canonical_ip(ip));
+        let mut shard = self.shard(&key).lock();
+        let e = shard.map.entry(key).or_default();
         e.open += 1;
         if e.open == 1 && e.tat != 0 {
             shard.idle -= 1;
@@ -310,13 +362,13 @@ impl IpLimiter {
 
     /// The close of a connection counted with [`IpLimiter::add_open`].
     pub fn remove_open(&self, ip: IpAddr) {
-        self.release(canonical_ip(ip));
+        self.release(self.key(canonical_ip(ip)));
     }
 
     /// Open connections from `ip`.
     pub fn open(&self, ip: IpAddr) -> u32 {
-        let ip = canonical_ip(ip);
-        self.shard(&ip).lock().map.get(&ip).map_or(0, |e| e.open)
+        let key = self.key(canonical_ip(ip));
+        self.shard(&key).lock().map.get(&key).map_or(0, |e| e.open)
     }
 
     /// Addresses in the table (with open connections or a rate state).
@@ -329,7 +381,7 @@ impl IpLimiter {
         let mut out = Vec::new();
         for s in self.shards.iter() {
             out.extend(
-                s.lock().map.iter().filter(|(_, e)| e.open > 0).map(|(ip, e)| (*ip, e.open)),
+                s.lock().map.iter().filter(|(_, e)| e.open > 0).map(|(k, e)| (k.ip, e.open)),
             );
         }
         out
@@ -340,20 +392,20 @@ impl IpLimiter {
 #[derive(Debug)]
 pub struct IpGuard {
     limiter: Arc<IpLimiter>,
-    ip: IpAddr,
+    key: Key,
 }
 
 impl IpGuard {
     /// The address it counts for.
     pub fn ip(&self) -> IpAddr {
-        self.ip
+        self.key.ip
     }
 
     /// Gives up the guard without releasing its place: the caller releases it later with
     /// [`IpLimiter::remove_open`] on the returned address, exactly once (for owners that keep
     /// the limiter elsewhere and want a smaller handle).
     pub fn detach(self) -> IpAddr {
-        let ip = self.ip;
+        let ip = self.key.ip;
         std::mem::forget(self);
         ip
     }
@@ -361,7 +413,7 @@ impl IpGuard {
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
-        self.limiter.release(self.ip);
+        self.limiter.release(self.key);
     }
 }
 
@@ -371,6 +423,25 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// One keyed hash per address picks the shard and is the map's hash: 4,096 addresses
+    /// (IPv4 in a row, IPv6 in one /64) fill every shard about evenly, and each shard's map
+    /// finds them all again.
+    #[test]
+    fn one_hash_spreads_over_shards_and_finds_every_address() {
+        let l = IpLimiter::counter();
+        let v4 = (0..2048u32).map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
+        let v6 = (0..2048u128)
+            .map(|i| IpAddr::from(std::net::Ipv6Addr::from((0x2001_0db8_u128 << 96) + i)));
+        let all: Vec<IpAddr> = v4.chain(v6).collect();
+        let guards: Vec<_> = all.iter().map(|&a| l.try_acquire(a).unwrap()).collect();
+        let per_shard: Vec<usize> = l.shards.iter().map(|s| s.lock().map.len()).collect();
+        let (min, max) = (per_shard.iter().min().unwrap(), per_shard.iter().max().unwrap());
+        assert!(*min >= 32 && *max <= 110, "4096 addresses over 64 shards: {per_shard:?}");
+        assert!(all.iter().all(|&a| l.open(a) == 1));
+        drop(guards);
+        assert_eq!(l.tracked(), 0, "every release found its entry");
     }
 
     #[test]

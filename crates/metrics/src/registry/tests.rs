@@ -217,3 +217,18 @@ fn closing_from_many_threads_counts_every_byte() {
     assert_eq!(m.bytes_out_total(), 8_000);
     assert_eq!(m.bytes_in_total(), 4 * (0..2_000u64).map(|i| i % 7).sum::<u64>());
 }
+
+/// The per-route sums are keyed by handle addresses, aligned to 8 or more: the hash must
+/// still spread them over the low bits (the map's buckets) and the top seven (its tags).
+#[test]
+fn addr_hasher_spreads_aligned_addresses() {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+    let build = std::hash::BuildHasherDefault::<super::AddrHasher>::default();
+    let hashes: Vec<u64> =
+        (0..1024usize).map(|i| build.hash_one(0x7f00_0000_1000 + 64 * i)).collect();
+    let low: HashSet<u64> = hashes.iter().map(|h| h & 0x3ff).collect();
+    let top: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+    assert!(low.len() > 550, "{} distinct low 10-bit values of 1024", low.len());
+    assert_eq!(top.len(), 128, "every tag value used");
+}
