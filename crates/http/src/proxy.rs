@@ -73,9 +73,14 @@ pub(crate) fn forward(
     req: Request<Incoming>,
     mut guard: RequestGuard,
     expanded: Option<Box<Expanded>>,
-) -> Either<Ready<Answer>, impl Future<Output = Answer> + Send + 'static> {
+) -> Either<
+    Ready<Answer>,
+    Either<impl Future<Output = Answer> + Send + 'static, crate::service::Boxed>,
+> {
+    // In the type the service returns, so that it passes this on without a copy of the
+    // future (a re-wrapping `match` would move all of it once more per request).
     match prepare(&ctx, &snap, index, req, &mut guard, expanded.as_deref()) {
-        Ok(prep) => Either::Right(exchange(ctx, snap, index, prep, guard, expanded)),
+        Ok(prep) => Either::Right(Either::Left(exchange(ctx, snap, index, prep, guard, expanded))),
         Err((reason, detail)) => Either::Left(ready(Ok(error_response(guard, reason, &detail)))),
     }
 }

@@ -574,10 +574,7 @@ pub(crate) fn handle(
                 ))));
             }
             let expanded = expand(&ctx, route, pr, &req, crate::policy::Passed::default());
-            match crate::proxy::forward(ctx, snap, i, req, guard, expanded) {
-                Either::Left(answer) => Either::Left(answer),
-                Either::Right(f) => Either::Right(Either::Left(f)),
-            }
+            crate::proxy::forward(ctx, snap, i, req, guard, expanded)
         }
     }
 }
