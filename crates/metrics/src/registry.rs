@@ -112,13 +112,15 @@ impl Hasher for AddrHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        // Only `usize` keys are hashed here; bytes still hash, one multiply each.
         for &b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+            self.write_u64(u64::from(b));
         }
     }
 
+    /// Mixes `n` into the state (which `write` relies on for a sequence of bytes).
     fn write_u64(&mut self, n: u64) {
-        let m = u128::from(n ^ self.0) * 0x9E37_79B9_7F4A_7C15;
+        let m = u128::from(n ^ self.0.rotate_left(8)) * 0x9E37_79B9_7F4A_7C15;
         self.0 = (m as u64) ^ ((m >> 64) as u64);
     }
 

@@ -169,25 +169,21 @@ async fn setup(
     }
 }
 
+/// The size of the future `f` returns for a connection's arguments.
+fn output_size<F, R>(_: F) -> usize
+where
+    F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Option<IpAddr>, Instant) -> R,
+{
+    std::mem::size_of::<R>()
+}
+
 /// The size of [`serve`]'s future, the state of every connection's task.
 pub(crate) fn task_size() -> usize {
-    fn output_size<F, R>(_: F) -> usize
-    where
-        F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Option<IpAddr>, Instant) -> R,
-    {
-        std::mem::size_of::<R>()
-    }
     output_size(serve)
 }
 
 /// The size of [`setup`]'s future, boxed for every connection at its accept (moved into
 /// the box, so every byte of it is copied) and freed when the copy starts.
 pub(crate) fn setup_size() -> usize {
-    fn output_size<F, R>(_: F) -> usize
-    where
-        F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Option<IpAddr>, Instant) -> R,
-    {
-        std::mem::size_of::<R>()
-    }
     output_size(setup)
 }
