@@ -283,7 +283,7 @@ async fn a_ca_that_is_down_backs_off_keeps_the_old_certificate_and_recovers() {
     let root = pebble.issuing_root().await;
     let server = TlsServer::start(m.handle("web").unwrap()).await;
 
-    relay.set_up(false);
+    relay.set_up(false).await;
     let down_at = tokio::time::Instant::now();
     let requests_before = m.acme_requests();
     let err = m.renew_now("web").await.unwrap_err();
@@ -314,7 +314,7 @@ async fn a_ca_that_is_down_backs_off_keeps_the_old_certificate_and_recovers() {
     assert_eq!(Some(c.serial()), first.serial);
 
     // The CA comes back: the next retry succeeds and clears the error.
-    relay.set_up(true);
+    relay.set_up(true).await;
     eventually("a renewal once the CA is back", WAIT, || {
         let s = status(&m, "web");
         let ok = s.serial != first.serial && s.failures == 0 && s.last_error.is_none();
@@ -349,7 +349,7 @@ async fn an_account_the_ca_forgot_is_set_aside_and_created_again() {
 
     // The same directory URL now reaches a CA that has never seen the account.
     let second_ca = Pebble::start_sharing_https(opts, &first_ca).await;
-    relay.retarget(second_ca.acme);
+    relay.retarget(second_ca.acme).await;
     let err = m.renew_now("web").await.unwrap_err().to_string();
     assert!(err.contains("accountDoesNotExist"), "{err}\n{}", second_ca.logs());
     let mut aside = account_file.clone().into_os_string();

@@ -309,7 +309,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     target: Arc<Mutex<SocketAddr>>,
     up: Arc<AtomicBool>,
-    epoch: Arc<AtomicU64>,
+    open: Arc<Mutex<Vec<JoinHandle<()>>>>,
     task: JoinHandle<()>,
 }
 
@@ -318,47 +318,49 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
-        let epoch = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(Mutex::new(Vec::<JoinHandle<()>>::new()));
         let target = Arc::new(Mutex::new(target));
-        let (u, e, t) = (Arc::clone(&up), Arc::clone(&epoch), Arc::clone(&target));
+        let (u, o, t) = (Arc::clone(&up), Arc::clone(&open), Arc::clone(&target));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else { return };
                 if !u.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
-                let (e, born) = (Arc::clone(&e), e.load(Ordering::SeqCst));
                 let target = *t.lock();
-                tokio::spawn(async move {
+                let conn = tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else { return };
-                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-                    tokio::pin!(copy);
-                    loop {
-                        tokio::select! {
-                            _ = &mut copy => return,
-                            () = tokio::time::sleep(Duration::from_millis(50)) => {
-                                if e.load(Ordering::SeqCst) != born {
-                                    return;
-                                }
-                            }
-                        }
-                    }
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
+                let mut open = o.lock();
+                open.retain(|c| !c.is_finished());
+                open.push(conn);
             }
         });
-        Self { addr, target, up, epoch, task }
+        Self { addr, target, up, open, task }
     }
 
-    /// Sends new connections to `target` and drops the open ones.
-    pub fn retarget(&self, target: SocketAddr) {
+    /// Sends new connections to `target`; when it returns, the open ones are closed.
+    pub async fn retarget(&self, target: SocketAddr) {
         *self.target.lock() = target;
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.close_open().await;
     }
 
-    pub fn set_up(&self, up: bool) {
+    /// Down: every new connection is closed at once, and when it returns the open ones are.
+    pub async fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);
         if !up {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.close_open().await;
+        }
+    }
+
+    /// Aborts every relayed connection and waits until each task (and so its two
+    /// sockets) is gone.
+    async fn close_open(&self) {
+        let open = std::mem::take(&mut *self.open.lock());
+        for conn in open {
+            conn.abort();
+            let _ = conn.await;
         }
     }
 }
@@ -366,6 +368,9 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
+        for conn in self.open.lock().iter() {
+            conn.abort();
+        }
     }
 }
 
