@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use crate::ctx::{ConnCtx, ConnInfo};
 use crate::io::{ClientIo, Prefix, answer};
-use crate::service::{Inner, handle};
+use crate::service::{Boxed, Inner, handle};
+use tokio_util::either::Either;
 
 /// The HTTP/2 connection preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -152,10 +153,10 @@ where
     };
     ctx.h2.store(h2, Ordering::Relaxed);
     let svc_ctx = Arc::clone(&ctx);
-    let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&svc_ctx), req));
     let io = TokioIo::new(ClientIo::new(io, prefix, Arc::clone(&ctx), !h2));
     let timers = Timers { header: st.request_header_timeout, keepalive };
     let reason = if h2 {
+        let svc = hyper::service::service_fn(move |req| handle_h2(Arc::clone(&svc_ctx), req));
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(st.http2_max_concurrent_streams)
@@ -196,6 +197,7 @@ where
             }
         }
     } else {
+        let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&svc_ctx), req));
         let mut b = http1::Builder::new();
         // One buffer, one `send` per flush: cheaper than `writev` for the small heads and
         // bodies most requests are (profiled: l7 keep-alive); large bodies are copied into
@@ -238,6 +240,21 @@ where
         ctx.drained.notified().await;
     }
     done(reason, Some(if h2 { Protocol::Http2 } else { Protocol::Http1 }))
+}
+
+/// A request on an HTTP/2 connection. hyper spawns a task per stream and moves the stream's
+/// future whole several times on the way (into the spawn, into the task's cell): the
+/// exchange is boxed where it is made (`proxy::forward`, as `ctx.h2` says), so that those
+/// moves are small (one allocation and one copy into it instead).
+pub(crate) fn handle_h2(
+    ctx: Arc<ConnCtx>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Either<std::future::Ready<crate::proxy::Answer>, Boxed> {
+    match handle(ctx, req) {
+        Either::Left(now) => Either::Left(now),
+        Either::Right(Either::Right(boxed)) => Either::Right(boxed),
+        Either::Right(Either::Left(exchange)) => Either::Right(Box::pin(exchange)),
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -66,6 +66,8 @@ pub(crate) type Answer = Result<Response<ResponseBody>, std::convert::Infallible
 /// Forwards `req` on route `index` of `snap`. The request is rewritten here, before the
 /// future exists: the future of every request is moved whole (into hyper's slot, into a
 /// task for an HTTP/2 stream), and what it holds only to rewrite it would be moved too.
+/// `boxed`: the exchange goes in a box (an HTTP/2 stream's future, which hyper moves
+/// several times on its way into a task of its own).
 pub(crate) fn forward(
     ctx: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
@@ -73,6 +75,7 @@ pub(crate) fn forward(
     req: Request<Incoming>,
     mut guard: RequestGuard,
     expanded: Option<Box<Expanded>>,
+    boxed: bool,
 ) -> Either<
     Ready<Answer>,
     Either<impl Future<Output = Answer> + Send + 'static, crate::service::Boxed>,
@@ -80,6 +83,9 @@ pub(crate) fn forward(
     // In the type the service returns, so that it passes this on without a copy of the
     // future (a re-wrapping `match` would move all of it once more per request).
     match prepare(&ctx, &snap, index, req, &mut guard, expanded.as_deref()) {
+        Ok(prep) if boxed => Either::Right(Either::Right(Box::pin(exchange(
+            ctx, snap, index, prep, guard, expanded,
+        )))),
         Ok(prep) => Either::Right(Either::Left(exchange(ctx, snap, index, prep, guard, expanded))),
         Err((reason, detail)) => Either::Left(ready(Ok(error_response(guard, reason, &detail)))),
     }
