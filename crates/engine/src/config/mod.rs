@@ -197,11 +197,13 @@ pub struct Defaults {
     /// How long shutdown waits for open connections to finish (default 30 s).
     #[serde(default = "d30s", with = "dur")]
     pub shutdown_grace: Duration,
-    /// Bulk transfers on plain TCP forwarding move through `splice(2)` (default true; Linux
-    /// builds with the `splice` cargo feature, elsewhere ignored). A direction switches once a
-    /// read fills the whole 16 KiB buffer and back when a round moves less than that. `false`
-    /// copies everything through user space.
-    #[serde(default = "default_true")]
+    /// Bulk transfers on plain TCP forwarding move through `splice(2)` (default false, as
+    /// HAProxy without `option splice-*`; Linux builds with the `splice` cargo feature,
+    /// elsewhere ignored). A direction switches once a read fills the whole 16 KiB buffer and
+    /// back when a round moves less than that. Off, everything is copied through user space:
+    /// on loopback and virtual links that costs the proxy a little more CPU per GB but the
+    /// whole machine less, at a higher rate (README, Performance; issue 19).
+    #[serde(default)]
     pub splice: bool,
     /// How inactivity and lifetime are treated (SmartProxy's `keepAliveTreatment`):
     /// `"standard"` (default), `"extended"` (inactivity × `keepalive_inactivity_multiplier`,
@@ -293,7 +295,7 @@ impl Default for Defaults {
             max_connections: d100k(),
             connect_timeout: d10s(),
             shutdown_grace: d30s(),
-            splice: true,
+            splice: false,
             keepalive_treatment: KeepaliveTreatment::default(),
             keepalive_inactivity_multiplier: d6(),
             extended_keepalive_lifetime: d7d(),
@@ -511,9 +513,6 @@ fn default_pp_timeout() -> Duration {
 }
 fn default_detect_timeout() -> Duration {
     Duration::from_millis(200)
-}
-fn default_true() -> bool {
-    true
 }
 fn default_prefix() -> String {
     "smartproxy_".into()
