@@ -197,7 +197,7 @@ where
             }
         }
     } else {
-        let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&svc_ctx), req));
+        let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&svc_ctx), req, false));
         let mut b = http1::Builder::new();
         // One buffer, one `send` per flush: cheaper than `writev` for the small heads and
         // bodies most requests are (profiled: l7 keep-alive); large bodies are copied into
@@ -244,15 +244,16 @@ where
 
 /// A request on an HTTP/2 connection. hyper spawns a task per stream and moves the stream's
 /// future whole several times on the way (into the spawn, into the task's cell): the
-/// exchange is boxed where it is made (`proxy::forward`, as `ctx.h2` says), so that those
-/// moves are small (one allocation and one copy into it instead).
+/// exchange is boxed where it is made (`proxy::forward`), so that those moves are small
+/// (one allocation and one copy into it instead).
 pub(crate) fn handle_h2(
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Either<std::future::Ready<crate::proxy::Answer>, Boxed> {
-    match handle(ctx, req) {
+    match handle(ctx, req, true) {
         Either::Left(now) => Either::Left(now),
         Either::Right(Either::Right(boxed)) => Either::Right(boxed),
+        // Not made with `boxed` set; boxed here all the same.
         Either::Right(Either::Left(exchange)) => Either::Right(Box::pin(exchange)),
     }
 }
