@@ -26,6 +26,8 @@ const APT_PEERS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("wrk", "wrk"),
     ("h2load", "nghttp2-client"),
+    // The bulk transfer of the PGO training loads (xtask/src/pgo.rs, a CI step).
+    ("iperf3", "iperf3"),
     ("node", "nodejs"),
     ("npm", "npm"),
     // crates/nftables tests: rules in network namespaces they create.

@@ -22,7 +22,7 @@ use crate::deps::have;
 const WORKLOADS: &[&str] = &["l7-ka", "l7-close", "h2-term", "http-ka", "http-close"];
 
 /// Kills and reaps a child when dropped (a failed run leaves no process behind).
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -80,11 +80,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     result
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_for(port: u16, what: &str, child: &mut Child) -> Result<()> {
+pub(crate) fn wait_for(port: u16, what: &str, child: &mut Child) -> Result<()> {
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = child.try_wait()? {
@@ -98,7 +98,7 @@ fn wait_for(port: u16, what: &str, child: &mut Child) -> Result<()> {
     Ok(())
 }
 
-fn output(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -149,9 +149,22 @@ fn load(workload: &str, port: u16, secs: u32) -> Result<u64> {
     Ok(done)
 }
 
-fn measure(workload: &str, binary: &Path, dir: &Path) -> Result<()> {
-    let backend_port = free_port()?;
-    let proxy_port = free_port()?;
+/// The nginx backend on CPU 0: 29 bytes for every request on `port` (plain HTTP) and, with
+/// `https`, on that port over TLS with the given certificate and key.
+pub(crate) fn start_backend(
+    dir: &Path,
+    port: u16,
+    https: Option<(u16, &Path, &Path)>,
+) -> Result<Reaped> {
+    let tls_server = https.map_or(String::new(), |(p, cert, key)| {
+        format!(
+            "  server {{\n    listen 127.0.0.1:{p} ssl backlog=4096;\n    ssl_certificate {};\n\
+             ssl_certificate_key {};\n    location / {{ default_type text/plain; \
+             return 200 \"hello from the bench backend\\n\"; }}\n  }}\n",
+            cert.display(),
+            key.display()
+        )
+    });
     let backend_conf = dir.join("backend.conf");
     fs::write(
         &backend_conf,
@@ -159,48 +172,62 @@ fn measure(workload: &str, binary: &Path, dir: &Path) -> Result<()> {
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/backend.pid;\n\
              error_log {d}/backend.err warn;\nevents {{ worker_connections 10000; }}\n\
              http {{\n  access_log off;\n  keepalive_requests 100000000;\n\
-             server {{\n    listen 127.0.0.1:{backend_port} backlog=4096;\n\
-             location / {{ default_type text/plain; return 200 \"hello from the bench backend\\n\"; }}\n  }}\n}}\n",
+             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n\
+             location / {{ default_type text/plain; return 200 \"hello from the bench backend\\n\"; }}\n  }}\n{tls_server}}}\n",
             d = dir.display()
         ),
     )?;
     let conf = backend_conf.to_string_lossy().into_owned();
     let prefix = format!("{}/", dir.display());
-    let mut backend = Reaped(
+    let backend = Reaped(
         Command::new("taskset")
             .args(["-c", "0", "nginx", "-p", &prefix, "-e", "stderr", "-c", &conf])
             .stdout(Stdio::null())
             .spawn()
             .context("could not start the nginx backend")?,
     );
+    Ok(backend)
+}
+
+/// A self-signed P-256 certificate for 127.0.0.1 and `bench.local` (openssl), valid two days:
+/// `cert.pem` and `key.pem` in `dir`.
+pub(crate) fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    output(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench.local",
+            "-addext",
+            "subjectAltName=DNS:bench.local,IP:127.0.0.1",
+            "-keyout",
+            &key.to_string_lossy(),
+            "-out",
+            &cert.to_string_lossy(),
+        ],
+    )?;
+    Ok((cert, key))
+}
+
+fn measure(workload: &str, binary: &Path, dir: &Path) -> Result<()> {
+    let backend_port = free_port()?;
+    let proxy_port = free_port()?;
+    let mut backend = start_backend(dir, backend_port, None)?;
     wait_for(backend_port, "the nginx backend", &mut backend.0)?;
 
     let action = match workload {
         "l7-ka" | "l7-close" => "http = {}".to_owned(),
         "h2-term" => {
-            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-            output(
-                "openssl",
-                &[
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                    "-nodes",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=bench.local",
-                    "-addext",
-                    "subjectAltName=DNS:bench.local,IP:127.0.0.1",
-                    "-keyout",
-                    &key.to_string_lossy(),
-                    "-out",
-                    &cert.to_string_lossy(),
-                ],
-            )?;
+            let (cert, key) = self_signed(dir)?;
             format!(
                 "http = {{}}, tls = {{ mode = \"terminate\", certificate = {{ cert = \"{}\", key = \"{}\" }}, \
                  min_version = \"1.3\", session_resumption = false }}",

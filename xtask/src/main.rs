@@ -3,7 +3,8 @@
 //! ```text
 //! cargo xtask ci                 the full gate: deps, fmt --check, clippy -D warnings (benches
 //!                                included), rustdoc, cargo-deny, tests (totals summed at the end),
-//!                                fuzz targets checked, packaging check; prints each step's time
+//!                                fuzz targets checked, the PGO training loads (debug build),
+//!                                packaging check; prints each step's time
 //! cargo xtask deps               install the test peers that are missing (haproxy, nginx, curl,
 //!                                openssl, prometheus, wrk, man-db, the npm `statsd` daemon) and
 //!                                the pinned cargo tools (cargo-deny, cargo-fuzz)
@@ -13,8 +14,9 @@
 //! cargo xtask package            package every publishable crate in one go (the workspace's
 //!                                unpublished crates see each other), build each from its .crate
 //!                                alone, check contents (README, LICENSE, CHANGELOG, size caps)
-//! cargo xtask bench [--whole] [ARGS..]   criterion benches; --whole runs ../shared/bench/run with
-//!                                the release binary (ARGS are passed to it)
+//! cargo xtask bench [--whole [--pgo]] [ARGS..]   criterion benches; --whole runs
+//!                                ../shared/bench/run with the release binary (--pgo: the
+//!                                profile-guided one of `cargo xtask pgo`; ARGS are passed to it)
 //! cargo xtask bench --instructions [WORKLOAD] [--binary PATH]   user-space instructions per
 //!                                request of the proxy (callgrind; the profiling build by
 //!                                default) under l7-ka (default), l7-close, h2-term, http-ka or
@@ -23,16 +25,22 @@
 //! cargo xtask bench --kernel     bulk1 through a kernel-forwarded (nftables) and a proxied route
 //!                                of the release binary, in network namespaces (root, iperf3):
 //!                                machine and proxy CPU per GB
+//! cargo xtask pgo [--check]      the release binary built with profile-guided optimisation:
+//!                                an instrumented build serves loopback traffic of every kind
+//!                                (layer 4, HTTP/1.1, HTTP/2, TLS, bulk) against nginx, then the
+//!                                release build uses its profile -> target/pgo/smartproxy;
+//!                                --check: only the training loads, through the debug build
 //! cargo xtask fuzz [--secs N] [--runs N] [TARGET..] run the fuzz targets (all by default)
 //!                                for N s each (and at most N executions with --runs)
 //! cargo xtask soak [--connections N] [--debug]   N connections (default 1,000,000) through two
 //!                                hops with PROXY v2 (release build): fds, RSS and gauges of both
 //!                                hops at start vs end (tests/tests/reliability.rs `soak`)
-//! cargo xtask release [--version X [--bump CRATE=major|minor|patch].. [--plan]]
+//! cargo xtask release [--version X [--bump CRATE=major|minor|patch].. [--plan]] [--no-pgo]
 //!                                with --version: bump the binary to X and every crate changed
 //!                                since the last vX tag (--plan: print, change nothing); then
 //!                                package + verify those crates, publish --dry-run, the release
-//!                                binary, man page, completions, release notes, tarball and
+//!                                binary (profile-guided unless --no-pgo), man page,
+//!                                completions, release notes, tarball and
 //!                                SHA256SUMS in target/dist. Uploads, commits and tags nothing.
 //! ```
 //!
@@ -50,6 +58,7 @@ mod bump;
 mod deps;
 mod instructions;
 mod package;
+mod pgo;
 mod release;
 mod steps;
 mod workspace;
@@ -86,6 +95,11 @@ fn run() -> Result<()> {
             r
         }
         "package" => package_check().map(|_| ()),
+        "pgo" => match rest.first().map(String::as_str) {
+            None => pgo::build().map(|_| ()),
+            Some("--check") => pgo::check_training(),
+            Some(other) => bail!("pgo: unknown argument `{other}` (--check: the training only)"),
+        },
         "bench" => bench(rest),
         "fuzz" => fuzz(rest),
         "soak" => soak(rest),
@@ -161,6 +175,7 @@ fn ci_steps(steps: &mut Steps, totals: &mut TestTotals) -> Result<()> {
     // Benches are type-checked by clippy --all-targets above; the fuzz crates (their own
     // workspaces) are checked here so that they cannot rot.
     steps.run("fuzz targets (cargo fuzz check)", fuzz_check)?;
+    steps.run("PGO training loads (debug build, 1 s each)", pgo::check_training)?;
     // Last, so that the verify builds reuse what the tests built in target/debug.
     steps.run("packaging (cargo package, each .crate built)", || package_check().map(|_| ()))?;
     Ok(())
@@ -358,18 +373,29 @@ fn bench(args: &[String]) -> Result<()> {
     }
     if args.first().map(String::as_str) == Some("--whole") {
         deps::ensure_bench_tools()?;
-        sh("cargo", &["build", "--release", "--locked", "-p", "smartproxy"])?;
         let harness = Path::new("../shared/bench/run");
         if !harness.exists() {
             bail!(
                 "the benchmark harness is not at ../shared/bench/run (it ships beside the repository)"
             );
         }
-        let mut a: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+        let pgo = args.get(1).map(String::as_str) == Some("--pgo");
+        // The harness's smartproxy recipe runs $SMARTPROXY_BIN, else target/release/smartproxy.
+        let bin = if pgo {
+            pgo::build()?.to_string_lossy().into_owned()
+        } else {
+            sh("cargo", &["build", "--release", "--locked", "-p", "smartproxy"])?;
+            "target/release/smartproxy".to_owned()
+        };
+        let mut a: Vec<&str> = args[1 + usize::from(pgo)..].iter().map(String::as_str).collect();
         if !a.iter().any(|x| x.starts_with("--proxies")) {
             a.extend(["--proxies", "direct,haproxy,nginx,smartproxy"]);
         }
-        return sh(harness.to_str().unwrap_or("../shared/bench/run"), &a);
+        return sh_env(
+            harness.to_str().unwrap_or("../shared/bench/run"),
+            &a,
+            &[("SMARTPROXY_BIN", &bin)],
+        );
     }
     let mut a = vec!["bench", "--workspace"];
     a.extend(args.iter().map(String::as_str));

@@ -5,7 +5,8 @@
 //!    other through cargo's local overlay), each built from its `.crate` alone; the contents of
 //!    every `.crate` (README, LICENSE, CHANGELOG, size caps); `cargo publish --dry-run
 //!    --no-verify` of the same crates.
-//! 3. The release binary: built, checked to carry no debug info and to report the version.
+//! 3. The release binary: built with profile-guided optimisation (`pgo.rs`; `--no-pgo`: a
+//!    plain `cargo build --release`), checked to carry no debug info and to report the version.
 //! 4. `target/dist/`: `smartproxy-X-TARGET/` (binary, man page, completions, LICENSE, README,
 //!    CHANGELOG.md with this version's section), its `.tar.gz`, and `SHA256SUMS`.
 //!
@@ -27,6 +28,7 @@ struct Options {
     version: Option<Version>,
     levels: BTreeMap<String, Level>,
     plan_only: bool,
+    no_pgo: bool,
 }
 
 impl Options {
@@ -46,6 +48,7 @@ impl Options {
                     o.levels.insert(name.to_owned(), Level::parse(level)?);
                 }
                 "--plan" => o.plan_only = true,
+                "--no-pgo" => o.no_pgo = true,
                 other => bail!("release: unknown argument `{other}` (see `cargo xtask help`)"),
             }
         }
@@ -115,7 +118,8 @@ fn run(root: &Path, opts: &Options, steps: &mut Steps) -> Result<()> {
     let packaged = steps.run("package + build each .crate, publish --dry-run", || {
         package::check(&ws, &members, Mode::PublishDryRun)
     })?;
-    let bin = steps.run("release binary", || release_binary(&ws))?;
+    let what = if opts.no_pgo { "release binary" } else { "release binary (PGO)" };
+    let bin = steps.run(what, || release_binary(&ws, !opts.no_pgo))?;
     let dist = steps.run("artifacts in target/dist", || artifacts(&ws, &bin))?;
     println!("\nreleased crates (.crate files in target/package-verify/package):");
     print!("{}", package::table(&packaged));
@@ -153,11 +157,16 @@ fn crate_states(ws: &Workspace) -> Result<Vec<CrateState>> {
     Ok(out)
 }
 
-/// Builds the release binary; checks it has no debug info and reports its version.
-fn release_binary(ws: &Workspace) -> Result<PathBuf> {
+/// Builds the release binary (profile-guided with `pgo`); checks it has no debug info and
+/// reports its version.
+fn release_binary(ws: &Workspace, pgo: bool) -> Result<PathBuf> {
     let m = ws.binary()?;
-    crate::sh("cargo", &["build", "--release", "--locked", "-p", &m.name])?;
-    let bin = ws.target.join("release").join(&m.name);
+    let bin = if pgo {
+        crate::pgo::build()?
+    } else {
+        crate::sh("cargo", &["build", "--release", "--locked", "-p", &m.name])?;
+        ws.target.join("release").join(&m.name)
+    };
     let out = Command::new("readelf")
         .args(["-S", "--wide"])
         .arg(&bin)
@@ -325,7 +334,7 @@ fn release_notes(ws: &Workspace) -> Result<String> {
     Ok(notes)
 }
 
-fn host_triple() -> Result<String> {
+pub(crate) fn host_triple() -> Result<String> {
     let out = Command::new("rustc").arg("-vV").output().context("rustc -vV")?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -348,6 +357,8 @@ mod tests {
         assert_eq!(o.version, Some(Version::parse("0.2.0").unwrap()));
         assert_eq!(o.levels.get("a"), Some(&Level::Minor));
         assert!(o.plan_only);
+        assert!(!o.no_pgo);
+        assert!(Options::parse(&args(&["--no-pgo"])).unwrap().no_pgo);
         assert!(Options::parse(&args(&["--plan"])).is_err(), "--plan needs --version");
         assert!(Options::parse(&args(&["--version", "x"])).is_err());
         assert!(Options::parse(&args(&["--version", "0.2.0", "--bump", "a=huge"])).is_err());
