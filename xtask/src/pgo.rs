@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::deps::have;
-use crate::instructions::{Reaped, free_port, output, self_signed, start_backend, wait_for};
+use crate::instructions::{Reaped, output, self_signed, start_backend, wait_for};
 
 /// Seconds of each training load.
 const SECS: u32 = 3;
@@ -200,6 +200,20 @@ struct Ports {
     bulk: u16,
 }
 
+/// Distinct free ports on 127.0.0.1: all bound at once, then released (ports asked for one
+/// after another may come back twice).
+fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding free ports")?;
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
 /// Runs `program` (a load generator) and fails unless it exits 0 and its output passes `ok`.
 fn load(what: &str, program: &str, args: &[&str], ok: impl Fn(&str) -> bool) -> Result<()> {
     println!("  training: {what}");
@@ -217,28 +231,24 @@ fn wrk_ok(out: &str) -> bool {
 
 fn train(binary: &Path, dir: &Path, secs: u32) -> Result<()> {
     let (cert, key) = self_signed(dir)?;
-    let (backend, backend_tls, iperf) = (free_port()?, free_port()?, free_port()?);
+    let [backend, backend_tls, iperf, l4, http, https, term, pass, bulk] = free_ports()?;
     let mut nginx = start_backend(dir, backend, Some((backend_tls, &cert, &key)))?;
     wait_for(backend, "the nginx backend", &mut nginx.0)?;
     wait_for(backend_tls, "the nginx backend (HTTPS)", &mut nginx.0)?;
+    // Its log also has a complaint about every connection that only checks it listens.
+    let iperf_log = dir.join("iperf3.log");
+    let log_file = fs::File::create(&iperf_log)?;
     let mut iperf_server = Reaped(
         Command::new("iperf3")
-            .args(["-s", "-p", &iperf.to_string()])
-            .stdout(Stdio::null())
-            // It complains of every connection that only checks it listens.
-            .stderr(Stdio::null())
+            .args(["-s", "-B", "127.0.0.1", "-p", &iperf.to_string()])
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
             .spawn()
             .context("could not start the iperf3 server")?,
     );
-    wait_for(iperf, "the iperf3 server", &mut iperf_server.0)?;
-    let p = Ports {
-        l4: free_port()?,
-        http: free_port()?,
-        https: free_port()?,
-        term: free_port()?,
-        pass: free_port()?,
-        bulk: free_port()?,
-    };
+    wait_for(iperf, "the iperf3 server", &mut iperf_server.0)
+        .with_context(|| format!("its log: {}", iperf_log.display()))?;
+    let p = Ports { l4, http, https, term, pass, bulk };
     let config = dir.join("proxy.toml");
     fs::write(&config, training_config(&p, backend, backend_tls, iperf, &cert, &key))?;
     // Its log (wrk's SNI is an address, which rustls logs as a warning per handshake).
