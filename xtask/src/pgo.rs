@@ -200,16 +200,40 @@ struct Ports {
     bulk: u16,
 }
 
-/// Distinct free ports on 127.0.0.1: all bound at once, then released (ports asked for one
-/// after another may come back twice).
+/// Distinct ports free on every address, held all at once while they are found, then
+/// released. Taken below the kernel's ephemeral range (32768 and up by default), from which
+/// the training's own connections take their source ports: a port handed out from there
+/// could be some connection's local port by the time the proxy binds it on the wildcard
+/// addresses (its default `bind`), which then fails.
 fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("binding free ports")?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let (low, span) = (20_000u32, 12_000u32);
+    let mut held = Vec::with_capacity(N);
     let mut ports = [0u16; N];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr()?.port();
+    let mut found = 0;
+    for i in 0..span {
+        if found == N {
+            break;
+        }
+        let port = u16::try_from(low + (seed.wrapping_add(i.wrapping_mul(7_919))) % span)
+            .context("port out of range")?;
+        // `[::]` without IPV6_V6ONLY holds the IPv4 wildcard too; 0.0.0.0 where there is no
+        // IPv6.
+        let l = std::net::TcpListener::bind(("::", port))
+            .or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)));
+        if let Ok(l) = l {
+            if !ports[..found].contains(&port) {
+                held.push(l);
+                ports[found] = port;
+                found += 1;
+            }
+        }
+    }
+    if found < N {
+        bail!("found only {found} of {N} free ports in {low}..{}", low + span);
     }
     Ok(ports)
 }
@@ -352,6 +376,19 @@ mod tests {
         assert_eq!(c.matches("mode = \"terminate\"").count(), 2, "{c}");
         assert!(c.contains("port = 2002 }], tls = { mode = \"passthrough\" }"), "{c}");
         assert!(c.contains("port = 2003 }] }"), "{c}");
+    }
+
+    #[test]
+    fn free_ports_are_distinct_below_the_ephemeral_range_and_free() {
+        let ports: [u16; 9] = free_ports().unwrap();
+        let mut sorted = ports.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 9, "{ports:?}");
+        for p in ports {
+            assert!((20_000..32_000).contains(&p), "{p}");
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
     }
 
     #[test]
