@@ -56,11 +56,27 @@ const APT_EXTRA: &[(&str, &str)] =
 /// Where `npm install` puts the npm peers (the statsd daemon).
 pub(crate) const NPM_PREFIX: &str = "target/test-peers";
 
-pub(crate) fn have(cmd: &str) -> bool {
+fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The packages of the commands not on `PATH`, each once.
+pub(crate) fn missing<'a>(commands: &[(&str, &'a str)]) -> Vec<&'a str> {
+    let mut missing = Vec::new();
+    for &(cmd, pkg) in commands {
+        if !have(cmd) && !missing.contains(&pkg) {
+            missing.push(pkg);
+        }
+    }
+    missing
+}
+
+/// Installs the packages of the commands not on `PATH` (`(command, Debian package)`).
+pub(crate) fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
+    apt_install(&missing(commands))
 }
 
 fn is_root() -> bool {
@@ -229,12 +245,7 @@ fn run_with_progress(what: &str, cmd: &mut Command, log: &Path) -> Result<()> {
 
 /// Everything `cargo xtask test` and `ci` need.
 pub(crate) fn ensure_all() -> Result<()> {
-    let mut missing: Vec<&str> = Vec::new();
-    for (cmd, pkg) in APT_PEERS {
-        if !have(cmd) && !missing.contains(pkg) {
-            missing.push(pkg);
-        }
-    }
+    let mut missing = missing(APT_PEERS);
     for (path, pkg) in APT_EXTRA {
         if !Path::new(path).exists() && !missing.contains(pkg) {
             missing.push(pkg);
@@ -272,25 +283,17 @@ pub(crate) fn ensure_all() -> Result<()> {
 
 /// What `cargo xtask bench --kernel` needs (crates/nftables/benches/kernel_vs_proxy.rs).
 pub(crate) fn ensure_kernel_bench_tools() -> Result<()> {
-    let mut missing = Vec::new();
-    for (cmd, pkg) in [("iperf3", "iperf3"), ("nft", "nftables"), ("ip", "iproute2")] {
-        if !have(cmd) {
-            missing.push(pkg);
-        }
-    }
-    apt_install(&missing)
+    ensure_commands(&[("iperf3", "iperf3"), ("nft", "nftables"), ("ip", "iproute2")])
 }
 
 /// What `../shared/bench/run` needs.
 pub(crate) fn ensure_bench_tools() -> Result<()> {
-    let mut missing = Vec::new();
-    for (cmd, pkg) in
-        [("haproxy", "haproxy"), ("nginx", "nginx-light"), ("wrk", "wrk"), ("iperf3", "iperf3")]
-    {
-        if !have(cmd) {
-            missing.push(pkg);
-        }
-    }
+    let mut missing = missing(&[
+        ("haproxy", "haproxy"),
+        ("nginx", "nginx-light"),
+        ("wrk", "wrk"),
+        ("iperf3", "iperf3"),
+    ]);
     if !Path::new("/usr/lib/nginx/modules/ngx_stream_module.so").exists() {
         missing.push("libnginx-mod-stream");
     }

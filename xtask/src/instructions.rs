@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::deps::have;
-
 /// The workloads: the shared harness's names for the same routes.
 const WORKLOADS: &[&str] = &["l7-ka", "l7-close", "h2-term", "http-ka", "http-close"];
 
@@ -43,8 +41,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
     }
     let workload = workload.unwrap_or_else(|| "l7-ka".to_owned());
-    let mut missing = Vec::new();
-    for (cmd, pkg) in [
+    crate::deps::ensure_commands(&[
         ("valgrind", "valgrind"),
         ("callgrind_control", "valgrind"),
         ("wrk", "wrk"),
@@ -52,12 +49,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ("taskset", "util-linux"),
         ("h2load", "nghttp2-client"),
         ("openssl", "openssl"),
-    ] {
-        if !have(cmd) && !missing.contains(&pkg) {
-            missing.push(pkg);
-        }
-    }
-    crate::deps::apt_install(&missing)?;
+    ])?;
     let binary = match binary {
         Some(b) => b,
         None => {

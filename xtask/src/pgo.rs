@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::deps::have;
 use crate::instructions::{Reaped, output, self_signed, start_backend, wait_for};
 
 /// Seconds of each training load.
@@ -61,8 +60,7 @@ pub(crate) fn check_training() -> Result<()> {
 }
 
 fn ensure_tools() -> Result<()> {
-    let mut missing = Vec::new();
-    for (cmd, pkg) in [
+    crate::deps::ensure_commands(&[
         ("wrk", "wrk"),
         ("nginx", "nginx-light"),
         ("taskset", "util-linux"),
@@ -70,19 +68,14 @@ fn ensure_tools() -> Result<()> {
         ("openssl", "openssl"),
         ("curl", "curl"),
         ("iperf3", "iperf3"),
-    ] {
-        if !have(cmd) && !missing.contains(&pkg) {
-            missing.push(pkg);
-        }
-    }
-    crate::deps::apt_install(&missing)
+    ])
 }
 
 /// Builds `target/pgo/smartproxy`; returns its path.
 pub(crate) fn build() -> Result<PathBuf> {
     ensure_tools()?;
-    let profdata_tool = llvm_profdata()?;
     let host = crate::release::host_triple()?;
+    let profdata_tool = llvm_profdata(&host)?;
     let root = std::env::current_dir().context("current directory")?;
     let target = root.join("target");
     let out = target.join("pgo");
@@ -129,11 +122,10 @@ pub(crate) fn build() -> Result<PathBuf> {
 }
 
 /// `llvm-profdata` of the compiler's own LLVM (rustup component `llvm-tools`).
-fn llvm_profdata() -> Result<PathBuf> {
+fn llvm_profdata(host: &str) -> Result<PathBuf> {
     let sysroot = output("rustc", &["--print", "sysroot"])?;
-    let host = crate::release::host_triple()?;
     let tool =
-        Path::new(sysroot.trim()).join("lib/rustlib").join(&host).join("bin").join("llvm-profdata");
+        Path::new(sysroot.trim()).join("lib/rustlib").join(host).join("bin").join("llvm-profdata");
     if !tool.exists() {
         crate::sh("rustup", &["component", "add", "llvm-tools"]).context(
             "PGO needs llvm-profdata of the compiler's LLVM: `rustup component add llvm-tools`",
