@@ -280,7 +280,10 @@ fn reload_changes_a_target_and_established_flows_keep_theirs() {
     assert_eq!(before.round_trip(b"first"), b"first");
 
     proxy.reload(&config(&kernel_route("db", 5432, BACKEND2, "")));
-    proxy.wait_for_output("the second apply", |o| o.matches(APPLIED).count() >= 2);
+    // The reload logs its end after the rules are applied: wait for both.
+    proxy.wait_for_output("the second apply and the reload's end", |o| {
+        o.matches(APPLIED).count() >= 2 && o.contains("configuration reloaded")
+    });
     assert!(proxy.output().contains("configuration reloaded"), "{}", proxy.output());
 
     let after = open(&topo.client, Some(CLIENT), sa(PROXY, 5432));
