@@ -20,6 +20,14 @@ use crate::h1::{BoxError, H1Body};
 use crate::pool::{Pool, Sender};
 use crate::snapshot::Snapshot;
 
+/// A client's request body: hyper's, or none (a request read by `h1_server.rs`, which
+/// serves only requests without one).
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
 /// A request body on its way to a target: the client's, streamed frame by frame (hyper
 /// polls it only when the backend connection can take more: backpressure), or nothing.
 #[derive(Debug)]

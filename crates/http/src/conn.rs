@@ -2,6 +2,7 @@
 //! shutdown, and the wait for upgraded connections at the end.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use smartproxy_metrics::{HttpErrorReason, HttpMethod};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::body::ClientBody;
 use crate::ctx::{ConnCtx, ConnInfo};
+use crate::h1_server::Served;
 use crate::io::{ClientIo, Prefix, answer};
 use crate::service::{Boxed, Inner, handle};
 use tokio_util::either::Either;
@@ -20,7 +23,7 @@ use tokio_util::either::Either;
 /// The HTTP/2 connection preface.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Headers in one HTTP/1 request head at most.
-const MAX_HEADERS: usize = 200;
+pub(crate) const MAX_HEADERS: usize = 200;
 
 /// How a client connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,84 +155,22 @@ where
         }
     };
     ctx.h2.store(h2, Ordering::Relaxed);
-    let svc_ctx = Arc::clone(&ctx);
-    let io = TokioIo::new(ClientIo::new(io, prefix, Arc::clone(&ctx), !h2));
     let timers = Timers { header: st.request_header_timeout, keepalive };
     let reason = if h2 {
-        let svc = hyper::service::service_fn(move |req| handle_h2(Arc::clone(&svc_ctx), req));
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_concurrent_streams(st.http2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(st.max_request_header_bytes).unwrap_or(u32::MAX))
-            .enable_connect_protocol();
-        let conn = b.serve_connection(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        let mut sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
-        let mut closing: Option<CloseReason> = None;
-        loop {
-            tokio::select! {
-                // In this order, without a random pick each time the connection wakes.
-                biased;
-                r = conn.as_mut() => {
-                    break match r {
-                        Ok(()) => closing.unwrap_or(CloseReason::ClientClosed),
-                        Err(e) => {
-                            tracing::debug!(client = %ctx.client, "HTTP/2 connection error: {e}");
-                            closing.unwrap_or(CloseReason::Error)
-                        }
-                    };
-                }
-                () = sleep.as_mut(), if closing.is_none() => match timers.tick(&ctx) {
-                    Tick::Next(at) => sleep.as_mut().reset(at),
-                    Tick::Idle => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(CloseReason::KeepaliveTimeout);
-                    }
-                    Tick::HeadTimeout => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = Some(CloseReason::NoRequest);
-                    }
-                },
-                () = shutdown.as_mut(), if closing != Some(CloseReason::Shutdown) => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(CloseReason::Shutdown);
-                }
-            }
-        }
+        let io = TokioIo::new(ClientIo::new(io, prefix, Arc::clone(&ctx), false));
+        serve_h2(&ctx, io, st, timers, shutdown.as_mut()).await
     } else {
-        let svc = hyper::service::service_fn(move |req| handle(Arc::clone(&svc_ctx), req, false));
-        let mut b = http1::Builder::new();
-        // One buffer, one `send` per flush: cheaper than `writev` for the small heads and
-        // bodies most requests are (profiled: l7 keep-alive); large bodies are copied into
-        // the buffer instead (bounded by hyper's buffer size, so memory stays flat).
-        b.writev(false);
-        b.max_header_size(st.max_request_header_bytes).max_headers(MAX_HEADERS);
-        if st.max_request_header_bytes >= 400 * 1024 {
-            b.max_buf_size(st.max_request_header_bytes + 8192);
-        }
-        let mut conn = b.serve_connection(io, svc).with_upgrades();
-        let mut sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
-        let mut closing: Option<CloseReason> = None;
-        loop {
-            tokio::select! {
-                // In this order, without a random pick each time the connection wakes.
-                biased;
-                r = &mut conn => break h1_end(&ctx, r, closing),
-                () = sleep.as_mut(), if closing.is_none() => match timers.tick(&ctx) {
-                    Tick::Next(at) => sleep.as_mut().reset(at),
-                    Tick::Idle => {
-                        Pin::new(&mut conn).graceful_shutdown();
-                        closing = Some(CloseReason::KeepaliveTimeout);
-                    }
-                    Tick::HeadTimeout => {
-                        slowloris(&ctx, conn).await;
-                        return done(CloseReason::HeaderTimeout, Some(Protocol::Http1));
-                    }
-                },
-                () = shutdown.as_mut(), if closing != Some(CloseReason::Shutdown) => {
-                    Pin::new(&mut conn).graceful_shutdown();
-                    closing = Some(CloseReason::Shutdown);
-                }
+        // HTTP/1.1: the connection's task serves the common requests itself
+        // (`h1_server.rs`) and hands the connection to hyper at the first one it does not
+        // take; hyper's server is rare from then on: boxed, out of every connection's future.
+        let max_head = st.max_request_header_bytes;
+        let first = prefix.map(Prefix::into_vec);
+        match crate::h1_server::serve(&ctx, io, first, timers, max_head, shutdown.as_mut()).await {
+            Served::Closed(reason) => return done(reason, Some(Protocol::Http1)),
+            Served::Hyper(io, rest) => {
+                let prefix = (!rest.is_empty()).then(|| Prefix::new(rest));
+                let io = TokioIo::new(ClientIo::new(io, prefix, Arc::clone(&ctx), true));
+                Box::pin(hyper_h1(&ctx, io, st, timers, shutdown.as_mut())).await
             }
         }
     };
@@ -242,6 +183,114 @@ where
     done(reason, Some(if h2 { Protocol::Http2 } else { Protocol::Http1 }))
 }
 
+/// An HTTP/2 connection (hyper's server).
+async fn serve_h2<I, F>(
+    ctx: &Arc<ConnCtx>,
+    io: TokioIo<ClientIo<I>>,
+    st: &smartproxy_routing::HttpSettings,
+    timers: Timers,
+    mut shutdown: Pin<&mut F>,
+) -> CloseReason
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: Future<Output = ()>,
+{
+    let svc_ctx = Arc::clone(ctx);
+    let svc = hyper::service::service_fn(move |req| handle_h2(Arc::clone(&svc_ctx), req));
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(st.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(st.max_request_header_bytes).unwrap_or(u32::MAX))
+        .enable_connect_protocol();
+    let conn = b.serve_connection(io, svc);
+    let mut conn = std::pin::pin!(conn);
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
+    let mut closing: Option<CloseReason> = None;
+    loop {
+        tokio::select! {
+            // In this order, without a random pick each time the connection wakes.
+            biased;
+            r = conn.as_mut() => {
+                return match r {
+                    Ok(()) => closing.unwrap_or(CloseReason::ClientClosed),
+                    Err(e) => {
+                        tracing::debug!(client = %ctx.client, "HTTP/2 connection error: {e}");
+                        closing.unwrap_or(CloseReason::Error)
+                    }
+                };
+            }
+            () = sleep.as_mut(), if closing.is_none() => match timers.tick(ctx) {
+                Tick::Next(at) => sleep.as_mut().reset(at),
+                Tick::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(CloseReason::KeepaliveTimeout);
+                }
+                Tick::HeadTimeout => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(CloseReason::NoRequest);
+                }
+            },
+            () = shutdown.as_mut(), if closing != Some(CloseReason::Shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(CloseReason::Shutdown);
+            }
+        }
+    }
+}
+
+/// An HTTP/1 connection served by hyper from here on (requests with bodies, upgrades,
+/// HTTP/1.0, bad heads: `h1_server.rs` hands those over).
+async fn hyper_h1<I, F>(
+    ctx: &Arc<ConnCtx>,
+    io: TokioIo<ClientIo<I>>,
+    st: &smartproxy_routing::HttpSettings,
+    timers: Timers,
+    mut shutdown: Pin<&mut F>,
+) -> CloseReason
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: Future<Output = ()>,
+{
+    let svc_ctx = Arc::clone(ctx);
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        handle(Arc::clone(&svc_ctx), req.map(ClientBody::Hyper), false)
+    });
+    let mut b = http1::Builder::new();
+    // One buffer, one `send` per flush: cheaper than `writev` for the small heads and
+    // bodies most requests are (profiled: l7 keep-alive); large bodies are copied into
+    // the buffer instead (bounded by hyper's buffer size, so memory stays flat).
+    b.writev(false);
+    b.max_header_size(st.max_request_header_bytes).max_headers(MAX_HEADERS);
+    if st.max_request_header_bytes >= 400 * 1024 {
+        b.max_buf_size(st.max_request_header_bytes + 8192);
+    }
+    let mut conn = b.serve_connection(io, svc).with_upgrades();
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
+    let mut closing: Option<CloseReason> = None;
+    loop {
+        tokio::select! {
+            // In this order, without a random pick each time the connection wakes.
+            biased;
+            r = &mut conn => return h1_end(ctx, r, closing),
+            () = sleep.as_mut(), if closing.is_none() => match timers.tick(ctx) {
+                Tick::Next(at) => sleep.as_mut().reset(at),
+                Tick::Idle => {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    closing = Some(CloseReason::KeepaliveTimeout);
+                }
+                Tick::HeadTimeout => {
+                    slowloris(ctx, conn).await;
+                    return CloseReason::HeaderTimeout;
+                }
+            },
+            () = shutdown.as_mut(), if closing != Some(CloseReason::Shutdown) => {
+                Pin::new(&mut conn).graceful_shutdown();
+                closing = Some(CloseReason::Shutdown);
+            }
+        }
+    }
+}
+
 /// A request on an HTTP/2 connection. hyper spawns a task per stream and moves the stream's
 /// future whole several times on the way (into the spawn, into the task's cell): the
 /// exchange is boxed where it is made (`proxy::forward`), so that those moves are small
@@ -250,7 +299,7 @@ pub(crate) fn handle_h2(
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Either<std::future::Ready<crate::proxy::Answer>, Boxed> {
-    match handle(ctx, req, true) {
+    match handle(ctx, req.map(ClientBody::Hyper), true) {
         Either::Left(now) => Either::Left(now),
         Either::Right(Either::Right(boxed)) => Either::Right(boxed),
         // Not made with `boxed` set; boxed here all the same.
@@ -259,12 +308,12 @@ pub(crate) fn handle_h2(
 }
 
 #[derive(Clone, Copy)]
-struct Timers {
-    header: Duration,
-    keepalive: Duration,
+pub(crate) struct Timers {
+    pub(crate) header: Duration,
+    pub(crate) keepalive: Duration,
 }
 
-enum Tick {
+pub(crate) enum Tick {
     Next(Instant),
     Idle,
     HeadTimeout,
@@ -275,7 +324,7 @@ impl Timers {
     /// every `header` interval, or every `keepalive` one when that is shorter (a timer set
     /// while a request ran is not re-armed when it ends: this bounds how late the idle close
     /// comes after a short keep-alive timeout); that bounds how late a slow head is noticed.
-    fn tick(&self, ctx: &ConnCtx) -> Tick {
+    pub(crate) fn tick(&self, ctx: &ConnCtx) -> Tick {
         let s = &ctx.state;
         let at = |ns: u64| ctx.start + Duration::from_nanos(ns);
         let now = at(ctx.now());
@@ -323,7 +372,7 @@ fn h1_end(ctx: &ConnCtx, r: hyper::Result<()>, closing: Option<CloseReason>) -> 
 }
 
 /// Counts and logs a request refused before it could be routed.
-fn rejected(ctx: &ConnCtx, reason: HttpErrorReason, detail: &dyn std::fmt::Display) {
+pub(crate) fn rejected(ctx: &ConnCtx, reason: HttpErrorReason, detail: &dyn std::fmt::Display) {
     if let Some(m) = &ctx.service.metrics {
         m.http_error(reason);
         m.http_request_started(None);

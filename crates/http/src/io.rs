@@ -23,6 +23,14 @@ impl Prefix {
     pub(crate) fn new(buf: Vec<u8>) -> Self {
         Self { buf, pos: 0 }
     }
+
+    /// The bytes not replayed yet.
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+        }
+        self.buf
+    }
 }
 
 pub(crate) struct ClientIo<I> {

@@ -31,6 +31,7 @@ mod conn;
 mod cors;
 mod ctx;
 mod h1;
+mod h1_server;
 mod headers;
 mod io;
 mod location;

@@ -9,14 +9,13 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use smartproxy_metrics::HttpErrorReason;
 use smartproxy_routing::{CompiledRoute, SendProxyProtocol, UpstreamProtocol};
 use tokio::time::{Instant, Sleep};
 use tokio_util::either::Either;
 
-use crate::body::{BackBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
+use crate::body::{BackBody, ClientBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
 use crate::ctx::ConnCtx;
 use crate::h1::{BoxError, ExchangeError};
 use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookies};
@@ -72,7 +71,7 @@ pub(crate) fn forward(
     ctx: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
     index: usize,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     mut guard: RequestGuard,
     expanded: Option<Box<Expanded>>,
     boxed: bool,
@@ -97,7 +96,7 @@ fn prepare(
     ctx: &ConnCtx,
     snap: &Snapshot,
     index: usize,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     guard: &mut RequestGuard,
     expanded: Option<&Expanded>,
 ) -> Result<Prepared, (HttpErrorReason, String)> {
@@ -188,12 +187,13 @@ fn prepare(
             }
         }
     }
-    let body = if ws || body.is_end_stream() {
-        UpBody::Empty
-    } else {
-        let progress = Arc::new(Progress::new());
-        guard.bytes_in = Some(Arc::clone(&progress));
-        UpBody::Stream { inner: body, progress }
+    let body = match body {
+        ClientBody::Hyper(body) if !ws && !body.is_end_stream() => {
+            let progress = Arc::new(Progress::new());
+            guard.bytes_in = Some(Arc::clone(&progress));
+            UpBody::Stream { inner: body, progress }
+        }
+        _ => UpBody::Empty,
     };
     Ok(Prepared {
         req: Request::from_parts(parts, body),

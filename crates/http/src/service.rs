@@ -7,14 +7,13 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use smartproxy_metrics::{HttpErrorReason, HttpMethod, HttpPolicyReason, Metrics};
 use smartproxy_routing::{HeaderSource, HttpSettings, MatchInput, RouteTable, TemplateVars};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::{AccessEntry, AccessLog};
 use crate::auth::Credentials;
-use crate::body::{RequestGuard, ResponseBody};
+use crate::body::{ClientBody, RequestGuard, ResponseBody};
 use crate::conn::ServeOutcome;
 use crate::ctx::{ConnCtx, ConnInfo};
 use crate::proxy::Answer;
@@ -279,7 +278,7 @@ enum Decision {
     Respond(usize, Box<Response<ResponseBody>>),
 }
 
-fn decide(snap: &Snapshot, ctx: &ConnCtx, req: &Request<Incoming>) -> Decision {
+fn decide(snap: &Snapshot, ctx: &ConnCtx, req: &Request<ClientBody>) -> Decision {
     let host = request_host(req);
     let headers = Headers(req.headers());
     let mut input = MatchInput::new(ctx.port, ctx.client.ip()).with_path(req.uri().path());
@@ -508,7 +507,7 @@ pub(crate) fn error_response(
 /// `conn::handle_h2`).
 pub(crate) fn handle(
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     boxed: bool,
 ) -> Either<Ready<Answer>, Either<impl Future<Output = Answer> + Send + 'static, Boxed>> {
     let now = |resp| Either::Left(ready(Ok(resp)));
@@ -589,7 +588,7 @@ async fn with_policies(
     ctx: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
     i: usize,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     guard: RequestGuard,
 ) -> Answer {
     let Some((route, state)) = snap.route(i) else {
@@ -628,9 +627,9 @@ mod tests {
 mod size_tests {
     use super::*;
 
-    fn ret_size<F, Fut>(_: F) -> usize
+    fn ret_size<B, F, Fut>(_: F) -> usize
     where
-        F: Fn(Arc<ConnCtx>, Request<Incoming>) -> Fut,
+        F: Fn(Arc<ConnCtx>, Request<B>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -652,7 +651,7 @@ mod size_tests {
     /// this bounds it.
     #[test]
     fn request_future_size() {
-        let n = ret_size(|ctx, req| handle(ctx, req, false));
+        let n = ret_size(|ctx, req: Request<ClientBody>| handle(ctx, req, false));
         eprintln!("request future: {n} bytes");
         assert!(n <= 2304, "the request future grew to {n} bytes");
     }

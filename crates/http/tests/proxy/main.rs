@@ -7,6 +7,7 @@ mod errors;
 mod h2;
 mod nginx;
 mod observe;
+mod own_h1;
 mod policies;
 mod routing;
 mod websocket;

@@ -1,0 +1,147 @@
+//! HTTP/1.1 towards clients read and written by the connection's task (`h1_server.rs`) for
+//! requests without a body, and the hand-over to hyper's server at the first request it does
+//! not take: one connection served by both in turn, pipelined requests, `Connection: close`,
+//! responses of unknown length, and a client that goes away while its request runs.
+
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+
+fn route(port: u16, target: u16) -> String {
+    format!(
+        r#"[[routes]]
+name = "own"
+match = {{ ports = [{port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {target} }}], http = {{}} }}
+"#
+    )
+}
+
+fn path_of(doc: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}"));
+    v["path"].as_str().unwrap_or_default().to_owned()
+}
+
+/// GET (the task's own server), POST with a body (hyper from here on), HEAD, then GET again:
+/// every request on the one client connection reaches the backend and is answered, and the
+/// connection reports all four when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_moves_to_hyper_at_a_request_with_a_body() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let proxy = Proxy::start(|p| route(p, bport), Opts::default()).await;
+    let mut tx = h1_client(proxy.addr).await;
+    let host = format!("127.0.0.1:{}", proxy.port());
+    let mut send = async |method: &str, path: &str, b: &'static str| {
+        tx.ready().await.unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &host)
+            .body(body(b))
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, tx.send_request(req)).await.unwrap().unwrap();
+        let status = resp.status().as_u16();
+        let date = resp.headers().contains_key("date");
+        (status, date, text(resp).await)
+    };
+    let (status, date, doc) = send("GET", "/first?q=1", "").await;
+    assert_eq!((status, date), (200, true), "{doc}");
+    assert_eq!(path_of(&doc), "/first");
+    let (status, _, doc) = send("POST", "/upload", "twelve bytes").await;
+    assert_eq!(status, 200, "{doc}");
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
+    assert_eq!((v["method"].as_str(), v["body_len"].as_u64()), (Some("POST"), Some(12)), "{doc}");
+    let (status, _, doc) = send("HEAD", "/head", "").await;
+    assert_eq!((status, doc.as_str()), (200, ""));
+    let (status, _, doc) = send("GET", "/last", "").await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(path_of(&doc), "/last");
+    drop(tx);
+    eventually("the connection to be reported with its four requests", || {
+        proxy.outcomes.lock().iter().any(|o| o.requests == 4)
+    })
+    .await;
+    assert_eq!(backend.accepted(), 1, "one backend connection served all four");
+}
+
+/// Two requests in one write are answered in order, each in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let proxy = Proxy::start(|p| route(p, bport), Opts::default()).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    let (one, two) = (text.find("\"/one\""), text.find("\"/two\""));
+    assert!(one.is_some() && two.is_some() && one < two, "{text}");
+    // The last response says the connection closes, and it did (read_to_end returned).
+    let last_head = &text[text.rfind("HTTP/1.1 200 OK").unwrap_or(0)..];
+    assert!(last_head.contains("\r\nconnection: close\r\n"), "{last_head}");
+}
+
+/// A response of unknown length (the backend streams it chunked) goes to the client chunked,
+/// and the connection serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_unknown_length_are_chunked_and_the_connection_stays() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let proxy = Proxy::start(|p| route(p, bport), Opts::default()).await;
+    // `/trailers`: a body without a length, then trailers (not asked for: not sent).
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /trailers HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut tmp)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&tmp[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.contains("\r\ntransfer-encoding: chunked\r\n"), "{text}");
+    assert!(!text.contains("content-length"), "{text}");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.contains("\"/next\""), "{rest}");
+}
+
+/// A client that closes while its request waits for the backend: the request is dropped
+/// (status 499 in the access log) and the connection is reported closed by the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_request_cancels_it() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let proxy =
+        Proxy::start(|p| route(p, bport), Opts { access_log: true, ..Opts::default() }).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /sleep HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    eventually("the request to reach the backend", || {
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(s);
+    eventually("the request to be logged as 499", || {
+        proxy.access.lock().iter().any(|l| l.contains("\"status\":499"))
+    })
+    .await;
+    eventually("the connection to be reported closed by the client", || {
+        proxy.outcomes.lock().iter().any(|o| {
+            o.reason == smartproxy_http::CloseReason::ClientClosed
+                && o.requests == 1
+                && o.protocol == Some(smartproxy_http::Protocol::Http1)
+        })
+    })
+    .await;
+}
