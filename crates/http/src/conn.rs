@@ -17,6 +17,7 @@ use crate::body::ClientBody;
 use crate::ctx::{ConnCtx, ConnInfo};
 use crate::h1_server::Served;
 use crate::io::{ClientIo, Prefix, answer};
+use crate::quiet::Quiet;
 use crate::service::{Boxed, Inner, handle};
 use tokio_util::either::Either;
 
@@ -129,7 +130,10 @@ where
     let keepalive = info.keepalive_timeout.map_or(st.http_keepalive_timeout, crate::snapshot::cap);
     let ctx = Arc::new(ConnCtx::new(inner, info));
     let _abort = AbortTunnels(Arc::clone(&ctx));
-    let mut shutdown = std::pin::pin!(shutdown);
+    // Polled only once it fires, not at every wake of the connection's task.
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = Quiet::new(shutdown);
+    let mut shutdown = Pin::new(&mut shutdown);
     let done = |reason, protocol| ServeOutcome {
         requests: ctx.state.requests.load(Ordering::Relaxed),
         reason,

@@ -36,6 +36,7 @@ use crate::conn::{CloseReason, MAX_HEADERS, Tick, Timers, rejected};
 use crate::ctx::ConnCtx;
 use crate::h1::BoxError;
 use crate::io::answer;
+use crate::quiet::Quiet;
 use crate::service::handle;
 
 /// Bytes of response gathered before a write: a head and a small body go out in one.
@@ -77,7 +78,9 @@ where
     let mut buf =
         prefix.map_or_else(|| BytesMut::with_capacity(4096), |p| BytesMut::from(Bytes::from(p)));
     let mut out = BytesMut::new();
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
+    // Polled only once it fires, not at every wake of the task.
+    let sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
+    let mut sleep = Quiet::new(sleep);
     let state = &ctx.state;
     loop {
         // A complete request head.
@@ -110,8 +113,8 @@ where
                         return Served::Closed(CloseReason::Error);
                     }
                 },
-                () = sleep.as_mut() => match timers.tick(ctx) {
-                    Tick::Next(at) => sleep.as_mut().reset(at),
+                () = &mut sleep => match timers.tick(ctx) {
+                    Tick::Next(at) => sleep.get_mut().as_mut().reset(at),
                     Tick::Idle => return Served::Closed(CloseReason::KeepaliveTimeout),
                     Tick::HeadTimeout => {
                         rejected(ctx, HttpErrorReason::HeaderTimeout, &"request head not complete in time");
@@ -287,7 +290,9 @@ fn build(
     fields: Vec<(HeaderName, usize, usize)>,
 ) -> Option<Request<ClientBody>> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for what the proxy adds (X-Forwarded-For/-Proto/-Host, Forwarded, Via): the map
+    // does not grow and rehash per request.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 5);
     for (name, start, end) in fields {
         headers.append(name, HeaderValue::from_maybe_shared(head.slice(start..end)).ok()?);
     }

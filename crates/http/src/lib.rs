@@ -38,6 +38,7 @@ mod location;
 mod policy;
 mod pool;
 mod proxy;
+mod quiet;
 mod service;
 mod snapshot;
 mod upstream;
@@ -49,6 +50,7 @@ pub use self::auth::{
 };
 pub use self::conn::{CloseReason, Protocol, ServeOutcome};
 pub use self::ctx::{ConnInfo, ProxyHeaderFn, TlsInfo};
+pub use self::quiet::Quiet;
 pub use self::service::{HttpConfig, HttpService, RouteConnSettings};
 pub use self::upstream::{
     TlsConnectFuture, TlsConnectRequest, TlsStream, UpstreamStream, UpstreamTls, set_tcp_keepalive,

@@ -26,5 +26,8 @@ fn serve_future_is_send_and_its_size_is_bounded() {
     let (a, _b) = tokio::io::duplex(64);
     let n = size(&svc, a);
     eprintln!("serve future: {n} bytes");
-    assert!(n < 4096, "serve future is {n} bytes");
+    // 4,176 bytes when this bound was set: the request's future (about 2.2 KiB) held in place
+    // by the HTTP/1.1 server of the connection's task (h1_server.rs), hyper's HTTP/1 server
+    // boxed out of it (rare since), and two `Quiet` wrappers.
+    assert!(n <= 4352, "serve future is {n} bytes");
 }

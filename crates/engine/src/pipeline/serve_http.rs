@@ -72,12 +72,16 @@ pub(crate) async fn serve<S>(
     let io = Counted { inner: io, obs: Arc::clone(&c.obs) };
     let deadline = c.timeouts().deadline;
     let mut stop = c.shared.force_close.subscribe();
-    let served = tokio::time::timeout_at(deadline, c.shared.http.serve(io, info, shutdown));
+    let served = c.shared.http.serve(io, info, shutdown);
+    // The lifetime timer is polled only once it fires, not at every wake of the task.
+    let lifetime = std::pin::pin!(tokio::time::sleep_until(deadline));
+    let lifetime = smartproxy_http::Quiet::new(lifetime);
     // The forced close at the end of the shutdown grace ends it here (counted), before the
     // caller's own wait for it.
     let end = tokio::select! {
         biased;
-        r = served => r.map_or(HttpEnd::Lifetime, HttpEnd::Served),
+        r = served => HttpEnd::Served(r),
+        () = lifetime => HttpEnd::Lifetime,
         () = copy::wait_stop(&mut stop) => HttpEnd::Forced,
     };
     log_close_http(&c.obs, client, c.port, end);
