@@ -208,7 +208,9 @@ where
         .enable_connect_protocol();
     let conn = b.serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
+    // Polled only when it fires, not at every wake of the connection (every frame).
+    let sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
+    let mut sleep = Quiet::new(sleep);
     let mut closing: Option<CloseReason> = None;
     loop {
         tokio::select! {
@@ -223,8 +225,8 @@ where
                     }
                 };
             }
-            () = sleep.as_mut(), if closing.is_none() => match timers.tick(ctx) {
-                Tick::Next(at) => sleep.as_mut().reset(at),
+            () = &mut sleep, if closing.is_none() => match timers.tick(ctx) {
+                Tick::Next(at) => sleep.get_mut().as_mut().reset(at),
                 Tick::Idle => {
                     conn.as_mut().graceful_shutdown();
                     closing = Some(CloseReason::KeepaliveTimeout);
