@@ -477,7 +477,9 @@ async fn send_body<I: AsyncRead + AsyncWrite + Unpin>(
         let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
             Poll::Ready(f) => f,
             Poll::Pending => {
+                // Out before the wait: gathered bytes, and what a TLS stream holds back.
                 flush(io, out).await?;
+                io.flush().await.map_err(Failure::Io)?;
                 let next = std::pin::pin!(poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)));
                 watch(next, io, buf).await.ok_or(Failure::ClientGone)?
             }
