@@ -67,6 +67,30 @@ async fn one_connection_moves_to_hyper_at_a_request_with_a_body() {
     assert_eq!(backend.accepted(), 1, "one backend connection served all four");
 }
 
+/// A GET, a POST with a body (hyper's from there on) and a GET in one write: the hand-over
+/// keeps the bytes already read, and the three are answered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_survive_the_hand_over() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let proxy = Proxy::start(|p| route(p, bport), Opts::default()).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    let at = |p: &str| text.find(&format!("\"path\":\"{p}\"")).unwrap_or(usize::MAX);
+    assert!(at("/one") < at("/two") && at("/two") < at("/three") && at("/three") < text.len());
+    assert!(text.contains("\"body_len\":5"), "{text}");
+}
+
 /// Two requests in one write are answered in order, each in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
