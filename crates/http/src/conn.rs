@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use smartproxy_metrics::{HttpErrorReason, HttpMethod};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -187,7 +187,29 @@ where
     done(reason, Some(if h2 { Protocol::Http2 } else { Protocol::Http1 }))
 }
 
-/// An HTTP/2 connection (hyper's server).
+/// The stream futures hyper hands over on an HTTP/2 connection, run by the connection's own
+/// task (`serve_h2`) instead of a task each: no task allocation, registration and scheduling
+/// per request, and a stream's wake-ups are the connection task's. hyper calls `execute` from
+/// the connection future's poll; the loop then moves them into its set.
+#[derive(Clone, Default)]
+struct StreamExec(Arc<parking_lot::Mutex<Vec<StreamFuture>>>);
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for StreamExec {
+    fn execute(&self, fut: F) {
+        self.0.lock().push(Box::pin(fut));
+    }
+}
+
+/// What woke an HTTP/2 connection's loop.
+enum H2Event {
+    Done(hyper::Result<()>),
+    Timer,
+    Shutdown,
+}
+
+/// An HTTP/2 connection (hyper's server), its streams run in this task.
 async fn serve_h2<I, F>(
     ctx: &Arc<ConnCtx>,
     io: TokioIo<ClientIo<I>>,
@@ -199,24 +221,44 @@ where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     F: Future<Output = ()>,
 {
+    use futures_util::StreamExt as _;
+    use std::task::Poll;
+
     let svc_ctx = Arc::clone(ctx);
     let svc = hyper::service::service_fn(move |req| handle_h2(Arc::clone(&svc_ctx), req));
-    let mut b = http2::Builder::new(TokioExecutor::new());
+    let exec = StreamExec::default();
+    let mut b = http2::Builder::new(exec.clone());
     b.timer(TokioTimer::new())
         .max_concurrent_streams(st.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(st.max_request_header_bytes).unwrap_or(u32::MAX))
         .enable_connect_protocol();
     let conn = b.serve_connection(io, svc);
     let mut conn = std::pin::pin!(conn);
+    let mut streams = futures_util::stream::FuturesUnordered::<StreamFuture>::new();
     // Polled only when it fires, not at every wake of the connection (every frame).
     let sleep = std::pin::pin!(tokio::time::sleep_until(ctx.start + timers.header));
     let mut sleep = Quiet::new(sleep);
     let mut closing: Option<CloseReason> = None;
     loop {
-        tokio::select! {
-            // In this order, without a random pick each time the connection wakes.
-            biased;
-            r = conn.as_mut() => {
+        // The connection first, then the streams it handed over (which it may need to
+        // write their frames: they wake this task), then the timer and the shutdown.
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(H2Event::Done(r));
+            }
+            streams.extend(exec.0.lock().drain(..));
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if closing.is_none() && Pin::new(&mut sleep).poll(cx).is_ready() {
+                return Poll::Ready(H2Event::Timer);
+            }
+            if closing != Some(CloseReason::Shutdown) && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(H2Event::Shutdown);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            H2Event::Done(r) => {
                 return match r {
                     Ok(()) => closing.unwrap_or(CloseReason::ClientClosed),
                     Err(e) => {
@@ -225,7 +267,7 @@ where
                     }
                 };
             }
-            () = &mut sleep, if closing.is_none() => match timers.tick(ctx) {
+            H2Event::Timer => match timers.tick(ctx) {
                 Tick::Next(at) => sleep.get_mut().as_mut().reset(at),
                 Tick::Idle => {
                     conn.as_mut().graceful_shutdown();
@@ -236,7 +278,7 @@ where
                     closing = Some(CloseReason::NoRequest);
                 }
             },
-            () = shutdown.as_mut(), if closing != Some(CloseReason::Shutdown) => {
+            H2Event::Shutdown => {
                 conn.as_mut().graceful_shutdown();
                 closing = Some(CloseReason::Shutdown);
             }
