@@ -339,10 +339,10 @@ where
     }
 }
 
-/// A request on an HTTP/2 connection. hyper spawns a task per stream and moves the stream's
-/// future whole several times on the way (into the spawn, into the task's cell): the
-/// exchange is boxed where it is made (`proxy::forward`), so that those moves are small
-/// (one allocation and one copy into it instead).
+/// A request on an HTTP/2 connection. hyper moves a stream's future whole several times on
+/// its way to the executor (`StreamExec`, which boxes it): the exchange is boxed where it is
+/// made (`proxy::forward`), so that those moves are small (one allocation and one copy into
+/// it instead).
 pub(crate) fn handle_h2(
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,

@@ -634,7 +634,7 @@ mod size_tests {
         std::mem::size_of::<Fut>()
     }
 
-    /// An HTTP/2 stream's future (what hyper moves into a task per stream) holds the
+    /// An HTTP/2 stream's future (what hyper moves to its executor per stream) holds the
     /// exchange in a box: its size is that of a ready answer (a response, 288 bytes when
     /// this bound was set), not the exchange's.
     #[test]
