@@ -445,8 +445,14 @@ where
     rejected(ctx, HttpErrorReason::HeaderTimeout, &"request head not complete in time");
     let Some(parts) = conn.into_parts() else { return };
     let mut io = parts.io.into_inner();
+    answer_and_close(io.raw_mut(), 408).await;
+}
+
+/// Writes the layer's own answer for `status` straight to the client, then closes the
+/// write side; at most a second for both (the client may not read).
+pub(crate) async fn answer_and_close<W: AsyncWrite + Unpin>(io: &mut W, status: u16) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        io.write_raw(answer(408)).await?;
+        io.write_all(answer(status)).await?;
         io.shutdown().await
     })
     .await;

@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,10 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
 use crate::body::{ClientBody, ResponseBody};
-use crate::conn::{CloseReason, MAX_HEADERS, Tick, Timers, rejected};
+use crate::conn::{CloseReason, MAX_HEADERS, Tick, Timers, answer_and_close, rejected};
 use crate::ctx::ConnCtx;
 use crate::h1::BoxError;
-use crate::io::answer;
 use crate::quiet::Quiet;
 use crate::service::handle;
 
@@ -118,11 +117,7 @@ where
                     Tick::Idle => return Served::Closed(CloseReason::KeepaliveTimeout),
                     Tick::HeadTimeout => {
                         rejected(ctx, HttpErrorReason::HeaderTimeout, &"request head not complete in time");
-                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                            io.write_all(answer(408)).await?;
-                            io.shutdown().await
-                        })
-                        .await;
+                        answer_and_close(&mut io, 408).await;
                         return Served::Closed(CloseReason::HeaderTimeout);
                     }
                 },

@@ -65,12 +65,15 @@ impl<I> ClientIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> ClientIo<I> {
-    /// Writes `b` to the client as is (an answer of our own once hyper let go).
-    pub(crate) async fn write_raw(&mut self, b: &[u8]) -> io::Result<()> {
-        tokio::io::AsyncWriteExt::write_all(&mut self.io, b).await
+impl<I> ClientIo<I> {
+    /// The client stream itself, without the answer interception (an answer of our own
+    /// once hyper let go).
+    pub(crate) fn raw_mut(&mut self) -> &mut I {
+        &mut self.io
     }
+}
 
+impl<I: AsyncWrite + Unpin> ClientIo<I> {
     /// Replaces hyper's answer (`head` is its first bytes) with ours; returns when it is
     /// written. Hyper is told its bytes were written, then closes the connection.
     fn poll_answer(&mut self, cx: &mut Context<'_>, head: &[u8]) -> Poll<io::Result<()>> {
