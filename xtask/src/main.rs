@@ -56,6 +56,7 @@ use anyhow::{Context, Result, bail};
 
 mod bump;
 mod deps;
+mod disk;
 mod instructions;
 mod package;
 mod pgo;
@@ -124,6 +125,17 @@ fn help() -> String {
         .join("\n")
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `target/` of the workspace.
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// One target directory for the fuzz crates (each its own workspace): they share most of
+/// their dependencies, built once with the sanitizer flags instead of once per crate.
+fn fuzz_target_dir() -> String {
+    target_dir().join("fuzz").to_string_lossy().into_owned()
+}
+
 fn workspace_root() -> PathBuf {
     let dir = env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| ".".into());
     dir.parent().map(Path::to_path_buf).unwrap_or(dir)
@@ -151,11 +163,14 @@ pub(crate) fn sh_env(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Res
 
 fn ci() -> Result<()> {
     let t = Instant::now();
+    let target = target_dir();
+    disk::check_before_ci(&target)?;
     let mut steps = Steps::default();
     let mut totals = TestTotals::default();
     let r = ci_steps(&mut steps, &mut totals);
     println!("\nxtask ci: steps\n{}", steps.summary());
     println!("tests: {totals}");
+    println!("{}", disk::report_after_ci(&target));
     r?;
     println!("xtask ci: all checks passed in {:.0} s", t.elapsed().as_secs_f64());
     Ok(())
@@ -273,7 +288,7 @@ fn fuzz_check() -> Result<()> {
         let d = dir.to_string_lossy().into_owned();
         println!("$ (cd {d}) cargo fuzz check");
         let st = Command::new("cargo")
-            .args(["fuzz", "check", "--fuzz-dir", "."])
+            .args(["fuzz", "check", "--fuzz-dir", ".", "--target-dir", &fuzz_target_dir()])
             .current_dir(&dir)
             .env("RUSTC_BOOTSTRAP", "1")
             .status()
@@ -314,7 +329,16 @@ fn fuzz(args: &[String]) -> Result<()> {
             let corpus = dir.join("corpus").join(&target);
             std::fs::create_dir_all(&corpus)?;
             let st = Command::new("cargo")
-                .args(["fuzz", "run", "--fuzz-dir", ".", &target, "--"])
+                .args([
+                    "fuzz",
+                    "run",
+                    "--fuzz-dir",
+                    ".",
+                    "--target-dir",
+                    &fuzz_target_dir(),
+                    &target,
+                ])
+                .arg("--")
                 .args(&limits)
                 .current_dir(&dir)
                 .env("RUSTC_BOOTSTRAP", "1")
