@@ -247,6 +247,15 @@ impl ResponseBody {
         Self { kind, guard: None }
     }
 
+    /// The response's fields if they came raw from the target (`h1.rs`); taken once, by
+    /// `h1_server.rs` as it writes the head.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<crate::h1::RawFields> {
+        match &mut self.kind {
+            Kind::Direct(b) => b.take_raw(),
+            _ => None,
+        }
+    }
+
     /// Attaches the request guard, which learns the response status.
     pub(crate) fn with_guard(mut self, mut g: RequestGuard, status: u16) -> Self {
         g.status = status;

@@ -40,6 +40,30 @@ const MAX_READ: usize = 256 * 1024;
 /// Errors of this module, boxed for the response body.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// Whether a response head may reach the client with its fields as the target wrote them
+/// ([`RawFields`]) instead of through a `HeaderMap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawHead {
+    /// Into a `HeaderMap`: the route changes response fields, or hyper writes the head.
+    Never,
+    /// Raw, unless the head has a `Location` (which `rewrite_location` may change).
+    UnlessLocation,
+    Always,
+}
+
+/// The fields of a target's response head as they go to the client: all but the hop-by-hop
+/// ones and `Content-Length` (the body's framing on the client's connection is the
+/// server's: the length comes with the body), each `name: value\r\n`, in the target's order
+/// and spelling. Written by `h1_server.rs` after the response's `HeaderMap` (then empty):
+/// no map built, filled and dropped per request. Compacted in place in the connection's
+/// read buffer (no copy to a new one).
+#[derive(Debug, Clone)]
+pub(crate) struct RawFields {
+    pub(crate) bytes: Bytes,
+    /// One of them is `Date` (the server adds its own otherwise).
+    pub(crate) date: bool,
+}
+
 /// What went wrong in an exchange.
 #[derive(Debug)]
 pub(crate) enum ExchangeError {
@@ -87,11 +111,14 @@ pub(crate) struct H1Conn {
     /// The largest allocation `buf` had in this exchange.
     allocated: usize,
     next_read: usize,
+    /// The fields of the response being read, when they came raw: here rather than in the
+    /// body, which is moved with the response several times per request.
+    raw: Option<RawFields>,
 }
 
 impl H1Conn {
     pub(crate) fn new(tcp: TcpStream) -> Self {
-        Self { tcp, buf: BytesMut::new(), allocated: 0, next_read: FIRST_READ }
+        Self { tcp, buf: BytesMut::new(), allocated: 0, next_read: FIRST_READ, raw: None }
     }
 
     /// Frees the (empty) read buffer of a connection idle in its pool.
@@ -140,9 +167,11 @@ impl H1Conn {
     /// Sends the head of `req` (which has no body) and reads the response head. The body
     /// comes with the response; the connection goes with the body (and is closed on an
     /// error).
+    /// `raw`: whether the response's fields may come as [`RawFields`].
     pub(crate) async fn exchange(
         mut self: Box<Self>,
         req: &Request<UpBody>,
+        raw: RawHead,
     ) -> Result<Response<H1Body>, ExchangeError> {
         // The head goes out from the read buffer (empty between exchanges), which the
         // response then fills: one allocation for both.
@@ -158,9 +187,9 @@ impl H1Conn {
         // Whether any byte of a response came (a 1xx counts: the target saw the request).
         let mut answered = false;
         loop {
-            match parse_head(&mut self.buf, head_request) {
+            match parse_head(&mut self.buf, head_request, raw) {
                 Ok(Some(Parsed::Informational)) => continue,
-                Ok(Some(Parsed::Final(parts, framing, keep_alive))) => {
+                Ok(Some(Parsed::Final(parts, framing, keep_alive, raw))) => {
                     let decode = match framing {
                         Framing::Empty => Decode::Done,
                         Framing::Length(0) => Decode::Done,
@@ -169,6 +198,7 @@ impl H1Conn {
                         Framing::Eof => Decode::Eof,
                     };
                     let reuse = keep_alive && !matches!(framing, Framing::Eof);
+                    self.raw = raw;
                     let body = H1Body { conn: Some(self), decode, reuse };
                     return Ok(Response::from_parts(parts, body));
                 }
@@ -233,7 +263,9 @@ enum Framing {
 enum Parsed {
     /// A 1xx (not 101) response, consumed: the final one follows.
     Informational,
-    Final(http::response::Parts, Framing, bool),
+    /// The head (an empty `HeaderMap` when the fields come raw), the body's framing,
+    /// whether the connection stays open.
+    Final(http::response::Parts, Framing, bool, Option<RawFields>),
 }
 
 /// What one pass over a head's raw fields found: the framing and persistence fields, and
@@ -245,6 +277,10 @@ struct Scan<'a> {
     keep_alive: bool,
     /// `Connection` names a field other than `close` / `keep-alive`.
     names_others: bool,
+    /// A `Location` field.
+    location: bool,
+    /// A `Date` field.
+    date: bool,
     /// The last `Transfer-Encoding` field.
     transfer_encoding: Option<&'a [u8]>,
     /// The `Content-Length` (all values equal), or why not.
@@ -277,6 +313,10 @@ impl<'a> Scan<'a> {
             content_length(value, &mut self.length);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.transfer_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"location") {
+            self.location = true;
+        } else if name.eq_ignore_ascii_case(b"date") {
+            self.date = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',') {
                 let t = token.trim_ascii();
@@ -294,8 +334,13 @@ impl<'a> Scan<'a> {
 
 /// Parses a response head at the start of `buf` and consumes it; `None` if incomplete.
 /// Framing and persistence are read off the raw fields in one pass; the hop-by-hop fields
-/// (which the response to the client must not carry) do not go into the map.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, BoxError> {
+/// (which the response to the client must not carry) do not go into the map, nor into the
+/// raw fields when `raw` allows those.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    raw: RawHead,
+) -> Result<Option<Parsed>, BoxError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -326,8 +371,32 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         scan.field(h.name.as_bytes(), h.value);
     }
     let strip = !scan.names_others;
-    // The fields as offsets into the head, which is then split off without a copy.
     let base = buf.as_ptr() as usize;
+    let want_raw = !head_request
+        && strip
+        && match raw {
+            RawHead::Never => false,
+            RawHead::UnlessLocation => !scan.location,
+            RawHead::Always => true,
+        };
+    let mut plan = RawPlan::empty();
+    if want_raw && plan.fill(res.headers, base, len) {
+        let keep_alive = match version {
+            Version::HTTP_10 => scan.keep_alive,
+            _ => !scan.close,
+        };
+        let (framing, keep_alive) = framing(status, &scan, keep_alive)?;
+        let date = scan.date;
+        let end = plan.write(&mut buf[..len]);
+        let head = buf.split_to(len).freeze();
+        let fields = RawFields { bytes: head.slice(plan.start..end), date };
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        let (parts, ()) = resp.into_parts();
+        return Ok(Some(Parsed::Final(parts, framing, keep_alive, Some(fields))));
+    }
+    // The fields as offsets into the head, which is then split off without a copy.
     let mut kept = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         if strip && crate::headers::is_hop_by_hop(h.name.as_bytes()) {
@@ -338,31 +407,15 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start, start + h.value.len()));
     }
-    let mut keep_alive = match version {
+    let keep_alive = match version {
         Version::HTTP_10 => scan.keep_alive,
         _ => !scan.close,
     };
-    let framing =
-        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            Framing::Empty
-        } else if let Some(te) = scan.transfer_encoding {
-            // With both, Transfer-Encoding wins and the connection is not reused (RFC 9112 §6.3).
-            if scan.length.is_some() {
-                keep_alive = false;
-            }
-            let last = te.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
-            if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
-                Framing::Chunked
-            } else {
-                Framing::Eof
-            }
-        } else {
-            match scan.length {
-                None => Framing::Eof,
-                Some(Ok(n)) => Framing::Length(n),
-                Some(Err(e)) => return Err(invalid(e)),
-            }
-        };
+    let (framing, keep_alive) = if head_request {
+        (Framing::Empty, keep_alive)
+    } else {
+        framing(status, &scan, keep_alive)?
+    };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(kept.len());
     for (name, start, end) in kept {
@@ -375,7 +428,121 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Parsed>, 
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
     let (parts, ()) = resp.into_parts();
-    Ok(Some(Parsed::Final(parts, framing, keep_alive)))
+    Ok(Some(Parsed::Final(parts, framing, keep_alive, None)))
+}
+
+/// How the body of a response (not to a HEAD request) is delimited (RFC 9112 §6.3), and
+/// whether the connection can still be kept alive.
+fn framing(
+    status: StatusCode,
+    scan: &Scan<'_>,
+    keep_alive: bool,
+) -> Result<(Framing, bool), BoxError> {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Empty, keep_alive));
+    }
+    if let Some(te) = scan.transfer_encoding {
+        // With both, Transfer-Encoding wins and the connection is not reused.
+        let keep_alive = keep_alive && scan.length.is_none();
+        let last = te.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+        let framing = if last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
+            Framing::Chunked
+        } else {
+            Framing::Eof
+        };
+        return Ok((framing, keep_alive));
+    }
+    match scan.length {
+        None => Ok((Framing::Eof, keep_alive)),
+        Some(Ok(n)) => Ok((Framing::Length(n), keep_alive)),
+        Some(Err(e)) => Err(invalid(e)),
+    }
+}
+
+/// Most fields a head can keep as [`RawFields`]; a head with more goes into a `HeaderMap`.
+const RAW_MAX_FIELDS: usize = 32;
+
+/// Where each field kept for [`RawFields`] goes when the head is compacted in place: every
+/// field is rewritten as `name: value\r\n` at or before where it was, over the fields left
+/// out, so that no byte is overwritten before it is moved. A head where that does not hold
+/// (a field written `name:value`, without the space, after nothing was left out) has no
+/// plan and goes into a `HeaderMap`. Fields in place (all of them up to the first one left
+/// out, in the common `name: value\r\n` form) are not moved at all.
+struct RawPlan {
+    /// Offset of the first field in the head.
+    start: usize,
+    /// Name offset, name length, value offset, value length of each field kept.
+    fields: [(u32, u32, u32, u32); RAW_MAX_FIELDS],
+    count: usize,
+}
+
+impl RawPlan {
+    /// Filled in place by [`RawPlan::fill`] (the plan is built in its caller's frame: no
+    /// copy of it is returned).
+    const fn empty() -> Self {
+        Self { start: 0, fields: [(0, 0, 0, 0); RAW_MAX_FIELDS], count: 0 }
+    }
+
+    /// `base`: the address of the head's first byte; `len`: the head's length. False: no
+    /// plan (see above).
+    fn fill(&mut self, headers: &[httparse::Header<'_>], base: usize, len: usize) -> bool {
+        let first = headers.first().map_or(len, |h| h.name.as_ptr() as usize - base);
+        self.start = first;
+        self.count = 0;
+        let mut at = first;
+        for (i, h) in headers.iter().enumerate() {
+            let name = h.name.as_bytes();
+            if crate::headers::is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"content-length") {
+                continue;
+            }
+            let name_at = name.as_ptr() as usize - base;
+            let value_at = h.value.as_ptr() as usize - base;
+            // The field's line ends where the next begins (the last one: at the end of the
+            // head, whose blank line is not needed any more).
+            let limit = headers.get(i + 1).map_or(len, |n| n.name.as_ptr() as usize - base);
+            let value_to = at + name.len() + 2;
+            let end = value_to + h.value.len() + 2;
+            if value_to > value_at || end > limit || self.count == RAW_MAX_FIELDS {
+                return false;
+            }
+            let (Ok(a), Ok(b), Ok(c), Ok(d)) = (
+                u32::try_from(name_at),
+                u32::try_from(name.len()),
+                u32::try_from(value_at),
+                u32::try_from(h.value.len()),
+            ) else {
+                return false;
+            };
+            self.fields[self.count] = (a, b, c, d);
+            self.count += 1;
+            at = end;
+        }
+        true
+    }
+
+    /// Compacts the kept fields of `head`; returns where they end.
+    fn write(&self, head: &mut [u8]) -> usize {
+        let mut at = self.start;
+        for &(name_at, name_len, value_at, value_len) in &self.fields[..self.count] {
+            let (name_at, name_len) = (name_at as usize, name_len as usize);
+            let (value_at, value_len) = (value_at as usize, value_len as usize);
+            if value_at == name_at + name_len + 2 {
+                // One separator byte after the colon: name and value move as one (or not
+                // at all when nothing before them was left out).
+                if at != name_at {
+                    head.copy_within(name_at..value_at + value_len, at);
+                }
+            } else {
+                head.copy_within(name_at..name_at + name_len, at);
+                head.copy_within(value_at..value_at + value_len, at + name_len + 2);
+            }
+            head[at + name_len..at + name_len + 2].copy_from_slice(b": ");
+            at += name_len + 2 + value_len;
+            head[at..at + 2].copy_from_slice(b"\r\n");
+            at += 2;
+        }
+        at
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,19 +585,25 @@ impl H1Body {
         }
     }
 
+    /// The response's fields, if they came raw (see [`RawFields`]); taken once.
+    pub(crate) fn take_raw(&mut self) -> Option<RawFields> {
+        self.conn.as_mut()?.raw.take()
+    }
+
     /// The connection, once the body was read to the end and the response keeps it alive.
     pub(crate) fn take_reusable(&mut self) -> Option<Box<H1Conn>> {
         if self.decode != Decode::Done || !self.reuse {
             return None;
         }
-        let conn = self.conn.take()?;
+        let mut conn = self.conn.take()?;
+        // Fields never written (no server took them) must not pin the read buffer.
+        conn.raw = None;
         // Bytes past the response (a target that answers more than asked) make the connection
         // unusable. A buffer grown for a large body is freed; a small one is kept for the
         // next exchange (see `H1Conn::buf`).
         if !conn.buf.is_empty() {
             return None;
         }
-        let mut conn = conn;
         if conn.allocated > 2 * FIRST_READ {
             conn.buf = BytesMut::new();
             conn.allocated = 0;
@@ -618,12 +791,12 @@ mod tests {
 
     fn head(s: &str, head_request: bool) -> Result<Option<Parsed>, BoxError> {
         let mut b = BytesMut::from(s.as_bytes());
-        parse_head(&mut b, head_request)
+        parse_head(&mut b, head_request, RawHead::Never)
     }
 
     fn framing(s: &str) -> (Framing, bool) {
         match head(s, false) {
-            Ok(Some(Parsed::Final(_, f, k))) => (f, k),
+            Ok(Some(Parsed::Final(_, f, k, None))) => (f, k),
             _ => panic!("not a final head: {s:?}"),
         }
     }
@@ -666,7 +839,7 @@ mod tests {
         );
         assert!(matches!(
             head("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", true),
-            Ok(Some(Parsed::Final(_, Framing::Empty, true)))
+            Ok(Some(Parsed::Final(_, Framing::Empty, true, None)))
         ));
     }
 
@@ -691,8 +864,12 @@ mod tests {
         let mut b = BytesMut::from(
             &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..],
         );
-        assert!(matches!(parse_head(&mut b, false), Ok(Some(Parsed::Informational))));
-        let Ok(Some(Parsed::Final(parts, Framing::Length(0), true))) = parse_head(&mut b, false)
+        assert!(matches!(
+            parse_head(&mut b, false, RawHead::Never),
+            Ok(Some(Parsed::Informational))
+        ));
+        let Ok(Some(Parsed::Final(parts, Framing::Length(0), true, None))) =
+            parse_head(&mut b, false, RawHead::Never)
         else {
             panic!("no final response after the 100");
         };
@@ -704,7 +881,7 @@ mod tests {
 
     #[test]
     fn header_values_are_kept_exactly() {
-        let Ok(Some(Parsed::Final(parts, _, _))) =
+        let Ok(Some(Parsed::Final(parts, _, _, None))) =
             head("HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: two words\r\nSet-Cookie: k=v\r\n\r\n", false)
         else {
             panic!("no head");
@@ -716,7 +893,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_fields_stay_out_unless_connection_names_others() {
-        let Ok(Some(Parsed::Final(parts, Framing::Chunked, true))) = head(
+        let Ok(Some(Parsed::Final(parts, Framing::Chunked, true, None))) = head(
             "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
              Transfer-Encoding: chunked\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nTE: a\r\n\
              Server: s\r\n\r\n",
@@ -728,7 +905,7 @@ mod tests {
         assert_eq!(names, ["server"]);
         // `Connection: x-private` makes `x-private` hop-by-hop too: everything stays for the
         // generic removal, which knows the named fields.
-        let Ok(Some(Parsed::Final(parts, Framing::Length(0), false))) = head(
+        let Ok(Some(Parsed::Final(parts, Framing::Length(0), false, None))) = head(
             "HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nX-Private: 1\r\n\
              Content-Length: 0\r\n\r\n",
             false,
@@ -736,6 +913,182 @@ mod tests {
             panic!("no head");
         };
         assert_eq!(parts.headers.len(), 3);
+    }
+
+    fn raw(s: &str, mode: RawHead) -> (Framing, bool, Option<(String, bool)>, HeaderMap) {
+        let mut b = BytesMut::from(s.as_bytes());
+        match parse_head(&mut b, false, mode) {
+            Ok(Some(Parsed::Final(parts, f, k, r))) => {
+                let r = r.map(|r| (String::from_utf8(r.bytes.to_vec()).unwrap(), r.date));
+                (f, k, r, parts.headers)
+            }
+            _ => panic!("not a final head: {s:?}"),
+        }
+    }
+
+    /// Raw fields: the target's order and spelling, `name: value` each, without the
+    /// hop-by-hop fields and `Content-Length`; the framing and persistence are those of the
+    /// map's path.
+    #[test]
+    fn raw_fields_are_the_targets_without_hop_by_hop_and_length() {
+        let s = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Thu, 03 Dec 2026 20:00:00 GMT\r\n\
+                 Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\
+                 X-A: 1\r\nx-a: two  words\r\nSet-Cookie: k=v\r\n\r\nhello";
+        let (f, k, r, map) = raw(s, RawHead::Always);
+        assert_eq!((f, k), (Framing::Length(5), true));
+        assert!(map.is_empty());
+        let (fields, date) = r.expect("raw fields");
+        assert_eq!(
+            fields,
+            "Server: nginx\r\nDate: Thu, 03 Dec 2026 20:00:00 GMT\r\nContent-Type: text/plain\r\n\
+             X-A: 1\r\nx-a: two  words\r\nSet-Cookie: k=v\r\n"
+        );
+        assert!(date);
+        let (_, _, r, _) =
+            raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", RawHead::Always);
+        assert_eq!(r, Some((String::new(), false)));
+        // The same framing as the map's path, for every case of RFC 9112 §6.3.
+        for s in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+        ] {
+            let (f, k, r, _) = raw(s, RawHead::Always);
+            assert!(r.is_some(), "{s:?}");
+            assert_eq!((f, k), framing(s), "{s:?}");
+        }
+    }
+
+    /// The map's path where raw fields cannot be right: a `Location` that may be rewritten,
+    /// a `Connection` that names other fields, and a head that cannot be compacted in place.
+    #[test]
+    fn raw_fields_only_where_they_are_right() {
+        let loc = "HTTP/1.1 302 Found\r\nLocation: http://t/x\r\ncontent-length: 0\r\n\r\n";
+        let (_, _, r, map) = raw(loc, RawHead::UnlessLocation);
+        assert!(r.is_none());
+        assert_eq!(map["location"], "http://t/x");
+        assert_eq!(raw(loc, RawHead::Always).2.unwrap().0, "Location: http://t/x\r\n");
+        assert!(raw(loc, RawHead::Never).2.is_none());
+        let named = "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\n\r\n";
+        assert!(raw(named, RawHead::Always).2.is_none());
+        // `a:1` would grow by one byte written as `a: 1`, over the start of the next field.
+        let tight = "HTTP/1.1 200 OK\r\na:1\r\nb:2\r\n\r\n";
+        let (_, _, r, map) = raw(tight, RawHead::Always);
+        assert!(r.is_none());
+        assert_eq!(
+            (&map["a"], &map["b"]),
+            (&HeaderValue::from_static("1"), &HeaderValue::from_static("2"))
+        );
+        // ... unless a field left out before it makes the room.
+        let roomy = "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\na:1\r\nb:2\r\n\r\n";
+        assert_eq!(raw(roomy, RawHead::Always).2.unwrap().0, "a: 1\r\nb: 2\r\n");
+        // More fields than a plan holds.
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(RAW_MAX_FIELDS + 1));
+        let (_, _, r, map) = raw(&many, RawHead::Always);
+        assert!(r.is_none());
+        assert_eq!(map.get_all("a").iter().count(), RAW_MAX_FIELDS + 1);
+        let most = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a: b\r\n".repeat(RAW_MAX_FIELDS));
+        assert_eq!(raw(&most, RawHead::Always).2.unwrap().0, "a: b\r\n".repeat(RAW_MAX_FIELDS));
+        // A response to HEAD keeps its Content-Length: never raw.
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n"[..]);
+        let Ok(Some(Parsed::Final(parts, Framing::Empty, true, None))) =
+            parse_head(&mut b, true, RawHead::Always)
+        else {
+            panic!("no head");
+        };
+        assert_eq!(parts.headers["content-length"], "7");
+    }
+
+    /// Heads of random fields (names hop-by-hop or not, any spacing around the colon and
+    /// the value, CRLF or bare LF line ends): whenever raw fields come, they are the map's
+    /// fields written `name: value`, in the target's order; the framing is the map's path's,
+    /// and the bytes after the head (the body) are untouched.
+    #[test]
+    fn raw_fields_equal_the_maps_on_random_heads() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = [
+            "server",
+            "Date",
+            "content-type",
+            "X-Long-Field-Name",
+            "a",
+            "connection",
+            "Keep-Alive",
+            "te",
+            "Upgrade",
+            "set-cookie",
+            "ETag",
+            "Transfer-Encoding",
+        ];
+        let values = ["", "1", "keep-alive", "text/html; charset=utf-8", "a  b", "x,y , z"];
+        let mut raw_seen = 0;
+        for _ in 0..20_000 {
+            let mut s = String::from("HTTP/1.1 200 OK\r\n");
+            let mut kept_names = Vec::new();
+            for _ in 0..next(12) {
+                let name = names[next(names.len() as u64) as usize];
+                let value = match name {
+                    "connection" => "close",
+                    "Transfer-Encoding" => "chunked",
+                    _ => values[next(values.len() as u64) as usize],
+                };
+                if !crate::headers::is_hop_by_hop(name.as_bytes()) {
+                    kept_names.push(name.to_ascii_lowercase());
+                }
+                let sep = [":", ": ", ":  ", ":\t"][next(4) as usize];
+                let tail = [" ", "", ""][next(3) as usize];
+                let eol = ["\r\n", "\n", "\r\n"][next(3) as usize];
+                s.push_str(&format!("{name}{sep}{value}{tail}{eol}"));
+            }
+            s.push_str(if next(2) == 0 { "\r\n" } else { "\n" });
+            s.push_str("BODY");
+            let mut m = BytesMut::from(s.as_bytes());
+            let Ok(Some(Parsed::Final(parts, fm, km, None))) =
+                parse_head(&mut m, false, RawHead::Never)
+            else {
+                panic!("no map head: {s:?}");
+            };
+            let mut b = BytesMut::from(s.as_bytes());
+            let Ok(Some(Parsed::Final(rparts, fr, kr, r))) =
+                parse_head(&mut b, false, RawHead::Always)
+            else {
+                panic!("no raw head: {s:?}");
+            };
+            assert_eq!((fm, km), (fr, kr), "{s:?}");
+            assert_eq!((&m[..], &b[..]), (&b"BODY"[..], &b"BODY"[..]), "{s:?}");
+            let Some(r) = r else {
+                assert_eq!(rparts.headers, parts.headers, "{s:?}");
+                continue;
+            };
+            raw_seen += 1;
+            assert!(rparts.headers.is_empty());
+            let mut read_back = HeaderMap::new();
+            let mut order = Vec::new();
+            for line in std::str::from_utf8(&r.bytes).unwrap().split_terminator("\r\n") {
+                let (n, v) = line.split_once(": ").expect("name: value");
+                order.push(n.to_ascii_lowercase());
+                read_back.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            assert!(r.bytes.ends_with(b"\r\n") || r.bytes.is_empty(), "{s:?}");
+            assert_eq!(read_back, parts.headers, "{s:?}");
+            assert_eq!(order, kept_names, "{s:?}");
+            assert_eq!(r.date, parts.headers.contains_key(header::DATE), "{s:?}");
+        }
+        assert!(raw_seen > 5_000, "raw fields came for only {raw_seen} heads");
     }
 
     /// A target that answers each request head on one connection with `bodies[i]` bytes.
@@ -767,7 +1120,9 @@ mod tests {
     async fn exchange_once(conn: Box<H1Conn>) -> (Option<Box<H1Conn>>, usize) {
         let mut req = Request::new(UpBody::Empty);
         req.headers_mut().insert("host", HeaderValue::from_static("t"));
-        let Ok(resp) = conn.exchange(&req).await else { panic!("exchange failed") };
+        let Ok(resp) = conn.exchange(&req, RawHead::Always).await else {
+            panic!("exchange failed")
+        };
         let mut body = resp.into_body();
         let mut n = 0;
         while let Some(f) = poll_fn(|cx| body.poll_frame(cx)).await {

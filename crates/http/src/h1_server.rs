@@ -137,7 +137,7 @@ where
         let keep_alive = keep_alive && !shutting;
         let (parts, mut body) = resp.into_parts();
         out.clear();
-        let framing = encode_head(&parts, &body, keep_alive, &mut out);
+        let framing = encode_head(&parts, &mut body, keep_alive, &mut out);
         drop(parts);
         let sent = send_body(&mut io, &mut out, &mut body, framing, &mut buf).await;
         // The request is finished here (metrics, access log, pooled target connection).
@@ -308,16 +308,19 @@ enum Framing {
     Chunked,
 }
 
-/// The status line and fields of `parts` into `out`, as hyper's server writes them.
+/// The status line and fields of `parts` into `out`, as hyper's server writes them, then
+/// the target's raw fields if the body has them (`h1.rs`: taken here, so that the read
+/// buffer they point into is the target connection's alone again).
 fn encode_head(
     parts: &http::response::Parts,
-    body: &ResponseBody,
+    body: &mut ResponseBody,
     keep_alive: bool,
     out: &mut BytesMut,
 ) -> Framing {
     let status = parts.status;
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
-    out.reserve(128 + parts.headers.len() * 32);
+    let raw = body.take_raw_fields();
+    out.reserve(128 + parts.headers.len() * 32 + raw.as_ref().map_or(0, |r| r.bytes.len()));
     if status == StatusCode::OK && reason.is_none() {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
@@ -362,6 +365,11 @@ fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // Neither framing nor hop-by-hop fields among them (see `RawFields`).
+    if let Some(raw) = raw {
+        out.extend_from_slice(&raw.bytes);
+        wrote_date |= raw.date;
     }
     let framing = if !can_have_body {
         Framing::None
@@ -632,7 +640,7 @@ mod tests {
         assert_eq!(&buf[..], b"GET /2 HTTP/1.1\r\n\r\n");
     }
 
-    fn head(status: u16, headers: &[(&str, &str)], body: ResponseBody, keep: bool) -> String {
+    fn head(status: u16, headers: &[(&str, &str)], mut body: ResponseBody, keep: bool) -> String {
         let mut resp = http::Response::new(());
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         for (n, v) in headers {
@@ -643,7 +651,7 @@ mod tests {
         }
         let (parts, ()) = resp.into_parts();
         let mut out = BytesMut::new();
-        let f = encode_head(&parts, &body, keep, &mut out);
+        let f = encode_head(&parts, &mut body, keep, &mut out);
         format!("{f:?}\n{}", String::from_utf8_lossy(&out))
     }
 

@@ -17,7 +17,7 @@ use tokio_util::either::Either;
 
 use crate::body::{BackBody, ClientBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
 use crate::ctx::ConnCtx;
-use crate::h1::{BoxError, ExchangeError};
+use crate::h1::{BoxError, ExchangeError, RawHead};
 use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookies};
 use crate::pool::{Pool, Sender};
 use crate::service::{Expanded, TEXT_PLAIN, error_response};
@@ -57,6 +57,8 @@ struct Prepared {
     ws: bool,
     ext_connect: bool,
     client_upgrade: Option<OnUpgrade>,
+    /// Whether a direct exchange's response may keep its fields raw (`h1.rs`).
+    raw: RawHead,
 }
 
 /// What [`forward`] resolves to: the request's response (the HTTP layer's own on an error).
@@ -108,6 +110,18 @@ fn prepare(
     };
     let (mut parts, body) = req.into_parts();
     let client_version = parts.version;
+    // The client's connection is served by `h1_server.rs` (the only source of
+    // `ClientBody::Empty`), which writes raw response fields; the route changes none.
+    let raw = if matches!(body, ClientBody::Empty)
+        && pr.via.is_none()
+        && pr.response_ops.is_none()
+        && pr.policy.as_ref().is_none_or(|p| p.cors.is_none())
+        && parts.method != Method::HEAD
+    {
+        if pr.rewrite_location { RawHead::UnlessLocation } else { RawHead::Always }
+    } else {
+        RawHead::Never
+    };
     let ws =
         pr.websocket && headers::is_websocket(&parts.method, &parts.headers, &parts.extensions);
     let client_upgrade = if ws { parts.extensions.remove::<OnUpgrade>() } else { None };
@@ -204,6 +218,7 @@ fn prepare(
         ws,
         ext_connect,
         client_upgrade,
+        raw: if ws { RawHead::Never } else { raw },
     })
 }
 
@@ -338,6 +353,7 @@ async fn exchange(
                 ctx,
                 sender,
                 &mut prep.req,
+                prep.raw,
                 pr.response_timeout,
                 progress.as_deref(),
                 sent_from,
@@ -518,6 +534,7 @@ async fn send(
     // Taken by hyper's senders (and put back if they hand it back); only read by a direct
     // exchange.
     slot: &mut Request<UpBody>,
+    raw: RawHead,
     timeout: Duration,
     progress: Option<&Progress>,
     // When the request starts going out (the caller's clock read, saved here).
@@ -557,7 +574,7 @@ async fn send(
                     },
                 }
             }
-            Sender::Raw(conn) => match conn.exchange(slot).await {
+            Sender::Raw(conn) => match conn.exchange(slot, raw).await {
                 Ok(resp) => Sent::Response(resp.map(BackBody::Direct), None),
                 // Nothing was taken from the request: it can go out again on a new
                 // connection if the target cannot have acted on it, or if acting twice is
@@ -690,7 +707,10 @@ fn respond(
     // The client gets our version, not the target's: an HTTP/1.0 target's answer must not
     // turn the client's kept-alive HTTP/1.1 connection into a one-shot HTTP/1.0 one.
     parts.version = client_version;
-    headers::remove_hop_by_hop(&mut parts.headers, false, false);
+    // Empty when the fields come raw (then none is hop-by-hop, and the route changes none).
+    if !parts.headers.is_empty() {
+        headers::remove_hop_by_hop(&mut parts.headers, false, false);
+    }
     if let Some(via) = &pr.via {
         append_via(&mut parts.headers, &via[headers::via_index(client_version)]);
     }

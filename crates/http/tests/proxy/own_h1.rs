@@ -169,3 +169,100 @@ async fn a_client_gone_mid_request_cancels_it() {
     })
     .await;
 }
+
+/// A target that answers every request head on its connections with `resp`, byte for byte.
+async fn scripted_target(
+    resp: &'static [u8],
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(resp).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// The target's fields reach the client as the target wrote them (order, spelling, its
+/// `Date`), without its hop-by-hop fields and with one `Content-Length`, on a kept-alive
+/// backend connection; a route that changes response fields (`response_headers`) still
+/// gets them changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_fields_pass_as_written_unless_the_route_changes_them() {
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\nServer: scripted\r\n\
+        Date: Mon, 01 Jan 2024 00:00:00 GMT\r\nX-Mixed-Case: Value\r\n\
+        Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\n\r\nhello";
+    let (tport, accepted) = scripted_target(RESP).await;
+    let proxy = Proxy::start(
+        |p| {
+            format!(
+                r#"[[routes]]
+name = "plain"
+match = {{ ports = [{p}], path = "/plain/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {tport} }}], http = {{}} }}
+[[routes]]
+name = "ops"
+match = {{ ports = [{p}], path = "/ops/*" }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {tport} }}], http = {{ response_headers = {{ set = {{ "X-Added" = "yes" }}, remove = ["Server"] }} }} }}
+"#
+            )
+        },
+        Opts::default(),
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /plain/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /plain/2 HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET /ops/3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let responses: Vec<&str> = text.split("HTTP/1.1 ").filter(|r| !r.is_empty()).collect();
+    assert_eq!(responses.len(), 3, "{text}");
+    for plain in &responses[..2] {
+        let (head, body) = plain.split_once("\r\n\r\n").unwrap_or_default();
+        assert_eq!(body, "hello", "{plain}");
+        assert!(
+            head.contains(
+                "\r\nServer: scripted\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nX-Mixed-Case: Value\r\n"
+            ),
+            "the target's fields in its order and spelling: {head}"
+        );
+        let lower = head.to_ascii_lowercase();
+        assert_eq!(lower.matches("\r\ndate:").count(), 1, "{head}");
+        assert_eq!(lower.matches("\r\ncontent-length: 5").count(), 1, "{head}");
+        assert!(!lower.contains("keep-alive") && !lower.contains("connection:"), "{head}");
+    }
+    let (head, body) = responses[2].split_once("\r\n\r\n").unwrap_or_default();
+    assert_eq!(body, "hello", "{head}");
+    let lower = format!("{}\r\n", head.to_ascii_lowercase());
+    assert!(lower.contains("\r\nx-added: yes\r\n"), "{head}");
+    assert!(lower.contains("\r\nx-mixed-case: value\r\n"), "{head}");
+    assert!(!lower.contains("\r\nserver:"), "{head}");
+    assert!(!lower.contains("keep-alive"), "{head}");
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{head}");
+    assert_eq!(lower.matches("\r\ndate:").count(), 1, "{head}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one backend connection");
+}
