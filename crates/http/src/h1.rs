@@ -30,6 +30,8 @@ use crate::body::UpBody;
 
 /// Most header fields in a response head (hyper's client: 100).
 pub(crate) const MAX_HEADERS: usize = 100;
+// One bit per field in `Scan`'s masks.
+const _: () = assert!(MAX_HEADERS <= 128);
 /// Largest response head, and largest chunk-size or trailer section (hyper's client: 408 KiB).
 pub(crate) const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// First read of an exchange; a read that fills the buffer doubles the next one up to
@@ -285,6 +287,10 @@ struct Scan<'a> {
     transfer_encoding: Option<&'a [u8]>,
     /// The `Content-Length` (all values equal), or why not.
     length: Option<Result<u64, &'static str>>,
+    /// Bit `i`: field `i` is hop-by-hop (RFC 9110 §7.6.1; `MAX_HEADERS` fits).
+    hop: u128,
+    /// Bit `i`: field `i` is `Content-Length`.
+    length_at: u128,
 }
 
 /// `Content-Length: 4` and `4, 4` are 4; anything but digits, or differing values, is an error.
@@ -308,26 +314,40 @@ fn content_length(value: &[u8], length: &mut Option<Result<u64, &'static str>>) 
 }
 
 impl<'a> Scan<'a> {
-    fn field(&mut self, name: &[u8], value: &'a [u8]) {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            content_length(value, &mut self.length);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = Some(value);
-        } else if name.eq_ignore_ascii_case(b"location") {
-            self.location = true;
-        } else if name.eq_ignore_ascii_case(b"date") {
-            self.date = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    self.close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    self.keep_alive = true;
-                } else if !t.is_empty() {
-                    self.names_others = true;
+    /// Field `i`: one comparison for most names (by length first, as
+    /// [`crate::headers::is_hop_by_hop`]), the hop-by-hop ones marked for both the map and
+    /// the raw fields.
+    fn field(&mut self, i: usize, name: &[u8], value: &'a [u8]) {
+        let bit = 1u128 << i;
+        match name.len() {
+            2 if name.eq_ignore_ascii_case(b"te") => self.hop |= bit,
+            4 if name.eq_ignore_ascii_case(b"date") => self.date = true,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => self.hop |= bit,
+            8 if name.eq_ignore_ascii_case(b"location") => self.location = true,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                self.hop |= bit;
+                for token in value.split(|&b| b == b',') {
+                    let t = token.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !t.is_empty() {
+                        self.names_others = true;
+                    }
                 }
             }
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => self.hop |= bit,
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                self.length_at |= bit;
+                content_length(value, &mut self.length);
+            }
+            16 if name.eq_ignore_ascii_case(b"proxy-connection") => self.hop |= bit,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.hop |= bit;
+                self.transfer_encoding = Some(value);
+            }
+            _ => {}
         }
     }
 }
@@ -367,8 +387,8 @@ fn parse_head(
     }
     let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     let mut scan = Scan::default();
-    for h in res.headers.iter() {
-        scan.field(h.name.as_bytes(), h.value);
+    for (i, h) in res.headers.iter().enumerate() {
+        scan.field(i, h.name.as_bytes(), h.value);
     }
     let strip = !scan.names_others;
     let base = buf.as_ptr() as usize;
@@ -380,7 +400,7 @@ fn parse_head(
             RawHead::Always => true,
         };
     let mut plan = RawPlan::empty();
-    if want_raw && plan.fill(res.headers, base, len) {
+    if want_raw && plan.fill(res.headers, scan.hop | scan.length_at, base, len) {
         let keep_alive = match version {
             Version::HTTP_10 => scan.keep_alive,
             _ => !scan.close,
@@ -398,8 +418,8 @@ fn parse_head(
     }
     // The fields as offsets into the head, which is then split off without a copy.
     let mut kept = Vec::with_capacity(res.headers.len());
-    for h in res.headers.iter() {
-        if strip && crate::headers::is_hop_by_hop(h.name.as_bytes()) {
+    for (i, h) in res.headers.iter().enumerate() {
+        if strip && scan.hop & (1 << i) != 0 {
             continue;
         }
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -483,18 +503,24 @@ impl RawPlan {
         Self { start: 0, fields: [(0, 0, 0, 0); RAW_MAX_FIELDS], count: 0 }
     }
 
-    /// `base`: the address of the head's first byte; `len`: the head's length. False: no
-    /// plan (see above).
-    fn fill(&mut self, headers: &[httparse::Header<'_>], base: usize, len: usize) -> bool {
+    /// `skip`: bit `i` set for each field `i` left out; `base`: the address of the head's
+    /// first byte; `len`: the head's length. False: no plan (see above).
+    fn fill(
+        &mut self,
+        headers: &[httparse::Header<'_>],
+        skip: u128,
+        base: usize,
+        len: usize,
+    ) -> bool {
         let first = headers.first().map_or(len, |h| h.name.as_ptr() as usize - base);
         self.start = first;
         self.count = 0;
         let mut at = first;
         for (i, h) in headers.iter().enumerate() {
-            let name = h.name.as_bytes();
-            if crate::headers::is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"content-length") {
+            if skip & (1 << i) != 0 {
                 continue;
             }
+            let name = h.name.as_bytes();
             let name_at = name.as_ptr() as usize - base;
             let value_at = h.value.as_ptr() as usize - base;
             // The field's line ends where the next begins (the last one: at the end of the
@@ -1089,6 +1115,56 @@ mod tests {
             assert_eq!(r.date, parts.headers.contains_key(header::DATE), "{s:?}");
         }
         assert!(raw_seen > 5_000, "raw fields came for only {raw_seen} heads");
+    }
+
+    /// The scan marks exactly the fields `headers::is_hop_by_hop` names, in any case, and
+    /// notes `Content-Length`, `Date` and `Location` by position or presence.
+    #[test]
+    fn scan_marks_what_is_hop_by_hop() {
+        let names = [
+            "te",
+            "TE",
+            "date",
+            "Date",
+            "upgrade",
+            "Upgrade",
+            "location",
+            "Location",
+            "connection",
+            "Connection",
+            "keep-alive",
+            "Keep-Alive",
+            "content-length",
+            "Content-Length",
+            "proxy-connection",
+            "Proxy-Connection",
+            "transfer-encoding",
+            "Transfer-Encoding",
+            "server",
+            "x-te",
+            "dates",
+            "x",
+            "content-type",
+            "trailer",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let mut scan = Scan::default();
+            scan.field(i, name.as_bytes(), b"1");
+            let bit = 1u128 << i;
+            assert_eq!(
+                scan.hop & bit != 0,
+                crate::headers::is_hop_by_hop(name.as_bytes()),
+                "{name}"
+            );
+            assert_eq!(scan.hop & !bit, 0, "{name}");
+            assert_eq!(scan.length_at != 0, name.eq_ignore_ascii_case("content-length"), "{name}");
+            assert_eq!(scan.date, name.eq_ignore_ascii_case("date"), "{name}");
+            assert_eq!(scan.location, name.eq_ignore_ascii_case("location"), "{name}");
+        }
+        let mut scan = Scan::default();
+        scan.field(MAX_HEADERS - 1, b"Connection", b"close");
+        assert_eq!(scan.hop, 1 << (MAX_HEADERS - 1));
+        assert!(scan.close);
     }
 
     /// A target that answers each request head on one connection with `bodies[i]` bytes.

@@ -260,7 +260,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     let path_range = path_at..path_at + path.len();
     let mut names = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Head::Other };
+        let Some(name) = header_name(h.name.as_bytes()) else { return Head::Other };
         let start = h.value.as_ptr() as usize - base;
         names.push((name, start, start + h.value.len()));
     }
@@ -275,6 +275,29 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
             *buf = all;
             Head::Other
         }
+    }
+}
+
+/// The name of a request field: the fields almost every request carries by one comparison
+/// (after the length), the rest by `HeaderName::from_bytes` (a table lookup and, for a
+/// name it does not know, a copy).
+fn header_name(name: &[u8]) -> Option<HeaderName> {
+    let known = match name.len() {
+        4 if name.eq_ignore_ascii_case(b"host") => Some(header::HOST),
+        6 if name.eq_ignore_ascii_case(b"accept") => Some(header::ACCEPT),
+        6 if name.eq_ignore_ascii_case(b"cookie") => Some(header::COOKIE),
+        7 if name.eq_ignore_ascii_case(b"referer") => Some(header::REFERER),
+        10 if name.eq_ignore_ascii_case(b"user-agent") => Some(header::USER_AGENT),
+        10 if name.eq_ignore_ascii_case(b"connection") => Some(header::CONNECTION),
+        13 if name.eq_ignore_ascii_case(b"authorization") => Some(header::AUTHORIZATION),
+        13 if name.eq_ignore_ascii_case(b"cache-control") => Some(header::CACHE_CONTROL),
+        15 if name.eq_ignore_ascii_case(b"accept-encoding") => Some(header::ACCEPT_ENCODING),
+        15 if name.eq_ignore_ascii_case(b"accept-language") => Some(header::ACCEPT_LANGUAGE),
+        _ => None,
+    };
+    match known {
+        Some(n) => Some(n),
+        None => HeaderName::from_bytes(name).ok(),
     }
 }
 
@@ -631,6 +654,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The shortcut names are the ones `HeaderName::from_bytes` gives, in any case; others
+    /// and invalid ones as it says.
+    #[test]
+    fn common_field_names_are_the_standard_ones() {
+        for name in [
+            "host",
+            "HOST",
+            "Accept",
+            "cookie",
+            "Referer",
+            "User-Agent",
+            "connection",
+            "Authorization",
+            "Cache-Control",
+            "Accept-Encoding",
+            "accept-language",
+            "x-custom",
+            "hosts",
+            "accept-charset",
+            "If-None-Match",
+        ] {
+            assert_eq!(header_name(name.as_bytes()), HeaderName::from_bytes(name.as_bytes()).ok());
+        }
+        assert_eq!(header_name(b"bad name"), None);
+        assert_eq!(header_name(b""), None);
     }
 
     #[test]

@@ -90,8 +90,10 @@ pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_t
 }
 
 /// Whether a raw field name is one of the fixed hop-by-hop fields [`remove_hop_by_hop`]
-/// removes from a response (for a head not yet in a map; the test
-/// `hop_by_hop_names_agree` keeps the two lists the same).
+/// removes from a response: the reference that the response head's scan (`h1.rs`, which
+/// marks them as it reads the framing fields) is tested against; the test
+/// `hop_by_hop_names_agree` keeps this list and the map's the same.
+#[cfg(test)]
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     match name.len() {
         2 => name.eq_ignore_ascii_case(b"te"),
