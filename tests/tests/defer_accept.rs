@@ -155,3 +155,70 @@ fn reload_sets_and_clears_defer_accept_on_kept_ports() {
     let (_s, state) = connect_and_look(http_port, probe);
     assert_eq!(state, ESTABLISHED, "now a layer-4 port: handed over at once");
 }
+
+/// One keep-alive request on a new connection to `port`, its response read whole; then the
+/// segments the proxy's side of that connection has sent (`ss -ti`'s `segs_out`).
+fn segments_sent_for_one_request(port: u16) -> u64 {
+    let mut s = connect(port);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_len = loop {
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(n > 0, "closed before the response: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no content-length: {head}"));
+            break end + 4 + len;
+        }
+    };
+    while got.len() < body_len {
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        assert!(n > 0, "closed inside the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let client = s.local_addr().unwrap().port();
+    let filter = format!("( sport = :{port} and dport = :{client} )");
+    let ss = require("ss", "iproute2");
+    let out = std::process::Command::new(ss)
+        .args(["-tinH", "state", "established", &filter])
+        .output()
+        .expect("ss runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .find_map(|f| f.strip_prefix("segs_out:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no segs_out for :{port} <- :{client} in `ss -ti`: {text:?}"))
+}
+
+/// On a deferred port the proxy's side acknowledges a request with its answer instead of a
+/// lone ACK first (`TCP_QUICKACK` cleared on the listener with `TCP_DEFER_ACCEPT`; accepted
+/// sockets start in its delayed-ACK mode, as haproxy's `tcp-smart-accept`); with
+/// `defer_accept = false` the kernel's quick-ACK start sends that ACK. Counted in the
+/// kernel's own per-socket figure over 15 connections each (the median, so that a delayed-ACK
+/// timer that fires under a loaded machine does not decide it).
+#[test]
+fn deferred_ports_answer_a_request_without_a_lone_ack() {
+    let backend = HttpBackend::start("acks");
+    let (_deferred, [deferred_port, ..]) =
+        Proxy::start_on(|ports| config(ports, backend.port(), None));
+    let (_immediate, [immediate_port, ..]) =
+        Proxy::start_on(|ports| config(ports, backend.port(), Some(false)));
+    let median = |port: u16| {
+        let mut v: Vec<u64> = (0..15).map(|_| segments_sent_for_one_request(port)).collect();
+        v.sort_unstable();
+        (v[v.len() / 2], v)
+    };
+    let (deferred, d) = median(deferred_port);
+    let (immediate, i) = median(immediate_port);
+    assert_eq!(
+        deferred + 1,
+        immediate,
+        "segments sent per request: deferred {d:?}, immediate {i:?}"
+    );
+}

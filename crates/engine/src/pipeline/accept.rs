@@ -46,7 +46,7 @@ pub(crate) fn bind(
     Ok(socket.into())
 }
 
-/// Sets `TCP_DEFER_ACCEPT` on a listening socket (`on`: the kernel queues a connection for
+/// Sets `TCP_DEFER_ACCEPT` (and clears `TCP_QUICKACK`, see below) on a listening socket (`on`: the kernel queues a connection for
 /// `accept` once its first data has arrived, or after about a second without any: one SYN-ACK
 /// retransmission) or clears it. Set where every client speaks first
 /// ([`smartproxy_routing::RouteTable::client_speaks_first`]): accept, the first read and
@@ -68,7 +68,14 @@ pub(crate) fn set_defer_accept(sock: &impl std::os::fd::AsFd, on: bool) -> io::R
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // With it, delayed acknowledgements from the first byte (an accepted socket starts in its
+    // listener's mode): the ACK of the client's first data rides on the proxy's answer
+    // instead of going out alone (haproxy's `tcp-smart-accept`). l7-close: the whole machine's
+    // CPU per request -2.3 %, requests/s +4 % (README, Performance).
+    socket2::SockRef::from(sock).set_tcp_quickack(!on)
 }
 
 /// `TCP_DEFER_ACCEPT` exists on Linux only: nothing to set elsewhere.
