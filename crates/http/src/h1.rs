@@ -392,6 +392,15 @@ fn parse_head(
     }
     let strip = !scan.names_others;
     let base = buf.as_ptr() as usize;
+    let keep_alive = match version {
+        Version::HTTP_10 => scan.keep_alive,
+        _ => !scan.close,
+    };
+    let (framing, keep_alive) = if head_request {
+        (Framing::Empty, keep_alive)
+    } else {
+        framing(status, &scan, keep_alive)?
+    };
     let want_raw = !head_request
         && strip
         && match raw {
@@ -399,22 +408,16 @@ fn parse_head(
             RawHead::UnlessLocation => !scan.location,
             RawHead::Always => true,
         };
-    let mut plan = RawPlan::empty();
-    if want_raw && plan.fill(res.headers, scan.hop | scan.length_at, base, len) {
-        let keep_alive = match version {
-            Version::HTTP_10 => scan.keep_alive,
-            _ => !scan.close,
-        };
-        let (framing, keep_alive) = framing(status, &scan, keep_alive)?;
-        let date = scan.date;
-        let end = plan.write(&mut buf[..len]);
-        let head = buf.split_to(len).freeze();
-        let fields = RawFields { bytes: head.slice(plan.start..end), date };
-        let mut resp = Response::new(());
-        *resp.status_mut() = status;
-        *resp.version_mut() = version;
-        let (parts, ()) = resp.into_parts();
-        return Ok(Some(Parsed::Final(parts, framing, keep_alive, Some(fields))));
+    if want_raw {
+        let mut plan = RawPlan::empty();
+        if plan.fill(res.headers, scan.hop | scan.length_at, base, len) {
+            let date = scan.date;
+            let end = plan.write(&mut buf[..len]);
+            let head = buf.split_to(len).freeze();
+            let fields = RawFields { bytes: head.slice(plan.start..end), date };
+            let parts = head_parts(status, version, HeaderMap::new());
+            return Ok(Some(Parsed::Final(parts, framing, keep_alive, Some(fields))));
+        }
     }
     // The fields as offsets into the head, which is then split off without a copy.
     let mut kept = Vec::with_capacity(res.headers.len());
@@ -427,15 +430,6 @@ fn parse_head(
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start, start + h.value.len()));
     }
-    let keep_alive = match version {
-        Version::HTTP_10 => scan.keep_alive,
-        _ => !scan.close,
-    };
-    let (framing, keep_alive) = if head_request {
-        (Framing::Empty, keep_alive)
-    } else {
-        framing(status, &scan, keep_alive)?
-    };
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(kept.len());
     for (name, start, end) in kept {
@@ -443,12 +437,17 @@ fn parse_head(
             .map_err(|_| invalid("invalid header value"))?;
         headers.append(name, value);
     }
+    let parts = head_parts(status, version, headers);
+    Ok(Some(Parsed::Final(parts, framing, keep_alive, None)))
+}
+
+/// The parts of a response with this status line and these fields.
+fn head_parts(status: StatusCode, version: Version, headers: HeaderMap) -> http::response::Parts {
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
-    let (parts, ()) = resp.into_parts();
-    Ok(Some(Parsed::Final(parts, framing, keep_alive, None)))
+    resp.into_parts().0
 }
 
 /// How the body of a response (not to a HEAD request) is delimited (RFC 9112 §6.3), and
