@@ -370,6 +370,9 @@ pub(crate) struct PlainConn {
     /// connection is [`KEEPALIVE_AFTER`] old (the client socket inherits its probes from the
     /// listener at accept). Six bytes: it is in every connection's task.
     pub(crate) backend_keepalive: Option<BackendKeepalive>,
+    /// The route's `half_close`: the end of one side is passed on as a half-close (`true`)
+    /// or closes the connection (see [`Duplex::poll`]). In the padding after the probes.
+    pub(crate) half_close: bool,
 }
 
 /// The backend's keepalive probes, and whether they are still to be set.
@@ -430,7 +433,7 @@ impl<S: Future<Output = ()>> PipeTcp<'_, S> {
         let c = self.conn;
         let obs = &*c.obs;
         let (mut up, mut down) = (|n| obs.add_in(n), |n| obs.add_out(n));
-        match self.both.poll(cx, &c.client, &c.backend, &mut up, &mut down) {
+        match self.both.poll(cx, &c.client, &c.backend, &mut up, &mut down, c.half_close) {
             Poll::Ready(Ok(())) => return Poll::Ready(Outcome::Done),
             Poll::Ready(Err(e)) => return Poll::Ready(Outcome::Error(e)),
             Poll::Pending => {}
@@ -455,7 +458,7 @@ pub(crate) async fn copy_both(
     mut down: impl FnMut(u64),
 ) -> io::Result<()> {
     let mut both = Duplex::new(true);
-    std::future::poll_fn(|cx| both.poll(cx, a, b, &mut up, &mut down)).await
+    std::future::poll_fn(|cx| both.poll(cx, a, b, &mut up, &mut down, true)).await
 }
 
 /// Copies both ways between the client (counted) and the backend until both sides are done or

@@ -381,6 +381,15 @@ pub struct ForwardAction {
     /// Passive health of the targets (default: `[defaults] health`, a 10 s cool-down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthOptions>,
+    /// What the end of one side of a plain TCP connection (its FIN) does (default:
+    /// `[defaults] half_close`, true). `true`: the other side's write half is shut down and
+    /// the opposite direction runs on until it ends too (TCP half-close, as HAProxy and Envoy).
+    /// `false`: the connection closes once what the other direction was writing is written
+    /// (nginx's `proxy_half_close off`, its default), which saves a system call and a
+    /// wake-up per connection but cuts off a client that sends its request, shuts its write
+    /// side down and then waits for the answer. Plain TCP and TLS passthrough only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_close: Option<bool>,
 }
 
 /// `health = { cooldown = "10s" }`: passive health checks of a route's targets. A failed
@@ -540,6 +549,7 @@ impl ForwardAction {
             forwarding_engine: ForwardingEngine::Proxy,
             nftables: None,
             health: None,
+            half_close: None,
         }
     }
 

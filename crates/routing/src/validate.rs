@@ -206,6 +206,32 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
                     );
                 }
             }
+            if f.half_close.is_some() {
+                let terminated = f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough);
+                let served_by = if f.is_kernel_forwarded() {
+                    Some(
+                        "the kernel forwards this route's packets (forwarding_engine = \"nftables\"): its FINs pass through as they come",
+                    )
+                } else if f.http.is_some() {
+                    Some(
+                        "the HTTP layer serves this route request by request: a half-closed client still gets its answers",
+                    )
+                } else if terminated {
+                    Some(
+                        "this route terminates TLS, whose end of stream is a close_notify alert, not the TCP FIN this setting decides on",
+                    )
+                } else {
+                    None
+                };
+                if let Some(why) = served_by {
+                    e.push(
+                        "action.half_close",
+                        format!(
+                            "half_close applies to plain TCP and TLS passthrough copies; {why}"
+                        ),
+                    );
+                }
+            }
             if f.is_kernel_forwarded() {
                 check_kernel_forwarded(r, f, e);
             } else if f.nftables.is_some() {

@@ -341,3 +341,42 @@ action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode 
     ]
     "#);
 }
+
+#[test]
+fn half_close_is_for_plain_and_passthrough_copies_only() {
+    let doc = r#"
+[[routes]]
+name = "plain"
+match = { ports = 80 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], half_close = false }
+
+[[routes]]
+name = "passthrough"
+match = { ports = 443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "passthrough" }, half_close = true }
+"#;
+    assert_eq!(errors(doc), Vec::<String>::new());
+    let doc = r#"
+[[routes]]
+name = "http"
+match = { ports = 8080 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], http = {}, half_close = false }
+
+[[routes]]
+name = "terminated"
+match = { ports = 8443 }
+action = { type = "forward", targets = [{ host = "h", port = 1 }], tls = { mode = "terminate", certificate = { cert = "c", key = "k" } }, half_close = false }
+
+[[routes]]
+name = "kernel"
+match = { ports = 9000 }
+action = { type = "forward", targets = [{ host = "10.0.0.2", port = 1 }], forwarding_engine = "nftables", half_close = false }
+"#;
+    insta::assert_debug_snapshot!(errors(doc), @r#"
+    [
+        "routes[0].action.half_close: half_close applies to plain TCP and TLS passthrough copies; the HTTP layer serves this route request by request: a half-closed client still gets its answers",
+        "routes[1].action.half_close: half_close applies to plain TCP and TLS passthrough copies; this route terminates TLS, whose end of stream is a close_notify alert, not the TCP FIN this setting decides on",
+        "routes[2].action.half_close: half_close applies to plain TCP and TLS passthrough copies; the kernel forwards this route's packets (forwarding_engine = \"nftables\"): its FINs pass through as they come",
+    ]
+    "#);
+}

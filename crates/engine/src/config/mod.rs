@@ -205,6 +205,16 @@ pub struct Defaults {
     /// whole machine less, at a higher rate (README, Performance; issue 19).
     #[serde(default)]
     pub splice: bool,
+    /// What the end of one side of a plain TCP connection (its FIN) does, for routes that do
+    /// not say (`action.half_close`; plain TCP and TLS passthrough copies). `true` (default):
+    /// the other side's write half is shut down and the opposite direction runs on until it
+    /// ends too (TCP half-close, as HAProxy and Envoy). `false`: the connection closes once
+    /// what the other direction was writing is written (nginx's `proxy_half_close off`): one
+    /// `shutdown` and one wake-up fewer per connection (README, Performance), but a client
+    /// that sends its request, shuts its write side down and then waits for the answer gets
+    /// none.
+    #[serde(default = "yes")]
+    pub half_close: bool,
     /// How inactivity and lifetime are treated (SmartProxy's `keepAliveTreatment`):
     /// `"standard"` (default), `"extended"` (inactivity × `keepalive_inactivity_multiplier`,
     /// lifetime `extended_keepalive_lifetime`) or `"immortal"` (no inactivity timeout).
@@ -296,6 +306,7 @@ impl Default for Defaults {
             connect_timeout: d10s(),
             shutdown_grace: d30s(),
             splice: false,
+            half_close: true,
             keepalive_treatment: KeepaliveTreatment::default(),
             keepalive_inactivity_multiplier: d6(),
             extended_keepalive_lifetime: d7d(),
@@ -540,6 +551,9 @@ fn d24h() -> Duration {
 }
 fn d7d() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+fn yes() -> bool {
+    true
 }
 fn d6() -> u32 {
     6

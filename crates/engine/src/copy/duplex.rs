@@ -127,6 +127,12 @@ impl<P: SplicePipe> Duplex<P> {
 
     /// `Ready(Ok)` once both directions reached EOF, `Ready(Err)` on the first error.
     /// `up(n)` counts bytes `a` -> `b`, `down(n)` bytes `b` -> `a`, after each chunk is written.
+    ///
+    /// `half_close`: EOF on one side shuts down the write half of the other and the opposite
+    /// direction runs on. Without it, EOF on one side ends the copy as soon as the opposite
+    /// direction has nothing in hand (waiting to read: a chunk it was writing is written
+    /// first), and the caller's close passes the FIN on to both sides: no `shutdown`, and no
+    /// wake-up for the other side's FIN.
     pub(crate) fn poll<S, U, D>(
         &mut self,
         cx: &mut Context<'_>,
@@ -134,6 +140,7 @@ impl<P: SplicePipe> Duplex<P> {
         b: &S,
         up: &mut U,
         down: &mut D,
+        half_close: bool,
     ) -> Poll<io::Result<()>>
     where
         S: CopySocket<Pipe = P>,
@@ -143,7 +150,7 @@ impl<P: SplicePipe> Duplex<P> {
         if !self.up.is_done() {
             if let Poll::Ready(r) = self.up.poll(cx, a, b, up) {
                 r?;
-                if !self.down.is_done() {
+                if half_close && !self.down.is_done() {
                     b.shutdown_write()?;
                 }
             }
@@ -151,12 +158,17 @@ impl<P: SplicePipe> Duplex<P> {
         if !self.down.is_done() {
             if let Poll::Ready(r) = self.down.poll(cx, b, a, down) {
                 r?;
-                if !self.up.is_done() {
+                if half_close && !self.up.is_done() {
                     a.shutdown_write()?;
                 }
             }
         }
-        if self.up.is_done() && self.down.is_done() { Poll::Ready(Ok(())) } else { Poll::Pending }
+        let ended = if half_close {
+            self.up.is_done() && self.down.is_done()
+        } else {
+            (self.up.is_done() && self.down.is_idle()) || (self.down.is_done() && self.up.is_idle())
+        };
+        if ended { Poll::Ready(Ok(())) } else { Poll::Pending }
     }
 }
 
@@ -195,6 +207,12 @@ enum Dir<P> {
 impl<P: SplicePipe> Dir<P> {
     fn is_done(&self) -> bool {
         matches!(self, Self::Done)
+    }
+
+    /// Nothing in hand: done, or waiting for `from` with no byte read (an empty pipe in
+    /// `Fill`: a splice round that moved nothing yet).
+    fn is_idle(&self) -> bool {
+        matches!(self, Self::Done | Self::Read { .. } | Self::Fill(_))
     }
 
     /// Advances this direction; `Ready(Ok)` once `from` reached EOF (this direction is then

@@ -78,16 +78,19 @@ impl Conn {
     /// Hands the sockets and the guards over to the copy. `backend_keepalive`: the probes
     /// the copy sets on the backend once the connection is a second old (the socket was
     /// connected without them: `upstream::connect` with `defer_keepalive`).
+    /// `half_close`: the route's (see [`PlainConn::half_close`]).
     pub(crate) fn establish(
         self,
         client: TcpStream,
         backend: TcpStream,
         backend_keepalive: Option<crate::copy::BackendKeepalive>,
+        half_close: bool,
     ) -> Established {
         let timeouts = self.timeouts();
+        let obs = self.obs;
         Established {
             _guards: self.guards,
-            conn: PlainConn { backend, client, obs: self.obs, timeouts, backend_keepalive },
+            conn: PlainConn { backend, client, obs, timeouts, backend_keepalive, half_close },
         }
     }
 }

@@ -158,7 +158,8 @@ async fn setup(
             // the connection is a second old, when it can hold them.
             let keepalive = crate::copy::BackendKeepalive::deferred(&c.effective().tcp_keepalive);
             let up = upstream::connect(&mut c, route, f, dst, &replay, keepalive.is_some()).await?;
-            Ok(Some(c.establish(client_tcp, up.stream, keepalive)))
+            let half_close = f.half_close.unwrap_or(c.state.config.defaults.half_close);
+            Ok(Some(c.establish(client_tcp, up.stream, keepalive, half_close)))
         }
         RouteAction::SocketHandler(h) => {
             let mut stop = c.shared.force_close.subscribe();
