@@ -5,16 +5,16 @@
 //! the route key and for `[defaults]`; each case waits on the peers' reads (EOF), no sleeps.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use smartproxy_tests::*;
 
-/// A backend that speaks first: it sends `bye`, shuts its write side down and reads what the
-/// client sends after that until EOF, then reports it.
-fn server_first_backend() -> (u16, mpsc::Receiver<Vec<u8>>) {
+/// A backend on a loopback port: every connection is handed to `serve` (reads time out
+/// after [`WAIT`]), and what it returns is reported on the channel.
+fn backend(serve: fn(&mut TcpStream) -> Vec<u8>) -> (u16, mpsc::Receiver<Vec<u8>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
@@ -22,12 +22,7 @@ fn server_first_backend() -> (u16, mpsc::Receiver<Vec<u8>>) {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             s.set_read_timeout(Some(WAIT)).unwrap();
-            s.write_all(b"bye").unwrap();
-            s.shutdown(Shutdown::Write).unwrap();
-            let mut after = Vec::new();
-            // An error (a reset) counts as what came before it.
-            let _ = s.read_to_end(&mut after);
-            if tx.send(after).is_err() {
+            if tx.send(serve(&mut s)).is_err() {
                 return;
             }
         }
@@ -35,25 +30,29 @@ fn server_first_backend() -> (u16, mpsc::Receiver<Vec<u8>>) {
     (port, rx)
 }
 
+/// A backend that speaks first: it sends `bye`, shuts its write side down and reads what the
+/// client sends after that until EOF, then reports it.
+fn server_first_backend() -> (u16, mpsc::Receiver<Vec<u8>>) {
+    backend(|s| {
+        s.write_all(b"bye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut after = Vec::new();
+        // An error (a reset) counts as what came before it.
+        let _ = s.read_to_end(&mut after);
+        after
+    })
+}
+
 /// A backend that answers a whole request: it reads until the client's EOF, then writes
-/// `answer` (ignoring a failure: the proxy may have closed already) and closes.
+/// `answer` (ignoring a failure: the proxy may have closed already) and closes; reports the
+/// request.
 fn request_then_answer_backend() -> (u16, mpsc::Receiver<Vec<u8>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            s.set_read_timeout(Some(WAIT)).unwrap();
-            let mut req = Vec::new();
-            let _ = s.read_to_end(&mut req);
-            let _ = s.write_all(b"answer");
-            if tx.send(req).is_err() {
-                return;
-            }
-        }
-    });
-    (port, rx)
+    backend(|s| {
+        let mut req = Vec::new();
+        let _ = s.read_to_end(&mut req);
+        let _ = s.write_all(b"answer");
+        req
+    })
 }
 
 fn config(ports: [u16; 4], server_first: u16, answering: u16, defaults: &str, key: &str) -> String {

@@ -206,13 +206,9 @@ fn check_route(r: &RouteConfig, opts: &ValidationOptions, e: &mut Errs<'_>) -> O
                     );
                 }
             }
-            if f.half_close.is_some() {
+            if f.half_close.is_some() && !f.is_kernel_forwarded() {
                 let terminated = f.tls.as_ref().is_some_and(|t| t.mode != TlsMode::Passthrough);
-                let served_by = if f.is_kernel_forwarded() {
-                    Some(
-                        "the kernel forwards this route's packets (forwarding_engine = \"nftables\"): its FINs pass through as they come",
-                    )
-                } else if f.http.is_some() {
+                let served_by = if f.http.is_some() {
                     Some(
                         "the HTTP layer serves this route request by request: a half-closed client still gets its answers",
                     )
@@ -424,6 +420,15 @@ fn check_kernel_forwarded(r: &RouteConfig, f: &ForwardAction, e: &mut Errs<'_>) 
             format!(
                 "{WHY} picks targets in the kernel, which sees no failed connect: there is no \
                  health to keep"
+            ),
+        );
+    }
+    if f.half_close.is_some() {
+        e.push(
+            "action.half_close",
+            format!(
+                "half_close applies to plain TCP and TLS passthrough copies; {WHY} passes the \
+                 FINs through as they come"
             ),
         );
     }

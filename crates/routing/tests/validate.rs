@@ -376,7 +376,7 @@ action = { type = "forward", targets = [{ host = "10.0.0.2", port = 1 }], forwar
     [
         "routes[0].action.half_close: half_close applies to plain TCP and TLS passthrough copies; the HTTP layer serves this route request by request: a half-closed client still gets its answers",
         "routes[1].action.half_close: half_close applies to plain TCP and TLS passthrough copies; this route terminates TLS, whose end of stream is a close_notify alert, not the TCP FIN this setting decides on",
-        "routes[2].action.half_close: half_close applies to plain TCP and TLS passthrough copies; the kernel forwards this route's packets (forwarding_engine = \"nftables\"): its FINs pass through as they come",
+        "routes[2].action.half_close: half_close applies to plain TCP and TLS passthrough copies; kernel forwarding (forwarding_engine = \"nftables\") passes the FINs through as they come",
     ]
     "#);
 }

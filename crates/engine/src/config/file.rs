@@ -77,7 +77,7 @@ pub(crate) struct TlsFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MetricsFile {
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub(crate) enabled: bool,
     #[serde(default, with = "dur::option")]
     pub(crate) sample_interval: Option<Duration>,
@@ -113,8 +113,4 @@ pub(crate) struct StatsdFile {
     pub(crate) interval: Option<Duration>,
     #[serde(default)]
     pub(crate) style: Option<String>,
-}
-
-fn yes() -> bool {
-    true
 }

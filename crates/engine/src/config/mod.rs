@@ -552,7 +552,7 @@ fn d24h() -> Duration {
 fn d7d() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
 }
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 fn d6() -> u32 {

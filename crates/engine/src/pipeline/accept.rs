@@ -46,9 +46,9 @@ pub(crate) fn bind(
     Ok(socket.into())
 }
 
-/// Sets `TCP_DEFER_ACCEPT` (and clears `TCP_QUICKACK`, see below) on a listening socket (`on`: the kernel queues a connection for
-/// `accept` once its first data has arrived, or after about a second without any: one SYN-ACK
-/// retransmission) or clears it. Set where every client speaks first
+/// Sets `TCP_DEFER_ACCEPT` (and clears `TCP_QUICKACK`, see below) on a listening socket (`on`:
+/// the kernel queues a connection for `accept` once its first data has arrived, or after about
+/// a second without any: one SYN-ACK retransmission) or clears it. Set where every client speaks first
 /// ([`smartproxy_routing::RouteTable::client_speaks_first`]): accept, the first read and
 /// routing then happen in one wake-up, with no read that would block and no second trip
 /// through the event loop per connection.
