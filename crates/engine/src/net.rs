@@ -10,7 +10,8 @@ const EINPROGRESS: i32 = 115;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const EINPROGRESS: i32 = 36;
 
-/// Connects to `host:port` with `TCP_NODELAY` set and, when `first` is not empty, writes it
+/// Connects to `host:port` (`ip`: the host as an IP address when it is one, parsed once with
+/// the route) with `TCP_NODELAY` set and, when `first` is not empty, writes it
 /// as soon as the connection is up. Returns the stream and how much of `first` was written.
 ///
 /// For an IP literal (the usual target) the socket is made with socket2 and the first write
@@ -22,12 +23,13 @@ const EINPROGRESS: i32 = 36;
 /// after), in the same batch of socket options.
 pub(crate) async fn connect(
     host: &str,
+    ip: Option<IpAddr>,
     port: u16,
     first: &[u8],
     keepalive: &TcpKeepalive,
 ) -> std::io::Result<(tokio::net::TcpStream, usize)> {
     use std::io::ErrorKind;
-    let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+    let Some(ip) = ip else {
         let s = tokio::net::TcpStream::connect((host, port)).await?;
         s.set_nodelay(true)?;
         set_keepalive(&socket2::SockRef::from(&s), keepalive);

@@ -709,6 +709,12 @@ impl Target {
     pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self { host: host.into(), port: TargetPort::Port(port) }
     }
+
+    /// The host as an IP address when it is one (`"10.0.0.5"`, `"::1"`; brackets, which
+    /// validation refuses in configs, are tolerated); `None` for a name to resolve.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    }
 }
 
 /// The port of a [`Target`].

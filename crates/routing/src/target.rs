@@ -13,6 +13,9 @@ use crate::model::{HealthCheck, HealthOptions, LoadBalancing, Target, TargetPort
 #[derive(Debug)]
 pub(crate) struct TargetSet {
     pub(crate) list: Box<[Target]>,
+    /// Each target's host as an IP address when it is one, parsed once here rather than at
+    /// every connect.
+    ips: Box<[Option<IpAddr>]>,
     pub(crate) lb: LoadBalancing,
     rr: AtomicUsize,
     pub(crate) active: Arc<[AtomicUsize]>,
@@ -326,8 +329,10 @@ impl TargetSet {
         let active: Arc<[AtomicUsize]> = list.iter().map(|_| AtomicUsize::new(0)).collect();
         let states: Arc<[TargetHealth]> = list.iter().map(|_| TargetHealth::default()).collect();
         let cooldown_ms = millis(health.cooldown);
+        let ips = list.iter().map(Target::ip).collect();
         Self {
             list: list.into_boxed_slice(),
+            ips,
             lb,
             rr: AtomicUsize::new(0),
             active,
@@ -452,6 +457,7 @@ impl TargetSet {
         let target = &self.list[index];
         SelectedTarget {
             target,
+            ip: self.ips[index],
             index,
             port: target.port.resolve(listen_port),
             guard: ConnectionGuard::new(Arc::clone(&self.active), index),
@@ -560,6 +566,7 @@ fn ip_hash(ip: IpAddr) -> u64 {
 #[derive(Debug)]
 pub struct SelectedTarget<'a> {
     target: &'a Target,
+    ip: Option<IpAddr>,
     index: usize,
     port: u16,
     guard: ConnectionGuard,
@@ -574,6 +581,12 @@ impl<'a> SelectedTarget<'a> {
     /// Host name or IP address to connect to.
     pub fn host(&self) -> &'a str {
         &self.target.host
+    }
+
+    /// The host as an IP address when it is one ([`Target::ip`], parsed when the route was
+    /// compiled); `None` for a host name.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.ip
     }
 
     /// Port to connect to (`"preserve"` resolved to the listening port).

@@ -263,6 +263,38 @@ action = { type = "forward", targets = [{ host = "h", port = 1 }] }
     assert!(t.route("open").unwrap().allows_ip(ip("192.0.2.1")));
 }
 
+/// A target's host is parsed as an IP address once, when the route is compiled: literal
+/// IPv4 and IPv6 hosts come with their address, names with none (they are
+/// resolved at connect).
+#[test]
+fn selected_targets_carry_their_parsed_address() {
+    let t = table(
+        r#"
+[[routes]]
+name = "mixed"
+match = { ports = 80 }
+action = { type = "forward", targets = [{ host = "10.0.0.5", port = 1 }, { host = "::1", port = 2 }, { host = "2001:db8::7", port = 3 }, { host = "backend.internal", port = 4 }, { host = "10.0.0.256", port = 5 }] }
+"#,
+    );
+    let r = t.route("mixed").unwrap();
+    let got: Vec<_> = (0..5)
+        .map(|_| {
+            let s = r.select_target(ip(C), 80, 0).unwrap();
+            (s.host(), s.ip())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.5", Some(ip("10.0.0.5"))),
+            ("::1", Some(ip("::1"))),
+            ("2001:db8::7", Some(ip("2001:db8::7"))),
+            ("backend.internal", None),
+            ("10.0.0.256", None),
+        ]
+    );
+}
+
 #[test]
 fn target_selection() {
     let t = table(

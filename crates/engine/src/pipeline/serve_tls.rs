@@ -102,7 +102,7 @@ pub(crate) async fn serve(
             copy::pipe(&mut client_side, &mut tcp, timeouts, stop).await
         }
         Some(u) => {
-            let name = match u.server_name.resolve(&up.host, sni.as_deref()) {
+            let name = match u.server_name.resolve(up.host, sni.as_deref()) {
                 Ok(n) => n,
                 Err(detail) => {
                     route.count_refusal();

@@ -18,10 +18,12 @@ use super::conn::{Closed, Conn};
 use crate::fds::FdWait;
 use crate::observe::{ConnObserver, EngineObserver, Refusal};
 
-/// A connected target: the stream and the target's host (for TLS server names).
-pub(crate) struct Upstream {
+/// A connected target: the stream and the target's host (for TLS server names), borrowed
+/// from the route (a copy would be an allocation per connection that only re-encrypting
+/// routes use).
+pub(crate) struct Upstream<'r> {
     pub(crate) stream: TcpStream,
-    pub(crate) host: String,
+    pub(crate) host: &'r str,
 }
 
 /// Connects a target of `route` for the connection and writes, in this order, the PROXY
@@ -30,14 +32,14 @@ pub(crate) struct Upstream {
 /// `defer_keepalive`: the caller's copy sets the route's TCP keepalive probes on the new
 /// socket once the connection is a second old (a short connection never pays the four
 /// `setsockopt`s); otherwise they are set before the connect.
-pub(crate) async fn connect(
+pub(crate) async fn connect<'r>(
     c: &mut Conn,
-    route: &CompiledRoute,
+    route: &'r CompiledRoute,
     f: &ForwardAction,
     dst: SocketAddr,
     replay: &[u8],
     defer_keepalive: bool,
-) -> Result<Upstream, Closed> {
+) -> Result<Upstream<'r>, Closed> {
     let client_ip = canonical_ip(c.client.ip());
     let t = c.effective();
     let connect_timeout = t.connect;
@@ -63,9 +65,9 @@ pub(crate) async fn connect(
         client_ip,
         c.port,
         connect_timeout,
-        |host, port| {
+        |host, ip, port| {
             // Boxed: the connect state is only alive for the connect.
-            Box::pin(crate::net::connect(host, port, &first, &keepalive))
+            Box::pin(crate::net::connect(host, ip, port, &first, &keepalive))
         },
     )
     .await;
@@ -73,7 +75,7 @@ pub(crate) async fn connect(
         route.count_refusal();
         return Err(c.refuse(Refusal::BackendUnavailable, route.name()));
     };
-    let host = target.host().to_owned();
+    let host = target.host();
     c.guards.target = Some(target.into_guard());
     if done < first.len() {
         let rest = &first[done..];
@@ -103,7 +105,7 @@ async fn connect_target<'r, T, F, Fut>(
     mut connect: F,
 ) -> Option<(T, smartproxy_routing::SelectedTarget<'r>)>
 where
-    F: FnMut(&'r str, u16) -> Fut,
+    F: FnMut(&'r str, Option<IpAddr>, u16) -> Fut,
     Fut: Future<Output = std::io::Result<T>>,
 {
     for attempt in 0..f.targets.len().clamp(1, 3) {
@@ -116,7 +118,7 @@ where
         // its socket (replaced without a gap when it has to wait again).
         let (mut fd_deadline, mut turn) = (None, None);
         let outcome = loop {
-            match tokio::time::timeout(connect_timeout, connect(t.host(), t.port())).await {
+            match tokio::time::timeout(connect_timeout, connect(t.host(), t.ip(), t.port())).await {
                 Ok(Err(e)) if crate::fds::is_out_of_fds(&e) => {
                     let deadline = *fd_deadline.get_or_insert_with(|| started + connect_timeout);
                     tracing::debug!(
