@@ -7,6 +7,7 @@
 //! error, are denied.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod alloc;
 mod cli;
 mod completions;
 mod control;
@@ -24,6 +25,11 @@ use smartproxy_engine::{Config, Engine, Format, Runtime};
 
 use crate::cli::{Cli, Command, DEMO};
 use crate::control::Control;
+
+/// glibc's `malloc`, with cache-line-aligned blocks (tokio's tasks and socket states) made
+/// without `posix_memalign`: see [`alloc`].
+#[global_allocator]
+static GLOBAL: alloc::Alloc = alloc::Alloc;
 
 /// Usage error (sysexits.h EX_USAGE).
 const EX_USAGE: u8 = 64;
