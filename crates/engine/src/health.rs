@@ -45,10 +45,10 @@ pub(crate) fn spawn_checker(shared: Weak<Shared>) -> JoinHandle<()> {
                 if route.is_kernel_forwarded() {
                     continue;
                 }
-                for (ti, host, port) in route.claim_due_checks(now) {
+                for (ti, host, ip, port) in route.claim_due_checks(now) {
                     let (state, host) = (Arc::clone(&state), host.to_owned());
                     probes.spawn(async move {
-                        let result = probe(&host, port, check.timeout).await;
+                        let result = probe(&host, ip, port, check.timeout).await;
                         record(&state, ri, ti, &host, port, result);
                     });
                 }
@@ -89,14 +89,19 @@ fn targets_up(state: &State) -> Vec<TargetUp> {
     out
 }
 
-/// One check: a TCP connect within `timeout`, closed at once. `None` when the proxy itself is
-/// out of resources (EMFILE, ...): that says nothing about the target.
-async fn probe(host: &str, port: u16, timeout: Duration) -> Option<Result<(), ConnectFailure>> {
-    let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>();
+/// One check: a TCP connect within `timeout`, closed at once (`ip`: the host as an IP address
+/// when it is one, parsed with the route). `None` when the proxy itself is out of resources
+/// (EMFILE, ...): that says nothing about the target.
+async fn probe(
+    host: &str,
+    ip: Option<IpAddr>,
+    port: u16,
+    timeout: Duration,
+) -> Option<Result<(), ConnectFailure>> {
     let connect = async {
         match ip {
-            Ok(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
-            Err(_) => TcpStream::connect((host, port)).await,
+            Some(ip) => TcpStream::connect(SocketAddr::new(ip, port)).await,
+            None => TcpStream::connect((host, port)).await,
         }
     };
     match tokio::time::timeout(timeout, connect).await {

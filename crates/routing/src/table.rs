@@ -149,8 +149,9 @@ impl CompiledRoute {
 
     /// The targets whose active check is due at `now_unix_ms` (UNIX milliseconds): each is
     /// claimed (the next one is due an interval later), so that one checker runs it. Index,
-    /// host and port of each. Empty without `health.check`.
-    pub fn claim_due_checks(&self, now_unix_ms: u64) -> Vec<(usize, &str, u16)> {
+    /// host, the host as an IP address when it is one ([`crate::Target::ip`]) and port of
+    /// each. Empty without `health.check`.
+    pub fn claim_due_checks(&self, now_unix_ms: u64) -> Vec<(usize, &str, Option<IpAddr>, u16)> {
         self.targets.claim_due_checks(now_unix_ms)
     }
 

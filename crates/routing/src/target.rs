@@ -493,9 +493,12 @@ impl TargetSet {
     }
 
     /// The targets whose check is due at `now_unix_ms`, claimed for the caller: their index,
-    /// host and port (targets with `port = "preserve"` have no port to check and are left
-    /// out).
-    pub(crate) fn claim_due_checks(&self, now_unix_ms: u64) -> Vec<(usize, &str, u16)> {
+    /// host, parsed address and port (targets with `port = "preserve"` have no port to check
+    /// and are left out).
+    pub(crate) fn claim_due_checks(
+        &self,
+        now_unix_ms: u64,
+    ) -> Vec<(usize, &str, Option<IpAddr>, u16)> {
         let Some(c) = self.check else { return Vec::new() };
         let interval = millis(c.interval);
         self.list
@@ -504,7 +507,7 @@ impl TargetSet {
             .enumerate()
             .filter_map(|(i, (t, h))| match t.port {
                 TargetPort::Port(p) if h.claim_check(now_unix_ms, interval) => {
-                    Some((i, t.host.as_str(), p))
+                    Some((i, t.host.as_str(), self.ips[i], p))
                 }
                 _ => None,
             })
