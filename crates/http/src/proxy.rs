@@ -224,214 +224,222 @@ fn prepare(
 
 /// Sends the prepared request to a target of the route (a pooled connection, else a new
 /// one; the next target after a failed connect) and passes the response on.
-async fn exchange(
+fn exchange(
     ctx: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
     index: usize,
     mut prep: Prepared,
     mut guard: RequestGuard,
     expanded: Option<Box<Expanded>>,
-) -> Answer {
-    let ctx = &ctx;
-    let Some((route, state)) = snap.route(index) else {
-        return Ok(error_response(guard, HttpErrorReason::NoRoute, &"route vanished"));
-    };
-    let RouteKind::Proxy(pr) = &state.kind else {
-        return Ok(error_response(guard, HttpErrorReason::NoRoute, &"not an HTTP route"));
-    };
-    let (ws, ext_connect) = (prep.ws, prep.ext_connect);
-    let client_upgrade = prep.client_upgrade.take();
-    let progress = guard.bytes_in.clone();
-    // Targets: the route's choice, then the next ones after a failed connect (at most 3).
-    let client_ip = ctx.client.ip();
-    let max_attempts = pr.targets.len().clamp(1, 3);
-    let mut attempts = 0usize;
-    let mut next = route.select_target(client_ip, ctx.port, 0);
-    let mut last_err: Option<ConnectError> = None;
-    let metrics = ctx.service.metrics.as_deref();
-    let route_metrics = snap.route_metrics(index);
-    while let Some(sel) = next.take() {
-        attempts += 1;
-        let Some(t) = pr.targets.get(sel.index()) else { break };
-        let port = sel.port();
-        let pool = if pr.proxy_protocol != SendProxyProtocol::Off {
-            private_pool(ctx, &snap, t, port)
-        } else {
-            let sni = ctx.tls.as_ref().and_then(|t| t.sni.as_deref());
-            snap.pool(&ctx.service.pools, route, pr, t, port, sni)
+) -> impl Future<Output = Answer> + Send {
+    // An `async` block rather than an `async fn`: the block uses what it captured in place,
+    // where an `async fn` moves its arguments into locals of the same future, which then
+    // holds both copies (`prep` and `guard`, 512 bytes more to move and to allocate).
+    async move {
+        let ctx = &ctx;
+        let Some((route, state)) = snap.route(index) else {
+            return Ok(error_response(guard, HttpErrorReason::NoRoute, &"route vanished"));
         };
-        // A pooled connection first (never for an upgrade: that one is dedicated). A request
-        // without a body to a plain HTTP/1.1 target runs in this task (`h1.rs`).
-        let direct = !ws
-            && !pr.tls
-            && pr.upstream != UpstreamProtocol::Http2
-            && matches!(prep.req.body(), UpBody::Empty);
-        let mut idle_for = Duration::ZERO;
-        let mut pooled = if ws {
-            None
-        } else if let Some(tx) =
-            (pr.upstream != UpstreamProtocol::Http1).then(|| pool.h2()).flatten()
-        {
-            Some(Sender::H2(tx))
-        } else {
-            let found = if direct {
-                pool.take_raw(guard.started)
-                    .map(|(c, idle)| (Sender::Raw(c), idle))
-                    .or_else(|| pool.take_h1(guard.started).map(|(tx, i)| (Sender::H1(tx), i)))
+        let RouteKind::Proxy(pr) = &state.kind else {
+            return Ok(error_response(guard, HttpErrorReason::NoRoute, &"not an HTTP route"));
+        };
+        let (ws, ext_connect) = (prep.ws, prep.ext_connect);
+        let client_upgrade = prep.client_upgrade.take();
+        let progress = guard.bytes_in.clone();
+        // Targets: the route's choice, then the next ones after a failed connect (at most 3).
+        let client_ip = ctx.client.ip();
+        let max_attempts = pr.targets.len().clamp(1, 3);
+        let mut attempts = 0usize;
+        let mut next = route.select_target(client_ip, ctx.port, 0);
+        let mut last_err: Option<ConnectError> = None;
+        let metrics = ctx.service.metrics.as_deref();
+        let route_metrics = snap.route_metrics(index);
+        while let Some(sel) = next.take() {
+            attempts += 1;
+            let Some(t) = pr.targets.get(sel.index()) else { break };
+            let port = sel.port();
+            let pool = if pr.proxy_protocol != SendProxyProtocol::Off {
+                private_pool(ctx, &snap, t, port)
             } else {
-                match pool.take_h1(guard.started) {
-                    Some((tx, idle)) => Some((Sender::H1(tx), idle)),
-                    // A request with a body: hyper takes over an idle direct connection.
-                    None => match pool.take_raw(guard.started) {
-                        Some((c, idle)) => Box::pin(adopt(c)).await.map(|s| (s, idle)),
-                        None => None,
-                    },
+                let sni = ctx.tls.as_ref().and_then(|t| t.sni.as_deref());
+                snap.pool(&ctx.service.pools, route, pr, t, port, sni)
+            };
+            // A pooled connection first (never for an upgrade: that one is dedicated). A request
+            // without a body to a plain HTTP/1.1 target runs in this task (`h1.rs`).
+            let direct = !ws
+                && !pr.tls
+                && pr.upstream != UpstreamProtocol::Http2
+                && matches!(prep.req.body(), UpBody::Empty);
+            let mut idle_for = Duration::ZERO;
+            let mut pooled = if ws {
+                None
+            } else if let Some(tx) =
+                (pr.upstream != UpstreamProtocol::Http1).then(|| pool.h2()).flatten()
+            {
+                Some(Sender::H2(tx))
+            } else {
+                let found = if direct {
+                    pool.take_raw(guard.started)
+                        .map(|(c, idle)| (Sender::Raw(c), idle))
+                        .or_else(|| pool.take_h1(guard.started).map(|(tx, i)| (Sender::H1(tx), i)))
+                } else {
+                    match pool.take_h1(guard.started) {
+                        Some((tx, idle)) => Some((Sender::H1(tx), idle)),
+                        // A request with a body: hyper takes over an idle direct connection.
+                        None => match pool.take_raw(guard.started) {
+                            Some((c, idle)) => Box::pin(adopt(c)).await.map(|s| (s, idle)),
+                            None => None,
+                        },
+                    }
+                };
+                found.map(|(s, idle)| {
+                    idle_for = idle;
+                    s
+                })
+            };
+            let outcome = loop {
+                let reused = pooled.is_some();
+                // A connection idle for a while may be closed by the target just as the request
+                // goes out (the keep-alive race): keep a copy of a replayable request to send
+                // again on a new connection. Hot connections are not worth the copy.
+                let spare =
+                    (reused && idle_for >= STALE_AFTER).then(|| replayable(&prep.req)).flatten();
+                // The response timeout counts from here (a pooled connection) or from the
+                // end of the connect.
+                let mut sent_from = guard.started;
+                let sender = match pooled.take() {
+                    Some(s) => s,
+                    None => {
+                        let started = Instant::now();
+                        let params = ConnectParams {
+                            ctx,
+                            route,
+                            pr,
+                            target: t,
+                            port,
+                            tls: snap.tls.as_deref(),
+                            upgrade: ws,
+                            direct,
+                        };
+                        // Boxed: rare (pooled connections), and its state would make every
+                        // request's future (moved and polled per request) larger.
+                        match Box::pin(connect(params)).await {
+                            Ok(s) => {
+                                sent_from = Instant::now();
+                                route.target_connected(sel.index(), unix_ms);
+                                if let (Some(m), Some(r)) = (metrics, route_metrics) {
+                                    m.backend_connected(
+                                        r,
+                                        sent_from.saturating_duration_since(started),
+                                    );
+                                }
+                                if let Sender::H2(tx) = &s {
+                                    pool.set_h2(tx.clone());
+                                }
+                                s
+                            }
+                            Err(e) => {
+                                if let (Some(m), Some(r)) = (metrics, route_metrics) {
+                                    m.backend_connect_failed(r);
+                                }
+                                route.target_connect_failed(sel.index(), unix_ms(), e.failure());
+                                tracing::debug!(client = %ctx.client, route = route.name(), target = %t.authority(port), "connect failed: {e}");
+                                break Err(e);
+                            }
+                        }
+                    }
+                };
+                let h2 = sender.is_h2();
+                finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
+                // The request stays in `prep` (its slot, not a copy in the future: the future of
+                // every request is moved whole, so what it holds twice costs twice).
+                match send(
+                    ctx,
+                    sender,
+                    &mut prep.req,
+                    prep.raw,
+                    pr.response_timeout,
+                    progress.as_deref(),
+                    sent_from,
+                )
+                .await
+                {
+                    // A stale keep-alive connection: the same target, a new connection.
+                    Sent::Retry if reused => {}
+                    Sent::Retry => {
+                        break Ok(Err((
+                            HttpErrorReason::BackendError,
+                            "the new backend connection closed at once".to_owned(),
+                        )));
+                    }
+                    Sent::Failed(e) => {
+                        if let Some(req) = spare {
+                            tracing::debug!(client = %ctx.client, route = route.name(), "idle backend connection failed ({e}); sending again on a new one");
+                            prep.req = *req;
+                            idle_for = Duration::ZERO;
+                            continue;
+                        }
+                        break Ok(Err((
+                            HttpErrorReason::BackendError,
+                            format!("backend failed: {e}"),
+                        )));
+                    }
+                    Sent::Timeout => {
+                        break Ok(Err((
+                            HttpErrorReason::BackendResponseTimeout,
+                            format!("no response head within {:?}", pr.response_timeout),
+                        )));
+                    }
+                    Sent::Response(resp, sender) => break Ok(Ok((resp, sender))),
                 }
             };
-            found.map(|(s, idle)| {
-                idle_for = idle;
-                s
-            })
-        };
-        let outcome = loop {
-            let reused = pooled.is_some();
-            // A connection idle for a while may be closed by the target just as the request
-            // goes out (the keep-alive race): keep a copy of a replayable request to send
-            // again on a new connection. Hot connections are not worth the copy.
-            let spare =
-                (reused && idle_for >= STALE_AFTER).then(|| replayable(&prep.req)).flatten();
-            // The response timeout counts from here (a pooled connection) or from the
-            // end of the connect.
-            let mut sent_from = guard.started;
-            let sender = match pooled.take() {
-                Some(s) => s,
-                None => {
-                    let started = Instant::now();
-                    let params = ConnectParams {
+            match outcome {
+                Err(e) => {
+                    last_err = Some(e);
+                    if attempts < max_attempts {
+                        next = route.next_target(&sel, attempts, ctx.port);
+                    }
+                }
+                Ok(Err((reason, detail))) => return Ok(error_response(guard, reason, &detail)),
+                Ok(Ok((resp, sender))) => {
+                    if let Some(a) = &mut guard.access {
+                        a.upstream = t.authority(port);
+                    }
+                    let upstream = Upstream {
+                        sender: sender.filter(|_| !ws),
+                        pool: Some(pool),
+                        _target: sel.into_guard(),
+                    };
+                    let back = Back {
+                        target: t,
+                        port,
+                        client_host: prep.host.as_ref(),
+                        extras: expanded.as_deref(),
+                    };
+                    return Ok(respond(
                         ctx,
                         route,
                         pr,
-                        target: t,
-                        port,
-                        tls: snap.tls.as_deref(),
-                        upgrade: ws,
-                        direct,
-                    };
-                    // Boxed: rare (pooled connections), and its state would make every
-                    // request's future (moved and polled per request) larger.
-                    match Box::pin(connect(params)).await {
-                        Ok(s) => {
-                            sent_from = Instant::now();
-                            route.target_connected(sel.index(), unix_ms);
-                            if let (Some(m), Some(r)) = (metrics, route_metrics) {
-                                m.backend_connected(
-                                    r,
-                                    sent_from.saturating_duration_since(started),
-                                );
-                            }
-                            if let Sender::H2(tx) = &s {
-                                pool.set_h2(tx.clone());
-                            }
-                            s
-                        }
-                        Err(e) => {
-                            if let (Some(m), Some(r)) = (metrics, route_metrics) {
-                                m.backend_connect_failed(r);
-                            }
-                            route.target_connect_failed(sel.index(), unix_ms(), e.failure());
-                            tracing::debug!(client = %ctx.client, route = route.name(), target = %t.authority(port), "connect failed: {e}");
-                            break Err(e);
-                        }
-                    }
+                        resp,
+                        upstream,
+                        guard,
+                        ws,
+                        client_upgrade,
+                        ext_connect,
+                        &back,
+                    ));
                 }
-            };
-            let h2 = sender.is_h2();
-            finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
-            // The request stays in `prep` (its slot, not a copy in the future: the future of
-            // every request is moved whole, so what it holds twice costs twice).
-            match send(
-                ctx,
-                sender,
-                &mut prep.req,
-                prep.raw,
-                pr.response_timeout,
-                progress.as_deref(),
-                sent_from,
-            )
-            .await
-            {
-                // A stale keep-alive connection: the same target, a new connection.
-                Sent::Retry if reused => {}
-                Sent::Retry => {
-                    break Ok(Err((
-                        HttpErrorReason::BackendError,
-                        "the new backend connection closed at once".to_owned(),
-                    )));
-                }
-                Sent::Failed(e) => {
-                    if let Some(req) = spare {
-                        tracing::debug!(client = %ctx.client, route = route.name(), "idle backend connection failed ({e}); sending again on a new one");
-                        prep.req = *req;
-                        idle_for = Duration::ZERO;
-                        continue;
-                    }
-                    break Ok(Err((HttpErrorReason::BackendError, format!("backend failed: {e}"))));
-                }
-                Sent::Timeout => {
-                    break Ok(Err((
-                        HttpErrorReason::BackendResponseTimeout,
-                        format!("no response head within {:?}", pr.response_timeout),
-                    )));
-                }
-                Sent::Response(resp, sender) => break Ok(Ok((resp, sender))),
             }
+        }
+        let (reason, detail) = match &last_err {
+            Some(e) if is_timeout(e) => (HttpErrorReason::BackendConnectTimeout, e.to_string()),
+            Some(e) => {
+                (HttpErrorReason::BackendUnavailable, format!("no target could be connected: {e}"))
+            }
+            None => (HttpErrorReason::BackendUnavailable, "the route has no target".to_owned()),
         };
-        match outcome {
-            Err(e) => {
-                last_err = Some(e);
-                if attempts < max_attempts {
-                    next = route.next_target(&sel, attempts, ctx.port);
-                }
-            }
-            Ok(Err((reason, detail))) => return Ok(error_response(guard, reason, &detail)),
-            Ok(Ok((resp, sender))) => {
-                if let Some(a) = &mut guard.access {
-                    a.upstream = t.authority(port);
-                }
-                let upstream = Upstream {
-                    sender: sender.filter(|_| !ws),
-                    pool: Some(pool),
-                    _target: sel.into_guard(),
-                };
-                let back = Back {
-                    target: t,
-                    port,
-                    client_host: prep.host.as_ref(),
-                    extras: expanded.as_deref(),
-                };
-                return Ok(respond(
-                    ctx,
-                    route,
-                    pr,
-                    resp,
-                    upstream,
-                    guard,
-                    ws,
-                    client_upgrade,
-                    ext_connect,
-                    &back,
-                ));
-            }
-        }
+        Ok(error_response(guard, reason, &detail))
     }
-    let (reason, detail) = match &last_err {
-        Some(e) if is_timeout(e) => (HttpErrorReason::BackendConnectTimeout, e.to_string()),
-        Some(e) => {
-            (HttpErrorReason::BackendUnavailable, format!("no target could be connected: {e}"))
-        }
-        None => (HttpErrorReason::BackendUnavailable, "the route has no target".to_owned()),
-    };
-    Ok(error_response(guard, reason, &detail))
 }
 
 /// Idle time after which a pooled connection's first request is kept for a resend.
