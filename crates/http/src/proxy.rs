@@ -224,6 +224,7 @@ fn prepare(
 
 /// Sends the prepared request to a target of the route (a pooled connection, else a new
 /// one; the next target after a failed connect) and passes the response on.
+#[allow(clippy::manual_async_fn)] // On purpose: see the comment at the `async` block.
 fn exchange(
     ctx: Arc<ConnCtx>,
     snap: Arc<Snapshot>,
