@@ -144,6 +144,13 @@ impl<S> WrappedSocket<S> {
         &mut self.inner
     }
 
+    /// The same socket (buffered bytes, peer, client, PROXY header) around `f(inner)`: for a
+    /// wrapper of the inner stream that takes its place.
+    pub fn map_inner<T>(self, f: impl FnOnce(S) -> T) -> WrappedSocket<T> {
+        let Self { inner, buf, pos, peer, client, trusted, header } = self;
+        WrappedSocket { inner: f(inner), buf, pos, peer, client, trusted, header }
+    }
+
     /// The inner stream and the bytes still buffered.
     pub fn into_parts(mut self) -> (S, Vec<u8>) {
         let buf = self.take_buffered();

@@ -163,6 +163,26 @@ async fn v1_header_then_payload_is_replayed() {
     assert_eq!(&got, b"hello world!");
 }
 
+/// `map_inner` keeps what the socket knows (client, peer, header, replayed bytes) around the
+/// new inner stream, and reads go on through it.
+#[tokio::test]
+async fn map_inner_keeps_header_client_and_buffered_bytes() {
+    let (mut c, s, peer) = pair().await;
+    let mut bytes = v2("192.0.2.7:4100", "198.51.100.2:443");
+    bytes.extend_from_slice(b"abc");
+    c.write_all(&bytes).await.unwrap();
+    let w = read_proxy_header(s, PeerAddr(peer), &opts(HeaderPolicy::Require, 2000)).await.unwrap();
+    let mut m = w.map_inner(tokio::io::BufReader::new);
+    assert_eq!(m.client_addr().0, "192.0.2.7:4100".parse::<SocketAddr>().unwrap());
+    assert_eq!(m.peer_addr().0, peer);
+    assert!(m.is_from_trusted_proxy());
+    assert!(m.proxy_header().is_some());
+    c.write_all(b"def").await.unwrap();
+    let mut got = vec![0u8; 6];
+    m.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"abcdef");
+}
+
 /// Over a real socket, one byte per write, each sent only once the reader has consumed the
 /// previous one: every byte of the header comes in a read of its own.
 #[tokio::test]
