@@ -60,6 +60,12 @@ pub struct ConnInfo {
     /// This connection's idle time between requests, instead of `http_keepalive_timeout`
     /// (the engine's keep-alive treatment of the connection's route; `Duration::MAX`: never).
     pub keepalive_timeout: Option<std::time::Duration>,
+    /// For a client socket that registers with the reactor only when a read has to wait
+    /// (the engine's plain HTTP connections): an HTTP/1.1 request with `Connection: close`
+    /// is watched for the client leaving early only once it has run this long, so that one
+    /// answered sooner never makes its socket register (an `epoll_ctl` to add it and one to
+    /// remove it, two of the nine system calls of such a request). `None`: watched at once.
+    pub close_watch_delay: Option<std::time::Duration>,
 }
 
 impl ConnInfo {
@@ -73,6 +79,7 @@ impl ConnInfo {
             tls: None,
             proxy_header: None,
             keepalive_timeout: None,
+            close_watch_delay: None,
         }
     }
 
@@ -106,6 +113,12 @@ impl ConnInfo {
         self.keepalive_timeout = Some(d);
         self
     }
+
+    /// Sets [`Self::close_watch_delay`].
+    pub fn with_close_watch_delay(mut self, d: std::time::Duration) -> Self {
+        self.close_watch_delay = Some(d);
+        self
+    }
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -118,6 +131,7 @@ impl std::fmt::Debug for ConnInfo {
             .field("tls", &self.tls)
             .field("proxy_header", &self.proxy_header.is_some())
             .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("close_watch_delay", &self.close_watch_delay)
             .finish()
     }
 }
@@ -158,6 +172,8 @@ pub(crate) struct ConnCtx {
     pub(crate) local: Option<SocketAddr>,
     pub(crate) tls: Option<TlsInfo>,
     pub(crate) proxy_header: Option<ProxyHeaderFn>,
+    /// [`ConnInfo::close_watch_delay`].
+    pub(crate) close_watch_delay: Option<std::time::Duration>,
     pub(crate) start: Instant,
     pub(crate) state: ConnState,
     pub(crate) drained: Notify,
@@ -199,6 +215,7 @@ impl ConnCtx {
             local: info.local,
             tls: info.tls,
             proxy_header: info.proxy_header,
+            close_watch_delay: info.close_watch_delay,
             start: Instant::now(),
             state,
             drained: Notify::new(),

@@ -128,7 +128,8 @@ where
 
         // The request, watched for the client going away.
         let request = std::pin::pin!(handle(Arc::clone(ctx), req, false));
-        let Some(Ok(resp)) = watch(request, &mut io, &mut buf).await else {
+        let delay = if keep_alive { None } else { ctx.close_watch_delay };
+        let Some(Ok(resp)) = watch(request, &mut io, &mut buf, delay).await else {
             tracing::debug!(client = %ctx.client, "client closed while its request ran");
             return Served::Closed(CloseReason::ClientClosed);
         };
@@ -176,15 +177,27 @@ where
 
 /// Runs `fut`; `None` if the client closes (or fails) first. Bytes the client sends
 /// meanwhile (the next, pipelined, request) are kept in `buf`; reading stops there, as
-/// hyper's does.
+/// hyper's does. `delay`: the client is watched only once `fut` has run this long
+/// ([`crate::ConnInfo::close_watch_delay`]; the timer is set only if `fut` has to wait).
 async fn watch<T, I: AsyncRead + Unpin>(
     mut fut: Pin<&mut impl Future<Output = T>>,
     io: &mut I,
     buf: &mut BytesMut,
+    mut delay: Option<std::time::Duration>,
 ) -> Option<T> {
+    let mut pause = std::pin::pin!(None::<tokio::time::Sleep>);
     poll_fn(|cx| {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(v));
+        }
+        if let Some(d) = delay.take() {
+            pause.set(Some(tokio::time::sleep(d)));
+        }
+        if let Some(p) = pause.as_mut().as_pin_mut() {
+            if p.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            pause.set(None);
         }
         if buf.is_empty() {
             if buf.capacity() < 1024 {
@@ -512,7 +525,7 @@ async fn send_body<I: AsyncRead + AsyncWrite + Unpin>(
                 flush(io, out).await?;
                 io.flush().await.map_err(Failure::Io)?;
                 let next = std::pin::pin!(poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)));
-                watch(next, io, buf).await.ok_or(Failure::ClientGone)?
+                watch(next, io, buf, None).await.ok_or(Failure::ClientGone)?
             }
         };
         let Some(frame) = frame else { break };

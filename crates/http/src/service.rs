@@ -193,6 +193,14 @@ impl HttpService {
         self.inner.snapshot.store(Arc::new(snap));
     }
 
+    /// Whether requests may read the local address of their connection
+    /// ([`ConnInfo::with_local`]): a route sends a PROXY header to its targets, redirects, or
+    /// sets templated header values. Without any, the engine saves a `getsockname` per
+    /// connection accepted on a wildcard address.
+    pub fn needs_local_addr(&self) -> bool {
+        self.inner.snapshot.load().needs_local
+    }
+
     /// The route table requests are routed with now.
     pub fn table(&self) -> Arc<RouteTable> {
         Arc::clone(&self.inner.snapshot.load().table)

@@ -256,6 +256,10 @@ pub(crate) struct Snapshot {
     pub(crate) routes: Box<[RouteState]>,
     pub(crate) settings: Settings,
     pub(crate) tls: Option<Arc<dyn UpstreamTls>>,
+    /// A request may read its connection's local address ([`crate::ConnInfo::local`]): some
+    /// route sends a PROXY header to its targets (its destination), redirects (`{domain}`
+    /// of a request without a Host) or sets templated header values.
+    pub(crate) needs_local: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -289,8 +293,19 @@ impl Snapshot {
                 metrics: metrics.map(|m| m.route(r.name())),
                 kind: kind(r, &settings, route_settings.get(r.index()), pools, creds),
             })
-            .collect();
-        Self { table, routes, settings, tls }
+            .collect::<Box<[RouteState]>>();
+        let needs_local = routes.iter().any(|r| match &r.kind {
+            RouteKind::Proxy(p) => {
+                let templated =
+                    |o: &Option<HeaderOps>| o.as_ref().is_some_and(HeaderOps::templated);
+                p.proxy_protocol != SendProxyProtocol::Off
+                    || templated(&p.request_ops)
+                    || templated(&p.response_ops)
+            }
+            RouteKind::Handler(HandlerRoute::Redirect { .. }) => true,
+            RouteKind::Handler(HandlerRoute::Respond { .. }) | RouteKind::Other => false,
+        });
+        Self { table, routes, settings, tls, needs_local }
     }
 
     pub(crate) fn route_metrics(&self, i: usize) -> Option<&RouteHandle> {

@@ -3,6 +3,8 @@
 //! not take: one connection served by both in turn, pipelined requests, `Connection: close`,
 //! responses of unknown length, and a client that goes away while its request runs.
 
+use std::time::Duration;
+
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -168,6 +170,82 @@ async fn a_client_gone_mid_request_cancels_it() {
         })
     })
     .await;
+}
+
+/// With a close-watch delay (the engine's plain connections, whose sockets register with
+/// the reactor only when a read has to wait), a client that leaves during a
+/// `Connection: close` request is still noticed: once the request has run that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_close_request_is_noticed_after_the_watch_delay() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let opts = Opts {
+        access_log: true,
+        close_watch_delay: Some(Duration::from_millis(300)),
+        ..Opts::default()
+    };
+    let proxy = Proxy::start(|p| route(p, bport), opts).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /sleep HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    eventually("the request to reach the backend", || {
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(s);
+    eventually("the request to be logged as 499", || {
+        proxy.access.lock().iter().any(|l| l.contains("\"status\":499"))
+    })
+    .await;
+}
+
+/// The same delay does not hold back a close request's answer, and a kept-alive request
+/// before it is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_requests_with_a_watch_delay_are_answered_at_once() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let opts = Opts { close_watch_delay: Some(Duration::from_secs(3600)), ..Opts::default() };
+    let proxy = Proxy::start(|p| route(p, bport), opts).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("both answers and the close within 10 s")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert_eq!(all.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{all}");
+    assert!(all.contains("\"/first\"") && all.contains("\"/last\""), "{all}");
+}
+
+/// Whether requests may read the connection's local address: only with a route that sends a
+/// PROXY header, redirects, or sets templated header values (the engine then asks for it).
+#[tokio::test]
+async fn the_local_address_is_needed_only_by_routes_that_read_it() {
+    let plain = Proxy::start(|p| route(p, 9), Opts::default()).await;
+    assert!(!plain.service.needs_local_addr(), "a plain forward route does not read it");
+    let with = |action: &'static str| {
+        move |p: u16| {
+            format!(
+                "{}[[routes]]\nname = \"other\"\nmatch = {{ ports = [{p}], path = \"/o/*\" }}\naction = {action}\n",
+                route(p, 9)
+            )
+        }
+    };
+    let redirect = Proxy::start(
+        with(r#"{ type = "socket-handler", handler = "redirect", location = "https://{domain}/", status = 301 }"#),
+        Opts::default(),
+    )
+    .await;
+    assert!(redirect.service.needs_local_addr(), "a redirect reads it");
+    let proxy_out = Proxy::start(
+        with(r#"{ type = "forward", targets = [{ host = "127.0.0.1", port = 9 }], send_proxy_protocol = "v2", http = {} }"#),
+        Opts::default(),
+    )
+    .await;
+    assert!(proxy_out.service.needs_local_addr(), "a route sending a PROXY header reads it");
 }
 
 /// A target that answers every request head on its connections with `resp`, byte for byte.

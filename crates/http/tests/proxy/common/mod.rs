@@ -176,6 +176,8 @@ pub(crate) struct Opts {
     pub(crate) proxy_header: bool,
     pub(crate) tunnel_idle: Option<Duration>,
     pub(crate) connect_timeout: Option<Duration>,
+    /// `ConnInfo::with_close_watch_delay` for every connection.
+    pub(crate) close_watch_delay: Option<Duration>,
 }
 
 pub(crate) struct Proxy {
@@ -228,6 +230,7 @@ impl Proxy {
         let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         let real = opts.real_client;
         let proxy_header = opts.proxy_header;
+        let close_watch_delay = opts.close_watch_delay;
         let outs = Arc::clone(&outcomes);
         tokio::spawn(async move {
             loop {
@@ -241,6 +244,9 @@ impl Proxy {
                     let client = real.unwrap_or(peer);
                     let mut info =
                         ConnInfo::new(client, addr.port()).with_local(addr).trusted(real.is_some());
+                    if let Some(d) = close_watch_delay {
+                        info = info.with_close_watch_delay(d);
+                    }
                     if proxy_header {
                         info = info.with_proxy_header(Arc::new(move |_v| {
                             let (src, dst) = (client, addr);
