@@ -376,7 +376,12 @@ fn spawn_listeners(
     socks: Vec<(SocketAddr, std::net::TcpListener)>,
     log: bool,
 ) -> Vec<Listening> {
-    let defer = defer_accept(&ctl.shared.state.load().config, port);
+    let state = ctl.shared.state.load();
+    let defer = defer_accept(&state.config, port);
+    // Plain HTTP only: connections register with the reactor at their first wait, if ever
+    // (a short `Connection: close` request never waits on its client socket).
+    let lazy = state.table.is_http_port(port) && !state.table.has_tls_routes(port);
+    drop(state);
     let mut last: Option<SocketAddr> = None;
     socks
         .into_iter()
@@ -393,7 +398,7 @@ fn spawn_listeners(
             // Without a second descriptor (out of fds) the queue is reset at shutdown, as
             // before.
             let queue = l.try_clone().ok().map(|q| (port, q));
-            let task = accept::spawn(Arc::downgrade(&ctl.shared), l, port, rt);
+            let task = accept::spawn(Arc::downgrade(&ctl.shared), l, port, lazy, rt);
             Listening { addr, task, queue }
         })
         .collect()
@@ -883,7 +888,7 @@ fn take_queued(
                 };
             taken.push(tokio::spawn(crate::pipeline::serve(
                 Arc::clone(shared),
-                tcp,
+                crate::pipeline::accept::Accepted::Registered(tcp),
                 peer,
                 port,
                 bound,

@@ -95,8 +95,10 @@
 //! (200 ms) for the first bytes, and forwards a client that stays silent (server-speaks-first
 //! protocols) after that wait.
 //!
-//! `unsafe` is denied; one function allows it: the `setsockopt(TCP_DEFER_ACCEPT)` call on
-//! listening sockets, an option that no safe wrapper offers.
+//! `unsafe` is denied; two functions allow it: the `setsockopt(TCP_DEFER_ACCEPT)` call on
+//! listening sockets, an option that no safe wrapper offers, and the registration of a
+//! listening socket whose connections register lazily (`AsyncFd::register_with_interest`,
+//! which tokio marks unsafe because the descriptor must outlive the registration).
 #![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![deny(unsafe_code)]
 
@@ -111,6 +113,7 @@ mod handler;
 mod health;
 mod http;
 mod kernel;
+mod lazy;
 mod limits;
 mod net;
 pub mod observe;

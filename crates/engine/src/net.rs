@@ -79,7 +79,7 @@ pub(crate) fn set_keepalive(sock: &socket2::Socket, keepalive: &TcpKeepalive) {
 /// listening socket: nothing to do when they are the same (the usual case: no system call),
 /// probes set when they differ, and turned off when the route wants none.
 pub(crate) fn set_accepted_keepalive(
-    tcp: &tokio::net::TcpStream,
+    tcp: &impl std::os::fd::AsFd,
     want: &TcpKeepalive,
     inherited: &TcpKeepalive,
 ) {

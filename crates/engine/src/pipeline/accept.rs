@@ -96,17 +96,81 @@ pub(crate) fn bound_ip(listener_addr: Option<std::net::SocketAddr>) -> Option<st
     listener_addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
 }
 
+/// An accepted connection's socket: registered with the reactor by tokio's accept, or a
+/// plain non-blocking one from a listener whose connections register lazily
+/// ([`crate::lazy::LazyTcp`], plain HTTP ports).
+pub(crate) enum Accepted {
+    Registered(tokio::net::TcpStream),
+    Plain(std::net::TcpStream),
+}
+
+/// A listening socket and how its connections are accepted.
+enum Listener {
+    /// tokio's accept: the new socket is registered at once (and assumed readable and
+    /// writable, so that its first read tries the socket).
+    Registered(TcpListener),
+    /// accept(2) alone; the socket registers at its first wait, if ever.
+    Plain(tokio::io::unix::AsyncFd<mio::net::TcpListener>),
+}
+
+impl Listener {
+    fn new(listener: std::net::TcpListener, lazy: bool) -> io::Result<Self> {
+        if lazy {
+            return Ok(Self::Plain(register_listener(mio::net::TcpListener::from_std(listener))?));
+        }
+        Ok(Self::Registered(TcpListener::from_std(listener)?))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Registered(l) => l.local_addr(),
+            Self::Plain(l) => l.get_ref().local_addr(),
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(Accepted, SocketAddr)> {
+        match self {
+            Self::Registered(l) => l.accept().await.map(|(s, a)| (Accepted::Registered(s), a)),
+            Self::Plain(l) => loop {
+                let mut ready = l.readable().await?;
+                // accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC; a would-block clears the
+                // readiness and waits again.
+                if let Ok(r) = ready.try_io(|l| l.get_ref().accept()) {
+                    return r.map(|(s, a)| (Accepted::Plain(s.into()), a));
+                }
+            },
+        }
+    }
+}
+
+/// Registers a listening socket with the reactor for readiness only (accepting stays ours).
+#[allow(unsafe_code)]
+fn register_listener(
+    l: mio::net::TcpListener,
+) -> io::Result<tokio::io::unix::AsyncFd<mio::net::TcpListener>> {
+    // SAFETY: the listener owns its descriptor and the `AsyncFd` owns the listener: the
+    // descriptor stays open, and the same, for as long as it is registered (only shared
+    // references to the listener are handed out, which cannot close it).
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
+}
+
 /// Runs the accept loop of one socket on `on` (a worker runtime) or on the current runtime;
 /// abort the task to stop listening. The connections it accepts run on the same runtime.
+/// `lazy`: the port serves plain HTTP only, whose connections register with the reactor at
+/// their first wait ([`crate::lazy`]); decided when the listener starts (a reload that
+/// changes the port's routes leaves it: either way every connection is served, the lazy
+/// registration only saves system calls where it fits).
 pub(crate) fn spawn(
     shared: Weak<Shared>,
     listener: std::net::TcpListener,
     port: u16,
+    lazy: bool,
     on: Option<&Handle>,
 ) -> JoinHandle<()> {
     let accept = async move {
         // Registered here, so that the socket belongs to the runtime that polls it.
-        let listener = match TcpListener::from_std(listener) {
+        let listener = match Listener::new(listener, lazy) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(port, error = %e, "cannot register the listening socket");

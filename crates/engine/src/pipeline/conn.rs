@@ -110,11 +110,14 @@ pub(crate) struct Established {
 impl Conn {
     /// The local address of the accepted socket: the listener's, or one `getsockname` when
     /// the listener is bound to a wildcard address (so only when needed).
-    pub(crate) fn local_addr(&self, tcp: &TcpStream) -> SocketAddr {
+    pub(crate) fn local_addr(&self, tcp: &impl std::os::fd::AsFd) -> SocketAddr {
         if let Some(ip) = self.bound {
             return SocketAddr::new(ip, self.port);
         }
-        tcp.local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.port))
+        socket2::SockRef::from(tcp)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or_else(|| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.port))
     }
 }

@@ -38,8 +38,10 @@ use smartproxy_routing::{RouteAction, TlsMode};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use self::conn::{Closed, Established};
+use self::accept::Accepted;
+use self::conn::{Closed, Conn, Established};
 use crate::copy;
+use crate::lazy::LazyTcp;
 use crate::shared::Shared;
 
 /// Serves one accepted connection (the future the accept loop spawns). Never panics on
@@ -49,7 +51,7 @@ use crate::shared::Shared;
 /// "shutdown" outcome in the close log.
 pub(crate) fn serve(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    tcp: Accepted,
     peer: SocketAddr,
     port: u16,
     bound: Option<IpAddr>,
@@ -88,33 +90,42 @@ pub(crate) fn serve(
 /// `None` when the connection was served here (TLS termination, socket handlers).
 async fn setup(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    tcp: Accepted,
     peer: SocketAddr,
     port: u16,
     bound: Option<IpAddr>,
     accepted: Instant,
 ) -> Result<Option<Established>, Closed> {
     let mut c = admit::admit(shared, peer, port, bound, accepted)?;
+    let table = &c.state.table;
+    let http_port = table.is_http_port(port);
+    if http_port && !table.has_tls_routes(port) {
+        // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here. A
+        // plain socket registers with the reactor at its first wait (`lazy.rs`).
+        let io = match tcp {
+            Accepted::Registered(t) => LazyTcp::registered(t),
+            Accepted::Plain(s) => LazyTcp::new(s),
+        };
+        // Boxed, as the other paths served here: inline, the HTTP layer's state (about
+        // 5.4 KiB) would size the setup of every connection (`tests/task_size.rs`).
+        Box::pin(serve_plain_http(c, io)).await;
+        return Ok(None);
+    }
+    let tcp = match tcp {
+        Accepted::Registered(t) => t,
+        // From a listener started for plain HTTP whose port now has other routes (a reload).
+        Accepted::Plain(s) => match TcpStream::from_std(s) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(client = %c.client, port, error = %e, "cannot register the accepted socket");
+                return Err(Closed);
+            }
+        },
+    };
     // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
     let mut sock = proxy_in::read_header(&mut c, tcp).await?;
-    let table = &c.state.table;
-    let http_port = table.is_http_port(port);
-    if http_port && !table.has_tls_routes(port) {
-        // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here. TCP
-        // keepalive as the first HTTP route of the port says (the route of the connection).
-        let probes = serve_http::first_http_route(&c)
-            .and_then(|i| c.state.timeouts.get(i))
-            .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
-        crate::net::set_accepted_keepalive(sock.get_ref(), &probes, &c.shared.listener_keepalive);
-        let local = c.local_addr(sock.get_ref());
-        let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
-        // Boxed, as the other paths served here: inline, the HTTP layer's state (about
-        // 5.4 KiB) would size the setup of every connection (`tests/task_size.rs`).
-        Box::pin(serve_http::serve(c, sock, None, dst.unwrap_or(local), local)).await;
-        return Ok(None);
-    }
     let info = classify::classify(&c, &mut sock).await?;
     let Some(sock) = challenge::answer(&c, sock, &info).await? else { return Ok(None) };
     let index = route::route(&mut c, &info)?;
@@ -138,7 +149,9 @@ async fn setup(
         _ if http_port => {
             let local = c.local_addr(sock.get_ref());
             let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
-            Box::pin(serve_http::serve(c, sock, None, dst.unwrap_or(local), local)).await;
+            // The same HTTP layer as on plain ports (one instance of it in the binary).
+            let sock = sock.map_inner(LazyTcp::registered);
+            Box::pin(serve_http::serve(c, sock, None, dst.unwrap_or(local), Some(local))).await;
             Ok(None)
         }
         RouteAction::Forward(f) => {
@@ -170,10 +183,33 @@ async fn setup(
     }
 }
 
+/// A connection on a port with plain HTTP routes only: the PROXY header stage, then the HTTP
+/// layer.
+async fn serve_plain_http(mut c: Conn, io: LazyTcp) {
+    // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket2::SockRef::from(&io).set_tcp_nodelay(true);
+    let Ok(sock) = proxy_in::read_header(&mut c, io).await else { return };
+    // TCP keepalive as the first HTTP route of the port says (the route of the connection).
+    let probes = serve_http::first_http_route(&c)
+        .and_then(|i| c.state.timeouts.get(i))
+        .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
+    crate::net::set_accepted_keepalive(sock.get_ref(), &probes, &c.shared.listener_keepalive);
+    // The local address costs a `getsockname` on a wildcard listener: asked only when a
+    // route may use it (the destination of an outgoing PROXY header, a redirect's or a
+    // header template's `{domain}` without a Host). A reload that adds such a route while
+    // this connection is open gives its requests the unspecified address there.
+    let local = (c.bound.is_some() || c.shared.http.needs_local_addr())
+        .then(|| c.local_addr(sock.get_ref()));
+    let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
+    let dst = dst.or(local).unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), c.port));
+    serve_http::serve(c, sock, None, dst, local).await;
+}
+
 /// The size of the future `f` returns for a connection's arguments.
 fn output_size<F, R>(_: F) -> usize
 where
-    F: FnOnce(Arc<Shared>, TcpStream, SocketAddr, u16, Option<IpAddr>, Instant) -> R,
+    F: FnOnce(Arc<Shared>, Accepted, SocketAddr, u16, Option<IpAddr>, Instant) -> R,
 {
     std::mem::size_of::<R>()
 }

@@ -9,7 +9,7 @@ use smartproxy_routing::PeekNeed;
 use smartproxy_wrapped_socket::{
     HeaderError, HeaderOptions, HeaderPolicy, PeerAddr, WrappedSocket, read_proxy_header,
 };
-use tokio::net::TcpStream;
+use tokio::io::AsyncRead;
 
 use super::admit::per_ip;
 use super::conn::{Closed, Conn};
@@ -17,10 +17,10 @@ use crate::observe::Refusal;
 
 /// Reads (or refuses) the PROXY header; returns the socket, which replays what was read after
 /// the header.
-pub(crate) async fn read_header(
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     c: &mut Conn,
-    tcp: TcpStream,
-) -> Result<WrappedSocket<TcpStream>, Closed> {
+    tcp: S,
+) -> Result<WrappedSocket<S>, Closed> {
     let config = &c.state.config;
     let opts = if c.trusted {
         let policy = if config.proxy_protocol_optional {

@@ -21,16 +21,23 @@ use smartproxy_metrics::CloseReason;
 
 use crate::copy::{self, Counted};
 
+/// How long a `Connection: close` request runs before its client is watched for leaving
+/// early ([`smartproxy_http::ConnInfo::close_watch_delay`]): the plain client sockets of
+/// HTTP ports register with the reactor only when a read has to wait (`lazy.rs`), and most
+/// such requests are answered sooner. Not for TLS connections (their handshake registered
+/// the socket already).
+const CLOSE_WATCH_DELAY: Duration = Duration::from_millis(50);
+
 /// Serves `io` (plain, or the plaintext side of a terminated TLS connection) with the HTTP
 /// layer until the client, the layer's timers, the lifetime limit or the drain end it.
 /// `dst`: the address the client connected to (for outgoing PROXY headers); `local`: the
-/// accepted socket's local address.
+/// accepted socket's local address, when it was asked for (see `serve_plain_http`).
 pub(crate) async fn serve<S>(
     mut c: Conn,
     io: S,
     tls: Option<TlsInfo>,
     dst: SocketAddr,
-    local: SocketAddr,
+    local: Option<SocketAddr>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -59,11 +66,15 @@ pub(crate) async fn serve<S>(
     });
     let mut info = ConnInfo::new(client, c.port)
         .trusted(c.trusted)
-        .with_local(local)
         .with_proxy_header(header)
         .with_keepalive_timeout(t.http_keepalive.unwrap_or(Duration::MAX));
-    if let Some(t) = tls {
-        info = info.with_tls(t);
+    if let Some(l) = local {
+        info = info.with_local(l);
+    }
+    match tls {
+        Some(t) => info = info.with_tls(t),
+        // A plain connection's socket (`LazyTcp`) registers only when a read has to wait.
+        None => info = info.with_close_watch_delay(CLOSE_WATCH_DELAY),
     }
     let mut draining = c.shared.draining.subscribe();
     let shutdown = async move {

@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     if state.table.is_http_port(port) {
         let mut info = smartproxy_http::TlsInfo::new(sni, alpn);
         info.version = version;
-        super::serve_http::serve(c, tls, Some(info), proxy_dst, local).await;
+        super::serve_http::serve(c, tls, Some(info), proxy_dst, Some(local)).await;
         return Ok(());
     }
 

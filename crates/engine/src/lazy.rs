@@ -1,0 +1,284 @@
+//! An accepted TCP socket registered with the runtime's reactor only once it has to wait.
+//!
+//! A short HTTP connection (`Connection: close`, the request already in the socket when it is
+//! accepted on a `TCP_DEFER_ACCEPT` listener) is read, answered and closed without ever
+//! waiting on its socket: tokio's `TcpStream` would still add it to epoll at the accept
+//! (`EPOLL_CTL_ADD`) and remove it before the close (`EPOLL_CTL_DEL`), two of the nine system
+//! calls such a request costs. [`LazyTcp`] reads and writes the plain non-blocking socket
+//! until a call would block, and only then hands it to tokio (which registers it, edge
+//! triggered: data that arrived between the `EAGAIN` and the registration is reported by the
+//! registration itself, so no wake-up is lost). A socket never registered is closed without
+//! the `EPOLL_CTL_DEL`. HAProxy's speculative I/O works the same way.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// How many bytes of a read buffer's uninitialised part a read on the plain socket zeroes
+/// first (safe code must hand `read` initialised memory): reads before the registration are
+/// a request head or two, not bulk.
+const PLAIN_READ_MAX: usize = 16 * 1024;
+
+/// A TCP socket, plain until it has to wait, then tokio's (see the module comment).
+#[derive(Debug)]
+pub(crate) struct LazyTcp {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Non-blocking, not registered with the reactor.
+    Plain(std::net::TcpStream),
+    Registered(TcpStream),
+    /// The registration failed (the error was returned once; the socket is closed).
+    Failed,
+}
+
+impl LazyTcp {
+    /// A non-blocking socket, registered at its first would-block.
+    pub(crate) fn new(plain: std::net::TcpStream) -> Self {
+        Self { state: State::Plain(plain) }
+    }
+
+    /// A socket that is registered already.
+    pub(crate) fn registered(tcp: TcpStream) -> Self {
+        Self { state: State::Registered(tcp) }
+    }
+
+    /// Whether the socket has been handed to the reactor.
+    #[cfg(test)]
+    pub(crate) fn is_registered(&self) -> bool {
+        matches!(self.state, State::Registered(_))
+    }
+
+    /// Registers the plain socket; the caller then polls the registered one (which waits
+    /// for the reactor's first event on it).
+    fn register(&mut self) -> io::Result<&mut TcpStream> {
+        if let State::Plain(_) = self.state {
+            let State::Plain(s) = std::mem::replace(&mut self.state, State::Failed) else {
+                unreachable!("matched above")
+            };
+            self.state = State::Registered(TcpStream::from_std(s)?);
+        }
+        match &mut self.state {
+            State::Registered(t) => Ok(t),
+            _ => Err(failed()),
+        }
+    }
+}
+
+fn failed() -> io::Error {
+    io::Error::other("the socket could not be registered with the reactor")
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl AsFd for LazyTcp {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.state {
+            State::Plain(s) => s.as_fd(),
+            State::Registered(t) => t.as_fd(),
+            // Not reachable through the engine (a failed registration ends the connection);
+            // a closed socket has no descriptor to lend.
+            State::Failed => panic!("LazyTcp::as_fd after a failed registration"),
+        }
+    }
+}
+
+impl AsyncRead for LazyTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Plain(s) => {
+                    let n = buf.remaining().min(PLAIN_READ_MAX);
+                    match s.read(buf.initialize_unfilled_to(n)) {
+                        Ok(n) => {
+                            buf.advance(n);
+                            return Poll::Ready(Ok(()));
+                        }
+                        Err(e) if would_block(&e) => {
+                            if let Err(e) = this.register() {
+                                return Poll::Ready(Err(e));
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                State::Registered(t) => return Pin::new(t).poll_read(cx, buf),
+                State::Failed => return Poll::Ready(Err(failed())),
+            }
+        }
+    }
+}
+
+impl LazyTcp {
+    /// A write on the plain socket, or the registered socket's poll after a would-block.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        plain: impl Fn(&mut std::net::TcpStream) -> io::Result<usize>,
+        registered: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match &mut self.state {
+                State::Plain(s) => match plain(s) {
+                    Ok(n) => return Poll::Ready(Ok(n)),
+                    Err(e) if would_block(&e) => {
+                        if let Err(e) = self.register() {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
+                State::Registered(t) => return registered(Pin::new(t), cx),
+                State::Failed => return Poll::Ready(Err(failed())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for LazyTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |s| s.write(buf), |t, cx| t.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(
+            cx,
+            |s| s.write_vectored(bufs),
+            |t, cx| t.poll_write_vectored(cx, bufs),
+        )
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().state {
+            State::Registered(t) => Pin::new(t).poll_flush(cx),
+            // Nothing is buffered here.
+            State::Plain(_) | State::Failed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().state {
+            State::Plain(s) => Poll::Ready(s.shutdown(Shutdown::Write)),
+            State::Registered(t) => {
+                ready!(Pin::new(t).poll_shutdown(cx))?;
+                Poll::Ready(Ok(()))
+            }
+            State::Failed => Poll::Ready(Err(failed())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LazyTcp;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair on loopback, `first` sent by the client and in the accepted socket's
+    /// receive queue: the accepted side as a plain non-blocking socket, the client as tokio's.
+    async fn pair(first: &[u8]) -> (LazyTcp, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = l.accept().await.unwrap();
+        if !first.is_empty() {
+            client.write_all(first).await.unwrap();
+            let mut b = [0u8; 1];
+            accepted.peek(&mut b).await.unwrap();
+        }
+        let std = accepted.into_std().unwrap();
+        std.set_nonblocking(true).unwrap();
+        (LazyTcp::new(std), client)
+    }
+
+    /// Bytes already in the socket are read, and the answer written, without registering;
+    /// the first read that has to wait registers it, and the data sent later still wakes it.
+    #[tokio::test]
+    async fn reads_and_writes_plain_until_a_read_has_to_wait() {
+        let (mut lazy, mut client) = pair(b"GET / HTTP/1.1\r\n\r\n").await;
+        let mut got = vec![0u8; 18];
+        lazy.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n\r\n");
+        lazy.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert!(!lazy.is_registered(), "a read of queued bytes and a small write never wait");
+        let mut answer = vec![0u8; 19];
+        client.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200 OK\r\n\r\n");
+        // Nothing more to read: this read registers and waits for the client's next bytes.
+        let reader = tokio::spawn(async move {
+            let mut b = [0u8; 4];
+            lazy.read_exact(&mut b).await.map(|_| (b, lazy))
+        });
+        tokio::task::yield_now().await;
+        client.write_all(b"next").await.unwrap();
+        let (b, lazy) = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .expect("the registered socket was not woken by the client's bytes")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&b, b"next");
+        assert!(lazy.is_registered(), "a read that had to wait registers the socket");
+    }
+
+    /// A socket never registered: the peer sees the close (end of stream) and a write-side
+    /// shutdown on the plain socket.
+    #[tokio::test]
+    async fn shutdown_and_close_of_a_plain_socket_reach_the_peer() {
+        let (mut lazy, mut client) = pair(b"").await;
+        lazy.write_all(b"bye").await.unwrap();
+        lazy.shutdown().await.unwrap();
+        assert!(!lazy.is_registered(), "writing and shutting down never waited");
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got, b"bye");
+        drop(lazy);
+        client.write_all(b"x").await.unwrap();
+    }
+
+    /// A write larger than the socket buffers would block: the socket registers and the
+    /// write completes as the peer reads.
+    #[tokio::test]
+    async fn a_write_that_would_block_registers_and_completes() {
+        let (mut lazy, mut client) = pair(b"").await;
+        let big = vec![7u8; 8 << 20];
+        let writer = tokio::spawn(async move {
+            lazy.write_all(&big).await.unwrap();
+            lazy
+        });
+        let mut got = vec![0u8; 8 << 20];
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.read_exact(&mut got))
+            .await
+            .expect("the write did not complete")
+            .unwrap();
+        let lazy = writer.await.unwrap();
+        assert!(lazy.is_registered(), "8 MiB do not fit in loopback socket buffers");
+        assert!(got.iter().all(|&b| b == 7));
+    }
+}
