@@ -70,3 +70,10 @@ pub fn connection_future_size() -> usize {
 pub fn setup_future_size() -> usize {
     crate::pipeline::setup_size()
 }
+
+/// Client sockets of plain HTTP ports registered with the reactor so far in this process
+/// (`lazy.rs`): at their first wait, or at the accept where the listener's connections are
+/// not lazy. A `Connection: close` request answered at once registers none.
+pub fn lazy_registrations() -> u64 {
+    crate::lazy::REGISTRATIONS.load(Relaxed)
+}

@@ -14,6 +14,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +24,11 @@ use tokio::net::TcpStream;
 /// first (safe code must hand `read` initialised memory): reads before the registration are
 /// a request head or two, not bulk.
 const PLAIN_READ_MAX: usize = 16 * 1024;
+
+/// Client sockets of plain HTTP ports registered with the reactor so far, in this process:
+/// at their first wait, or at the accept (the listener's connections were not lazy). One
+/// relaxed add per registration; read by `tests/lazy_registration.rs`.
+pub(crate) static REGISTRATIONS: AtomicU64 = AtomicU64::new(0);
 
 /// A TCP socket, plain until it has to wait, then tokio's (see the module comment).
 #[derive(Debug)]
@@ -47,6 +53,7 @@ impl LazyTcp {
 
     /// A socket that is registered already.
     pub(crate) fn registered(tcp: TcpStream) -> Self {
+        REGISTRATIONS.fetch_add(1, Relaxed);
         Self { state: State::Registered(tcp) }
     }
 
@@ -64,6 +71,7 @@ impl LazyTcp {
                 unreachable!("matched above")
             };
             self.state = State::Registered(TcpStream::from_std(s)?);
+            REGISTRATIONS.fetch_add(1, Relaxed);
         }
         match &mut self.state {
             State::Registered(t) => Ok(t),
