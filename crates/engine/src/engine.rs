@@ -380,7 +380,7 @@ fn spawn_listeners(
     let defer = defer_accept(&state.config, port);
     // Plain HTTP only: connections register with the reactor at their first wait, if ever
     // (a short `Connection: close` request never waits on its client socket).
-    let lazy = state.table.is_http_port(port) && !state.table.has_tls_routes(port);
+    let lazy = crate::pipeline::plain_http_port(&state.table, port);
     drop(state);
     let mut last: Option<SocketAddr> = None;
     socks

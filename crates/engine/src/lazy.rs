@@ -63,29 +63,48 @@ impl LazyTcp {
         matches!(self.state, State::Registered(_))
     }
 
-    /// Registers the plain socket; the caller then polls the registered one (which waits
-    /// for the reactor's first event on it).
-    fn register(&mut self) -> io::Result<&mut TcpStream> {
-        if let State::Plain(_) = self.state {
-            let State::Plain(s) = std::mem::replace(&mut self.state, State::Failed) else {
-                unreachable!("matched above")
-            };
-            self.state = State::Registered(TcpStream::from_std(s)?);
-            REGISTRATIONS.fetch_add(1, Relaxed);
+    /// Registers the plain socket (a no-op for one registered already); the caller then
+    /// polls the registered one, which waits for the reactor's first event on it.
+    fn register(&mut self) -> io::Result<()> {
+        match std::mem::replace(&mut self.state, State::Failed) {
+            State::Plain(s) => {
+                self.state = State::Registered(TcpStream::from_std(s)?);
+                REGISTRATIONS.fetch_add(1, Relaxed);
+            }
+            other => self.state = other,
         }
-        match &mut self.state {
-            State::Registered(t) => Ok(t),
-            _ => Err(failed()),
+        Ok(())
+    }
+
+    /// One I/O call: on the plain socket, until it would block (then the socket registers),
+    /// else the registered socket's poll. `arg`: the buffer both ways of calling take.
+    fn poll_io<A: ?Sized, R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        arg: &mut A,
+        plain: impl Fn(&mut std::net::TcpStream, &mut A) -> io::Result<R>,
+        registered: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>, &mut A) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        loop {
+            match &mut self.state {
+                State::Plain(s) => match plain(s, arg) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = self.register() {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => return Poll::Ready(r),
+                },
+                State::Registered(t) => return registered(Pin::new(t), cx, arg),
+                State::Failed => return Poll::Ready(Err(failed())),
+            }
         }
     }
 }
 
 fn failed() -> io::Error {
     io::Error::other("the socket could not be registered with the reactor")
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
 }
 
 impl AsFd for LazyTcp {
@@ -106,56 +125,17 @@ impl AsyncRead for LazyTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            match &mut this.state {
-                State::Plain(s) => {
-                    let n = buf.remaining().min(PLAIN_READ_MAX);
-                    match s.read(buf.initialize_unfilled_to(n)) {
-                        Ok(n) => {
-                            buf.advance(n);
-                            return Poll::Ready(Ok(()));
-                        }
-                        Err(e) if would_block(&e) => {
-                            if let Err(e) = this.register() {
-                                return Poll::Ready(Err(e));
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
-                State::Registered(t) => return Pin::new(t).poll_read(cx, buf),
-                State::Failed => return Poll::Ready(Err(failed())),
-            }
-        }
-    }
-}
-
-impl LazyTcp {
-    /// A write on the plain socket, or the registered socket's poll after a would-block.
-    fn poll_write_with(
-        &mut self,
-        cx: &mut Context<'_>,
-        plain: impl Fn(&mut std::net::TcpStream) -> io::Result<usize>,
-        registered: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            match &mut self.state {
-                State::Plain(s) => match plain(s) {
-                    Ok(n) => return Poll::Ready(Ok(n)),
-                    Err(e) if would_block(&e) => {
-                        if let Err(e) = self.register() {
-                            return Poll::Ready(Err(e));
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
-                State::Registered(t) => return registered(Pin::new(t), cx),
-                State::Failed => return Poll::Ready(Err(failed())),
-            }
-        }
+        self.get_mut().poll_io(
+            cx,
+            buf,
+            |s, buf| {
+                let n = buf.remaining().min(PLAIN_READ_MAX);
+                let n = s.read(buf.initialize_unfilled_to(n))?;
+                buf.advance(n);
+                Ok(())
+            },
+            |t, cx, buf| t.poll_read(cx, buf),
+        )
     }
 }
 
@@ -165,7 +145,8 @@ impl AsyncWrite for LazyTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |s| s.write(buf), |t, cx| t.poll_write(cx, buf))
+        let mut buf = buf;
+        self.get_mut().poll_io(cx, &mut buf, |s, b| s.write(b), |t, cx, b| t.poll_write(cx, b))
     }
 
     fn poll_write_vectored(
@@ -173,10 +154,12 @@ impl AsyncWrite for LazyTcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(
+        let mut bufs = bufs;
+        self.get_mut().poll_io(
             cx,
-            |s| s.write_vectored(bufs),
-            |t, cx| t.poll_write_vectored(cx, bufs),
+            &mut bufs,
+            |s, b| s.write_vectored(b),
+            |t, cx, b| t.poll_write_vectored(cx, b),
         )
     }
 

@@ -370,9 +370,7 @@ fn expand<B>(
     req: &Request<B>,
     passed: crate::policy::Passed,
 ) -> Option<Box<Expanded>> {
-    let templated =
-        |o: &Option<crate::snapshot::HeaderOps>| o.as_ref().is_some_and(|o| o.templated());
-    if !(templated(&pr.request_ops) || templated(&pr.response_ops)) {
+    if !pr.has_templated_ops() {
         return passed.cors.map(|c| Box::new(Expanded { cors: Some(c), ..Expanded::default() }));
     }
     let host = request_host(req);

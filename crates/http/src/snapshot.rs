@@ -140,6 +140,16 @@ pub(crate) struct ProxyRoute {
     pub(crate) policy: Option<Box<Policies>>,
 }
 
+impl ProxyRoute {
+    /// Whether a request or response header operation has a templated value (expanded per
+    /// request).
+    pub(crate) fn has_templated_ops(&self) -> bool {
+        [&self.request_ops, &self.response_ops]
+            .into_iter()
+            .any(|o| o.as_ref().is_some_and(HeaderOps::templated))
+    }
+}
+
 /// A header value of `set` / `add`: fixed, or expanded per request.
 #[derive(Debug)]
 pub(crate) enum OpValue {
@@ -296,11 +306,7 @@ impl Snapshot {
             .collect::<Box<[RouteState]>>();
         let needs_local = routes.iter().any(|r| match &r.kind {
             RouteKind::Proxy(p) => {
-                let templated =
-                    |o: &Option<HeaderOps>| o.as_ref().is_some_and(HeaderOps::templated);
-                p.proxy_protocol != SendProxyProtocol::Off
-                    || templated(&p.request_ops)
-                    || templated(&p.response_ops)
+                p.proxy_protocol != SendProxyProtocol::Off || p.has_templated_ops()
             }
             RouteKind::Handler(HandlerRoute::Redirect { .. }) => true,
             RouteKind::Handler(HandlerRoute::Respond { .. }) | RouteKind::Other => false,

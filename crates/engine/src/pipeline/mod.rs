@@ -97,9 +97,8 @@ async fn setup(
     accepted: Instant,
 ) -> Result<Option<Established>, Closed> {
     let mut c = admit::admit(shared, peer, port, bound, accepted)?;
-    let table = &c.state.table;
-    let http_port = table.is_http_port(port);
-    if http_port && !table.has_tls_routes(port) {
+    let http_port = c.state.table.is_http_port(port);
+    if plain_http_port(&c.state.table, port) {
         // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here. A
         // plain socket registers with the reactor at its first wait (`lazy.rs`).
         let io = match tcp {
@@ -147,11 +146,10 @@ async fn setup(
         }
         // An HTTP port that mixes TLS and plain connections, this one plain.
         _ if http_port => {
-            let local = c.local_addr(sock.get_ref());
-            let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
+            let (dst, local) = http_addrs(&c, &sock);
             // The same HTTP layer as on plain ports (one instance of it in the binary).
             let sock = sock.map_inner(LazyTcp::registered);
-            Box::pin(serve_http::serve(c, sock, None, dst.unwrap_or(local), Some(local))).await;
+            Box::pin(serve_http::serve(c, sock, None, dst, local)).await;
             Ok(None)
         }
         RouteAction::Forward(f) => {
@@ -195,15 +193,31 @@ async fn serve_plain_http(mut c: Conn, io: LazyTcp) {
         .and_then(|i| c.state.timeouts.get(i))
         .map_or(c.state.config.defaults.tcp_keepalive, |t| t.tcp_keepalive);
     crate::net::set_accepted_keepalive(sock.get_ref(), &probes, &c.shared.listener_keepalive);
-    // The local address costs a `getsockname` on a wildcard listener: asked only when a
-    // route may use it (the destination of an outgoing PROXY header, a redirect's or a
-    // header template's `{domain}` without a Host). A reload that adds such a route while
-    // this connection is open gives its requests the unspecified address there.
+    let (dst, local) = http_addrs(&c, &sock);
+    serve_http::serve(c, sock, None, dst, local).await;
+}
+
+/// Whether every route on `port` is a plain (not TLS) HTTP route: its connections go to the
+/// HTTP layer without a peek, and its listener accepts lazily (`lazy.rs`).
+pub(crate) fn plain_http_port(table: &smartproxy_routing::RouteTable, port: u16) -> bool {
+    table.is_http_port(port) && !table.has_tls_routes(port)
+}
+
+/// A plain HTTP connection's addresses for the HTTP layer: the destination for outgoing
+/// PROXY headers (the incoming header's, else the local address) and the local address. The
+/// local address costs a `getsockname` on a wildcard listener: asked only when a route may
+/// use it (an outgoing PROXY header, a redirect's or a header template's `{domain}` without
+/// a Host). A reload that adds such a route while the connection is open gives its requests
+/// the unspecified address there.
+fn http_addrs<S: std::os::fd::AsFd>(
+    c: &Conn,
+    sock: &smartproxy_wrapped_socket::WrappedSocket<S>,
+) -> (SocketAddr, Option<SocketAddr>) {
     let local = (c.bound.is_some() || c.shared.http.needs_local_addr())
         .then(|| c.local_addr(sock.get_ref()));
     let dst = sock.proxy_header().and_then(smartproxy_proxy_protocol::Header::destination);
     let dst = dst.or(local).unwrap_or(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), c.port));
-    serve_http::serve(c, sock, None, dst, local).await;
+    (dst, local)
 }
 
 /// The size of the future `f` returns for a connection's arguments.
