@@ -107,6 +107,62 @@ fn sd_notify_ready_reloading_stopping_and_watchdog() {
     assert_eq!(proxy.terminate(), Some(0));
 }
 
+/// A service manager that stops reading `NOTIFY_SOCKET` (its queue holds ten datagrams): the
+/// proxy goes on serving, answering the admin API, reloading and stopping on signals, and what
+/// it could not send yet arrives in order once the socket is read again. (Before the fix the
+/// watchdog's blocking send froze the main runtime: `/healthz` hung and SIGTERM did nothing.)
+#[test]
+fn a_notification_socket_nobody_reads_does_not_freeze_the_proxy() {
+    let notify = Notify::bind();
+    let base =
+        |admin: u16| format!("bind = [\"127.0.0.1\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    let socket = notify.path.display().to_string();
+    // A ping every 10 ms: the queue is full within a tenth of a second.
+    let env = [("NOTIFY_SOCKET", socket.as_str()), ("WATCHDOG_USEC", "20000")];
+    let (proxy, [admin, a]) = Proxy::start_on_with("toml", &env, |[admin, a]| {
+        format!("{}{}", base(admin), echo_route("a", a))
+    });
+    // Full: a datagram of our own no longer fits (each probe that fits only fills it sooner).
+    let probe = UnixDatagram::unbound().unwrap();
+    probe.connect(&notify.path).unwrap();
+    probe.set_nonblocking(true).unwrap();
+    wait_until(
+        "the notification queue is full",
+        || matches!(probe.send(b"probe"), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+    );
+
+    assert_eq!(get(admin, "/healthz").status, 200, "the admin API answers");
+    let mut s = connect(a);
+    assert_eq!(echo_roundtrip(&mut s, b"ping").unwrap(), b"ping");
+    let b = reserve_port();
+    proxy.reload(&format!("{}{}{}", base(admin), echo_route("a", a), echo_route("b", b)));
+    wait_until("route b after SIGHUP", || port_listening(b));
+    let mut t = connect(b);
+    assert_eq!(echo_roundtrip(&mut t, b"new").unwrap(), b"new");
+    drop((s, t));
+
+    // Read again: every state change arrives, in order, STOPPING=1 before the exit.
+    let reader = thread::spawn(move || {
+        let mut states = Vec::new();
+        let mut pings = 0;
+        loop {
+            let msg = notify.next(&mut pings);
+            if msg == "probe" {
+                continue;
+            }
+            let name = msg.lines().next().unwrap_or_default().to_owned();
+            states.push(name.split('=').next().unwrap_or_default().to_owned());
+            if name == "STOPPING=1" {
+                return (states, pings);
+            }
+        }
+    });
+    assert_eq!(proxy.terminate(), Some(0), "SIGTERM stops it");
+    let (states, pings) = reader.join().expect("the notifications, STOPPING=1 last");
+    assert_eq!(states, ["READY", "RELOADING", "READY", "STOPPING"]);
+    assert!(pings >= 1, "watchdog pings were sent");
+}
+
 #[test]
 fn watch_config_reloads_on_change_including_atomic_renames() {
     let base = |admin: u16| {

@@ -108,6 +108,8 @@ fn main() -> ExitCode {
     };
     let handles = pool.as_ref().map(|p| p.handles.clone()).unwrap_or_default();
     let result = runtime.block_on(run(config, file, handles));
+    // STOPPING=1 (and anything else posted) reaches the service manager before the exit.
+    systemd::flush(std::time::Duration::from_secs(1));
     if let Some(pool) = pool {
         pool.stop();
     }
