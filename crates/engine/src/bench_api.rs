@@ -71,6 +71,13 @@ pub fn setup_future_size() -> usize {
     crate::pipeline::setup_size()
 }
 
+/// The size in bytes of the future of a connection accepted on a plain HTTP port: the HTTP
+/// layer's state for the connection's whole life, boxed once at the accept (so every byte of
+/// it is copied once). Guarded by `tests/task_size.rs`.
+pub fn plain_http_future_size() -> usize {
+    crate::pipeline::plain_http_task_size()
+}
+
 /// Client sockets of plain HTTP ports registered with the reactor so far in this process
 /// (`lazy.rs`): at their first wait, or at the accept where the listener's connections are
 /// not lazy. A `Connection: close` request answered at once registers none.

@@ -95,10 +95,12 @@
 //! (200 ms) for the first bytes, and forwards a client that stays silent (server-speaks-first
 //! protocols) after that wait.
 //!
-//! `unsafe` is denied; two functions allow it: the `setsockopt(TCP_DEFER_ACCEPT)` call on
-//! listening sockets, an option that no safe wrapper offers, and the registration of a
+//! `unsafe` is denied; three functions allow it: the `setsockopt(TCP_DEFER_ACCEPT)` call on
+//! listening sockets, an option that no safe wrapper offers, the registration of a
 //! listening socket whose connections register lazily (`AsyncFd::register_with_interest`,
-//! which tokio marks unsafe because the descriptor must outlive the registration).
+//! which tokio marks unsafe because the descriptor must outlive the registration), and
+//! `pipeline::in_box`, which writes a connection's future into its box in place
+//! (`Box::assume_init` after the write; `Box::write` would need Rust 1.87).
 #![cfg_attr(doctest, doc = include_str!("../README.md"))] // README examples run as doc tests
 #![deny(unsafe_code)]
 

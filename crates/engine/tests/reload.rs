@@ -65,3 +65,71 @@ async fn reload_adds_and_removes_ports() {
     drop((old, new, again));
     settle(&engine).await;
 }
+
+/// A port that served plain HTTP when its listener started (connections accepted as HTTP
+/// connections from the start, `pipeline::serve_plain`) and whose routes a reload turned into
+/// a layer-4 handler: its listener stays, and new connections take the general path (the
+/// echo handler answers raw bytes), while an HTTP connection accepted before the reload is
+/// still served as HTTP (its next request routed on the new table: no HTTP route, a 404).
+#[tokio::test]
+async fn a_plain_http_port_reloaded_to_layer_4_serves_new_connections_the_new_way() {
+    let (target, _backend) = backend(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                    return;
+                }
+            }
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    })
+    .await;
+    let http = |p: u16| {
+        let text = format!(
+            "bind = [\"127.0.0.1\"]\n[[routes]]\nname = \"web\"\nmatch = {{ ports = [{p}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], http = {{}} }}\n",
+            target.port()
+        );
+        Config::from_str(&text, Format::Toml).unwrap()
+    };
+    let (engine, [p]) = start_on(|[p]| smartproxy_engine::Engine::start(http(p))).await;
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut kept = connect(p).await;
+    kept.write_all(request).await.unwrap();
+    let before = http_answer(&mut kept, b"\r\n\r\nok").await;
+    assert!(before.starts_with("HTTP/1.1 200 OK\r\n"), "{before}");
+
+    let summary = engine.reload(config(&[p])).await.unwrap();
+    assert!(summary.added_ports.is_empty() && summary.removed_ports.is_empty(), "{summary:?}");
+    let mut new = connect(p).await;
+    assert!(round_trip(&mut new).await, "a new connection reaches the echo handler");
+    new.write_all(request).await.unwrap();
+    let mut echoed = vec![0u8; request.len()];
+    tokio::time::timeout(WAIT, new.read_exact(&mut echoed)).await.expect("the echo").unwrap();
+    assert_eq!(echoed, request, "the request comes back as bytes, not as an HTTP answer");
+
+    kept.write_all(request).await.unwrap();
+    let after = http_answer(&mut kept, b"no route for this request\n").await;
+    assert!(after.starts_with("HTTP/1.1 404 "), "{after}");
+    drop((kept, new));
+    settle(&engine).await;
+}
+
+/// Reads one HTTP answer, up to the end of its body (`end`; its headers vary: the proxy
+/// adds some).
+async fn http_answer(c: &mut tokio::net::TcpStream, end: &[u8]) -> String {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 1024];
+    while !buf.ends_with(end) {
+        match tokio::time::timeout(WAIT, c.read(&mut tmp)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&tmp[..n]),
+            other => panic!("no whole answer ({other:?}): {}", String::from_utf8_lossy(&buf)),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}

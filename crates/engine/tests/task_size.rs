@@ -40,3 +40,20 @@ fn setup_future_stays_small() {
          is probably no longer boxed (see the comment above the bound)"
     );
 }
+
+/// A plain HTTP connection's task is the HTTP layer's state for the connection, written into
+/// its box in place at the accept (`pipeline::in_box`). Each layer of `async fn` between the
+/// task and the HTTP layer keeps its own arguments for the whole connection: a wrapper left
+/// in `HttpService::serve` made it 600 bytes larger (8,416 in a debug build; 7,872 without,
+/// 2026-12). The bound is that debug size rounded up to the next 256 bytes.
+const MAX_PLAIN_HTTP_FUTURE: usize = 8192;
+
+#[test]
+fn plain_http_future_stays_small() {
+    let size = smartproxy_engine::bench_api::plain_http_future_size();
+    assert!(
+        size <= MAX_PLAIN_HTTP_FUTURE,
+        "the plain HTTP connection future is {size} bytes, over {MAX_PLAIN_HTTP_FUTURE}: a \
+         layer or a local now lives across the connection's await (see the comment above)"
+    );
+}

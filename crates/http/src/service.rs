@@ -216,12 +216,20 @@ impl HttpService {
     /// connection), every request routed on its own. `shutdown` resolving starts a graceful
     /// close (HTTP/1.1: after the request in progress; HTTP/2: GOAWAY); dropping the
     /// future closes at once, upgraded connections included.
-    pub async fn serve<I, F>(&self, io: I, info: ConnInfo, shutdown: F) -> ServeOutcome
+    ///
+    /// (Not an `async fn`: the connection's future is `conn::serve`'s itself, without a
+    /// wrapper state that would keep its arguments a second time.)
+    pub fn serve<I, F>(
+        &self,
+        io: I,
+        info: ConnInfo,
+        shutdown: F,
+    ) -> impl Future<Output = ServeOutcome> + use<I, F>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         F: Future<Output = ()>,
     {
-        crate::conn::serve(Arc::clone(&self.inner), io, info, shutdown).await
+        crate::conn::serve(Arc::clone(&self.inner), io, info, shutdown)
     }
 }
 

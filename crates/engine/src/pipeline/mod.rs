@@ -59,7 +59,7 @@ pub(crate) fn serve(
 ) -> impl Future<Output = ()> + Send {
     // Boxed: the setup's state (header, peek, routing, connect) is freed once it is done;
     // created here, so that the task does not also keep its arguments.
-    let setup = Box::pin(setup(Arc::clone(&shared), tcp, peer, port, bound, accepted));
+    let setup = in_box(|| setup(Arc::clone(&shared), tcp, peer, port, bound, accepted));
     async move {
         let mut stop = shared.force_close.subscribe();
         let est = match tokio::select! {
@@ -86,6 +86,45 @@ pub(crate) fn serve(
     }
 }
 
+/// `Box::pin(make())` with the box allocated first, so that the future is written in place:
+/// `Box::pin(f())` builds the future on the stack and copies all of its bytes into the box,
+/// whatever state it is in (a future is as large as its largest state: several KiB for the
+/// HTTP layer and TLS termination, copied at every connection; callgrind shows the copy gone
+/// this way in the release build).
+#[allow(unsafe_code)]
+#[inline(always)]
+pub(crate) fn in_box<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let mut b = Box::<F>::new_uninit();
+    b.write(make());
+    // SAFETY: initialised by the write above (a panic in `make` leaves the box to be freed
+    // uninitialised, without a drop of `F`).
+    Box::into_pin(unsafe { b.assume_init() })
+}
+
+/// Serves one connection accepted on a plain HTTP listener (one whose port had plain HTTP
+/// routes only when it started; see `accept::spawn`): the task's future is the HTTP
+/// connection itself, without the layer-4 path's setup box and copy state around it (two
+/// allocations and their copies fewer per connection). A reload that gave the port other
+/// routes since sends its connections the general way ([`serve`], boxed).
+pub(crate) async fn serve_plain(
+    shared: Arc<Shared>,
+    tcp: Accepted,
+    peer: SocketAddr,
+    port: u16,
+    bound: Option<IpAddr>,
+    accepted: Instant,
+) {
+    if !plain_http_port(&shared.state.load().table, port) {
+        return in_box(|| serve(shared, tcp, peer, port, bound, accepted)).await;
+    }
+    let Ok(c) = admit::admit(shared, peer, port, bound, accepted) else { return };
+    let io = match tcp {
+        Accepted::Registered(t) => LazyTcp::registered(t),
+        Accepted::Plain(s) => LazyTcp::new(s),
+    };
+    serve_plain_http(c, io).await;
+}
+
 /// The stages up to the serve stage: `Some` with a plain connection ready for the copy, or
 /// `None` when the connection was served here (TLS termination, socket handlers).
 async fn setup(
@@ -107,7 +146,7 @@ async fn setup(
         };
         // Boxed, as the other paths served here: inline, the HTTP layer's state (about
         // 5.4 KiB) would size the setup of every connection (`tests/task_size.rs`).
-        Box::pin(serve_plain_http(c, io)).await;
+        in_box(|| serve_plain_http(c, io)).await;
         return Ok(None);
     }
     let tcp = match tcp {
@@ -141,7 +180,7 @@ async fn setup(
         {
             let mut stop = c.shared.force_close.subscribe();
             // Boxed: the TLS state machine is several KiB.
-            Box::pin(serve_tls::serve(c, index, sock, &mut stop)).await?;
+            in_box(|| serve_tls::serve(c, index, sock, &mut stop)).await?;
             Ok(None)
         }
         // An HTTP port that mixes TLS and plain connections, this one plain.
@@ -149,7 +188,7 @@ async fn setup(
             let (dst, local) = http_addrs(&c, &sock);
             // The same HTTP layer as on plain ports (one instance of it in the binary).
             let sock = sock.map_inner(LazyTcp::registered);
-            Box::pin(serve_http::serve(c, sock, None, dst, local)).await;
+            in_box(|| serve_http::serve(c, sock, None, dst, local)).await;
             Ok(None)
         }
         RouteAction::Forward(f) => {
@@ -174,7 +213,7 @@ async fn setup(
         }
         RouteAction::SocketHandler(h) => {
             let mut stop = c.shared.force_close.subscribe();
-            Box::pin(serve_handler::serve(c, index, h, sock, info, &mut stop)).await;
+            in_box(|| serve_handler::serve(c, index, h, sock, info, &mut stop)).await;
             Ok(None)
         }
         _ => Err(c.refuse(crate::observe::Refusal::NoRoute, "unsupported action")),
@@ -182,12 +221,20 @@ async fn setup(
 }
 
 /// A connection on a port with plain HTTP routes only: the PROXY header stage, then the HTTP
-/// layer.
+/// layer. The forced close at the end of the shutdown grace ends the header stage silently
+/// (as in the setup of other connections) and the HTTP layer with the "shutdown" outcome.
 async fn serve_plain_http(mut c: Conn, io: LazyTcp) {
     // Linux: accepted sockets inherit TCP_NODELAY from the listener (no syscall here).
     #[cfg(not(target_os = "linux"))]
     let _ = socket2::SockRef::from(&io).set_tcp_nodelay(true);
-    let Ok(sock) = proxy_in::read_header(&mut c, io).await else { return };
+    let mut stop = c.shared.force_close.subscribe();
+    let header = tokio::select! {
+        biased;
+        r = proxy_in::read_header(&mut c, io) => r,
+        () = copy::wait_stop(&mut stop) => Err(Closed),
+    };
+    drop(stop);
+    let Ok(sock) = header else { return };
     // TCP keepalive as the first HTTP route of the port says (the route of the connection).
     let probes = serve_http::first_http_route(&c)
         .and_then(|i| c.state.timeouts.get(i))
@@ -231,6 +278,11 @@ where
 /// The size of [`serve`]'s future, the state of every connection's task.
 pub(crate) fn task_size() -> usize {
     output_size(serve)
+}
+
+/// The size of [`serve_plain`]'s future, the state of a plain HTTP connection's task.
+pub(crate) fn plain_http_task_size() -> usize {
+    output_size(serve_plain)
 }
 
 /// The size of [`setup`]'s future, boxed for every connection at its accept (moved into

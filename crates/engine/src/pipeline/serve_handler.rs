@@ -35,7 +35,7 @@ pub(crate) async fn serve(
     };
     let stream = ClientStream { inner: Counted { inner: sock, obs: Arc::clone(&c.obs) } };
     // Boxed: a handler's future is large and would size every connection's setup.
-    let fut = Box::pin(handler::run(&c.shared.handlers, stream, route.name(), h, conn));
+    let fut = super::in_box(|| handler::run(&c.shared.handlers, stream, route.name(), h, conn));
     let outcome = match copy::supervise(fut, &c.obs, c.timeouts(), stop).await {
         Ok(Ok(())) => Outcome::Done,
         Ok(Err(e)) => Outcome::Error(e),
