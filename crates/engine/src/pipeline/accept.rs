@@ -203,11 +203,9 @@ pub(crate) fn spawn(
                     // (running, finished, consumed); a box is a pointer to move (callgrind:
                     // about 1,000 instructions of memcpy per connection fewer). Written in
                     // the box in place (`in_box`), not copied into it.
-                    // Plain HTTP listeners: the HTTP connection is the task (`serve_plain`).
+                    // Plain HTTP listeners: the HTTP connection is the task (`spawn_plain`).
                     if lazy {
-                        tokio::spawn(in_box(|| {
-                            super::serve_plain(shared, tcp, peer, port, bound, accepted)
-                        }));
+                        super::spawn_plain(shared, tcp, peer, port, bound, accepted);
                     } else {
                         tokio::spawn(in_box(|| {
                             super::serve(shared, tcp, peer, port, bound, accepted)

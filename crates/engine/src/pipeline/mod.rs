@@ -101,12 +101,14 @@ pub(crate) fn in_box<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F
     Box::into_pin(unsafe { b.assume_init() })
 }
 
-/// Serves one connection accepted on a plain HTTP listener (one whose port had plain HTTP
-/// routes only when it started; see `accept::spawn`): the task's future is the HTTP
-/// connection itself, without the layer-4 path's setup box and copy state around it (two
-/// allocations and their copies fewer per connection). A reload that gave the port other
-/// routes since sends its connections the general way ([`serve`], boxed).
-pub(crate) async fn serve_plain(
+/// Starts serving one connection accepted on a plain HTTP listener (one whose port had plain
+/// HTTP routes only when it started; see `accept::spawn`): admitted here, at the accept, and
+/// its task's future is the HTTP connection itself, without the layer-4 path's setup box and
+/// copy state around it, nor an `async fn` layer that would copy it once more (two
+/// allocations and several KiB of copies fewer per connection). A connection the limits
+/// refuse never becomes a task. A reload that gave the port other routes since sends its
+/// connections the general way ([`serve`]).
+pub(crate) fn spawn_plain(
     shared: Arc<Shared>,
     tcp: Accepted,
     peer: SocketAddr,
@@ -115,14 +117,15 @@ pub(crate) async fn serve_plain(
     accepted: Instant,
 ) {
     if !plain_http_port(&shared.state.load().table, port) {
-        return in_box(|| serve(shared, tcp, peer, port, bound, accepted)).await;
+        tokio::spawn(in_box(|| serve(shared, tcp, peer, port, bound, accepted)));
+        return;
     }
     let Ok(c) = admit::admit(shared, peer, port, bound, accepted) else { return };
     let io = match tcp {
         Accepted::Registered(t) => LazyTcp::registered(t),
         Accepted::Plain(s) => LazyTcp::new(s),
     };
-    serve_plain_http(c, io).await;
+    tokio::spawn(in_box(|| serve_plain_http(c, io)));
 }
 
 /// The stages up to the serve stage: `Some` with a plain connection ready for the copy, or
@@ -280,9 +283,15 @@ pub(crate) fn task_size() -> usize {
     output_size(serve)
 }
 
-/// The size of [`serve_plain`]'s future, the state of a plain HTTP connection's task.
+/// The size of a plain HTTP connection's task future ([`spawn_plain`]).
 pub(crate) fn plain_http_task_size() -> usize {
-    output_size(serve_plain)
+    fn size<F, R>(_: F) -> usize
+    where
+        F: FnOnce(Conn, LazyTcp) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+    size(serve_plain_http)
 }
 
 /// The size of [`setup`]'s future, boxed for every connection at its accept (moved into
