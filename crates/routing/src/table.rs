@@ -259,6 +259,9 @@ pub(crate) struct PortGroup {
     /// First literal path segment -> routes of the scan set with that path prefix.
     scan_path: HashMap<Box<str>, Box<[u32]>>,
     pub(crate) peek: PeekNeed,
+    /// Some enabled route on these ports has a domain criterion: without one, a lookup does
+    /// not look at the domain (no lower-cased copy of it per request).
+    domains: bool,
     /// Some enabled route on these ports has an `http` table.
     pub(crate) http: bool,
     /// Some enabled route on these ports has a `tls` block.
@@ -516,6 +519,7 @@ impl RouteTable {
             scan: scan.into_boxed_slice(),
             scan_path: freeze(scan_path),
             peek,
+            domains: order.iter().any(|&i| !routes[i as usize].m.domains.is_empty()),
             http,
             tls: order.iter().any(|&i| routes[i as usize].has_tls_block),
             client_first,
@@ -645,7 +649,9 @@ impl RouteTable {
 
         // Lower-cased copy of the name on the stack (initialised only when there is a name).
         let mut buf: [u8; MAX_NAME];
-        let domain: Option<&[u8]> = match input.domain.and_then(normalize) {
+        // Read only by domain criteria: none on these ports, no copy.
+        let name = if group.domains { input.domain } else { None };
+        let domain: Option<&[u8]> = match name.and_then(normalize) {
             Some(d) => {
                 buf = [0u8; MAX_NAME];
                 let b = &mut buf[..d.len()];
