@@ -12,32 +12,9 @@ use common::*;
 use smartproxy_engine::bench_api::lazy_registrations;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A keep-alive HTTP/1.1 backend answering every request head with `ok`.
-async fn http_backend() -> std::net::SocketAddr {
-    let (addr, _task) = backend(|mut s| async move {
-        let mut buf = Vec::new();
-        let mut tmp = [0u8; 4096];
-        loop {
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if s.write_all(answer).await.is_err() {
-                    return;
-                }
-            }
-            match s.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-    })
-    .await;
-    addr
-}
-
 #[tokio::test]
 async fn close_requests_answered_at_once_never_register_their_sockets() {
-    let target = http_backend().await;
+    let (target, _backend) = ok_http_backend().await;
     let (engine, [port]) = engine_on(|[p]| {
         format!(
             r#"[[routes]]

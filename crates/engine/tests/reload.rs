@@ -67,29 +67,13 @@ async fn reload_adds_and_removes_ports() {
 }
 
 /// A port that served plain HTTP when its listener started (connections accepted as HTTP
-/// connections from the start, `pipeline::serve_plain`) and whose routes a reload turned into
+/// connections from the start, `pipeline::spawn`) and whose routes a reload turned into
 /// a layer-4 handler: its listener stays, and new connections take the general path (the
 /// echo handler answers raw bytes), while an HTTP connection accepted before the reload is
 /// still served as HTTP (its next request routed on the new table: no HTTP route, a 404).
 #[tokio::test]
 async fn a_plain_http_port_reloaded_to_layer_4_serves_new_connections_the_new_way() {
-    let (target, _backend) = backend(|mut s| async move {
-        let mut buf = Vec::new();
-        let mut tmp = [0u8; 4096];
-        loop {
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
-                    return;
-                }
-            }
-            match s.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
-        }
-    })
-    .await;
+    let (target, _backend) = ok_http_backend().await;
     let http = |p: u16| {
         let text = format!(
             "bind = [\"127.0.0.1\"]\n[[routes]]\nname = \"web\"\nmatch = {{ ports = [{p}] }}\naction = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}], http = {{}} }}\n",

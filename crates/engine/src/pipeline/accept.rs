@@ -12,8 +12,6 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::in_box;
-
 use crate::shared::Shared;
 
 /// Opens a listening socket: `SO_REUSEADDR`, `SO_REUSEPORT` when asked, IPv6-only for IPv6.
@@ -104,6 +102,16 @@ pub(crate) fn bound_ip(listener_addr: Option<std::net::SocketAddr>) -> Option<st
 pub(crate) enum Accepted {
     Registered(tokio::net::TcpStream),
     Plain(std::net::TcpStream),
+}
+
+impl Accepted {
+    /// The socket for the HTTP layer: registered already, or at its first wait.
+    pub(crate) fn into_lazy(self) -> crate::lazy::LazyTcp {
+        match self {
+            Self::Registered(t) => crate::lazy::LazyTcp::registered(t),
+            Self::Plain(s) => crate::lazy::LazyTcp::new(s),
+        }
+    }
 }
 
 /// A listening socket and how its connections are accepted.
@@ -203,14 +211,8 @@ pub(crate) fn spawn(
                     // (running, finished, consumed); a box is a pointer to move (callgrind:
                     // about 1,000 instructions of memcpy per connection fewer). Written in
                     // the box in place (`in_box`), not copied into it.
-                    // Plain HTTP listeners: the HTTP connection is the task (`spawn_plain`).
-                    if lazy {
-                        super::spawn_plain(shared, tcp, peer, port, bound, accepted);
-                    } else {
-                        tokio::spawn(in_box(|| {
-                            super::serve(shared, tcp, peer, port, bound, accepted)
-                        }));
-                    }
+                    // Plain HTTP listeners: the HTTP connection is the task.
+                    super::spawn(shared, tcp, peer, port, bound, accepted, lazy);
                 }
                 Err(e) if is_per_connection(&e) => {}
                 Err(e) => {

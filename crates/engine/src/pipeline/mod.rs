@@ -101,30 +101,30 @@ pub(crate) fn in_box<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F
     Box::into_pin(unsafe { b.assume_init() })
 }
 
-/// Starts serving one connection accepted on a plain HTTP listener (one whose port had plain
-/// HTTP routes only when it started; see `accept::spawn`): admitted here, at the accept, and
-/// its task's future is the HTTP connection itself, without the layer-4 path's setup box and
-/// copy state around it, nor an `async fn` layer that would copy it once more (two
-/// allocations and several KiB of copies fewer per connection). A connection the limits
-/// refuse never becomes a task. A reload that gave the port other routes since sends its
-/// connections the general way ([`serve`]).
-pub(crate) fn spawn_plain(
+/// Starts serving one accepted connection: a task of its own, its future written into its
+/// box in place ([`in_box`]). On a plain HTTP listener (`plain_listener`: the port had plain
+/// HTTP routes only when it started; see `accept::spawn`) whose port still has only those,
+/// the connection is admitted here, at the accept, and its task's future is the HTTP
+/// connection itself, without the layer-4 path's setup box and copy state around it, nor an
+/// `async fn` layer that would copy it once more (two allocations and several KiB of copies
+/// fewer per connection); a connection the limits refuse never becomes a task. Every other
+/// connection (those of a plain HTTP listener whose port a reload gave other routes too)
+/// takes the general way ([`serve`]).
+pub(crate) fn spawn(
     shared: Arc<Shared>,
     tcp: Accepted,
     peer: SocketAddr,
     port: u16,
     bound: Option<IpAddr>,
     accepted: Instant,
+    plain_listener: bool,
 ) {
-    if !plain_http_port(&shared.state.load().table, port) {
+    if !plain_listener || !plain_http_port(&shared.state.load().table, port) {
         tokio::spawn(in_box(|| serve(shared, tcp, peer, port, bound, accepted)));
         return;
     }
     let Ok(c) = admit::admit(shared, peer, port, bound, accepted) else { return };
-    let io = match tcp {
-        Accepted::Registered(t) => LazyTcp::registered(t),
-        Accepted::Plain(s) => LazyTcp::new(s),
-    };
+    let io = tcp.into_lazy();
     tokio::spawn(in_box(|| serve_plain_http(c, io)));
 }
 
@@ -143,10 +143,7 @@ async fn setup(
     if plain_http_port(&c.state.table, port) {
         // Plain HTTP: every request is routed by the HTTP layer; nothing to peek here. A
         // plain socket registers with the reactor at its first wait (`lazy.rs`).
-        let io = match tcp {
-            Accepted::Registered(t) => LazyTcp::registered(t),
-            Accepted::Plain(s) => LazyTcp::new(s),
-        };
+        let io = tcp.into_lazy();
         // Boxed, as the other paths served here: inline, the HTTP layer's state (about
         // 5.4 KiB) would size the setup of every connection (`tests/task_size.rs`).
         in_box(|| serve_plain_http(c, io)).await;
@@ -283,7 +280,7 @@ pub(crate) fn task_size() -> usize {
     output_size(serve)
 }
 
-/// The size of a plain HTTP connection's task future ([`spawn_plain`]).
+/// The size of a plain HTTP connection's task future ([`spawn`]).
 pub(crate) fn plain_http_task_size() -> usize {
     fn size<F, R>(_: F) -> usize
     where

@@ -93,6 +93,29 @@ where
     (addr, task)
 }
 
+/// A keep-alive HTTP/1.1 backend answering every request head with `200 OK` and the body
+/// `ok` (request bodies are not expected).
+pub async fn ok_http_backend() -> (SocketAddr, JoinHandle<()>) {
+    backend(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        loop {
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    })
+    .await
+}
+
 /// An echo backend.
 pub async fn echo_backend() -> (SocketAddr, JoinHandle<()>) {
     backend(|mut s| async move {

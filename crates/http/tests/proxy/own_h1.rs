@@ -147,21 +147,9 @@ async fn bodies_of_unknown_length_are_chunked_and_the_connection_stays() {
 /// (status 499 in the access log) and the connection is reported closed by the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_mid_request_cancels_it() {
-    let backend = Backend::h1("b").await;
-    let bport = backend.port();
-    let proxy =
-        Proxy::start(|p| route(p, bport), Opts { access_log: true, ..Opts::default() }).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /sleep HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    eventually("the request to reach the backend", || {
-        backend.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
-    })
-    .await;
-    drop(s);
-    eventually("the request to be logged as 499", || {
-        proxy.access.lock().iter().any(|l| l.contains("\"status\":499"))
-    })
-    .await;
+    let opts = Opts { access_log: true, ..Opts::default() };
+    let (proxy, _backend) =
+        leave_mid_request(opts, b"GET /sleep HTTP/1.1\r\nHost: a\r\n\r\n").await;
     eventually("the connection to be reported closed by the client", || {
         proxy.outcomes.lock().iter().any(|o| {
             o.reason == smartproxy_http::CloseReason::ClientClosed
@@ -177,16 +165,23 @@ async fn a_client_gone_mid_request_cancels_it() {
 /// `Connection: close` request is still noticed: once the request has run that long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_mid_close_request_is_noticed_after_the_watch_delay() {
-    let backend = Backend::h1("b").await;
-    let bport = backend.port();
     let opts = Opts {
         access_log: true,
         close_watch_delay: Some(Duration::from_millis(300)),
         ..Opts::default()
     };
+    let request = b"GET /sleep HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    leave_mid_request(opts, request).await;
+}
+
+/// Sends `request` (to a backend path that answers late), closes the client once the request
+/// has reached the backend, and waits for the request to be logged as 499 (cancelled).
+async fn leave_mid_request(opts: Opts, request: &[u8]) -> (Proxy, Backend) {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
     let proxy = Proxy::start(|p| route(p, bport), opts).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /sleep HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    s.write_all(request).await.unwrap();
     eventually("the request to reach the backend", || {
         backend.requests.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
@@ -196,6 +191,7 @@ async fn a_client_gone_mid_close_request_is_noticed_after_the_watch_delay() {
         proxy.access.lock().iter().any(|l| l.contains("\"status\":499"))
     })
     .await;
+    (proxy, backend)
 }
 
 /// The same delay does not hold back a close request's answer, and a kept-alive request
