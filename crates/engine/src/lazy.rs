@@ -17,7 +17,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// How many bytes of a read buffer's uninitialised part a read on the plain socket zeroes
@@ -103,6 +104,25 @@ impl LazyTcp {
     }
 }
 
+/// The flags of a connection's last write: hold a partial segment for the FIN that follows;
+/// no `SIGPIPE` (as std's own `send`).
+const LAST_FLAGS: libc::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+
+/// A `send` with [`LAST_FLAGS`] on the registered socket, once it is writable.
+fn poll_send_last(
+    t: &TcpStream,
+    cx: &mut Context<'_>,
+    mut send: impl FnMut(SockRef<'_>) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(t.poll_write_ready(cx))?;
+        match t.try_io(Interest::WRITABLE, || send(SockRef::from(t))) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
 fn failed() -> io::Error {
     io::Error::other("the socket could not be registered with the reactor")
 }
@@ -140,12 +160,23 @@ impl AsyncRead for LazyTcp {
 }
 
 impl AsyncWrite for LazyTcp {
+    /// A write the HTTP layer marks as the connection's last ([`smartproxy_http::last_write`]:
+    /// the close follows at once) goes with `MSG_MORE`, so that its bytes leave with the FIN
+    /// in one segment; any other write is a plain `send`.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut buf = buf;
+        if smartproxy_http::last_write() {
+            return self.get_mut().poll_io(
+                cx,
+                &mut buf,
+                |s, b| SockRef::from(&*s).send_with_flags(b, LAST_FLAGS),
+                |t, cx, b| poll_send_last(&t, cx, |s| s.send_with_flags(b, LAST_FLAGS)),
+            );
+        }
         self.get_mut().poll_io(cx, &mut buf, |s, b| s.write(b), |t, cx, b| t.poll_write(cx, b))
     }
 
@@ -155,6 +186,14 @@ impl AsyncWrite for LazyTcp {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let mut bufs = bufs;
+        if smartproxy_http::last_write() {
+            return self.get_mut().poll_io(
+                cx,
+                &mut bufs,
+                |s, b| SockRef::from(&*s).send_vectored_with_flags(b, LAST_FLAGS),
+                |t, cx, b| poll_send_last(&t, cx, |s| s.send_vectored_with_flags(b, LAST_FLAGS)),
+            );
+        }
         self.get_mut().poll_io(
             cx,
             &mut bufs,

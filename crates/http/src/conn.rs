@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use smartproxy_metrics::{HttpErrorReason, HttpMethod};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::body::ClientBody;
@@ -452,8 +452,10 @@ where
 /// write side; at most a second for both (the client may not read).
 pub(crate) async fn answer_and_close<W: AsyncWrite + Unpin>(io: &mut W, status: u16) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        io.write_all(answer(status)).await?;
-        io.shutdown().await
+        // The connection's last bytes: they leave with the FIN of the shutdown.
+        crate::h1_server::write_last(io, answer(status)).await?;
+        std::future::poll_fn(|cx| crate::io::as_last_write(|| Pin::new(&mut *io).poll_shutdown(cx)))
+            .await
     })
     .await;
 }

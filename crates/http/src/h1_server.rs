@@ -135,12 +135,19 @@ where
         };
         // A graceful shutdown that began meanwhile: this is the connection's last response.
         let shutting = poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
+        // The response's last write may hold its bytes for the FIN of the close (`MSG_MORE`,
+        // see `send_body`) only where that close cannot become a reset that discards them: a
+        // TCP socket closed with bytes of the client unread sends an RST instead of the FIN
+        // and drops what it holds. So when the client asked for the close (it sends nothing
+        // more, RFC 9112 §9.6) and nothing it sent is waiting here; or on TLS, whose close
+        // starts with a shutdown (`close_notify`, then the FIN), which sends what it holds.
+        let last = !keep_alive && (ctx.is_tls() || buf.is_empty());
         let keep_alive = keep_alive && !shutting;
         let (parts, mut body) = resp.into_parts();
         out.clear();
         let framing = encode_head(&parts, &mut body, keep_alive, &mut out);
         drop(parts);
-        let sent = send_body(&mut io, &mut out, &mut body, framing, &mut buf).await;
+        let sent = send_body(&mut io, &mut out, &mut body, framing, &mut buf, last).await;
         // The request is finished here (metrics, access log, pooled target connection).
         drop(body);
         state.response_done.store(false, Ordering::Relaxed);
@@ -165,9 +172,12 @@ where
         if !keep_alive {
             // TLS: the close_notify alert. Plain TCP: nothing; the close that follows sends
             // the FIN (a `shutdown` first was one system call more per closing request and
-            // changed nothing on the wire).
+            // changed nothing on the wire). The response's last bytes (and the alert) went
+            // out as the connection's last write: they leave with the FIN, in one segment.
             if ctx.is_tls() {
-                let _ = io.shutdown().await;
+                let _ =
+                    poll_fn(|cx| crate::io::as_last_write(|| Pin::new(&mut io).poll_shutdown(cx)))
+                        .await;
             }
             let reason = if shutting { CloseReason::Shutdown } else { CloseReason::ClientClosed };
             return Served::Closed(reason);
@@ -505,13 +515,16 @@ enum Failure {
 
 /// Writes the head in `out` and the body after it: small frames gathered behind the head,
 /// large ones written as they are; everything gathered goes out when the body has nothing
-/// more ready.
+/// more ready. `last`: the connection closes right after this response, and the close sends
+/// the FIN (not a reset): the final write is marked as the connection's last
+/// ([`crate::io::last_write`]: it leaves with the FIN).
 async fn send_body<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut BytesMut,
     body: &mut ResponseBody,
     framing: Framing,
     buf: &mut BytesMut,
+    last: bool,
 ) -> Result<(), Failure> {
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -570,7 +583,12 @@ async fn send_body<I: AsyncRead + AsyncWrite + Unpin>(
     if framing == Framing::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    flush(io, out).await?;
+    if last {
+        write_last(io, out).await.map_err(Failure::Io)?;
+        out.clear();
+    } else {
+        flush(io, out).await?;
+    }
     io.flush().await.map_err(Failure::Io)
 }
 
@@ -579,6 +597,24 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut BytesMut) -> Result<
     if !out.is_empty() {
         io.write_all(out).await.map_err(Failure::Io)?;
         out.clear();
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` as the connection's last write: each poll of the write with
+/// [`crate::io::last_write`] set, so that the socket can hold the bytes for the FIN of the
+/// close that follows.
+pub(crate) async fn write_last<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    mut bytes: &[u8],
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = poll_fn(|cx| crate::io::as_last_write(|| Pin::new(&mut *io).poll_write(cx, bytes)))
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
     }
     Ok(())
 }

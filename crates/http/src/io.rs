@@ -218,3 +218,32 @@ mod tests {
         assert_eq!(parse_status(b"xx"), None);
     }
 }
+
+thread_local! {
+    static LAST_WRITE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the write being made on this thread carries a client connection's last bytes: the
+/// close (or TLS `close_notify` and close) follows at once, so a TCP socket under the stream
+/// can send them with `MSG_MORE` and let the FIN leave in the same segment (one segment and
+/// one acknowledgement fewer per closing connection). The HTTP layer sets it only for the
+/// length of one synchronous `poll_write` / `poll_shutdown` call on the client stream (the
+/// last response of a connection, `h1_server`); the engine's plain client socket reads it;
+/// any other stream may ignore it.
+pub fn last_write() -> bool {
+    LAST_WRITE.with(std::cell::Cell::get)
+}
+
+/// Runs `f`, one synchronous poll of a write on a client stream, with [`last_write`] set
+/// (cleared again when `f` returns or unwinds).
+pub(crate) fn as_last_write<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LAST_WRITE.with(|c| c.set(false));
+        }
+    }
+    LAST_WRITE.with(|c| c.set(true));
+    let _reset = Reset;
+    f()
+}

@@ -50,6 +50,7 @@ pub use self::auth::{
 };
 pub use self::conn::{CloseReason, Protocol, ServeOutcome};
 pub use self::ctx::{ConnInfo, ProxyHeaderFn, TlsInfo};
+pub use self::io::last_write;
 pub use self::quiet::Quiet;
 pub use self::service::{HttpConfig, HttpService, RouteConnSettings};
 pub use self::upstream::{

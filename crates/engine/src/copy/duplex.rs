@@ -92,6 +92,12 @@ pub(crate) trait CopySocket {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// One write if the socket is writable; `WouldBlock` clears the write readiness.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// [`CopySocket::try_write`] with `MSG_MORE`: the kernel holds back a partial segment
+    /// for what follows, here the FIN of the shutdown (or close) that comes in the same poll,
+    /// so that the last bytes and the FIN leave in one segment (and the peer acknowledges
+    /// once). Full segments still go at once, and an acknowledgement from the peer pushes
+    /// the rest: nothing waits on this hint for long.
+    fn try_write_more(&self, buf: &[u8]) -> io::Result<usize>;
     /// `splice(2)` from the socket into `pipe`, at most `len` bytes (inside `try_read_io`).
     fn splice_in(&self, pipe: &Self::Pipe, len: usize) -> io::Result<usize>;
     /// `splice(2)` from `pipe` into the socket, at most `len` bytes; `WouldBlock` clears the
@@ -148,7 +154,7 @@ impl<P: SplicePipe> Duplex<P> {
         D: FnMut(u64),
     {
         if !self.up.is_done() {
-            if let Poll::Ready(r) = self.up.poll(cx, a, b, up) {
+            if let Poll::Ready(r) = self.up.poll(cx, a, b, up, half_close) {
                 r?;
                 if half_close && !self.down.is_done() {
                     b.shutdown_write()?;
@@ -156,7 +162,7 @@ impl<P: SplicePipe> Duplex<P> {
             }
         }
         if !self.down.is_done() {
-            if let Poll::Ready(r) = self.down.poll(cx, b, a, down) {
+            if let Poll::Ready(r) = self.down.poll(cx, b, a, down, half_close) {
                 r?;
                 if half_close && !self.up.is_done() {
                     a.shutdown_write()?;
@@ -217,13 +223,16 @@ impl<P: SplicePipe> Dir<P> {
 
     /// Advances this direction; `Ready(Ok)` once `from` reached EOF (this direction is then
     /// done; the caller passes the half-close on). `count(n)` runs after each chunk has been
-    /// written.
+    /// written. `fin_next`: the caller sends the FIN to `to` as soon as this returns EOF (a
+    /// half-close, or the close when both directions are done), so the chunk read with the
+    /// peer's FIN behind it is written with `MSG_MORE` and leaves with that FIN.
     fn poll<S, C>(
         &mut self,
         cx: &mut Context<'_>,
         from: &S,
         to: &S,
         count: &mut C,
+        fin_next: bool,
     ) -> Poll<io::Result<()>>
     where
         S: CopySocket<Pipe = P>,
@@ -268,8 +277,11 @@ impl<P: SplicePipe> Dir<P> {
                     *self = Self::Write { buf, pos: 0, end, eof, bulk: n == len, splice };
                 }
                 Self::Write { buf, pos, end, eof, bulk, splice } => {
+                    let more = *eof && fin_next;
                     while *pos < *end {
-                        match to.try_write(&buf.get()[*pos as usize..*end as usize]) {
+                        let chunk = &buf.get()[*pos as usize..*end as usize];
+                        let r = if more { to.try_write_more(chunk) } else { to.try_write(chunk) };
+                        match r {
                             Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                             // `n` <= `end - pos`.
                             Ok(n) => *pos += n as u32,
@@ -383,6 +395,12 @@ impl CopySocket for TcpStream {
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         TcpStream::try_write(self, buf)
+    }
+
+    fn try_write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(self).send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
+        })
     }
 
     #[cfg(all(feature = "splice", target_os = "linux"))]

@@ -13,6 +13,9 @@
 //!   of slots);
 //! - writes and splices out move any part of what fits in the send buffer, `WouldBlock` when
 //!   it is full; the peer's reads free space and raise an event;
+//! - a write with `MSG_MORE` holds back the partial segment at the end of the send buffer
+//!   (the peer cannot read it) until the next plain write, the shutdown, the close, or the
+//!   peer's next read (its acknowledgement pushes it), as the kernel does;
 //! - the peer can send only while the receive queue has room (its window), so a direction that
 //!   stops reading with bytes queued never gets another event: the stall of issue 10;
 //! - reads and writes fail with an error at a random step in some runs.
@@ -21,7 +24,7 @@
 //! the copy), that a FIN is passed on as a half-close only after the bytes before it and only
 //! then, that the counters add up, that a pipe given back to the pool is empty, and that the
 //! copy never parks while it could move a byte: when neither peer can do anything more and the
-//! copy is not woken, nothing may be left in a queue or a pipe.
+//! copy is not woken, nothing may be left in a queue or a pipe, or held back by `MSG_MORE`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -131,6 +134,10 @@ struct Sock {
     write_waker: Option<Waker>,
     /// The proxy shut down its write half.
     shut: bool,
+    /// The last write had `MSG_MORE`: the partial segment at the end of `tx` is held back.
+    corked: bool,
+    /// Writes with `MSG_MORE`, and how many of them the shutdown followed at once.
+    more_writes: u32,
     fail_read: bool,
     fail_write: bool,
 }
@@ -184,6 +191,11 @@ impl FakeSock {
             s.write_ready = false;
         }
         r
+    }
+
+    /// What the peer can read of `tx`: all but the partial segment held back by `MSG_MORE`.
+    fn readable(s: &Sock) -> usize {
+        if s.corked { s.tx.len() - s.tx.len() % s.tx_cap.min(MSS) } else { s.tx.len() }
     }
 
     /// Moves what a write of `len` bytes may take: some of what fits.
@@ -261,6 +273,17 @@ impl CopySocket for FakeSock {
         self.try_write_io(|s| {
             let n = self.room(s, buf.len())?;
             s.tx.extend(&buf[..n]);
+            s.corked = false;
+            Ok(n)
+        })
+    }
+
+    fn try_write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write_io(|s| {
+            let n = self.room(s, buf.len())?;
+            s.tx.extend(&buf[..n]);
+            s.corked = true;
+            s.more_writes += 1;
             Ok(n)
         })
     }
@@ -298,7 +321,10 @@ impl CopySocket for FakeSock {
     }
 
     fn shutdown_write(&self) -> io::Result<()> {
-        self.s.borrow_mut().shut = true;
+        let mut s = self.s.borrow_mut();
+        s.shut = true;
+        // The FIN goes out with (after) the held-back segment.
+        s.corked = false;
         Ok(())
     }
 }
@@ -355,6 +381,8 @@ struct Ended {
     result: Option<io::Result<()>>,
     takes: u32,
     give_backs: u32,
+    /// Writes with `MSG_MORE` on the client's and the backend's socket.
+    more_writes: (u32, u32),
 }
 
 /// Sends up to the receiver's window; `true` when something was sent.
@@ -383,17 +411,24 @@ fn send(k: &Kernel, flow: &mut Flow, to: &FakeSock, rx_cap: usize) -> bool {
     false
 }
 
-/// The peer reads some of what the proxy wrote; `true` when it read something.
+/// The peer reads some of what the proxy wrote; `true` when it read something. Its
+/// acknowledgement pushes a segment held back by `MSG_MORE`.
 fn receive(k: &Kernel, flow: &mut Flow, from: &FakeSock) -> bool {
     let mut s = from.s.borrow_mut();
-    if s.tx.is_empty() {
+    let readable = FakeSock::readable(&s);
+    if readable == 0 {
         return false;
     }
-    let n = k.rng.upto(s.tx.len());
+    let n = k.rng.upto(readable);
     flow.got.extend(s.tx.drain(..n));
+    s.corked = false;
     FakeSock::write_event(&mut s);
     true
 }
+
+/// The model's segment size: what `MSG_MORE` holds back is the part of the send buffer past
+/// the last full segment.
+const MSS: usize = 1000;
 
 fn run_model(r: &Run) -> Ended {
     let k = Rc::new(Kernel {
@@ -484,15 +519,25 @@ fn run_model(r: &Run) -> Ended {
                 s.rx.len(),
                 s.read_ready
             );
+            assert!(
+                failed || !s.corked || s.tx.is_empty(),
+                "parked with {} bytes held back by MSG_MORE on the {name} socket: {r:?}",
+                s.tx.len()
+            );
         }
         break;
     }
-    // What the copy wrote is delivered after it ends too (the kernel sends the send buffer).
+    // What the copy wrote is delivered after it ends too (the kernel sends the send buffer;
+    // the caller's close sends a segment held back by `MSG_MORE`).
+    for sock in [&a, &b] {
+        sock.s.borrow_mut().corked = false;
+    }
     while receive(&k, &mut up, &b) || receive(&k, &mut down, &a) {}
     up.counted = up_n;
     down.counted = down_n;
     KERNEL.with(|c| c.borrow_mut().take());
-    let ended = Ended { result, takes: k.takes.get(), give_backs: k.give_backs.get() };
+    let more_writes = (a.s.borrow().more_writes, b.s.borrow().more_writes);
+    let ended = Ended { result, takes: k.takes.get(), give_backs: k.give_backs.get(), more_writes };
     check(r, &up, &down, &a, &b, &ended);
     ended
 }
@@ -529,6 +574,8 @@ fn check(r: &Run, up: &Flow, down: &Flow, a: &FakeSock, b: &FakeSock, e: &Ended)
             "the closing direction's bytes all passed: {r:?}"
         );
         assert!(!a.shut && !b.shut, "no half-close passed on: {r:?}");
+        // No FIN follows a write at once here (the copy may wait for the other direction).
+        assert_eq!(e.more_writes, (0, 0), "MSG_MORE without half-close: {r:?}");
         assert!(e.give_backs <= e.takes, "pipes given back that were never taken: {r:?}");
         return;
     }
@@ -643,4 +690,40 @@ fn splice_off_takes_no_pipe() {
     let e = run_model(&r);
     assert!(matches!(e.result, Some(Ok(()))));
     assert_eq!(e.takes, 0);
+}
+
+/// The backend's last bytes and its FIN arrive together: with half-close, the copy writes
+/// them to the client with `MSG_MORE` and shuts the client's side down in the same poll, so
+/// that they leave in one segment with the FIN; without half-close (the caller's close may
+/// wait for the other direction), never.
+#[test]
+fn the_last_bytes_leave_with_the_fin() {
+    for half_close in [true, false] {
+        let mut with_more = 0;
+        for seed in 1..100u64 {
+            let r = Run {
+                seed: seed * 104_729,
+                up: 0,
+                down: 700,
+                up_fin: false,
+                down_fin: true,
+                splice: false,
+                half_close,
+                pipe_cap: 65_536,
+                rx_cap: 300_000,
+                tx_cap: 70_000,
+                fail_at: None,
+            };
+            let e = run_model(&r);
+            assert_eq!(e.more_writes.1, 0, "MSG_MORE towards the backend: {r:?}");
+            if e.more_writes.0 > 0 {
+                with_more += 1;
+            }
+        }
+        if half_close {
+            assert!(with_more > 10, "the FIN's chunk went with MSG_MORE in {with_more} of 99");
+        } else {
+            assert_eq!(with_more, 0);
+        }
+    }
 }
