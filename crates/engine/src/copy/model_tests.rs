@@ -136,7 +136,7 @@ struct Sock {
     shut: bool,
     /// The last write had `MSG_MORE`: the partial segment at the end of `tx` is held back.
     corked: bool,
-    /// Writes with `MSG_MORE`, and how many of them the shutdown followed at once.
+    /// Writes with `MSG_MORE`.
     more_writes: u32,
     fail_read: bool,
     fail_write: bool,
