@@ -115,3 +115,36 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], h
     );
     settle(&engine).await;
 }
+
+/// A client that sends more after its `Connection: close` request (which RFC 9112 §9.6 says
+/// it must not) still gets the whole response. Its extra bytes may be unread when the proxy
+/// closes the socket, and such a close is a reset that drops what the socket still holds:
+/// the response held for the FIN goes out with the shutdown before the close.
+#[tokio::test]
+async fn a_client_that_sends_more_after_its_close_request_still_gets_the_response() {
+    let (target, _backend) = ok_http_backend().await;
+    let (engine, [port]) = engine_on(|[p]| {
+        format!(
+            r#"[[routes]]
+name = "web"
+match = {{ ports = [{p}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], http = {{}} }}
+"#,
+            target.port()
+        )
+    })
+    .await;
+    for i in 0..100 {
+        let mut c = connect(port).await;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+        // A second segment right behind the first; the proxy may answer before it, or after.
+        let _ = c.write_all(b"GET /more HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let (answer, _) = read_until_closed(&mut c, Duration::from_secs(10)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"),
+            "connection {i}: {answer:?}"
+        );
+    }
+    settle(&engine).await;
+}

@@ -135,14 +135,10 @@ where
         };
         // A graceful shutdown that began meanwhile: this is the connection's last response.
         let shutting = poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
-        // The response's last write may hold its bytes for the FIN of the close (`MSG_MORE`,
-        // see `send_body`) only where that close cannot become a reset that discards them: a
-        // TCP socket closed with bytes of the client unread sends an RST instead of the FIN
-        // and drops what it holds. So when the client asked for the close (it sends nothing
-        // more, RFC 9112 §9.6) and nothing it sent is waiting here; or on TLS, whose close
-        // starts with a shutdown (`close_notify`, then the FIN), which sends what it holds.
-        let last = !keep_alive && (ctx.is_tls() || buf.is_empty());
         let keep_alive = keep_alive && !shutting;
+        // The connection's last response: its last write holds its bytes for the FIN
+        // (`MSG_MORE`, see `send_body`), which the shutdown after it sends with them.
+        let last = !keep_alive;
         let (parts, mut body) = resp.into_parts();
         out.clear();
         let framing = encode_head(&parts, &mut body, keep_alive, &mut out);
@@ -170,15 +166,12 @@ where
             }
         }
         if !keep_alive {
-            // TLS: the close_notify alert. Plain TCP: nothing; the close that follows sends
-            // the FIN (a `shutdown` first was one system call more per closing request and
-            // changed nothing on the wire). The response's last bytes (and the alert) went
-            // out as the connection's last write: they leave with the FIN, in one segment.
-            if ctx.is_tls() {
-                let _ =
-                    poll_fn(|cx| crate::io::as_last_write(|| Pin::new(&mut io).poll_shutdown(cx)))
-                        .await;
-            }
+            // The FIN now, in one segment with the response's last bytes held for it (on TLS
+            // after the close_notify alert, held too). Not left to the close: a socket closed
+            // with bytes of the client unread (a client that sent more after its `close`)
+            // sends a reset instead, and drops what it holds.
+            let _ = poll_fn(|cx| crate::io::as_last_write(|| Pin::new(&mut io).poll_shutdown(cx)))
+                .await;
             let reason = if shutting { CloseReason::Shutdown } else { CloseReason::ClientClosed };
             return Served::Closed(reason);
         }
@@ -515,9 +508,8 @@ enum Failure {
 
 /// Writes the head in `out` and the body after it: small frames gathered behind the head,
 /// large ones written as they are; everything gathered goes out when the body has nothing
-/// more ready. `last`: the connection closes right after this response, and the close sends
-/// the FIN (not a reset): the final write is marked as the connection's last
-/// ([`crate::io::last_write`]: it leaves with the FIN).
+/// more ready. `last`: the connection shuts down right after this response: the final write
+/// is marked as the connection's last ([`crate::io::last_write`]: it leaves with the FIN).
 async fn send_body<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut BytesMut,

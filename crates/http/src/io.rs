@@ -224,12 +224,13 @@ thread_local! {
 }
 
 /// Whether the write being made on this thread carries a client connection's last bytes: the
-/// close (or TLS `close_notify` and close) follows at once, so a TCP socket under the stream
-/// can send them with `MSG_MORE` and let the FIN leave in the same segment (one segment and
-/// one acknowledgement fewer per closing connection). The HTTP layer sets it only for the
-/// length of one synchronous `poll_write` / `poll_shutdown` call on the client stream (the
-/// last response of a connection, `h1_server`); the engine's plain client socket reads it;
-/// any other stream may ignore it.
+/// stream's shutdown (on TLS the `close_notify` alert, then the shutdown) follows at once, so
+/// a TCP socket under the stream can send them with `MSG_MORE` and let the FIN leave in the
+/// same segment (one segment and one acknowledgement fewer per closing connection). The HTTP
+/// layer sets it only for the length of one synchronous `poll_write` / `poll_shutdown` call on
+/// the client stream (the last response of a connection, `h1_server`, and the error answers
+/// before a close); the engine's plain client socket reads it; any other stream may ignore
+/// it.
 pub fn last_write() -> bool {
     LAST_WRITE.with(std::cell::Cell::get)
 }
