@@ -10,7 +10,6 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Segments `s` has received (`tcpi_segs_in`).
@@ -84,24 +83,10 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}] }}
 #[tokio::test]
 async fn the_last_response_of_a_connection_leaves_with_its_fin() {
     let (target, _backend) = ok_http_backend().await;
-    let (engine, [port]) = engine_on(|[p]| {
-        format!(
-            r#"[[routes]]
-name = "web"
-match = {{ ports = [{p}] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], http = {{}} }}
-"#,
-            target.port()
-        )
-    })
-    .await;
+    let (engine, port) = http_engine(target).await;
     let mut seen = Vec::new();
     for _ in 0..20 {
-        let mut c = connect(port).await;
-        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
-        let (answer, _) = read_until_closed(&mut c, Duration::from_secs(10)).await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"), "{answer}");
+        let c = close_request(port, b"").await;
         let n = segments_in(&c);
         seen.push(n);
         if n == 2 {
@@ -123,28 +108,10 @@ action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], h
 #[tokio::test]
 async fn a_client_that_sends_more_after_its_close_request_still_gets_the_response() {
     let (target, _backend) = ok_http_backend().await;
-    let (engine, [port]) = engine_on(|[p]| {
-        format!(
-            r#"[[routes]]
-name = "web"
-match = {{ ports = [{p}] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], http = {{}} }}
-"#,
-            target.port()
-        )
-    })
-    .await;
-    for i in 0..100 {
-        let mut c = connect(port).await;
-        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    let (engine, port) = http_engine(target).await;
+    for _ in 0..100 {
         // A second segment right behind the first; the proxy may answer before it, or after.
-        let _ = c.write_all(b"GET /more HTTP/1.1\r\nHost: a\r\n\r\n").await;
-        let (answer, _) = read_until_closed(&mut c, Duration::from_secs(10)).await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"),
-            "connection {i}: {answer:?}"
-        );
+        close_request(port, b"GET /more HTTP/1.1\r\nHost: a\r\n\r\n").await;
     }
     settle(&engine).await;
 }

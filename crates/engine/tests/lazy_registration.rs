@@ -15,26 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn close_requests_answered_at_once_never_register_their_sockets() {
     let (target, _backend) = ok_http_backend().await;
-    let (engine, [port]) = engine_on(|[p]| {
-        format!(
-            r#"[[routes]]
-name = "web"
-match = {{ ports = [{p}] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], http = {{}} }}
-"#,
-            target.port()
-        )
-    })
-    .await;
+    let (engine, port) = http_engine(target).await;
     // The first request also opens the pooled backend connection (not a client socket).
     const REQUESTS: u64 = 20;
     let before = lazy_registrations();
     for _ in 0..REQUESTS {
-        let mut c = connect(port).await;
-        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
-        let (answer, _) = read_until_closed(&mut c, Duration::from_secs(10)).await;
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"), "{answer}");
+        close_request(port, b"").await;
     }
     let during = lazy_registrations() - before;
     // Every one of them would register if the sockets were not lazy; a request whose answer

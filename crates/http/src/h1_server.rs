@@ -136,14 +136,13 @@ where
         // A graceful shutdown that began meanwhile: this is the connection's last response.
         let shutting = poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
         let keep_alive = keep_alive && !shutting;
-        // The connection's last response: its last write holds its bytes for the FIN
-        // (`MSG_MORE`, see `send_body`), which the shutdown after it sends with them.
-        let last = !keep_alive;
         let (parts, mut body) = resp.into_parts();
         out.clear();
         let framing = encode_head(&parts, &mut body, keep_alive, &mut out);
         drop(parts);
-        let sent = send_body(&mut io, &mut out, &mut body, framing, &mut buf, last).await;
+        // The connection's last response: its last write holds its bytes for the FIN
+        // (`MSG_MORE`, see `send_body`), which the shutdown after it sends with them.
+        let sent = send_body(&mut io, &mut out, &mut body, framing, &mut buf, !keep_alive).await;
         // The request is finished here (metrics, access log, pooled target connection).
         drop(body);
         state.response_done.store(false, Ordering::Relaxed);

@@ -198,6 +198,18 @@ impl FakeSock {
         if s.corked { s.tx.len() - s.tx.len() % s.tx_cap.min(MSS) } else { s.tx.len() }
     }
 
+    /// A write of some of what fits of `buf`; `more`: with `MSG_MORE` (the partial segment at
+    /// the end is held back), else a plain write (which pushes one held back).
+    fn write(&self, buf: &[u8], more: bool) -> io::Result<usize> {
+        self.try_write_io(|s| {
+            let n = self.room(s, buf.len())?;
+            s.tx.extend(&buf[..n]);
+            s.corked = more;
+            s.more_writes += u32::from(more);
+            Ok(n)
+        })
+    }
+
     /// Moves what a write of `len` bytes may take: some of what fits.
     fn room(&self, s: &Sock, len: usize) -> io::Result<usize> {
         assert!(!s.shut, "the copy wrote after shutting its write half down");
@@ -270,22 +282,11 @@ impl CopySocket for FakeSock {
     }
 
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write_io(|s| {
-            let n = self.room(s, buf.len())?;
-            s.tx.extend(&buf[..n]);
-            s.corked = false;
-            Ok(n)
-        })
+        self.write(buf, false)
     }
 
     fn try_write_more(&self, buf: &[u8]) -> io::Result<usize> {
-        self.try_write_io(|s| {
-            let n = self.room(s, buf.len())?;
-            s.tx.extend(&buf[..n]);
-            s.corked = true;
-            s.more_writes += 1;
-            Ok(n)
-        })
+        self.write(buf, true)
     }
 
     fn splice_in(&self, pipe: &FakePipe, len: usize) -> io::Result<usize> {

@@ -116,6 +116,38 @@ pub async fn ok_http_backend() -> (SocketAddr, JoinHandle<()>) {
     .await
 }
 
+/// An engine with one plain HTTP route (`web`, `http = {}`) forwarding to `target`; its port.
+pub async fn http_engine(target: SocketAddr) -> (Engine, u16) {
+    let (engine, [port]) = engine_on(|[p]| {
+        format!(
+            r#"[[routes]]
+name = "web"
+match = {{ ports = [{p}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {} }}], http = {{}} }}
+"#,
+            target.port()
+        )
+    })
+    .await;
+    (engine, port)
+}
+
+/// Sends `GET /` with `Connection: close` to `port`, then `after` (when not empty), reads to
+/// the close and checks that the answer is [`ok_http_backend`]'s `200 OK` with body `ok`;
+/// returns the socket (closed by the peer).
+pub async fn close_request(port: u16, after: &[u8]) -> TcpStream {
+    let mut c = connect(port).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    if !after.is_empty() {
+        // The proxy may have answered and closed already.
+        let _ = c.write_all(after).await;
+    }
+    let (answer, _) = read_until_closed(&mut c, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("ok"), "{answer:?}");
+    c
+}
+
 /// An echo backend.
 pub async fn echo_backend() -> (SocketAddr, JoinHandle<()>) {
     backend(|mut s| async move {
