@@ -992,7 +992,7 @@ fn half_close_matrix_plain_and_splice() {
 /// every 100th moves 256 KiB each way, and 64 long-lived connections stay open through the run
 /// and echo once per 10,000 connections. The fds, RSS and every connection gauge of both hops
 /// are compared between the start and the end, and printed. The inner hop splices bulk
-/// transfers (`splice = true`), the outer copies them (the default).
+/// transfers (the default), the outer copies them (`splice = false`).
 #[test]
 fn soak() {
     let n: usize = std::env::var("SMARTPROXY_SOAK_CONNECTIONS")
@@ -1003,7 +1003,7 @@ fn soak() {
     let (inner, [inner_port, inner_admin]) = Proxy::start_on(|[port, admin]| {
         format!(
             "bind = [\"127.0.0.1\"]\nproxy_ips = [\"127.0.0.1\"]\n\
-             [defaults]\nsplice = true\nmax_connections_per_ip = 0\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [defaults]\nmax_connections_per_ip = 0\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [[routes]]\nname = \"inner\"\nmatch = {{ ports = [{port}] }}\n\
              action = {{ type = \"forward\", targets = [{{ host = \"127.0.0.1\", port = {} }}] }}\n",
             backend.port()
@@ -1011,7 +1011,7 @@ fn soak() {
     });
     let (outer, [port, outer_admin]) = Proxy::start_on(|[port, admin]| {
         format!(
-            "bind = [\"127.0.0.1\"]\n[defaults]\nmax_connections_per_ip = 0\n\
+            "bind = [\"127.0.0.1\"]\n[defaults]\nsplice = false\nmax_connections_per_ip = 0\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [[routes]]\nname = \"outer\"\nmatch = {{ ports = [{port}] }}\n\
              action = {{ type = \"forward\", send_proxy_protocol = \"v2\", targets = [{{ host = \"127.0.0.1\", port = {inner_port} }}] }}\n"

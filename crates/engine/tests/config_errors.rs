@@ -95,6 +95,8 @@ fn valid_files_load_with_defaults() {
     assert_eq!(c.defaults.max_connections_per_ip, 100);
     assert_eq!(c.defaults.connection_rate_limit_per_minute, 0, "off unless set");
     assert_eq!(c.defaults.shutdown_grace, std::time::Duration::from_secs(30));
+    assert!(c.defaults.splice, "bulk transfers splice unless `splice = false`");
+    assert!(c.defaults.half_close);
     assert!(!c.accepts_proxy_protocol());
     let j = Config::from_str(
         r#"{"proxy_ips": ["127.0.0.1"], "routes": [{"match": {"ports": [8080]}, "action": {"type": "socket-handler", "handler": "echo"}}]}"#,
