@@ -945,17 +945,30 @@ pub struct OpensslServer {
 }
 
 impl OpensslServer {
+    /// `s_server -www`: every request gets its status page.
     pub fn start(leaf: &LeafFiles) -> OpensslServer {
+        Self::run(leaf, "-www", None)
+    }
+
+    /// `s_server -WWW` in `dir`: `GET /name` gets the file `dir/name` (HTTP/1.0, then close).
+    pub fn serving_files(leaf: &LeafFiles, dir: &Path) -> OpensslServer {
+        Self::run(leaf, "-WWW", Some(dir))
+    }
+
+    fn run(leaf: &LeafFiles, mode: &str, dir: Option<&Path>) -> OpensslServer {
         let bin = require("openssl", "openssl");
         let (server, [port]) = Server::start("openssl s_server", &[], |[port], _| {
             let mut cmd = Command::new(&bin);
-            cmd.args(["s_server", "-quiet", "-www", "-accept"])
+            cmd.args(["s_server", "-quiet", mode, "-accept"])
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("-cert")
                 .arg(&leaf.cert)
                 .arg("-key")
                 .arg(&leaf.key)
                 .stdout(Stdio::null());
+            if let Some(dir) = dir {
+                cmd.current_dir(dir);
+            }
             cmd
         });
         OpensslServer { port, _server: server }
