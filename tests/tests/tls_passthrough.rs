@@ -4,35 +4,43 @@
 
 use smartproxy_tests::*;
 
-#[test]
-fn tls_passthrough_through_a_proxy_chain_with_proxy_v2() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("backend", &["backend.test"]);
-    let server = OpensslServer::start(&leaf);
-    let (_inner, [inner]) = Proxy::start_on(|[inner]| {
+/// The chain: an outer plain hop sending PROXY v2 to an inner passthrough hop in front of the
+/// backend on `backend`; `sni` adds `domains = ["backend.test"]` to the inner route, which
+/// then routes by the ClientHello it peeks and replays. Returns (outer, inner, outer's port).
+fn chain(backend: u16, sni: bool) -> (Proxy, Proxy, u16) {
+    let domains = if sni { r#", domains = ["backend.test"]"# } else { "" };
+    let (inner, [inner_port]) = Proxy::start_on(|[port]| {
         format!(
             r#"
 bind = ["127.0.0.1"]
 proxy_ips = ["127.0.0.1"]
 [[routes]]
 name = "inner"
-match = {{ ports = [{inner}] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {p} }}], tls = {{ mode = "passthrough" }} }}
-"#,
-            p = server.port
+match = {{ ports = [{port}]{domains} }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {backend} }}], tls = {{ mode = "passthrough" }} }}
+"#
         )
     });
-    let (_outer, [outer]) = Proxy::start_on(|[outer]| {
+    let (outer, [outer_port]) = Proxy::start_on(|[port]| {
         format!(
             r#"
 bind = ["127.0.0.1"]
 [[routes]]
 name = "outer"
-match = {{ ports = [{outer}] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {inner} }}], send_proxy_protocol = "v2" }}
+match = {{ ports = [{port}] }}
+action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {inner_port} }}], send_proxy_protocol = "v2" }}
 "#
         )
     });
+    (outer, inner, outer_port)
+}
+
+#[test]
+fn tls_passthrough_through_a_proxy_chain_with_proxy_v2() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("backend", &["backend.test"]);
+    let server = OpensslServer::start(&leaf);
+    let (_outer, _inner, outer) = chain(server.port, false);
     let url = format!("https://backend.test:{outer}/");
     let resolve = format!("backend.test:{outer}:127.0.0.1");
     let ca = pki.ca_pem.to_string_lossy().into_owned();
@@ -75,30 +83,7 @@ fn a_bulk_download_through_passthrough_splices_on_both_hops_by_default() {
     std::fs::write(files.path().join("bulk.bin"), &data).unwrap();
     std::fs::write(files.path().join("small.txt"), "small\n").unwrap();
     let server = OpensslServer::serving_files(&leaf, files.path());
-    let (inner, [inner_port]) = Proxy::start_on(|[port]| {
-        format!(
-            r#"
-bind = ["127.0.0.1"]
-proxy_ips = ["127.0.0.1"]
-[[routes]]
-name = "inner"
-match = {{ ports = [{port}], domains = ["backend.test"] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {p} }}], tls = {{ mode = "passthrough" }} }}
-"#,
-            p = server.port
-        )
-    });
-    let (outer, [outer_port]) = Proxy::start_on(|[port]| {
-        format!(
-            r#"
-bind = ["127.0.0.1"]
-[[routes]]
-name = "outer"
-match = {{ ports = [{port}] }}
-action = {{ type = "forward", targets = [{{ host = "127.0.0.1", port = {inner_port} }}], send_proxy_protocol = "v2" }}
-"#
-        )
-    });
+    let (outer, inner, outer_port) = chain(server.port, true);
     let resolve = format!("backend.test:{outer_port}:127.0.0.1");
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     let url = |name: &str| format!("https://backend.test:{outer_port}/{name}");
