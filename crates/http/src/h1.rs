@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::body::UpBody;
+use crate::headers::Forwarding;
 
 /// Most header fields in a response head (hyper's client: 100).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -169,17 +170,19 @@ impl H1Conn {
     /// Sends the head of `req` (which has no body) and reads the response head. The body
     /// comes with the response; the connection goes with the body (and is closed on an
     /// error).
-    /// `raw`: whether the response's fields may come as [`RawFields`].
+    /// `raw`: whether the response's fields may come as [`RawFields`]. `fwd`: the forwarding
+    /// fields, when they are not in the request's map yet.
     pub(crate) async fn exchange(
         mut self: Box<Self>,
         req: &Request<UpBody>,
         raw: RawHead,
+        fwd: Option<Forwarding<'_>>,
     ) -> Result<Response<H1Body>, ExchangeError> {
         // The head goes out from the read buffer (empty between exchanges), which the
         // response then fills: one allocation for both.
         self.buf.reserve(FIRST_READ);
         self.allocated = self.allocated.max(self.buf.capacity());
-        encode_head(req, &mut self.buf);
+        encode_head(req, fwd, &mut self.buf);
         let sent = self.tcp.write_all(&self.buf).await;
         self.buf.clear();
         if let Err(e) = sent {
@@ -230,8 +233,9 @@ impl H1Conn {
 }
 
 /// `METHOD path HTTP/1.1`, the fields as they are (lower-case names, as hyper writes them),
-/// and `content-length: 0` where the method defines a body and the request has none.
-fn encode_head(req: &Request<UpBody>, out: &mut BytesMut) {
+/// the forwarding fields `fwd` (after the map's, those they replace left out), and
+/// `content-length: 0` where the method defines a body and the request has none.
+fn encode_head(req: &Request<UpBody>, fwd: Option<Forwarding<'_>>, out: &mut BytesMut) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
     match req.uri().path_and_query() {
@@ -240,10 +244,16 @@ fn encode_head(req: &Request<UpBody>, out: &mut BytesMut) {
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
+        if fwd.is_some_and(|f| f.replaces(name)) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(f) = fwd {
+        f.write(req.headers(), out);
     }
     let no_payload_semantics =
         matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT);
@@ -425,8 +435,8 @@ fn parse_head(
         if strip && scan.hop & (1 << i) != 0 {
             continue;
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| invalid("invalid header name"))?;
+        let name =
+            response_field_name(h.name.as_bytes()).ok_or_else(|| invalid("invalid header name"))?;
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start, start + h.value.len()));
     }
@@ -439,6 +449,30 @@ fn parse_head(
     }
     let parts = head_parts(status, version, headers);
     Ok(Some(Parsed::Final(parts, framing, keep_alive, None)))
+}
+
+/// The name of a response field: the ones most responses carry by one comparison after the
+/// length, the rest by `HeaderName::from_bytes` (a table lookup, and a copy for a name it does
+/// not know). The map path (HTTP/2 clients, routes that change response fields) names every
+/// field of every response.
+fn response_field_name(name: &[u8]) -> Option<HeaderName> {
+    let known = match name.len() {
+        4 if name.eq_ignore_ascii_case(b"date") => header::DATE,
+        4 if name.eq_ignore_ascii_case(b"etag") => header::ETAG,
+        4 if name.eq_ignore_ascii_case(b"vary") => header::VARY,
+        6 if name.eq_ignore_ascii_case(b"server") => header::SERVER,
+        7 if name.eq_ignore_ascii_case(b"expires") => header::EXPIRES,
+        8 if name.eq_ignore_ascii_case(b"location") => header::LOCATION,
+        10 if name.eq_ignore_ascii_case(b"set-cookie") => header::SET_COOKIE,
+        12 if name.eq_ignore_ascii_case(b"content-type") => header::CONTENT_TYPE,
+        13 if name.eq_ignore_ascii_case(b"last-modified") => header::LAST_MODIFIED,
+        13 if name.eq_ignore_ascii_case(b"accept-ranges") => header::ACCEPT_RANGES,
+        13 if name.eq_ignore_ascii_case(b"cache-control") => header::CACHE_CONTROL,
+        14 if name.eq_ignore_ascii_case(b"content-length") => header::CONTENT_LENGTH,
+        16 if name.eq_ignore_ascii_case(b"content-encoding") => header::CONTENT_ENCODING,
+        _ => return HeaderName::from_bytes(name).ok(),
+    };
+    Some(known)
 }
 
 /// The parts of a response with this status line and these fields.
@@ -1195,7 +1229,7 @@ mod tests {
     async fn exchange_once(conn: Box<H1Conn>) -> (Option<Box<H1Conn>>, usize) {
         let mut req = Request::new(UpBody::Empty);
         req.headers_mut().insert("host", HeaderValue::from_static("t"));
-        let Ok(resp) = conn.exchange(&req, RawHead::Always).await else {
+        let Ok(resp) = conn.exchange(&req, RawHead::Always, None).await else {
             panic!("exchange failed")
         };
         let mut body = resp.into_body();
@@ -1232,6 +1266,100 @@ mod tests {
         assert!(conn.is_some());
     }
 
+    /// The forwarding fields written by the encoder are the ones `forwarded_headers` puts in
+    /// the map (as a multimap: the fields they replace are written after the others instead
+    /// of in their place), for trusted and untrusted peers, with and without the client's own.
+    #[test]
+    fn forwarding_written_by_the_encoder_equals_the_maps() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "accept",
+            "x-forwarded-fox",
+            "x-forwarded-hosts",
+        ];
+        let values = ["", "10.0.0.1", "https", "a.example", "1.2.3.4, 5.6.7.8"];
+        let client = HeaderValue::from_static("192.0.2.7");
+        let host = HeaderValue::from_static("client.example:8080");
+        let lines = |head: &[u8]| {
+            let text = std::str::from_utf8(head).unwrap();
+            let mut it = text.split_terminator("\r\n");
+            let first = it.next().unwrap().to_owned();
+            let mut map = HeaderMap::new();
+            for line in it.take_while(|l| !l.is_empty()) {
+                let (n, v) = line.split_once(": ").expect("name: value");
+                map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            (first, map)
+        };
+        let mut replaced = 0;
+        for _ in 0..5_000 {
+            let mut req = Request::new(UpBody::Empty);
+            *req.uri_mut() = "/p".parse().unwrap();
+            for _ in 0..next(7) {
+                let name = names[next(names.len() as u64) as usize];
+                let value = values[next(values.len() as u64) as usize];
+                req.headers_mut().append(HeaderName::from_static(name), value.parse().unwrap());
+            }
+            let f = Forwarding {
+                trusted: next(2) == 0,
+                client: &client,
+                tls: next(2) == 0,
+                host: (next(3) != 0).then_some(&host),
+            };
+            let mut mapped = Request::new(UpBody::Empty);
+            *mapped.uri_mut() = req.uri().clone();
+            *mapped.headers_mut() = req.headers().clone();
+            crate::headers::forwarded_headers(mapped.headers_mut(), f);
+            let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+            encode_head(&mapped, None, &mut a);
+            encode_head(&req, Some(f), &mut b);
+            let (la, lb) = (lines(&a), lines(&b));
+            assert_eq!(la, lb, "{f:?} {:?}", req.headers());
+            if req.headers().keys().any(|n| f.replaces(n)) {
+                replaced += 1;
+            }
+        }
+        assert!(replaced > 1_000, "only {replaced} requests had a field to replace");
+    }
+
+    #[test]
+    fn common_response_field_names_are_the_standard_ones() {
+        for name in [
+            "Date",
+            "etag",
+            "Vary",
+            "Server",
+            "expires",
+            "Location",
+            "Set-Cookie",
+            "Content-Type",
+            "last-modified",
+            "Accept-Ranges",
+            "cache-control",
+            "Content-Length",
+            "content-encoding",
+            "x-custom",
+            "dates",
+            "keep-alive",
+            "Strict-Transport-Security",
+        ] {
+            let n = name.as_bytes();
+            assert_eq!(response_field_name(n), HeaderName::from_bytes(n).ok(), "{name}");
+        }
+        assert_eq!(response_field_name(b"bad name"), None);
+        assert_eq!(response_field_name(b""), None);
+    }
+
     #[test]
     fn chunk_sizes() {
         assert_eq!(chunk_size(b"1a").unwrap(), 26);
@@ -1262,11 +1390,11 @@ mod tests {
         *req.uri_mut() = "/a?b=c".parse().unwrap();
         req.headers_mut().insert("host", HeaderValue::from_static("example.com"));
         let mut out = BytesMut::new();
-        encode_head(&req, &mut out);
+        encode_head(&req, None, &mut out);
         assert_eq!(&out[..], b"GET /a?b=c HTTP/1.1\r\nhost: example.com\r\n\r\n");
         *req.method_mut() = Method::POST;
         out.clear();
-        encode_head(&req, &mut out);
+        encode_head(&req, None, &mut out);
         assert_eq!(
             &out[..],
             b"POST /a?b=c HTTP/1.1\r\nhost: example.com\r\ncontent-length: 0\r\n\r\n"

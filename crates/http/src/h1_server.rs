@@ -247,9 +247,18 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
         },
     };
     let mut keep_alive = true;
+    let mut hosts = 0u32;
     for h in req.headers.iter() {
         let (name, value) = (h.name.as_bytes(), h.value);
         match name.len() {
+            // More than one is a bad request (RFC 9112 §3.2): hyper's path answers it, and
+            // `proxy.rs` relies on at most one here.
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                hosts += 1;
+                if hosts > 1 {
+                    return Head::Other;
+                }
+            }
             14 if name.eq_ignore_ascii_case(b"content-length") && value.trim_ascii() != b"0" => {
                 return Head::Other;
             }

@@ -24,7 +24,14 @@ const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 /// and `Upgrade` unless `keep_upgrade`. One pass over the (few) names first tells which are
 /// there: most messages have none (no hash lookup at all), and a `Connection: close` costs
 /// one removal, not six lookups.
-pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+///
+/// Returns whether a `TE` field named `trailers` (read before anything is removed; found by
+/// the same pass, so a request without `TE` costs no lookup for it).
+pub(crate) fn remove_hop_by_hop(
+    h: &mut HeaderMap,
+    keep_upgrade: bool,
+    keep_te_trailers: bool,
+) -> bool {
     let (mut connection, mut keep_alive, mut proxy_connection) = (false, false, false);
     let (mut te, mut transfer_encoding, mut upgrade) = (false, false, false);
     for k in h.keys() {
@@ -42,6 +49,11 @@ pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_t
             proxy_connection = true;
         }
     }
+    let trailers = te
+        && h.get_all(header::TE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+        });
     if connection {
         // Names listed in Connection are hop-by-hop too. Collected first: the map is
         // borrowed. Rare (most clients send `keep-alive` or `close`), so a small Vec is fine.
@@ -73,11 +85,11 @@ pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_t
     if proxy_connection {
         h.remove(&PROXY_CONNECTION);
     }
-    if te && let Some(te) = h.remove(header::TE) {
-        let trailers = te
+    if te && let Some(first) = h.remove(header::TE) {
+        let first_names_trailers = first
             .to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-        if keep_te_trailers && trailers {
+        if keep_te_trailers && first_names_trailers {
             h.insert(header::TE, TRAILERS);
         }
     }
@@ -87,6 +99,7 @@ pub(crate) fn remove_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, keep_te_t
     if upgrade {
         h.remove(header::UPGRADE);
     }
+    trailers
 }
 
 /// Whether a raw field name is one of the fixed hop-by-hop fields [`remove_hop_by_hop`]
@@ -105,10 +118,71 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     }
 }
 
+/// What [`forwarded_headers`] puts into a request, for the HTTP/1.1 head encoder (`h1.rs`)
+/// to write as it encodes the head instead: a request that goes out on a connection of this
+/// task (no body, plain HTTP/1.1 target) then costs no map insertions for its three fields,
+/// nor the drop of what they hold.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding<'a> {
+    /// The peer is trusted: its `X-Forwarded-For` is appended to, its `-Proto` and `-Host`
+    /// kept; otherwise all three are replaced.
+    pub(crate) trusted: bool,
+    /// The real client's address (`ConnCtx::xff`).
+    pub(crate) client: &'a HeaderValue,
+    pub(crate) tls: bool,
+    /// The client's Host (`X-Forwarded-Host`; none: no such field).
+    pub(crate) host: Option<&'a HeaderValue>,
+}
+
+impl<'a> Forwarding<'a> {
+    pub(crate) fn new(ctx: &'a ConnCtx, host: Option<&'a HeaderValue>) -> Self {
+        Self { trusted: ctx.peer_trusted, client: &ctx.xff, tls: ctx.is_tls(), host }
+    }
+
+    /// Whether a field of the request's map is replaced by this (left out by the encoder).
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        // Untrusted: all three are replaced. Trusted: `-For` is rewritten (appended to)
+        // and the other two are kept. Custom names: a length check first.
+        match name.as_str().len() {
+            15 => name == X_FORWARDED_FOR,
+            16 | 17 => !self.trusted && (name == X_FORWARDED_HOST || name == X_FORWARDED_PROTO),
+            _ => false,
+        }
+    }
+
+    /// Writes the fields as `name: value\r\n` lines; `h`: the request's map (read only when
+    /// the peer is trusted), whose fields [`Self::replaces`] were left out.
+    pub(crate) fn write(&self, h: &HeaderMap, out: &mut BytesMut) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if self.trusted {
+            for prev in &h.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(prev.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.client.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !(self.trusted && h.contains_key(&X_FORWARDED_PROTO)) {
+            out.extend_from_slice(if self.tls {
+                b"x-forwarded-proto: https\r\n"
+            } else {
+                b"x-forwarded-proto: http\r\n"
+            });
+        }
+        if let Some(host) = self.host
+            && !(self.trusted && h.contains_key(&X_FORWARDED_HOST))
+        {
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// `X-Forwarded-For/-Proto/-Host` from the real client: appended to (For) or kept
 /// (Proto, Host) when the peer is trusted, replaced otherwise.
-pub(crate) fn forwarded_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<&HeaderValue>) {
-    let trusted = ctx.peer_trusted;
+pub(crate) fn forwarded_headers(h: &mut HeaderMap, f: Forwarding<'_>) {
+    let trusted = f.trusted;
     // Room for the three at once: a client's map is sized for its own fields, and growing
     // it field by field rebuilds it more than once.
     h.reserve(3);
@@ -122,19 +196,19 @@ pub(crate) fn forwarded_headers(h: &mut HeaderMap, ctx: &ConnCtx, host: Option<&
             v.extend_from_slice(prev.as_bytes());
         }
         v.extend_from_slice(b", ");
-        v.extend_from_slice(ctx.xff.as_bytes());
+        v.extend_from_slice(f.client.as_bytes());
         // Built from valid values and an address.
         if let Ok(v) = HeaderValue::from_maybe_shared(v.freeze()) {
             h.insert(&X_FORWARDED_FOR, v);
         }
     } else {
-        h.insert(&X_FORWARDED_FOR, ctx.xff.clone());
+        h.insert(&X_FORWARDED_FOR, f.client.clone());
     }
     if !(trusted && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(&X_FORWARDED_PROTO, if ctx.is_tls() { HTTPS } else { HTTP });
+        h.insert(&X_FORWARDED_PROTO, if f.tls { HTTPS } else { HTTP });
     }
     if !(trusted && h.contains_key(&X_FORWARDED_HOST)) {
-        match host {
+        match f.host {
             Some(v) => {
                 h.insert(&X_FORWARDED_HOST, v.clone());
             }

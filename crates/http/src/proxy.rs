@@ -18,7 +18,7 @@ use tokio_util::either::Either;
 use crate::body::{BackBody, ClientBody, Progress, RequestGuard, ResponseBody, UpBody, Upstream};
 use crate::ctx::ConnCtx;
 use crate::h1::{BoxError, ExchangeError, RawHead};
-use crate::headers::{self, append_via, forwarded, forwarded_headers, join_cookies};
+use crate::headers::{self, Forwarding, append_via, forwarded, forwarded_headers, join_cookies};
 use crate::pool::{Pool, Sender};
 use crate::service::{Expanded, TEXT_PLAIN, error_response};
 use crate::snapshot::{ProxyRoute, RouteKind, Snapshot, TargetState};
@@ -50,7 +50,14 @@ struct Prepared {
     pq: PathAndQuery,
     /// The client's Host / `:authority`.
     host: Option<HeaderValue>,
+    /// `host` is the request's only `Host` field, still in its map: a target that gets the
+    /// client's host needs no new field.
+    host_in_map: bool,
     te_trailers: bool,
+    /// The forwarding fields are not in the map yet: a connection of this task writes them
+    /// as it encodes the head (`headers::Forwarding`), any other sender gets them in the map
+    /// first.
+    fwd_pending: bool,
     client_h2: bool,
     /// A WebSocket upgrade (HTTP/1.1 Upgrade, or RFC 8441 extended CONNECT when
     /// `ext_connect`), with the client side's upgrade.
@@ -128,16 +135,31 @@ fn prepare(
     let ext_connect = ws && parts.method == Method::CONNECT;
 
     // The client's host, then the generic header work.
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+    let (host, host_in_map) = match parts.uri.authority() {
+        Some(a) => (HeaderValue::from_str(a.as_str()).ok(), false),
+        None => {
+            let host = parts.headers.get(header::HOST).cloned();
+            // `h1_server.rs` (the only source of `ClientBody::Empty`) takes no request with
+            // more than one `Host`; the route's header operations may change it.
+            let single = matches!(body, ClientBody::Empty) && pr.request_ops.is_none();
+            (host.clone(), single && host.is_some())
+        }
     };
-    let te_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-    });
-    headers::remove_hop_by_hop(&mut parts.headers, ws && !ext_connect, false);
-    if pr.forwarded_headers {
-        forwarded_headers(&mut parts.headers, ctx, host.as_ref());
+    let te_trailers = headers::remove_hop_by_hop(&mut parts.headers, ws && !ext_connect, false);
+    // Left to the head's encoder where the request will likely go out on a connection of
+    // this task (no body, plain HTTP/1.1 target; as `direct` in `exchange`), unless the
+    // route's own header operations, applied after them, could change them.
+    let fwd_pending = pr.forwarded_headers
+        && pr.request_ops.is_none()
+        && !ws
+        && !pr.tls
+        && pr.upstream != UpstreamProtocol::Http2
+        && match &body {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        };
+    if pr.forwarded_headers && !fwd_pending {
+        forwarded_headers(&mut parts.headers, Forwarding::new(ctx, host.as_ref()));
     }
     if pr.forwarded {
         forwarded(&mut parts.headers, ctx, host.as_ref());
@@ -213,7 +235,9 @@ fn prepare(
         req: Request::from_parts(parts, body),
         pq,
         host,
+        host_in_map,
         te_trailers,
+        fwd_pending,
         client_h2: client_version == Version::HTTP_2,
         ws,
         ext_connect,
@@ -305,6 +329,7 @@ fn exchange(
                 // again on a new connection. Hot connections are not worth the copy.
                 let spare =
                     (reused && idle_for >= STALE_AFTER).then(|| replayable(&prep.req)).flatten();
+                let fwd_pending_in_spare = prep.fwd_pending;
                 // The response timeout counts from here (a pooled connection) or from the
                 // end of the connect.
                 let mut sent_from = guard.started;
@@ -352,13 +377,21 @@ fn exchange(
                 };
                 let h2 = sender.is_h2();
                 finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
+                if prep.fwd_pending && !matches!(sender, Sender::Raw(_)) {
+                    forwarded_headers(
+                        prep.req.headers_mut(),
+                        Forwarding::new(ctx, prep.host.as_ref()),
+                    );
+                    prep.fwd_pending = false;
+                }
+                let fwd = prep.fwd_pending.then(|| Forwarding::new(ctx, prep.host.as_ref()));
                 // The request stays in `prep` (its slot, not a copy in the future: the future of
                 // every request is moved whole, so what it holds twice costs twice).
                 match send(
                     ctx,
                     sender,
                     &mut prep.req,
-                    prep.raw,
+                    Direct { raw: prep.raw, fwd },
                     pr.response_timeout,
                     progress.as_deref(),
                     sent_from,
@@ -377,6 +410,7 @@ fn exchange(
                         if let Some(req) = spare {
                             tracing::debug!(client = %ctx.client, route = route.name(), "idle backend connection failed ({e}); sending again on a new one");
                             prep.req = *req;
+                            prep.fwd_pending = fwd_pending_in_spare;
                             idle_for = Duration::ZERO;
                             continue;
                         }
@@ -508,22 +542,30 @@ fn finish(prep: &mut Prepared, pr: &ProxyRoute, t: &TargetState, port: u16, h2: 
             *req.uri_mut() = uri;
         }
         req.headers_mut().remove(header::HOST);
+        prep.host_in_map = false;
         if prep.te_trailers {
             req.headers_mut().insert(header::TE, TRAILERS);
         }
         *req.version_mut() = Version::HTTP_2;
     } else {
         *req.uri_mut() = Uri::from(prep.pq.clone());
-        let host = if pr.preserve_host { prep.host.clone() } else { None };
-        match host.or_else(|| target_host().map(|(h, _)| h)) {
-            Some(h) => {
-                req.headers_mut().insert(header::HOST, h);
-            }
-            None => {
-                req.headers_mut().remove(header::HOST);
+        if !(pr.preserve_host && prep.host_in_map) {
+            let host = if pr.preserve_host { prep.host.clone() } else { None };
+            prep.host_in_map = false;
+            match host.or_else(|| target_host().map(|(h, _)| h)) {
+                Some(h) => {
+                    req.headers_mut().insert(header::HOST, h);
+                }
+                None => {
+                    req.headers_mut().remove(header::HOST);
+                }
             }
         }
-        req.headers_mut().remove(header::TE);
+        // `prepare` removed the client's `TE`; only the route's header operations or an
+        // earlier attempt on an HTTP/2 connection can have put one back.
+        if prep.te_trailers || pr.request_ops.is_some() {
+            req.headers_mut().remove(header::TE);
+        }
         if prep.client_h2 {
             join_cookies(req.headers_mut());
         }
@@ -535,6 +577,15 @@ fn target_index(pr: &ProxyRoute, t: &TargetState) -> usize {
     pr.targets.iter().position(|x| std::ptr::eq(x, t)).unwrap_or(usize::MAX)
 }
 
+/// What only a direct exchange (`h1.rs`) reads.
+#[derive(Clone, Copy)]
+struct Direct<'a> {
+    /// Whether the response's fields may come raw.
+    raw: RawHead,
+    /// The forwarding fields for its head encoder (hyper's senders get them in the map).
+    fwd: Option<Forwarding<'a>>,
+}
+
 /// Sends `req` and waits for the response head. The response timeout counts from the last
 /// byte of the request body that went out, so a long upload is not cut.
 async fn send(
@@ -543,7 +594,7 @@ async fn send(
     // Taken by hyper's senders (and put back if they hand it back); only read by a direct
     // exchange.
     slot: &mut Request<UpBody>,
-    raw: RawHead,
+    direct: Direct<'_>,
     timeout: Duration,
     progress: Option<&Progress>,
     // When the request starts going out (the caller's clock read, saved here).
@@ -583,7 +634,7 @@ async fn send(
                     },
                 }
             }
-            Sender::Raw(conn) => match conn.exchange(slot, raw).await {
+            Sender::Raw(conn) => match conn.exchange(slot, direct.raw, direct.fwd).await {
                 Ok(resp) => Sent::Response(resp.map(BackBody::Direct), None),
                 // Nothing was taken from the request: it can go out again on a new
                 // connection if the target cannot have acted on it, or if acting twice is

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use smartproxy_metrics::{HttpErrorReason, HttpMethod, HttpPolicyReason, Metrics};
 use smartproxy_routing::{HeaderSource, HttpSettings, MatchInput, RouteTable, TemplateVars};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -537,6 +537,21 @@ pub(crate) fn handle(
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
             upstream: String::new(),
         }));
+    }
+    // More than one `Host` is a bad request (RFC 9112 §3.2; nginx answers it so too): which
+    // one a route matched and which one a target reads could differ. `h1_server.rs` (the
+    // only source of `ClientBody::Empty`) hands such a request to hyper's path, so only
+    // that path looks.
+    if !matches!(req.body(), ClientBody::Empty)
+        && req.version() < Version::HTTP_2
+        && req.headers().get_all(header::HOST).iter().nth(1).is_some()
+    {
+        guard.routed(snap, None);
+        return now(error_response(
+            guard,
+            HttpErrorReason::BadRequest,
+            &"more than one Host field",
+        ));
     }
     let decision = decide(&snap, &ctx, &req);
     match decision {

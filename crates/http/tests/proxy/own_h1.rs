@@ -116,6 +116,31 @@ async fn pipelined_requests_are_answered_in_order() {
     assert!(last_head.contains("\r\nconnection: close\r\n"), "{last_head}");
 }
 
+/// A request with two `Host` fields is a bad request (RFC 9112 §3.2, as nginx answers it):
+/// which one a route matched and which one the target reads could differ. It never reaches
+/// the backend; the same request with one `Host` on the same kind of connection does, with
+/// its `Host` as the client wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_fields_are_a_bad_request() {
+    let backend = Backend::h1("b").await;
+    let bport = backend.port();
+    let proxy = Proxy::start(|p| route(p, bport), Opts::default()).await;
+    for dup in [
+        &b"GET /dup HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n"[..],
+        b"GET /dup HTTP/1.1\r\nHost: a.test\r\nAccept: */*\r\nhost: a.test\r\nConnection: close\r\n\r\n",
+    ] {
+        let text = raw(proxy.addr, dup).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+    assert_eq!(backend.accepted(), 0, "a request with two Host fields reached the backend");
+    let text =
+        raw(proxy.addr, b"GET /one HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let doc = &text[text.find('{').unwrap_or(0)..];
+    let v: serde_json::Value = serde_json::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}"));
+    assert_eq!(v["headers"]["host"], serde_json::json!(["a.test"]), "{doc}");
+}
+
 /// A response of unknown length (the backend streams it chunked) goes to the client chunked,
 /// and the connection serves the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
