@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::body::UpBody;
-use crate::headers::Forwarding;
+use crate::headers::{Forwarding, is_named};
 
 /// Most header fields in a response head (hyper's client: 100).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -330,11 +330,11 @@ impl<'a> Scan<'a> {
     fn field(&mut self, i: usize, name: &[u8], value: &'a [u8]) {
         let bit = 1u128 << i;
         match name.len() {
-            2 if name.eq_ignore_ascii_case(b"te") => self.hop |= bit,
-            4 if name.eq_ignore_ascii_case(b"date") => self.date = true,
-            7 if name.eq_ignore_ascii_case(b"upgrade") => self.hop |= bit,
-            8 if name.eq_ignore_ascii_case(b"location") => self.location = true,
-            10 if name.eq_ignore_ascii_case(b"connection") => {
+            2 if is_named(name, b"te") => self.hop |= bit,
+            4 if is_named(name, b"date") => self.date = true,
+            7 if is_named(name, b"upgrade") => self.hop |= bit,
+            8 if is_named(name, b"location") => self.location = true,
+            10 if is_named(name, b"connection") => {
                 self.hop |= bit;
                 for token in value.split(|&b| b == b',') {
                     let t = token.trim_ascii();
@@ -347,13 +347,13 @@ impl<'a> Scan<'a> {
                     }
                 }
             }
-            10 if name.eq_ignore_ascii_case(b"keep-alive") => self.hop |= bit,
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
+            10 if is_named(name, b"keep-alive") => self.hop |= bit,
+            14 if is_named(name, b"content-length") => {
                 self.length_at |= bit;
                 content_length(value, &mut self.length);
             }
-            16 if name.eq_ignore_ascii_case(b"proxy-connection") => self.hop |= bit,
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+            16 if is_named(name, b"proxy-connection") => self.hop |= bit,
+            17 if is_named(name, b"transfer-encoding") => {
                 self.hop |= bit;
                 self.transfer_encoding = Some(value);
             }
@@ -457,19 +457,19 @@ fn parse_head(
 /// field of every response.
 fn response_field_name(name: &[u8]) -> Option<HeaderName> {
     let known = match name.len() {
-        4 if name.eq_ignore_ascii_case(b"date") => header::DATE,
-        4 if name.eq_ignore_ascii_case(b"etag") => header::ETAG,
-        4 if name.eq_ignore_ascii_case(b"vary") => header::VARY,
-        6 if name.eq_ignore_ascii_case(b"server") => header::SERVER,
-        7 if name.eq_ignore_ascii_case(b"expires") => header::EXPIRES,
-        8 if name.eq_ignore_ascii_case(b"location") => header::LOCATION,
-        10 if name.eq_ignore_ascii_case(b"set-cookie") => header::SET_COOKIE,
-        12 if name.eq_ignore_ascii_case(b"content-type") => header::CONTENT_TYPE,
-        13 if name.eq_ignore_ascii_case(b"last-modified") => header::LAST_MODIFIED,
-        13 if name.eq_ignore_ascii_case(b"accept-ranges") => header::ACCEPT_RANGES,
-        13 if name.eq_ignore_ascii_case(b"cache-control") => header::CACHE_CONTROL,
-        14 if name.eq_ignore_ascii_case(b"content-length") => header::CONTENT_LENGTH,
-        16 if name.eq_ignore_ascii_case(b"content-encoding") => header::CONTENT_ENCODING,
+        4 if is_named(name, b"date") => header::DATE,
+        4 if is_named(name, b"etag") => header::ETAG,
+        4 if is_named(name, b"vary") => header::VARY,
+        6 if is_named(name, b"server") => header::SERVER,
+        7 if is_named(name, b"expires") => header::EXPIRES,
+        8 if is_named(name, b"location") => header::LOCATION,
+        10 if is_named(name, b"set-cookie") => header::SET_COOKIE,
+        12 if is_named(name, b"content-type") => header::CONTENT_TYPE,
+        13 if is_named(name, b"last-modified") => header::LAST_MODIFIED,
+        13 if is_named(name, b"accept-ranges") => header::ACCEPT_RANGES,
+        13 if is_named(name, b"cache-control") => header::CACHE_CONTROL,
+        14 if is_named(name, b"content-length") => header::CONTENT_LENGTH,
+        16 if is_named(name, b"content-encoding") => header::CONTENT_ENCODING,
         _ => return HeaderName::from_bytes(name).ok(),
     };
     Some(known)

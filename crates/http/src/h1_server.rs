@@ -35,6 +35,7 @@ use crate::body::{ClientBody, ResponseBody};
 use crate::conn::{CloseReason, MAX_HEADERS, Tick, Timers, answer_and_close, rejected};
 use crate::ctx::ConnCtx;
 use crate::h1::BoxError;
+use crate::headers::is_named;
 use crate::quiet::Quiet;
 use crate::service::handle;
 
@@ -253,24 +254,24 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
         match name.len() {
             // More than one is a bad request (RFC 9112 §3.2): hyper's path answers it, and
             // `proxy.rs` relies on at most one here.
-            4 if name.eq_ignore_ascii_case(b"host") => {
+            4 if is_named(name, b"host") => {
                 hosts += 1;
                 if hosts > 1 {
                     return Head::Other;
                 }
             }
-            14 if name.eq_ignore_ascii_case(b"content-length") && value.trim_ascii() != b"0" => {
+            14 if is_named(name, b"content-length") && value.trim_ascii() != b"0" => {
                 return Head::Other;
             }
             2 | 6 | 7 | 17
-                if name.eq_ignore_ascii_case(b"te")
-                    || name.eq_ignore_ascii_case(b"expect")
-                    || name.eq_ignore_ascii_case(b"upgrade")
-                    || name.eq_ignore_ascii_case(b"transfer-encoding") =>
+                if is_named(name, b"te")
+                    || is_named(name, b"expect")
+                    || is_named(name, b"upgrade")
+                    || is_named(name, b"transfer-encoding") =>
             {
                 return Head::Other;
             }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
+            10 if is_named(name, b"connection") => {
                 for token in value.split(|&b| b == b',') {
                     let t = token.trim_ascii();
                     if t.eq_ignore_ascii_case(b"close") {
@@ -312,16 +313,16 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
 /// name it does not know, a copy).
 fn header_name(name: &[u8]) -> Option<HeaderName> {
     let known = match name.len() {
-        4 if name.eq_ignore_ascii_case(b"host") => Some(header::HOST),
-        6 if name.eq_ignore_ascii_case(b"accept") => Some(header::ACCEPT),
-        6 if name.eq_ignore_ascii_case(b"cookie") => Some(header::COOKIE),
-        7 if name.eq_ignore_ascii_case(b"referer") => Some(header::REFERER),
-        10 if name.eq_ignore_ascii_case(b"user-agent") => Some(header::USER_AGENT),
-        10 if name.eq_ignore_ascii_case(b"connection") => Some(header::CONNECTION),
-        13 if name.eq_ignore_ascii_case(b"authorization") => Some(header::AUTHORIZATION),
-        13 if name.eq_ignore_ascii_case(b"cache-control") => Some(header::CACHE_CONTROL),
-        15 if name.eq_ignore_ascii_case(b"accept-encoding") => Some(header::ACCEPT_ENCODING),
-        15 if name.eq_ignore_ascii_case(b"accept-language") => Some(header::ACCEPT_LANGUAGE),
+        4 if is_named(name, b"host") => Some(header::HOST),
+        6 if is_named(name, b"accept") => Some(header::ACCEPT),
+        6 if is_named(name, b"cookie") => Some(header::COOKIE),
+        7 if is_named(name, b"referer") => Some(header::REFERER),
+        10 if is_named(name, b"user-agent") => Some(header::USER_AGENT),
+        10 if is_named(name, b"connection") => Some(header::CONNECTION),
+        13 if is_named(name, b"authorization") => Some(header::AUTHORIZATION),
+        13 if is_named(name, b"cache-control") => Some(header::CACHE_CONTROL),
+        15 if is_named(name, b"accept-encoding") => Some(header::ACCEPT_ENCODING),
+        15 if is_named(name, b"accept-language") => Some(header::ACCEPT_LANGUAGE),
         _ => None,
     };
     match known {

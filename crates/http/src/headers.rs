@@ -19,7 +19,31 @@ const HTTP: HeaderValue = HeaderValue::from_static("http");
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const TRAILERS: HeaderValue = HeaderValue::from_static("trailers");
 
-/// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// Whether the field name `name`, as a parser read it (a token: no control characters), is
+/// `lower` (lower-case letters, digits and `-`) in any case: eight bytes at a time, each byte
+/// with bit 0x20 set, which lowers a letter and leaves a digit or `-` as it is; no other
+/// token byte becomes one of those (only control characters would: 0x10-0x19, CR). The
+/// names of every field of every head are compared so, several times each.
+#[inline]
+pub(crate) fn is_named(name: &[u8], lower: &[u8]) -> bool {
+    debug_assert!(lower.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+    if name.len() != lower.len() {
+        return false;
+    }
+    const LOW: u64 = u64::from_ne_bytes([0x20; 8]);
+    let (mut a, mut b) = (name, lower);
+    while let (Some((x, xs)), Some((y, ys))) =
+        (a.split_first_chunk::<8>(), b.split_first_chunk::<8>())
+    {
+        if u64::from_ne_bytes(*x) | LOW != u64::from_ne_bytes(*y) {
+            return false;
+        }
+        (a, b) = (xs, ys);
+    }
+    a.iter().zip(b).all(|(&x, &y)| x | 0x20 == y)
+}
+
+/// Removes the hop-by-hop headers:/// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `TE` (but `te: trailers` stays for an HTTP/2 target), `Transfer-Encoding`,
 /// and `Upgrade` unless `keep_upgrade`. One pass over the (few) names first tells which are
 /// there: most messages have none (no hash lookup at all), and a `Connection: close` costs
@@ -386,6 +410,63 @@ mod tests {
         let mut h = map(&[("x-a", "1")]);
         remove_hop_by_hop(&mut h, false, false);
         assert_eq!(names(&h), ["x-a"]);
+    }
+
+    /// `is_named` agrees with `eq_ignore_ascii_case` on every pair of names that a parser
+    /// lets through (tokens), in every case, short and long.
+    #[test]
+    fn is_named_agrees_with_eq_ignore_ascii_case() {
+        let lowers = [
+            "te",
+            "date",
+            "host",
+            "etag",
+            "upgrade",
+            "location",
+            "connection",
+            "keep-alive",
+            "content-length",
+            "content-type",
+            "proxy-connection",
+            "transfer-encoding",
+            "x-forwarded-for",
+            "a1-b2",
+            "",
+        ];
+        let tokens: Vec<u8> =
+            (0x21u8..0x7f).filter(|b| !b"\"(),/:;<=>?@[\\]{}".contains(b)).collect();
+        let mut seed = 0x1234_5678_9abc_def1_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for lower in lowers {
+            let upper = lower.to_ascii_uppercase();
+            assert!(is_named(lower.as_bytes(), lower.as_bytes()));
+            assert!(is_named(upper.as_bytes(), lower.as_bytes()));
+            for _ in 0..2_000 {
+                // A variant of the name: some bytes changed to any token byte, some case flipped.
+                let mut name = lower.as_bytes().to_vec();
+                for b in &mut name {
+                    match next(4) {
+                        0 => *b = tokens[next(tokens.len())],
+                        1 => *b = b.to_ascii_uppercase(),
+                        _ => {}
+                    }
+                }
+                if next(8) == 0 {
+                    name.push(tokens[next(tokens.len())]);
+                }
+                assert_eq!(
+                    is_named(&name, lower.as_bytes()),
+                    name.eq_ignore_ascii_case(lower.as_bytes()),
+                    "{:?} {lower}",
+                    String::from_utf8_lossy(&name)
+                );
+            }
+        }
     }
 
     #[test]
