@@ -49,18 +49,29 @@ async fn one_connection_moves_to_hyper_at_a_request_with_a_body() {
         let date = resp.headers().contains_key("date");
         (status, date, text(resp).await)
     };
-    let (status, date, doc) = send("GET", "/first?q=1", "").await;
-    assert_eq!((status, date), (200, true), "{doc}");
-    assert_eq!(path_of(&doc), "/first");
+    let (status, date, first) = send("GET", "/first?q=1", "").await;
+    assert_eq!((status, date), (200, true), "{first}");
+    assert_eq!(path_of(&first), "/first");
     let (status, _, doc) = send("POST", "/upload", "twelve bytes").await;
     assert_eq!(status, 200, "{doc}");
     let v: serde_json::Value = serde_json::from_str(&doc).unwrap_or_default();
     assert_eq!((v["method"].as_str(), v["body_len"].as_u64()), (Some("POST"), Some(12)), "{doc}");
     let (status, _, doc) = send("HEAD", "/head", "").await;
     assert_eq!((status, doc.as_str()), (200, ""));
-    let (status, _, doc) = send("GET", "/last", "").await;
-    assert_eq!(status, 200, "{doc}");
-    assert_eq!(path_of(&doc), "/last");
+    let (status, _, last) = send("GET", "/last", "").await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(path_of(&last), "/last");
+    // The forwarding fields, written by the head's encoder for the first GET (a connection of
+    // the task) and put into the map for the last (by then hyper's connection, a sender
+    // known only at the exchange): the same either way.
+    for doc in [&first, &last] {
+        let v: serde_json::Value = serde_json::from_str(doc).unwrap_or_default();
+        let h = &v["headers"];
+        assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]), "{doc}");
+        assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]), "{doc}");
+        assert_eq!(h["x-forwarded-host"], serde_json::json!([host.as_str()]), "{doc}");
+        assert_eq!(h["host"], serde_json::json!([host.as_str()]), "{doc}");
+    }
     drop(tx);
     eventually("the connection to be reported with its four requests", || {
         proxy.outcomes.lock().iter().any(|o| o.requests == 4)
