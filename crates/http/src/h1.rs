@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use crate::body::UpBody;
-use crate::headers::{Forwarding, is_named};
+use crate::headers::{Forwarding, field_name, is_named};
 
 /// Most header fields in a response head (hyper's client: 100).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -435,8 +435,7 @@ fn parse_head(
         if strip && scan.hop & (1 << i) != 0 {
             continue;
         }
-        let name =
-            response_field_name(h.name.as_bytes()).ok_or_else(|| invalid("invalid header name"))?;
+        let name = field_name(h.name.as_bytes()).ok_or_else(|| invalid("invalid header name"))?;
         let start = h.value.as_ptr() as usize - base;
         kept.push((name, start, start + h.value.len()));
     }
@@ -449,30 +448,6 @@ fn parse_head(
     }
     let parts = head_parts(status, version, headers);
     Ok(Some(Parsed::Final(parts, framing, keep_alive, None)))
-}
-
-/// The name of a response field: the ones most responses carry by one comparison after the
-/// length, the rest by `HeaderName::from_bytes` (a table lookup, and a copy for a name it does
-/// not know). The map path (HTTP/2 clients, routes that change response fields) names every
-/// field of every response.
-fn response_field_name(name: &[u8]) -> Option<HeaderName> {
-    let known = match name.len() {
-        4 if is_named(name, b"date") => header::DATE,
-        4 if is_named(name, b"etag") => header::ETAG,
-        4 if is_named(name, b"vary") => header::VARY,
-        6 if is_named(name, b"server") => header::SERVER,
-        7 if is_named(name, b"expires") => header::EXPIRES,
-        8 if is_named(name, b"location") => header::LOCATION,
-        10 if is_named(name, b"set-cookie") => header::SET_COOKIE,
-        12 if is_named(name, b"content-type") => header::CONTENT_TYPE,
-        13 if is_named(name, b"last-modified") => header::LAST_MODIFIED,
-        13 if is_named(name, b"accept-ranges") => header::ACCEPT_RANGES,
-        13 if is_named(name, b"cache-control") => header::CACHE_CONTROL,
-        14 if is_named(name, b"content-length") => header::CONTENT_LENGTH,
-        16 if is_named(name, b"content-encoding") => header::CONTENT_ENCODING,
-        _ => return HeaderName::from_bytes(name).ok(),
-    };
-    Some(known)
 }
 
 /// The parts of a response with this status line and these fields.
@@ -1069,13 +1044,7 @@ mod tests {
     /// and the bytes after the head (the body) are untouched.
     #[test]
     fn raw_fields_equal_the_maps_on_random_heads() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::testing::xorshift(0x9e37_79b9_7f4a_7c15);
         let names = [
             "server",
             "Date",
@@ -1132,16 +1101,7 @@ mod tests {
             };
             raw_seen += 1;
             assert!(rparts.headers.is_empty());
-            let mut read_back = HeaderMap::new();
-            let mut order = Vec::new();
-            for line in std::str::from_utf8(&r.bytes).unwrap().split_terminator("\r\n") {
-                let (n, v) = line.split_once(": ").expect("name: value");
-                order.push(n.to_ascii_lowercase());
-                read_back.append(
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                );
-            }
+            let (read_back, order) = crate::testing::fields(&r.bytes);
             assert!(r.bytes.ends_with(b"\r\n") || r.bytes.is_empty(), "{s:?}");
             assert_eq!(read_back, parts.headers, "{s:?}");
             assert_eq!(order, kept_names, "{s:?}");
@@ -1271,13 +1231,7 @@ mod tests {
     /// of in their place), for trusted and untrusted peers, with and without the client's own.
     #[test]
     fn forwarding_written_by_the_encoder_equals_the_maps() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
         let names = [
             "host",
             "x-forwarded-for",
@@ -1290,16 +1244,10 @@ mod tests {
         let values = ["", "10.0.0.1", "https", "a.example", "1.2.3.4, 5.6.7.8"];
         let client = HeaderValue::from_static("192.0.2.7");
         let host = HeaderValue::from_static("client.example:8080");
+        // The request line and the fields (as a multimap).
         let lines = |head: &[u8]| {
-            let text = std::str::from_utf8(head).unwrap();
-            let mut it = text.split_terminator("\r\n");
-            let first = it.next().unwrap().to_owned();
-            let mut map = HeaderMap::new();
-            for line in it.take_while(|l| !l.is_empty()) {
-                let (n, v) = line.split_once(": ").expect("name: value");
-                map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
-            }
-            (first, map)
+            let at = head.windows(2).position(|w| w == b"\r\n").unwrap();
+            (head[..at].to_vec(), crate::testing::fields(&head[at + 2..]).0)
         };
         let mut replaced = 0;
         for _ in 0..5_000 {
@@ -1330,34 +1278,6 @@ mod tests {
             }
         }
         assert!(replaced > 1_000, "only {replaced} requests had a field to replace");
-    }
-
-    #[test]
-    fn common_response_field_names_are_the_standard_ones() {
-        for name in [
-            "Date",
-            "etag",
-            "Vary",
-            "Server",
-            "expires",
-            "Location",
-            "Set-Cookie",
-            "Content-Type",
-            "last-modified",
-            "Accept-Ranges",
-            "cache-control",
-            "Content-Length",
-            "content-encoding",
-            "x-custom",
-            "dates",
-            "keep-alive",
-            "Strict-Transport-Security",
-        ] {
-            let n = name.as_bytes();
-            assert_eq!(response_field_name(n), HeaderName::from_bytes(n).ok(), "{name}");
-        }
-        assert_eq!(response_field_name(b"bad name"), None);
-        assert_eq!(response_field_name(b""), None);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::body::{ClientBody, ResponseBody};
 use crate::conn::{CloseReason, MAX_HEADERS, Tick, Timers, answer_and_close, rejected};
 use crate::ctx::ConnCtx;
 use crate::h1::BoxError;
-use crate::headers::is_named;
+use crate::headers::{field_name, is_named};
 use crate::quiet::Quiet;
 use crate::service::handle;
 
@@ -290,7 +290,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
     let path_range = path_at..path_at + path.len();
     let mut names = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        let Some(name) = header_name(h.name.as_bytes()) else { return Head::Other };
+        let Some(name) = field_name(h.name.as_bytes()) else { return Head::Other };
         let start = h.value.as_ptr() as usize - base;
         names.push((name, start, start + h.value.len()));
     }
@@ -305,29 +305,6 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Head {
             *buf = all;
             Head::Other
         }
-    }
-}
-
-/// The name of a request field: the fields almost every request carries by one comparison
-/// (after the length), the rest by `HeaderName::from_bytes` (a table lookup and, for a
-/// name it does not know, a copy).
-fn header_name(name: &[u8]) -> Option<HeaderName> {
-    let known = match name.len() {
-        4 if is_named(name, b"host") => Some(header::HOST),
-        6 if is_named(name, b"accept") => Some(header::ACCEPT),
-        6 if is_named(name, b"cookie") => Some(header::COOKIE),
-        7 if is_named(name, b"referer") => Some(header::REFERER),
-        10 if is_named(name, b"user-agent") => Some(header::USER_AGENT),
-        10 if is_named(name, b"connection") => Some(header::CONNECTION),
-        13 if is_named(name, b"authorization") => Some(header::AUTHORIZATION),
-        13 if is_named(name, b"cache-control") => Some(header::CACHE_CONTROL),
-        15 if is_named(name, b"accept-encoding") => Some(header::ACCEPT_ENCODING),
-        15 if is_named(name, b"accept-language") => Some(header::ACCEPT_LANGUAGE),
-        _ => None,
-    };
-    match known {
-        Some(n) => Some(n),
-        None => HeaderName::from_bytes(name).ok(),
     }
 }
 
@@ -713,31 +690,6 @@ mod tests {
 
     /// The shortcut names are the ones `HeaderName::from_bytes` gives, in any case; others
     /// and invalid ones as it says.
-    #[test]
-    fn common_field_names_are_the_standard_ones() {
-        for name in [
-            "host",
-            "HOST",
-            "Accept",
-            "cookie",
-            "Referer",
-            "User-Agent",
-            "connection",
-            "Authorization",
-            "Cache-Control",
-            "Accept-Encoding",
-            "accept-language",
-            "x-custom",
-            "hosts",
-            "accept-charset",
-            "If-None-Match",
-        ] {
-            assert_eq!(header_name(name.as_bytes()), HeaderName::from_bytes(name.as_bytes()).ok());
-        }
-        assert_eq!(header_name(b"bad name"), None);
-        assert_eq!(header_name(b""), None);
-    }
-
     #[test]
     fn a_pipelined_request_stays_in_the_buffer() {
         let mut buf = BytesMut::from(&b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"[..]);

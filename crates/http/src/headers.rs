@@ -43,6 +43,39 @@ pub(crate) fn is_named(name: &[u8], lower: &[u8]) -> bool {
     a.iter().zip(b).all(|(&x, &y)| x | 0x20 == y)
 }
 
+/// The name of a field as a parser read it: the names most requests and responses carry by
+/// one comparison after the length, the rest by `HeaderName::from_bytes` (a table lookup,
+/// and a copy for a name it does not know). Every field of every head read into a map is
+/// named so.
+pub(crate) fn field_name(name: &[u8]) -> Option<HeaderName> {
+    let known = match name.len() {
+        4 if is_named(name, b"host") => header::HOST,
+        4 if is_named(name, b"date") => header::DATE,
+        4 if is_named(name, b"etag") => header::ETAG,
+        4 if is_named(name, b"vary") => header::VARY,
+        6 if is_named(name, b"accept") => header::ACCEPT,
+        6 if is_named(name, b"cookie") => header::COOKIE,
+        6 if is_named(name, b"server") => header::SERVER,
+        7 if is_named(name, b"referer") => header::REFERER,
+        7 if is_named(name, b"expires") => header::EXPIRES,
+        8 if is_named(name, b"location") => header::LOCATION,
+        10 if is_named(name, b"user-agent") => header::USER_AGENT,
+        10 if is_named(name, b"connection") => header::CONNECTION,
+        10 if is_named(name, b"set-cookie") => header::SET_COOKIE,
+        12 if is_named(name, b"content-type") => header::CONTENT_TYPE,
+        13 if is_named(name, b"authorization") => header::AUTHORIZATION,
+        13 if is_named(name, b"cache-control") => header::CACHE_CONTROL,
+        13 if is_named(name, b"last-modified") => header::LAST_MODIFIED,
+        13 if is_named(name, b"accept-ranges") => header::ACCEPT_RANGES,
+        14 if is_named(name, b"content-length") => header::CONTENT_LENGTH,
+        15 if is_named(name, b"accept-encoding") => header::ACCEPT_ENCODING,
+        15 if is_named(name, b"accept-language") => header::ACCEPT_LANGUAGE,
+        16 if is_named(name, b"content-encoding") => header::CONTENT_ENCODING,
+        _ => return HeaderName::from_bytes(name).ok(),
+    };
+    Some(known)
+}
+
 /// Removes the hop-by-hop headers:/// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `TE` (but `te: trailers` stays for an HTTP/2 target), `Transfer-Encoding`,
 /// and `Upgrade` unless `keep_upgrade`. One pass over the (few) names first tells which are
@@ -109,11 +142,9 @@ pub(crate) fn remove_hop_by_hop(
     if proxy_connection {
         h.remove(&PROXY_CONNECTION);
     }
-    if te && let Some(first) = h.remove(header::TE) {
-        let first_names_trailers = first
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-        if keep_te_trailers && first_names_trailers {
+    if te {
+        h.remove(header::TE);
+        if keep_te_trailers && trailers {
             h.insert(header::TE, TRAILERS);
         }
     }
@@ -412,6 +443,47 @@ mod tests {
         assert_eq!(names(&h), ["x-a"]);
     }
 
+    #[test]
+    fn common_field_names_are_the_standard_ones() {
+        for name in [
+            "host",
+            "HOST",
+            "hosts",
+            "Date",
+            "etag",
+            "Vary",
+            "Accept",
+            "cookie",
+            "Server",
+            "Referer",
+            "expires",
+            "Location",
+            "User-Agent",
+            "connection",
+            "Set-Cookie",
+            "Content-Type",
+            "Authorization",
+            "Cache-Control",
+            "last-modified",
+            "Accept-Ranges",
+            "Content-Length",
+            "Accept-Encoding",
+            "accept-language",
+            "content-encoding",
+            "x-custom",
+            "dates",
+            "keep-alive",
+            "accept-charset",
+            "If-None-Match",
+            "Strict-Transport-Security",
+        ] {
+            let n = name.as_bytes();
+            assert_eq!(field_name(n), HeaderName::from_bytes(n).ok(), "{name}");
+        }
+        assert_eq!(field_name(b"bad name"), None);
+        assert_eq!(field_name(b""), None);
+    }
+
     /// `is_named` agrees with `eq_ignore_ascii_case` on every pair of names that a parser
     /// lets through (tokens), in every case, short and long.
     #[test]
@@ -435,13 +507,8 @@ mod tests {
         ];
         let tokens: Vec<u8> =
             (0x21u8..0x7f).filter(|b| !b"\"(),/:;<=>?@[\\]{}".contains(b)).collect();
-        let mut seed = 0x1234_5678_9abc_def1_u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut random = crate::testing::xorshift(0x1234_5678_9abc_def1);
+        let mut next = move |n: usize| random(n as u64) as usize;
         for lower in lowers {
             let upper = lower.to_ascii_uppercase();
             assert!(is_named(lower.as_bytes(), lower.as_bytes()));

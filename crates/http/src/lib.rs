@@ -41,6 +41,8 @@ mod proxy;
 mod quiet;
 mod service;
 mod snapshot;
+#[cfg(test)]
+mod testing;
 mod upstream;
 mod websocket;
 

@@ -56,7 +56,7 @@ struct Prepared {
     te_trailers: bool,
     /// The forwarding fields are not in the map yet: a connection of this task writes them
     /// as it encodes the head (`headers::Forwarding`), any other sender gets them in the map
-    /// first.
+    /// once it is known.
     fwd_pending: bool,
     client_h2: bool,
     /// A WebSocket upgrade (HTTP/1.1 Upgrade, or RFC 8441 extended CONNECT when
@@ -146,18 +146,10 @@ fn prepare(
         }
     };
     let te_trailers = headers::remove_hop_by_hop(&mut parts.headers, ws && !ext_connect, false);
-    // Left to the head's encoder where the request will likely go out on a connection of
-    // this task (no body, plain HTTP/1.1 target; as `direct` in `exchange`), unless the
-    // route's own header operations, applied after them, could change them.
-    let fwd_pending = pr.forwarded_headers
-        && pr.request_ops.is_none()
-        && !ws
-        && !pr.tls
-        && pr.upstream != UpstreamProtocol::Http2
-        && match &body {
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::Empty => true,
-        };
+    // Left to the exchange, which knows the sender: a connection of this task writes them
+    // as it encodes the head, any other gets them in the map. Unless the route's own header
+    // operations, applied after them, could change them.
+    let fwd_pending = pr.forwarded_headers && pr.request_ops.is_none();
     if pr.forwarded_headers && !fwd_pending {
         forwarded_headers(&mut parts.headers, Forwarding::new(ctx, host.as_ref()));
     }
@@ -377,14 +369,11 @@ fn exchange(
                 };
                 let h2 = sender.is_h2();
                 finish(&mut prep, pr, t, port, h2, snap.tls.is_some() && pr.tls);
-                if prep.fwd_pending && !matches!(sender, Sender::Raw(_)) {
-                    forwarded_headers(
-                        prep.req.headers_mut(),
-                        Forwarding::new(ctx, prep.host.as_ref()),
-                    );
+                let mut fwd = prep.fwd_pending.then(|| Forwarding::new(ctx, prep.host.as_ref()));
+                if let Some(f) = fwd.take_if(|_| !matches!(sender, Sender::Raw(_))) {
+                    forwarded_headers(prep.req.headers_mut(), f);
                     prep.fwd_pending = false;
                 }
-                let fwd = prep.fwd_pending.then(|| Forwarding::new(ctx, prep.host.as_ref()));
                 // The request stays in `prep` (its slot, not a copy in the future: the future of
                 // every request is moved whole, so what it holds twice costs twice).
                 match send(
